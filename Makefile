@@ -1,0 +1,88 @@
+# Every target installs and starts what it needs: CI runs `make test` on a fresh clone.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+WORKER_VENV := .venv-worker
+PY := $(VENV)/bin/python
+WPY := $(WORKER_VENV)/bin/python
+TINY_MODEL := .models/tiny-qwen3-vl
+RUN_DIR ?= .run
+
+PROFILE ?= cpu-tiny
+WORKER_PORT ?= 8100
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install worker lint fmt test test-fast bench-worker up down services worker-lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+# --- installation (stamp files keep a second run to a few seconds) -------------------------
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(WORKER_VENV)/.installed: worker/requirements.lock
+	test -x $(WPY) || $(PYTHON) -m venv $(WORKER_VENV)
+	$(WPY) -m pip install -q --upgrade pip
+	# --no-deps: the lock is the complete, tested set (see worker/requirements.txt).
+	$(WPY) -m pip install -q --no-deps -r worker/requirements.lock
+	touch $@
+
+$(TINY_MODEL)/BUILD.json: $(WORKER_VENV)/.installed worker/tiny_model.py
+	PYTHONPATH=worker/boot $(WPY) -m worker.tiny_model --force $(TINY_MODEL)
+
+install: $(VENV)/.installed $(WORKER_VENV)/.installed $(TINY_MODEL)/BUILD.json ## both virtual environments and the tiny test model
+
+worker-lock: ## regenerate worker/requirements.lock from a fresh resolve of requirements.txt
+	rm -rf /tmp/vlm-lock-venv && $(PYTHON) -m venv /tmp/vlm-lock-venv
+	/tmp/vlm-lock-venv/bin/pip install -q -r worker/requirements.txt
+	{ echo "# Generated from a working .venv-worker: pip freeze, minus torchaudio and torchcodec"; \
+	  echo "# (see requirements.txt). Regenerate with: make worker-lock"; \
+	  /tmp/vlm-lock-venv/bin/pip freeze | grep -v -E '^(torchaudio|torchcodec)=='; } > worker/requirements.lock
+
+# --- running --------------------------------------------------------------------------------
+worker: install ## run one worker in the foreground (PROFILE=cpu-tiny, WORKER_PORT=8100)
+	$(WPY) -m worker serve --profile $(PROFILE) --port $(WORKER_PORT)
+
+services: ## start the machine's Redis and MariaDB when they are down
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+	    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+	@mysqladmin -h 127.0.0.1 -uroot ping >/dev/null 2>&1 || \
+	  { start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; \
+	    for i in $$(seq 30); do mysqladmin -h 127.0.0.1 -uroot ping >/dev/null 2>&1 && break; sleep 1; done; }
+
+up: install ## start the stack in the background and wait until it is ready
+	RUN_DIR=$(RUN_DIR) deploy/local/stack.sh up
+
+down: ## stop exactly what `make up` started
+	RUN_DIR=$(RUN_DIR) deploy/local/stack.sh down
+
+# --- quality --------------------------------------------------------------------------------
+lint: $(VENV)/.installed ## ruff and mypy --strict on our code
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint install ## lint, then every test (real vLLM CPU engine included)
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed ## tests that need no engine
+	$(PY) -m pytest -q -m "not engine"
+
+# --- benchmarks -----------------------------------------------------------------------------
+bench-worker: install ## vLLM's own benchmark client against one cpu-tiny worker
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_worker | tee $(RUN_DIR)/bench-worker.txt
+
+clean: down
+	rm -rf $(RUN_DIR)

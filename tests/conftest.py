@@ -1,0 +1,45 @@
+"""Shared fixtures: one real vLLM CPU worker (cpu-tiny) per test session.
+
+Set VLM_TEST_WORKER_URL to reuse a worker that is already running (faster
+local iterations); otherwise the session starts its own on a free port through
+the same launcher `make worker` uses, and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from worker.local import WorkerStartError, start_worker
+from worker.profiles import REPO_ROOT
+
+LOG_DIR = REPO_ROOT / ".run" / "test-logs"
+TINY_MODEL_NAME = "qwen3-vl-tiny"
+WORKER_STARTUP_TIMEOUT_S = 600.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def worker_url() -> Iterator[str]:
+    """Base URL of a ready cpu-tiny worker (served model `qwen3-vl-tiny`)."""
+    reuse = os.environ.get("VLM_TEST_WORKER_URL")
+    if reuse:
+        yield reuse.rstrip("/")
+        return
+    try:
+        worker = start_worker(free_port(), LOG_DIR, timeout_s=WORKER_STARTUP_TIMEOUT_S)
+    except WorkerStartError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield worker.url
+    finally:
+        worker.stop()

@@ -1,0 +1,71 @@
+"""The launcher's readiness gate, with a server double that fails warm-up on cue.
+
+The real engine's readiness is covered by the session worker fixture, which
+waits for the ready file of a real vLLM worker (tests/test_worker_engine.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from worker.launcher import LaunchOptions, run
+from worker.profiles import PROFILES, REPO_ROOT
+
+FAKE = str(Path(__file__).parent / "doubles" / "fake_vllm.py")
+
+
+def _options(tmp_path: Path, port: int) -> LaunchOptions:
+    return LaunchOptions("127.0.0.1", port, tmp_path / "ready", 20.0, None)
+
+
+def test_worker_becomes_ready_only_after_an_answered_warm_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    code = run(
+        PROFILES["cpu-tiny"], _options(tmp_path, port), [sys.executable, FAKE, str(port), "ok"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "ready on http://127.0.0.1:" in out
+    assert not (tmp_path / "ready").exists(), "the ready file must go when the server exits"
+
+
+def test_failed_warm_up_never_marks_ready_and_stops_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    code = run(
+        PROFILES["cpu-tiny"], _options(tmp_path, port), [sys.executable, FAKE, str(port), "fail"]
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "warm-up failed" in out
+    assert "ready on" not in out
+    assert not (tmp_path / "ready").exists()
+
+
+def test_server_that_exits_during_start_up_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run(
+        PROFILES["cpu-tiny"],
+        _options(tmp_path, free_port()),
+        [sys.executable, "-c", "raise SystemExit(3)"],
+    )
+    assert code == 3
+    assert "exited with 3" in capsys.readouterr().out
+
+
+def test_ready_command_reflects_the_ready_file(tmp_path: Path) -> None:
+    ready = tmp_path / "r.ready"
+    env = {"WORKER_READY_FILE": str(ready), "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "worker", "ready", "--port", "1"]
+    assert subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=False).returncode == 1
+    ready.write_text("now")
+    assert subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=False).returncode == 0

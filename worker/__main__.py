@@ -1,0 +1,70 @@
+"""python -m worker: serve a profile, print its arguments, or check readiness.
+
+    python -m worker serve [--profile cpu-tiny] [--host 127.0.0.1] [--port 8100]
+    python -m worker args  [--profile gpu-bf16]      # the vLLM command, nothing started
+    python -m worker ready [--port 8100]             # exit 0 when warmed up (probes)
+
+Every profile field can be overridden as WORKER_<FIELD> (see worker/profiles.py);
+WORKER_API_KEY sets the key the server requires on /v1/*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from worker.launcher import LaunchOptions, command, default_ready_file, run
+from worker.profiles import PROFILES, ProfileError, describe, resolve_profile, server_env
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    for action in ("serve", "args", "ready"):
+        p = sub.add_parser(action)
+        p.add_argument("--port", type=int, default=int(os.environ.get("WORKER_PORT", "8100")))
+        if action == "ready":
+            continue
+        p.add_argument(
+            "--profile",
+            choices=sorted(PROFILES),
+            default=os.environ.get("WORKER_PROFILE", "cpu-tiny"),
+        )
+        p.add_argument("--host", default=os.environ.get("WORKER_HOST", "127.0.0.1"))
+        p.add_argument(
+            "--startup-timeout",
+            type=float,
+            default=float(os.environ.get("WORKER_STARTUP_TIMEOUT", "900")),
+            help="seconds to wait for health and warm-up",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.action == "ready":
+        return 0 if default_ready_file(args.port).exists() else 1
+    try:
+        profile = resolve_profile(args.profile, os.environ)
+    except ProfileError as exc:
+        print(f"[worker] {exc}", file=sys.stderr)
+        return 2
+    options = LaunchOptions(
+        host=args.host,
+        port=args.port,
+        ready_file=default_ready_file(args.port),
+        startup_timeout_s=args.startup_timeout,
+        api_key=os.environ.get("WORKER_API_KEY") or None,
+    )
+    if args.action == "args":
+        env = server_env(profile, None)
+        print(json.dumps({"profile": describe(profile), "command": command(profile, options),
+                          "env": env}, indent=2))  # fmt: skip
+        return 0
+    return run(profile, options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
