@@ -1,6 +1,6 @@
 """Render nginx/nginx.conf.template for the local stack.
 
-    python nginx/render.py OUT --listen 127.0.0.1:8080 --gateway 127.0.0.1:8001 ...
+python nginx/render.py OUT --listen 127.0.0.1:8080 --gateway 127.0.0.1:8001 ...
 """
 
 from __future__ import annotations
