@@ -66,7 +66,8 @@ def test_gpu_profiles_pin_memory_and_quantisation() -> None:
     assert _arg(bf16, "--dtype") == "bfloat16"
     assert "--quantization" not in bf16
     assert "FP8" in _arg(fp8, "--model")
-    assert _arg(awq, "--quantization") == "awq_marlin"
+    assert "AWQ" in _arg(awq, "--model")
+    assert _arg(awq, "--dtype") == "float16"  # AWQ kernels compute in FP16
     # The 24 GB profile must keep batches and contexts smaller than the 80 GB one.
     assert int(_arg(awq, "--max-num-seqs")) < int(_arg(bf16, "--max-num-seqs"))
     assert int(_arg(awq, "--max-model-len")) < int(_arg(bf16, "--max-model-len"))
@@ -110,8 +111,12 @@ def test_environment_overrides_are_typed() -> None:
 
 
 def test_an_optional_field_can_be_cleared_from_the_environment() -> None:
-    profile = resolve_profile("gpu-awq", {"WORKER_QUANTIZATION": "none"})
-    assert "--quantization" not in server_args(profile, "h", 1)
+    profile = resolve_profile("gpu-bf16", {"WORKER_QUANTIZATION": "fp8"})
+    assert _arg(server_args(profile, "h", 1), "--quantization") == "fp8"
+    cleared = resolve_profile(
+        "gpu-bf16", {"WORKER_QUANTIZATION": "fp8", "WORKER_GPU_MEMORY_UTILIZATION": "none"}
+    )
+    assert "--gpu-memory-utilization" not in server_args(cleared, "h", 1)
 
 
 @pytest.mark.parametrize(

@@ -110,8 +110,9 @@ PROFILES: dict[str, Profile] = {
     "gpu-awq": Profile(
         name="gpu-awq",
         device="gpu",
-        # A community 4-bit AWQ export; point WORKER_MODEL at your own copy.
-        model="cpatonn/Qwen3-VL-8B-Instruct-AWQ-4bit",
+        # A community 4-bit AWQ export (Qwen publishes none); point WORKER_MODEL
+        # at the copy you have validated.
+        model="QuantTrio/Qwen3-VL-8B-Instruct-AWQ",
         served_model_name="Qwen/Qwen3-VL-8B-Instruct",
         dtype="float16",
         max_model_len=16384,
@@ -120,7 +121,9 @@ PROFILES: dict[str, Profile] = {
         max_images_per_prompt=2,
         mm_processor_cache_gb=2.0,
         gpu_memory_utilization=0.90,
-        quantization="awq_marlin",
+        # None: vLLM reads the scheme from the checkpoint (AWQ or compressed-tensors)
+        # and picks the Marlin int4 kernels on Ampere and newer by itself.
+        quantization=None,
         cpu_threads=4,
     ),
     "cpu-tiny": Profile(
