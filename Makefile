@@ -15,7 +15,7 @@ PROFILE ?= cpu-tiny
 WORKER_PORT ?= 8100
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install worker lint fmt test test-fast bench-worker up down services worker-lock clean
+.PHONY: help install nginx-installed worker lint fmt test test-fast bench-worker up down services worker-lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,7 +37,14 @@ $(WORKER_VENV)/.installed: worker/requirements.lock
 $(TINY_MODEL)/BUILD.json: $(WORKER_VENV)/.installed worker/tiny_model.py
 	PYTHONPATH=worker/boot $(WPY) -m worker.tiny_model --force $(TINY_MODEL)
 
-install: $(VENV)/.installed $(WORKER_VENV)/.installed $(TINY_MODEL)/BUILD.json ## both virtual environments and the tiny test model
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+nginx-installed: # Debian's nginx, when the machine has none
+	@command -v nginx >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light >/dev/null; }
+
+install: $(VENV)/.installed $(WORKER_VENV)/.installed $(TINY_MODEL)/BUILD.json nginx-installed ## virtual environments, the tiny test model, nginx
 
 worker-lock: ## regenerate worker/requirements.lock from a fresh resolve of requirements.txt
 	rm -rf /tmp/vlm-lock-venv && $(PYTHON) -m venv /tmp/vlm-lock-venv

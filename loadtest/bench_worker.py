@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 
 from loadtest.vllm_bench import REPORTED, BenchConfig, run_vllm_bench
-from worker.local import start_worker
+from localstack.processes import start_worker
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
@@ -36,7 +36,7 @@ def main() -> None:
     worker = None
     if not url:
         run_dir = Path(os.environ.get("RUN_DIR", ".run")) / "bench"
-        worker = start_worker(int(os.environ.get("BENCH_WORKER_PORT", "8190")), run_dir)
+        worker = start_worker(run_dir)
         url = worker.url
     try:
         rounds = [run_vllm_bench(url, config, seed=1000 + i) for i in range(ROUNDS)]

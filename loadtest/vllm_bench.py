@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.local import WORKER_PYTHON
+from localstack.processes import WORKER_PYTHON
 from worker.profiles import REPO_ROOT, TINY_MODEL_DIR
 
 REPORTED = (

@@ -8,24 +8,16 @@ the same launcher `make worker` uses, and stops it at the end.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from worker.local import WorkerStartError, start_worker
+from localstack.processes import StartError, start_worker
 from worker.profiles import REPO_ROOT
 
 LOG_DIR = REPO_ROOT / ".run" / "test-logs"
 TINY_MODEL_NAME = "qwen3-vl-tiny"
 WORKER_STARTUP_TIMEOUT_S = 600.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +28,8 @@ def worker_url() -> Iterator[str]:
         yield reuse.rstrip("/")
         return
     try:
-        worker = start_worker(free_port(), LOG_DIR, timeout_s=WORKER_STARTUP_TIMEOUT_S)
-    except WorkerStartError as exc:
+        worker = start_worker(LOG_DIR, timeout_s=WORKER_STARTUP_TIMEOUT_S)
+    except StartError as exc:
         pytest.fail(str(exc))
     try:
         yield worker.url

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from localstack.processes import free_port
 from worker.launcher import LaunchOptions, run
 from worker.profiles import PROFILES, REPO_ROOT
 

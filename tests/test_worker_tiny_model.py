@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.local import WORKER_PYTHON
+from localstack.processes import WORKER_PYTHON
 from worker.profiles import REPO_ROOT, TINY_MODEL_DIR
 
 CHECK_SCRIPT = r"""

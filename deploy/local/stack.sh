@@ -9,7 +9,15 @@ LOG_DIR=$RUN_DIR/logs
 PID_DIR=$RUN_DIR/pids
 WORKER_PORT=${WORKER_PORT:-8100}
 PROFILE=${PROFILE:-cpu-tiny}
+GATEWAY_REPLICAS=${GATEWAY_REPLICAS:-2}
+GATEWAY_BASE_PORT=${GATEWAY_BASE_PORT:-8001}
+HOST=${HOST:-127.0.0.1}
+PORT=${PORT:-8080}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-900}
+# One limit for both hops: Nginx refuses what the gateway would refuse.
+export GATEWAY_MAX_BODY_BYTES=${GATEWAY_MAX_BODY_BYTES:-16777216}
+export GATEWAY_TOTAL_TIMEOUT_S=${GATEWAY_TOTAL_TIMEOUT_S:-600}
+export GATEWAY_WORKER_URLS=${GATEWAY_WORKER_URLS:-http://127.0.0.1:$WORKER_PORT}
 
 mkdir -p "$LOG_DIR" "$PID_DIR"
 
@@ -72,17 +80,42 @@ up() {
   start worker env WORKER_READY_FILE="$RUN_DIR/worker-$WORKER_PORT.ready" \
     .venv-worker/bin/python -m worker serve --profile "$PROFILE" --port "$WORKER_PORT"
   wait_for "the worker's warm-up" test -f "$RUN_DIR/worker-$WORKER_PORT.ready"
+
+  local upstreams=()
+  for i in $(seq 0 $((GATEWAY_REPLICAS - 1))); do
+    local port=$((GATEWAY_BASE_PORT + i))
+    start "gateway-$port" .venv/bin/python -m gateway --host 127.0.0.1 --port "$port"
+    upstreams+=(--gateway "127.0.0.1:$port")
+  done
+
+  .venv/bin/python nginx/render.py "$RUN_DIR/nginx.conf" --listen "$HOST:$PORT" "${upstreams[@]}" \
+    --run-dir "$RUN_DIR/nginx" --log-dir "$LOG_DIR" \
+    --max-body-bytes "$GATEWAY_MAX_BODY_BYTES" --read-timeout "$((${GATEWAY_TOTAL_TIMEOUT_S%.*} + 10))"
+  nginx -t -q -c "$PWD/$RUN_DIR/nginx.conf" -e "$LOG_DIR/nginx-error.log"
+  if running nginx; then
+    kill -HUP "$(cat "$PID_DIR/nginx.pid")"  # reload the freshly rendered configuration
+  else
+    start nginx nginx -c "$PWD/$RUN_DIR/nginx.conf" -e "$LOG_DIR/nginx-error.log" -g 'daemon off;'
+  fi
+  wait_for "/readyz through nginx" curl -sf "http://$HOST:$PORT/readyz"
+
   sample_request "$RUN_DIR/sample-request.json"
-  echo "ready: worker on http://127.0.0.1:$WORKER_PORT (profile $PROFILE)"
+  echo "ready: http://$HOST:$PORT (nginx -> $GATEWAY_REPLICAS gateways -> worker, profile $PROFILE)"
   echo "try:"
-  echo "  curl -s http://127.0.0.1:$WORKER_PORT/v1/chat/completions -H 'Content-Type: application/json' -d @$RUN_DIR/sample-request.json"
+  echo "  curl -s http://$HOST:$PORT/v1/chat/completions -H 'Content-Type: application/json' -d @$RUN_DIR/sample-request.json"
   if [[ $PROFILE == cpu-tiny ]]; then
     echo "(cpu-tiny has random weights: its answers are noise, by design)"
   fi
 }
 
 down() {
-  for name in worker; do stop "$name"; done
+  # Front to back, so nothing new reaches a process that is going away.
+  stop nginx
+  for pidfile in "$PID_DIR"/gateway-*.pid; do
+    [[ -e $pidfile ]] && stop "$(basename "$pidfile" .pid)"
+  done
+  stop worker
+  return 0
 }
 
 case ${1:-} in

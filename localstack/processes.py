@@ -1,0 +1,163 @@
+"""Worker, gateway and Nginx processes on free ports, stopped by their handles."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from nginx.render import render
+from worker.profiles import REPO_ROOT
+
+GATEWAY_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+WORKER_PYTHON = REPO_ROOT / ".venv-worker" / "bin" / "python"
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class LocalProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def _spawn(
+    name: str, cmd: list[str], log_dir: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    return process, log_path
+
+
+def wait_http_ok(proc: LocalProcess, path: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.process.poll() is not None:
+            raise StartError(
+                f"{proc.name} exited with {proc.process.returncode}:\n{proc.log_tail()}"
+            )
+        try:
+            with urllib.request.urlopen(proc.url + path, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    proc.stop()
+    raise StartError(f"{proc.name}: {path} not 200 after {timeout_s:.0f}s:\n{proc.log_tail()}")
+
+
+def start_worker(
+    log_dir: Path,
+    port: int | None = None,
+    profile: str = "cpu-tiny",
+    timeout_s: float = 600.0,
+    env: dict[str, str] | None = None,
+) -> LocalProcess:
+    """`python -m worker serve`, returned once the launcher's warm-up marked it ready."""
+    if not WORKER_PYTHON.exists():
+        raise StartError("the worker environment is missing: run `make install`")
+    port = port or free_port()
+    ready_file = log_dir / f"worker-{port}.ready"
+    ready_file.unlink(missing_ok=True)
+    full_env = {**os.environ, **(env or {}), "WORKER_READY_FILE": str(ready_file)}
+    cmd = [str(WORKER_PYTHON), "-m", "worker", "serve", "--profile", profile, "--port", str(port)]
+    process, log_path = _spawn(f"worker-{port}", cmd, log_dir, full_env)
+    worker = LocalProcess(f"worker-{port}", process, port, log_path)
+    deadline = time.monotonic() + timeout_s
+    while not ready_file.exists():
+        if process.poll() is not None:
+            raise StartError(f"worker exited with {process.returncode}:\n{worker.log_tail()}")
+        if time.monotonic() > deadline:
+            worker.stop()
+            raise StartError(f"worker not ready after {timeout_s:.0f}s; see {log_path}")
+        time.sleep(0.5)
+    return worker
+
+
+def start_gateway(
+    worker_urls: list[str],
+    log_dir: Path,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/readyz",
+    timeout_s: float = 60.0,
+) -> LocalProcess:
+    """`python -m gateway` on a port of its own, returned once ready_path answers 200."""
+    port = port or free_port()
+    full_env = {**os.environ, "GATEWAY_WORKER_URLS": ",".join(worker_urls), **(env or {})}
+    cmd = [str(GATEWAY_PYTHON), "-m", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    process, log_path = _spawn(f"gateway-{port}", cmd, log_dir, full_env)
+    gateway = LocalProcess(f"gateway-{port}", process, port, log_path)
+    wait_http_ok(gateway, ready_path, timeout_s)
+    return gateway
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise StartError("nginx is not installed: run `make install`")
+    return found
+
+
+def start_nginx(
+    upstreams: list[str],
+    run_dir: Path,
+    port: int | None = None,
+    max_body_bytes: int = 16 * 1024 * 1024,
+    read_timeout_s: int = 610,
+    ready_path: str = "/readyz",
+    timeout_s: float = 30.0,
+) -> LocalProcess:
+    """Nginx from our template in front of upstreams ("127.0.0.1:PORT"), in the foreground."""
+    port = port or free_port()
+    conf_dir = run_dir / f"nginx-{port}"
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (conf_dir / sub).mkdir(parents=True, exist_ok=True)
+    conf = conf_dir / "nginx.conf"
+    conf.write_text(
+        render(f"127.0.0.1:{port}", upstreams, conf_dir, conf_dir, max_body_bytes, read_timeout_s)
+    )
+    error_log = conf_dir / "nginx-error.log"
+    cmd = [nginx_binary(), "-c", str(conf), "-e", str(error_log), "-g", "daemon off;"]
+    process, log_path = _spawn(f"nginx-{port}", cmd, run_dir, dict(os.environ))
+    nginx = LocalProcess(f"nginx-{port}", process, port, log_path)
+    wait_http_ok(nginx, ready_path, timeout_s)
+    return nginx
