@@ -15,7 +15,7 @@ PROFILE ?= cpu-tiny
 WORKER_PORT ?= 8100
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install nginx-installed worker lint fmt test test-fast bench-worker up down services worker-lock clean
+.PHONY: help install nginx-installed worker lint fmt test test-fast bench bench-worker up down services worker-lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -90,6 +90,10 @@ test-fast: $(VENV)/.installed ## tests that need no engine
 # --- benchmarks -----------------------------------------------------------------------------
 bench-worker: install ## vLLM's own benchmark client against one cpu-tiny worker
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_worker | tee $(RUN_DIR)/bench-worker.txt
+
+bench: install ## every benchmark, in one run: gateway overhead against direct and Nginx alone
+	mkdir -p loadtest/results
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway | tee loadtest/results/bench-gateway.txt
 
 clean: down
 	rm -rf $(RUN_DIR)

@@ -18,7 +18,7 @@ from localstack.processes import start_worker
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
-def _machine() -> str:
+def machine_description() -> str:
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -43,12 +43,8 @@ def main() -> None:
     finally:
         if worker is not None:
             worker.stop()
-    print(f"machine: {_machine()}")
-    print(
-        f"workload: {config.num_prompts} requests, concurrency {config.concurrency}, one "
-        f"{config.image_width}x{config.image_height} image + {config.input_len} text tokens in, "
-        f"{config.output_len} tokens out; median of {ROUNDS} rounds (seeds 1000..)"
-    )
+    print(f"machine: {machine_description()}")
+    print(f"workload: {config.describe()}; median of {ROUNDS} rounds (seeds 1000..)")
     for key in REPORTED:
         values = [float(r[key]) for r in rounds]
         unit = "req/s" if key == "request_throughput" else (

@@ -38,6 +38,13 @@ class BenchConfig:
     image_height: int = 480
     image_width: int = 640
 
+    def describe(self) -> str:
+        return (
+            f"{self.num_prompts} requests, concurrency {self.concurrency}, one "
+            f"{self.image_width}x{self.image_height} image + {self.input_len} text tokens in, "
+            f"{self.output_len} tokens out"
+        )
+
 
 def run_vllm_bench(base_url: str, config: BenchConfig, seed: int) -> dict[str, Any]:
     """One benchmark run; returns vLLM's result JSON (throughputs, latency percentiles)."""
