@@ -1,0 +1,192 @@
+"""The answer cache: which requests are cacheable, their key, and get/put in Redis.
+
+Key derivation
+--------------
+A key is sha256 over length-prefixed fields (8-byte big-endian length, then the
+bytes), so no two different field lists can produce the same byte stream:
+
+1. the cache format version (CACHE_FORMAT_VERSION) and the namespace;
+2. the served model and its revision/profile (a new checkpoint is a new key);
+3. the canonical request: the JSON the worker receives with every image replaced
+   by "sha256:<digest of its decoded bytes>", keys sorted, no whitespace, and
+   the fields that only change the answer's *shape* removed (`stream`,
+   `stream_options`). It holds the whole message structure and text and every
+   sampling parameter (temperature, top_p, seed, stop, max_tokens, penalties);
+4. the image digests, in order.
+
+Because images enter as digests of their decoded bytes, the same photo sent as
+bare base64 or as a data URI, with any declared MIME type, is the same key; a
+photo that differs by one pixel is different bytes and a different key.
+
+Policy
+------
+* Cacheable only when the request asks for a deterministic answer: temperature 0
+  (greedy decoding), or an explicit seed (vLLM seeds the request's own sampler).
+  A request with neither asked for a fresh sample; replaying one would quietly
+  change what it means. `cache_seeded_requests=False` limits caching to greedy.
+* finish_reason "length" is cached: max_tokens is part of the key, so the same
+  request deterministically ends at the same length; the client gets exactly
+  what the worker would have produced.
+* Errors, moderated answers and broken streams are never stored (the pipeline
+  only offers complete answers), nor values over `max_value_bytes`.
+* Values are compact: the answer text, its finish reason and token counts.
+  Memory is bounded by the TTL and the value cap; every key is namespaced.
+
+Redis failures never fail a request: every call goes through a circuit breaker
+with short socket timeouts, and a failed or skipped call is a cache bypass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.breaker import BreakerOpen, CircuitBreaker
+
+CACHE_FORMAT_VERSION: Final = 1
+# Fields that shape the response (JSON or SSE) but not the answer itself.
+_SHAPE_ONLY_FIELDS: Final = frozenset({"stream", "stream_options"})
+REDIS_FAILURES: Final = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheDirectives:
+    """What the client's Cache-Control header allows."""
+
+    read: bool = True  # no-cache: skip the lookup
+    write: bool = True  # no-store: skip the store
+
+    @classmethod
+    def from_header(cls, value: str | None) -> CacheDirectives:
+        tokens = {t.strip().lower().split("=", 1)[0] for t in (value or "").split(",")}
+        return cls(read="no-cache" not in tokens, write="no-store" not in tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            [self.content, self.finish_reason, self.prompt_tokens, self.completion_tokens],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CachedAnswer | None:
+        try:
+            content, finish, prompt, completion = json.loads(raw)
+        except (ValueError, TypeError):
+            return None  # written by another format version: treat as a miss
+        if not (isinstance(content, str) and isinstance(finish, str)):
+            return None
+        if not (isinstance(prompt, int) and isinstance(completion, int)):
+            return None
+        return cls(content, finish, prompt, completion)
+
+
+def is_deterministic(payload: Mapping[str, Any], allow_seeded: bool) -> bool:
+    """Whether the request asks for an answer that can be replayed (see Policy)."""
+    if payload.get("temperature") == 0:
+        return True
+    return allow_seeded and payload.get("seed") is not None
+
+
+def canonical_request(payload: Mapping[str, Any], image_digests: Sequence[str]) -> bytes:
+    """The request as the key sees it: images as digests, shape-only fields dropped."""
+    digests = iter(image_digests)
+    view = {k: v for k, v in payload.items() if k not in _SHAPE_ONLY_FIELDS}
+    messages = []
+    for message in view.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "image_url":
+                    part = {**part, "image_url": {"url": f"sha256:{next(digests)}"}}
+                parts.append(part)
+            message = {**message, "content": parts}
+        messages.append(message)
+    view["messages"] = messages
+    return json.dumps(view, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def derive_key(
+    namespace: str,
+    model: str,
+    revision: str,
+    request: bytes,
+    image_digests: Sequence[str],
+) -> str:
+    digest = hashlib.sha256()
+    fields = [
+        f"v{CACHE_FORMAT_VERSION}".encode(),
+        namespace.encode(),
+        model.encode(),
+        revision.encode(),
+        request,
+        len(image_digests).to_bytes(8, "big") + "".join(image_digests).encode(),
+    ]
+    for field in fields:
+        digest.update(len(field).to_bytes(8, "big"))
+        digest.update(field)
+    return f"{namespace}:v{CACHE_FORMAT_VERSION}:answer:{digest.hexdigest()}"
+
+
+class AnswerCache:
+    """get/put of answers in Redis, failing open through the breaker."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        breaker: CircuitBreaker,
+        ttl_seconds: int,
+        max_value_bytes: int,
+    ) -> None:
+        self._redis = redis
+        self._breaker = breaker
+        self._ttl = ttl_seconds
+        self._max_value_bytes = max_value_bytes
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The stored answer; None on a miss. Raises CacheUnavailable when Redis is
+        down or the breaker is open, so the caller can count a bypass."""
+        raw = await self._call(lambda: self._redis.get(key))
+        if raw is None:
+            return None
+        return CachedAnswer.decode(raw)
+
+    async def put(self, key: str, answer: CachedAnswer) -> bool:
+        """Store the answer; False when it is too large to keep. Raises CacheUnavailable."""
+        value = answer.encode()
+        if len(value) > self._max_value_bytes:
+            return False
+        await self._call(lambda: self._redis.set(key, value, ex=self._ttl))
+        return True
+
+    async def _call(self, operation: Any) -> Any:
+        try:
+            return await self._breaker.call(operation, REDIS_FAILURES)
+        except BreakerOpen:
+            raise CacheUnavailable("breaker open") from None
+        except REDIS_FAILURES as exc:
+            raise CacheUnavailable(type(exc).__name__) from None
+
+
+class CacheUnavailable(Exception):
+    """Redis could not be used for this call; the request goes on without the cache."""
+
+
+def now_seconds() -> int:
+    return int(time.time())

@@ -1,0 +1,196 @@
+"""The coalescer and the cache against a real Redis server.
+
+Normal behaviour uses the machine's Redis with a namespace of its own; drills
+that kill or freeze Redis use a private instance (tests/redis_fixtures.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.breaker import CircuitBreaker
+from gateway.cache import AnswerCache, CachedAnswer, CacheUnavailable
+from gateway.coalesce import Alone, Coalescer, Joined, Lead
+from tests.redis_fixtures import PrivateRedis
+
+ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
+
+
+def _clients(url: str) -> tuple[Redis, Redis]:
+    fast = Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
+    pubsub = Redis.from_url(url, socket_connect_timeout=0.5)
+    return fast, pubsub
+
+
+class Replica:
+    """One gateway replica's cache objects (own clients and breaker), like the lifespan's."""
+
+    def __init__(self, url: str, namespace: str, wait_timeout_s: float = 10.0) -> None:
+        self.redis, self.pubsub = _clients(url)
+        self.breaker = CircuitBreaker(open_seconds=1.0)
+        self.cache = AnswerCache(self.redis, self.breaker, ttl_seconds=60, max_value_bytes=4096)
+        self.coalescer = Coalescer(
+            self.redis, self.pubsub, self.breaker, self.cache, namespace,
+            lock_ttl_s=5.0, wait_timeout_s=wait_timeout_s, poll_interval_s=0.1,
+        )  # fmt: skip
+
+    async def __aenter__(self) -> Replica:
+        await self.coalescer.start()
+        await asyncio.sleep(0.05)  # let the pattern subscription settle
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.coalescer.stop()
+        await self.redis.aclose()
+        await self.pubsub.aclose()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def replicas(namespace: str) -> AsyncIterator[tuple[Replica, Replica]]:
+    async with (
+        Replica("redis://127.0.0.1:6379/0", namespace) as a,
+        Replica("redis://127.0.0.1:6379/0", namespace) as b,
+    ):
+        yield a, b
+        keys = [k async for k in a.redis.scan_iter(f"{namespace}:*")]
+        if keys:
+            await a.redis.delete(*keys)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _simulate_request(replica: Replica, key: str, generations: list[int]) -> str:
+    """What the pipeline does: acquire; a leader 'generates', stores and finishes."""
+    outcome = await replica.coalescer.acquire(key)
+    if isinstance(outcome, Joined):
+        assert outcome.answer == ANSWER
+        return "coalesced"
+    await asyncio.sleep(0.3)  # the generation
+    generations.append(1)
+    if isinstance(outcome, Lead):
+        await replica.cache.put(key, ANSWER)
+        await replica.coalescer.finish(outcome, ANSWER)
+        return "leader"
+    return "alone"
+
+
+async def test_fifty_identical_requests_over_two_replicas_generate_once(
+    replicas: tuple[Replica, Replica], namespace: str
+) -> None:
+    key = f"{namespace}:v1:answer:abc"
+    generations: list[int] = []
+    outcomes = await asyncio.gather(
+        *[_simulate_request(replicas[i % 2], key, generations) for i in range(50)]
+    )
+    assert len(generations) == 1
+    assert sorted(outcomes).count("coalesced") == 49
+
+
+async def test_waiters_call_a_worker_themselves_when_the_leader_fails(
+    replicas: tuple[Replica, Replica], namespace: str
+) -> None:
+    key = f"{namespace}:v1:answer:fails"
+    leader = await replicas[0].coalescer.acquire(key)
+    assert isinstance(leader, Lead)
+    waiters = [asyncio.create_task(replicas[i % 2].coalescer.acquire(key)) for i in range(4)]
+    await asyncio.sleep(0.2)
+    await replicas[0].coalescer.finish(leader, None)
+    results = await asyncio.gather(*waiters)
+    assert all(isinstance(r, Alone) and r.reason == "leader failed" for r in results)
+
+
+async def test_a_leader_that_dies_is_detected_by_its_lock_expiring(namespace: str) -> None:
+    async with Replica("redis://127.0.0.1:6379/0", namespace) as replica:
+        key = f"{namespace}:v1:answer:dead"
+        # A leader elsewhere took the lock and died: it never publishes or releases.
+        await replica.redis.set(f"{key}:lock", "dead-leader", px=300)
+        started = asyncio.get_running_loop().time()
+        result = await replica.coalescer.acquire(key)
+        assert isinstance(result, Alone)
+        assert asyncio.get_running_loop().time() - started < 2.0
+
+
+async def test_a_waiter_gives_up_after_its_wait_timeout(namespace: str) -> None:
+    async with Replica("redis://127.0.0.1:6379/0", namespace, wait_timeout_s=0.5) as replica:
+        key = f"{namespace}:v1:answer:slow"
+        await replica.redis.set(f"{key}:lock", "slow-leader", px=10_000)
+        result = await replica.coalescer.acquire(key)
+        assert result == Alone("waited too long")
+        await replica.redis.delete(f"{key}:lock")
+
+
+async def test_a_finished_answer_is_found_by_a_late_waiter(
+    replicas: tuple[Replica, Replica], namespace: str
+) -> None:
+    key = f"{namespace}:v1:answer:late"
+    await replicas[0].cache.put(key, ANSWER)
+    await replicas[0].redis.set(f"{key}:lock", "someone", px=5000)
+    result = await replicas[1].coalescer.acquire(key)
+    assert result == Joined(ANSWER)
+
+
+async def test_values_over_the_cap_are_not_stored(
+    replicas: tuple[Replica, Replica], namespace: str
+) -> None:
+    key = f"{namespace}:v1:answer:big"
+    assert not await replicas[0].cache.put(key, CachedAnswer("x" * 5000, "stop", 1, 1))
+    assert await replicas[0].cache.get(key) is None
+    assert await replicas[0].cache.put(key, ANSWER)
+    assert await replicas[0].redis.ttl(key) > 0
+
+
+async def test_dead_redis_costs_one_timeout_per_breaker_window(
+    private_redis: PrivateRedis,
+) -> None:
+    async with Replica(private_redis.url, "drill") as replica:
+        await replica.cache.put("drill:v1:answer:k", ANSWER)
+        private_redis.freeze()  # hung: every call would wait for its socket timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        failures = 0
+        for _ in range(50):
+            with pytest.raises(CacheUnavailable):
+                await replica.cache.get("drill:v1:answer:k")
+            failures += 1
+        elapsed = loop.time() - started
+        assert failures == 50
+        assert replica.breaker.state.name == "OPEN"
+        assert elapsed < 0.6, f"50 calls took {elapsed:.2f}s: more than one timeout was paid"
+        assert isinstance(await replica.coalescer.acquire("drill:v1:answer:k"), Alone)
+        private_redis.thaw()
+        await asyncio.sleep(1.05)  # the breaker window
+        assert await replica.cache.get("drill:v1:answer:k") == ANSWER
+        assert replica.breaker.state.name == "CLOSED"
+
+
+async def test_killed_redis_fails_open_and_recovers_after_restart(
+    private_redis: PrivateRedis,
+) -> None:
+    async with Replica(private_redis.url, "drill") as replica:
+        await replica.cache.put("drill:v1:answer:k", ANSWER)
+        private_redis.kill()
+        with pytest.raises(CacheUnavailable):
+            await replica.cache.get("drill:v1:answer:k")
+        assert isinstance(await replica.coalescer.acquire("drill:v1:answer:x"), Alone)
+        private_redis.start()  # same port: clients reconnect by themselves
+        await asyncio.sleep(1.05)
+        assert await replica.cache.get("drill:v1:answer:k") is None  # no persistence: empty
+        assert await replica.cache.put("drill:v1:answer:k", ANSWER)
+        assert await replica.cache.get("drill:v1:answer:k") == ANSWER
