@@ -65,7 +65,7 @@ services: ## start the machine's Redis and MariaDB when they are down
 	  { start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; \
 	    for i in $$(seq 30); do mysqladmin -h 127.0.0.1 -uroot ping >/dev/null 2>&1 && break; sleep 1; done; }
 
-up: install ## start the stack in the background and wait until it is ready
+up: install services ## start the stack in the background and wait until it is ready
 	RUN_DIR=$(RUN_DIR) deploy/local/stack.sh up
 
 down: ## stop exactly what `make up` started
