@@ -81,7 +81,7 @@ fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint install ## lint, then every test (real vLLM CPU engine included)
+test: lint install services ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed ## tests that need no engine
