@@ -15,7 +15,7 @@ PROFILE ?= cpu-tiny
 WORKER_PORT ?= 8100
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install nginx-installed worker lint fmt test test-fast bench bench-worker up down services worker-lock clean
+.PHONY: help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest report up down services worker-lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -91,9 +91,23 @@ test-fast: $(VENV)/.installed ## tests that need no engine
 bench-worker: install ## vLLM's own benchmark client against one cpu-tiny worker
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_worker | tee $(RUN_DIR)/bench-worker.txt
 
-bench: install ## every benchmark, in one run: gateway overhead against direct and Nginx alone
+LOADTEST_HOST ?= http://127.0.0.1:8080
+LOADTEST_DURATION ?= 60s
+LOADTEST_USERS ?= 16
+LOADTEST_ARGS ?=
+
+loadtest: up ## Locust against the local stack; CSV + HTML in loadtest/results/locust/; fails on thresholds
+	$(PY) -m loadtest.run_locust --host $(LOADTEST_HOST) --duration $(LOADTEST_DURATION) \
+	  --users $(LOADTEST_USERS) --max-error-rate 0.01 --max-p95-ms 10000 $(LOADTEST_ARGS)
+
+bench: install services ## every benchmark in one run, then loadtest/results/REPORT.md with plots
 	mkdir -p loadtest/results
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway | tee loadtest/results/bench-gateway.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_replicas | tee loadtest/results/bench-replicas.txt
+	$(PY) -m loadtest.report
+
+report: $(VENV)/.installed ## REPORT.md from the benchmark JSON already in loadtest/results
+	$(PY) -m loadtest.report
 
 clean: down
 	rm -rf $(RUN_DIR)
