@@ -1,0 +1,75 @@
+"""Gateway settings, read from the environment (prefix ``GATEWAY_``) and validated at start-up.
+
+A bad value stops the process before it binds a port: on-call sees the mistake in the
+start-up log instead of in the first user's error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Pillow warns above this many pixels and refuses at twice as many; our own cap must stay
+# below it so that Pillow never sees an image we have not already sized up ourselves.
+PILLOW_MAX_IMAGE_PIXELS = 89_478_485
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told. Times are in seconds, sizes in bytes."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
+
+    # Workers. GATEWAY_WORKER_URLS is a comma-separated list, e.g. "http://a:8100,http://b:8100".
+    worker_urls: Annotated[tuple[str, ...], NoDecode] = ("http://127.0.0.1:8100",)
+    worker_api_key: SecretStr | None = None
+    # Model used by the simple {"image","prompt"} shape; None: the first model the workers list.
+    default_model: str | None = None
+
+    # Request limits, all enforced before anything reaches a worker.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_images: int = Field(default=2, ge=0)
+    max_image_pixels: int = Field(default=4096 * 4096, gt=0, le=PILLOW_MAX_IMAGE_PIXELS)
+    max_tokens_cap: int = Field(default=2048, gt=0)
+    default_max_tokens: int = Field(default=256, gt=0)
+    max_prompt_chars: int = Field(default=16_000, gt=0)
+    # Decode every image fully (in a thread) so truncated or corrupt files get a 400 here
+    # rather than an error from the worker. Costs gateway CPU; the header checks stay on.
+    verify_image_decode: bool = True
+
+    # Upstream timeouts. first_byte covers the wait for the first streamed chunk (queueing
+    # and prefill); total bounds the whole exchange, non-streaming answers included.
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    first_byte_timeout_s: float = Field(default=60.0, gt=0)
+    total_timeout_s: float = Field(default=600.0, gt=0)
+    upstream_max_connections: int = Field(default=512, gt=0)
+
+    # Health polling of the workers, used by /readyz and by the choice of worker.
+    health_interval_s: float = Field(default=2.0, gt=0)
+    health_timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("worker_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",")]
+        if isinstance(value, list | tuple):
+            urls = tuple(str(part).strip().rstrip("/") for part in value if str(part).strip())
+            for url in urls:
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.netloc:
+                    raise ValueError(f"worker URL {url!r} must be http(s)://host[:port]")
+            if not urls:
+                raise ValueError("at least one worker URL is required")
+            return urls
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError("default_max_tokens must not exceed max_tokens_cap")
+        if self.first_byte_timeout_s > self.total_timeout_s:
+            raise ValueError("first_byte_timeout_s must not exceed total_timeout_s")
+        return self

@@ -1,0 +1,197 @@
+"""Error types and the one table that maps each error code to an HTTP status and type.
+
+Every error the gateway returns, as a JSON body or as an SSE error event, is built here
+from a :class:`GatewayError`, so status, body shape and code can never drift apart.
+Messages are written by us: they never echo the request payload or internal reprs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from gateway.metrics import Metrics
+from gateway.protocol import ErrorDetail, ErrorResponse
+
+
+class ErrorCode(StrEnum):
+    # 400: the request itself is wrong
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    MISSING_MODEL = "missing_model"
+    MISSING_MESSAGES = "missing_messages"
+    MISSING_PROMPT = "missing_prompt"
+    MISSING_IMAGE = "missing_image"
+    INVALID_MAX_TOKENS = "invalid_max_tokens"
+    INVALID_TEMPERATURE = "invalid_temperature"
+    INVALID_TOP_P = "invalid_top_p"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    TOO_MANY_IMAGES = "too_many_images"
+    INVALID_IMAGE_URL = "invalid_image_url"
+    REMOTE_IMAGE_URL_UNSUPPORTED = "remote_image_url_unsupported"
+    UNSUPPORTED_IMAGE_TYPE = "unsupported_image_type"
+    INVALID_BASE64 = "invalid_base64"
+    INVALID_IMAGE = "invalid_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    # other client errors
+    MODEL_NOT_FOUND = "model_not_found"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    BODY_TOO_LARGE = "body_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    # the worker said no: its own 4xx status, passed through in our shape
+    UPSTREAM_REJECTED = "upstream_rejected"
+    # the workers could not answer
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    NO_HEALTHY_WORKER = "no_healthy_worker"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    status: int
+    type: str
+
+
+_INVALID = "invalid_request_error"
+_UPSTREAM = "upstream_error"
+
+# The one table. UPSTREAM_REJECTED's status is a default: the worker's own 4xx replaces it.
+ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
+    ErrorCode.INVALID_JSON: ErrorKind(400, _INVALID),
+    ErrorCode.INVALID_REQUEST: ErrorKind(400, _INVALID),
+    ErrorCode.UNSUPPORTED_PARAMETER: ErrorKind(400, _INVALID),
+    ErrorCode.MISSING_MODEL: ErrorKind(400, _INVALID),
+    ErrorCode.MISSING_MESSAGES: ErrorKind(400, _INVALID),
+    ErrorCode.MISSING_PROMPT: ErrorKind(400, _INVALID),
+    ErrorCode.MISSING_IMAGE: ErrorKind(400, _INVALID),
+    ErrorCode.INVALID_MAX_TOKENS: ErrorKind(400, _INVALID),
+    ErrorCode.INVALID_TEMPERATURE: ErrorKind(400, _INVALID),
+    ErrorCode.INVALID_TOP_P: ErrorKind(400, _INVALID),
+    ErrorCode.PROMPT_TOO_LONG: ErrorKind(400, _INVALID),
+    ErrorCode.TOO_MANY_IMAGES: ErrorKind(400, _INVALID),
+    ErrorCode.INVALID_IMAGE_URL: ErrorKind(400, _INVALID),
+    ErrorCode.REMOTE_IMAGE_URL_UNSUPPORTED: ErrorKind(400, _INVALID),
+    ErrorCode.UNSUPPORTED_IMAGE_TYPE: ErrorKind(400, _INVALID),
+    ErrorCode.INVALID_BASE64: ErrorKind(400, _INVALID),
+    ErrorCode.INVALID_IMAGE: ErrorKind(400, _INVALID),
+    ErrorCode.IMAGE_TOO_LARGE: ErrorKind(400, _INVALID),
+    ErrorCode.MODEL_NOT_FOUND: ErrorKind(404, _INVALID),
+    ErrorCode.NOT_FOUND: ErrorKind(404, _INVALID),
+    ErrorCode.METHOD_NOT_ALLOWED: ErrorKind(405, _INVALID),
+    ErrorCode.BODY_TOO_LARGE: ErrorKind(413, _INVALID),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: ErrorKind(415, _INVALID),
+    ErrorCode.UPSTREAM_REJECTED: ErrorKind(400, _INVALID),
+    ErrorCode.UPSTREAM_ERROR: ErrorKind(502, _UPSTREAM),
+    ErrorCode.UPSTREAM_UNAVAILABLE: ErrorKind(503, _UPSTREAM),
+    ErrorCode.NO_HEALTHY_WORKER: ErrorKind(503, _UPSTREAM),
+    ErrorCode.UPSTREAM_TIMEOUT: ErrorKind(504, _UPSTREAM),
+    ErrorCode.INTERNAL_ERROR: ErrorKind(500, "server_error"),
+}
+
+
+class GatewayError(Exception):
+    """An error with a code from the table; ``param`` names the offending field."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        param: str | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        kind = ERROR_TABLE[code]
+        if code is ErrorCode.UPSTREAM_REJECTED and upstream_status is not None:
+            self.status = upstream_status
+        else:
+            self.status = kind.status
+        self.type = kind.type
+
+    def to_response(self) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorDetail(
+                message=self.message, type=self.type, param=self.param, code=self.code.value
+            )
+        )
+
+    def body(self) -> bytes:
+        return self.to_response().model_dump_json().encode()
+
+    def sse_event(self) -> bytes:
+        """The same body as an SSE event, for errors after a stream has started."""
+        return b"data: " + self.body() + b"\n\n"
+
+
+class BodyTooLargeError(GatewayError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            ErrorCode.BODY_TOO_LARGE, f"Request body exceeds the limit of {limit} bytes."
+        )
+
+
+def error_headers(error: GatewayError) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json")]
+    if error.status == 413:
+        # The client may still be sending: close rather than drain a body we refused.
+        headers.append((b"connection", b"close"))
+    return headers
+
+
+def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    response = Response(error.body(), status_code=error.status, headers=headers)
+    for name, value in error_headers(error):
+        response.headers[name.decode()] = value.decode()
+    return response
+
+
+_HTTP_CODES: Final = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
+_HTTP_MESSAGES: Final = {404: "Not found.", 405: "Method not allowed."}
+
+
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Render every exception as the one error body, and count it by code."""
+
+    def render(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
+        metrics.errors.labels(error.code.value).inc()
+        return error_response(error, headers)
+
+    async def gateway_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return render(exc)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        # Starlette's own 404/405 (unknown path, wrong method), keeping its Allow header.
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_CODES.get(exc.status_code)
+        if code is None:
+            code = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR
+        error = GatewayError(code, _HTTP_MESSAGES.get(exc.status_code, "Request failed."))
+        response = render(error, dict(exc.headers or {}))
+        response.status_code = exc.status_code
+        return response
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        # Routes parse bodies themselves; this only guards a future declared parameter.
+        return render(GatewayError(ErrorCode.INVALID_REQUEST, "Invalid request."))
+
+    async def unexpected_error(_: Request, exc: Exception) -> Response:
+        return render(GatewayError(ErrorCode.INTERNAL_ERROR, "Internal error."))
+
+    app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected_error)

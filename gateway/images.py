@@ -1,0 +1,249 @@
+"""Image checks: strict base64, MIME allow-list, magic bytes, header dimensions, digest.
+
+Order matters for safety: the pixel count is read from the file header by the small
+parsers below, before Pillow sees a byte, so a decompression bomb (a tiny file that claims
+a huge canvas) is refused without being decoded. Only images within the cap are (optionally)
+decoded in full to prove they are not truncated or corrupt.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from PIL import Image
+
+from gateway.errors import ErrorCode, GatewayError
+
+ImageFormat = Literal["jpeg", "png", "webp"]
+
+# Declared MIME types we accept in data URIs. The bytes decide the real format.
+ALLOWED_MIME_TYPES: Final[frozenset[str]] = frozenset(
+    {"image/jpeg", "image/jpg", "image/png", "image/webp"}
+)
+FORMAT_MIME: Final[dict[ImageFormat, str]] = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+}
+_PILLOW_FORMAT: Final[dict[ImageFormat, str]] = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+_DATA_URI = re.compile(r"data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<payload>.*)", re.DOTALL)
+_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers carry the dimensions; C4, C8 and CC share the range but are not.
+_JPEG_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What the cache and the interaction log need to know about one image."""
+
+    format: ImageFormat
+    width: int
+    height: int
+    size_bytes: int
+    sha256: str  # hex digest of the decoded bytes: the same image gives the same key
+
+    @property
+    def mime(self) -> str:
+        return FORMAT_MIME[self.format]
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedImage:
+    info: ImageInfo
+    data_uri: str  # what the worker receives: a data URI whose MIME matches the bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    max_pixels: int
+    verify_decode: bool
+
+
+def _fail(code: ErrorCode, message: str, param: str | None) -> GatewayError:
+    return GatewayError(code, message, param=param)
+
+
+def split_image_reference(
+    reference: str, *, allow_bare_base64: bool, param: str | None = None
+) -> tuple[str | None, str]:
+    """Return (declared MIME or None, base64 payload) for a data URI or bare base64."""
+    head = reference[:16].lower()
+    if head.startswith(("http://", "https://")):
+        raise _fail(
+            ErrorCode.REMOTE_IMAGE_URL_UNSUPPORTED,
+            "Remote image URLs are not supported yet; send the image as a "
+            "data:image/...;base64 URI.",
+            param,
+        )
+    if head.startswith("data:"):
+        match = _DATA_URI.fullmatch(reference)
+        if match is None:
+            raise _fail(ErrorCode.INVALID_IMAGE_URL, "Malformed data URI.", param)
+        params = [p.strip().lower() for p in match["params"].split(";") if p.strip()]
+        if "base64" not in params:
+            raise _fail(ErrorCode.INVALID_IMAGE_URL, "Data URIs must be base64-encoded.", param)
+        mime = match["mime"].strip().lower()
+        if mime not in ALLOWED_MIME_TYPES:
+            raise _fail(
+                ErrorCode.UNSUPPORTED_IMAGE_TYPE,
+                "Unsupported image type; use image/jpeg, image/png or image/webp.",
+                param,
+            )
+        return mime, match["payload"]
+    if allow_bare_base64:
+        return None, reference
+    raise _fail(
+        ErrorCode.INVALID_IMAGE_URL,
+        "Image URLs must be data:image/...;base64 URIs.",
+        param,
+    )
+
+
+def decode_base64_strict(payload: str, param: str | None = None) -> bytes:
+    """Standard alphabet, canonical padding, no whitespace, nothing after the padding."""
+    if not payload:
+        raise _fail(ErrorCode.INVALID_BASE64, "The image is empty.", param)
+    try:
+        return binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise _fail(ErrorCode.INVALID_BASE64, "The image is not valid base64.", param) from None
+
+
+def sniff_format(data: bytes) -> ImageFormat | None:
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith(_PNG_SIGNATURE):
+        return "png"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def read_dimensions(data: bytes, fmt: ImageFormat) -> tuple[int, int] | None:
+    """(width, height) from the header alone, or None when the header is malformed."""
+    if fmt == "png":
+        size = _png_size(data)
+    elif fmt == "jpeg":
+        size = _jpeg_size(data)
+    else:
+        size = _webp_size(data)
+    if size is None or size[0] <= 0 or size[1] <= 0:
+        return None
+    return size
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    # The IHDR chunk must come first: length (13), type, width, height.
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            return None
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            return None
+        marker = data[i]
+        i += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        if i + 2 > n:
+            return None
+        length = int.from_bytes(data[i : i + 2], "big")
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF:
+            if i + 7 > n:
+                return None
+            height = int.from_bytes(data[i + 3 : i + 5], "big")
+            width = int.from_bytes(data[i + 5 : i + 7], "big")
+            return width, height
+        i += length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width = int.from_bytes(data[26:28], "little") & 0x3FFF
+        height = int.from_bytes(data[28:30], "little") & 0x3FFF
+        return width, height
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def _decodes(data: bytes, fmt: ImageFormat, size: tuple[int, int]) -> bool:
+    try:
+        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[fmt]]) as image:
+            if image.size != size:  # our header parser and Pillow disagree: trust neither
+                return False
+            image.load()
+    except Exception:  # Pillow raises many types for corrupt input; all mean "not decodable"
+        return False
+    return True
+
+
+def check_image(
+    reference: str,
+    limits: ImageLimits,
+    *,
+    allow_bare_base64: bool = False,
+    param: str | None = None,
+) -> CheckedImage:
+    """Validate one image reference; raise GatewayError (400) naming ``param`` if it fails."""
+    _, payload = split_image_reference(reference, allow_bare_base64=allow_bare_base64, param=param)
+    data = decode_base64_strict(payload, param)
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise _fail(ErrorCode.INVALID_IMAGE, "The image is not a JPEG, PNG or WebP file.", param)
+    size = read_dimensions(data, fmt)
+    if size is None:
+        raise _fail(ErrorCode.INVALID_IMAGE, "The image header is malformed.", param)
+    if size[0] * size[1] > limits.max_pixels:
+        raise _fail(
+            ErrorCode.IMAGE_TOO_LARGE,
+            f"The image has {size[0]}x{size[1]} pixels; the limit is "
+            f"{limits.max_pixels} pixels in total.",
+            param,
+        )
+    if limits.verify_decode and not _decodes(data, fmt, size):
+        raise _fail(ErrorCode.INVALID_IMAGE, "The image could not be decoded.", param)
+    info = ImageInfo(
+        format=fmt,
+        width=size[0],
+        height=size[1],
+        size_bytes=len(data),
+        sha256=image_digest(data),
+    )
+    prefix = f"data:{info.mime};base64,"
+    # Forward the caller's string untouched (no copy) when it is already canonical.
+    data_uri = reference if reference.startswith(prefix) else prefix + payload
+    return CheckedImage(info=info, data_uri=data_uri)
+
+
+def image_digest(data: bytes) -> str:
+    """The digest the cache and the log use for an image: sha256 of its decoded bytes."""
+    return hashlib.sha256(data).hexdigest()

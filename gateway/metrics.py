@@ -1,0 +1,83 @@
+"""Every Prometheus metric the gateway exports, in one place.
+
+Each app owns a CollectorRegistry (no process-global default registry), so tests can
+build several apps side by side and each /metrics shows only its own app.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Request latency spans fast rejections (sub-millisecond) to long generations (minutes).
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+_TTFT_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+    0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "HTTP requests handled, by route template and status code.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request start to the last response byte, by route and status.",
+            ["route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight", "HTTP requests being handled now.", registry=r
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Streamed requests: time from request start to the worker's first chunk.",
+            ["route"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Failed exchanges with workers, by kind (connect, timeout, status_4xx, "
+            "status_5xx, protocol).",
+            ["kind"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "gateway_errors",
+            "Error answers (JSON or SSE error events), by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.client_disconnects = Counter(
+            "gateway_client_disconnects",
+            "Requests whose client went away before the answer was complete.",
+            ["route"],
+            registry=r,
+        )
+        self.worker_healthy = Gauge(
+            "gateway_worker_healthy",
+            "1 when the worker's last health check passed, else 0.",
+            ["worker"],
+            registry=r,
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,149 @@
+"""Pure ASGI middleware: metrics, request id, body-size limit.
+
+Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched and the
+request body can be counted as it arrives.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import BodyTooLargeError, GatewayError, error_headers
+from gateway.metrics import Metrics
+
+REQUEST_ID_HEADER: Final = b"x-request-id"
+# A caller's id is reused only when it is short and plain: it goes into logs and headers.
+_VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+class MetricsMiddleware:
+    """Request count and latency by route template and status, and requests in flight."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app raises before starting a response
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            self.metrics.in_flight.dec()
+            # The route template, not the raw path: unknown paths must not create series.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            labels = (route, str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - start)
+
+
+class RequestIdMiddleware:
+    """Take X-Request-ID from the caller (or make one), expose it, and echo it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = incoming_request_id(scope) or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = time.perf_counter()
+        header = (REQUEST_ID_HEADER, request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            return value.decode() if _VALID_REQUEST_ID.fullmatch(value) else None
+    return None
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the limit with 413, counting bytes as they arrive.
+
+    A declared Content-Length over the limit is refused before reading anything; a chunked
+    body is refused at the chunk that crosses the limit, so at most one chunk past it is
+    ever held in memory.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.limit:
+            await self._refuse(send, BodyTooLargeError(self.limit))
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLargeError(self.limit)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except BodyTooLargeError as error:
+            # Normally the app's error handler answers; this covers reads outside a route.
+            if started:
+                raise
+            await self._refuse(send, error)
+
+    async def _refuse(self, send: Send, error: GatewayError) -> None:
+        self.metrics.errors.labels(error.code.value).inc()
+        body = error.body()
+        headers = [*error_headers(error), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,159 @@
+"""Request and response models: OpenAI chat completions, the simple VQA shape, errors.
+
+Requests are strict (no type coercion, unknown fields rejected) because the gateway
+forwards only what it has validated: a field we do not know could change what the worker
+does (sampling, guided decoding, processor kwargs) without passing our limits. Responses
+come from the worker and are modelled loosely (extra fields allowed) for the OpenAPI spec.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# --- chat completions: request -------------------------------------------------------------
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Strict):
+    url: str = Field(description="A data:image/(jpeg|png|webp);base64,... URI.")
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+StopString = Annotated[str, Field(min_length=1)]
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(_Strict):
+    """The OpenAI chat completion request, restricted to what this service supports."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    # vLLM refuses empty stop strings: refuse them here, before the worker.
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
+    n: Literal[1] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+# --- the simple shape ----------------------------------------------------------------------
+
+
+class VQARequest(_Strict):
+    """The simple shape: one image, one question, one answer."""
+
+    image: str = Field(min_length=1, description="Base64 image bytes, bare or as a data URI.")
+    prompt: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    model: str | None = Field(default=None, description="Defaults to the gateway's model.")
+
+
+class VQAResponse(BaseModel):
+    text: str
+
+
+# --- chat completions: response (as the worker sends it) -----------------------------------
+
+
+class ResponseMessage(_Loose):
+    role: str
+    content: str | None = None
+
+
+class ChatCompletionChoice(_Loose):
+    index: int
+    message: ResponseMessage
+    finish_reason: str | None = None
+
+
+class Usage(_Loose):
+    prompt_tokens: int
+    completion_tokens: int | None = None
+    total_tokens: int
+
+
+class ChatCompletionResponse(_Loose):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# --- operations ----------------------------------------------------------------------------
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyStatus(BaseModel):
+    status: Literal["ready"] = "ready"
+    healthy_workers: int
+    total_workers: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The one error body, for JSON responses and SSE error events alike."""
+
+    error: ErrorDetail

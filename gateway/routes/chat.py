@@ -1,0 +1,118 @@
+"""POST /v1/chat/completions (OpenAI format, or the simple shape) and POST /v1/vqa."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import GatewayError
+from gateway.pipeline import RequestContext
+from gateway.protocol import ChatCompletionRequest, VQARequest
+from gateway.routes.common import (
+    CLIENT_CLOSED_REQUEST,
+    error_responses,
+    read_json,
+    until_disconnect,
+)
+from gateway.routes.deps import ContextDep, Services, ServicesDep
+from gateway.routes.sse import ProxyStreamResponse
+from gateway.validation import parse_chat_body, parse_vqa_body
+
+router = APIRouter(tags=["inference"])
+
+_ERRORS: Final = error_responses(400, 404, 413, 415, 502, 503, 504)
+_REQUEST_ID_PARAM: Final = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "Propagated to the worker and echoed back; generated when absent.",
+    "schema": {"type": "string"},
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(*models: type[Any]) -> dict[str, Any]:
+    schemas = [_ref(m.__name__) for m in models]
+    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    return {
+        "parameters": [_REQUEST_ID_PARAM],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+    }
+
+
+@router.post(
+    "/v1/chat/completions",
+    summary="Chat completion (OpenAI format), or the simple image+prompt shape",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The completion: JSON, or server-sent events when stream is true. "
+            'A body without `messages` is the simple shape and gets `{"text": ...}`.',
+            "content": {
+                "application/json": {
+                    "schema": {"anyOf": [_ref("ChatCompletionResponse"), _ref("VQAResponse")]}
+                },
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        },
+        **_ERRORS,
+    },
+    openapi_extra=_body(ChatCompletionRequest, VQARequest),
+)
+async def chat_completions(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
+    parsed = parse_chat_body(await read_json(request))
+    if isinstance(parsed, VQARequest):
+        return await _vqa(request, services, ctx, parsed)
+    if parsed.stream:
+        stream = await until_disconnect(request, services.pipeline.chat_stream(ctx, parsed))
+        if stream is None:
+            return _client_gone(services, ctx)
+
+        def on_error(error: GatewayError) -> None:
+            services.metrics.errors.labels(error.code.value).inc()
+
+        def on_disconnect() -> None:
+            services.metrics.client_disconnects.labels(ctx.route).inc()
+
+        return ProxyStreamResponse(stream, on_error, on_disconnect)
+    body = await until_disconnect(request, services.pipeline.chat(ctx, parsed))
+    if body is None:
+        return _client_gone(services, ctx)
+    return Response(body, media_type="application/json")
+
+
+@router.post(
+    "/v1/vqa",
+    summary="The simple shape: one image and a prompt, the answer's text",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The answer.",
+            "content": {"application/json": {"schema": _ref("VQAResponse")}},
+        },
+        **_ERRORS,
+    },
+    openapi_extra=_body(VQARequest),
+)
+async def vqa(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
+    parsed = parse_vqa_body(await read_json(request))
+    return await _vqa(request, services, ctx, parsed)
+
+
+async def _vqa(
+    request: Request, services: Services, ctx: RequestContext, parsed: VQARequest
+) -> Response:
+    answer = await until_disconnect(request, services.pipeline.vqa(ctx, parsed))
+    if answer is None:
+        return _client_gone(services, ctx)
+    return JSONResponse(answer.model_dump())
+
+
+def _client_gone(services: Services, ctx: RequestContext) -> Response:
+    services.metrics.client_disconnects.labels(ctx.route).inc()
+    return Response(status_code=CLIENT_CLOSED_REQUEST)

@@ -1,0 +1,44 @@
+"""What handlers get injected: the services the lifespan built, and the request context."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, RequestContext
+from gateway.upstream import WorkerPool
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Built once by the app's lifespan and handed to every request through its state."""
+
+    settings: Settings
+    metrics: Metrics
+    pool: WorkerPool
+    pipeline: Pipeline
+
+
+# Dependencies are async on purpose: FastAPI runs plain `def` dependencies in a thread
+# pool, a thread hop per request for what is an attribute lookup.
+async def get_services(request: Request) -> Services:
+    return cast(Services, request.state.services)
+
+
+async def get_context(request: Request) -> RequestContext:
+    state = request.state
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    return RequestContext(
+        request_id=str(getattr(state, "request_id", "")),
+        route=str(route),
+        started=float(getattr(state, "started", time.perf_counter())),
+    )
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+ContextDep = Annotated[RequestContext, Depends(get_context)]

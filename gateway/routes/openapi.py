@@ -1,0 +1,60 @@
+"""The OpenAPI document: FastAPI's, plus the request bodies the handlers parse themselves.
+
+Handlers read bodies themselves (size limit while reading, 415, our own 400s instead of
+FastAPI's 422), so FastAPI cannot see the request models; they are added here, with the
+limits that come from the settings, so the spec matches what the service accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from gateway.config import Settings
+from gateway.protocol import ChatCompletionRequest, ChatCompletionResponse, VQARequest, VQAResponse
+
+_BODY_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionRequest, VQARequest)
+_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionResponse, VQAResponse)
+
+
+def openapi_builder(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components: dict[str, Any] = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in _BODY_MODELS:
+            _add_model(components, model, "validation")
+        for model in _RESPONSE_MODELS:
+            _add_model(components, model, "serialization")
+        for name, field in (
+            ("ChatCompletionRequest", "max_tokens"),
+            ("ChatCompletionRequest", "max_completion_tokens"),
+            ("VQARequest", "max_tokens"),
+        ):
+            _set_maximum(components[name]["properties"][field], settings.max_tokens_cap)
+        app.openapi_schema = schema
+        return schema
+
+    return build
+
+
+def _add_model(components: dict[str, Any], model: type[BaseModel], mode: str) -> None:
+    schema = model.model_json_schema(
+        ref_template="#/components/schemas/{model}",
+        mode="validation" if mode == "validation" else "serialization",
+    )
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+
+
+def _set_maximum(prop: dict[str, Any], maximum: int) -> None:
+    for option in prop.get("anyOf", [prop]):
+        if option.get("type") == "integer":
+            option["maximum"] = maximum

@@ -1,0 +1,64 @@
+"""The streamed answer: worker chunks forwarded as they arrive, nothing buffered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import GatewayError
+from gateway.routes.common import wait_for_disconnect
+from gateway.upstream import UpstreamStream
+
+_DONE = b"data: [DONE]\n\n"
+# Proxies in front (nginx) must pass events on at once, whatever their buffering default.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ProxyStreamResponse(StreamingResponse):
+    """Forward an UpstreamStream as server-sent events.
+
+    Unlike Starlette's StreamingResponse it always closes the upstream stream, also when the
+    client leaves while a chunk is being sent; that close is what aborts the worker's
+    request. Errors after the start become an SSE error event in the usual error shape.
+    """
+
+    def __init__(
+        self,
+        stream: UpstreamStream,
+        on_error: Callable[[GatewayError], None],
+        on_disconnect: Callable[[], None],
+    ) -> None:
+        super().__init__(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._stream = stream
+        self._on_error = on_error
+        self._on_disconnect = on_disconnect
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            pump = asyncio.ensure_future(self._pump(send))
+            watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+            try:
+                await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                pump.cancel()
+                watcher.cancel()
+            if not pump.done() or pump.cancelled():
+                self._on_disconnect()
+            elif (error := pump.exception()) is not None:
+                raise error
+        finally:
+            self._stream.close()
+
+    async def _pump(self, send: Send) -> None:
+        try:
+            async for chunk in self._stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except GatewayError as error:
+            self._on_error(error)
+            body = error.sse_event() + _DONE
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,267 @@
+"""gateway.protocol, gateway.validation and gateway.errors, without any server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.errors import ERROR_TABLE, ErrorCode, GatewayError
+from gateway.protocol import ChatCompletionRequest, ErrorResponse, VQARequest
+from gateway.validation import (
+    check_content_type,
+    parse_chat_body,
+    parse_json_object,
+    parse_vqa_body,
+    prepare_chat,
+    prepare_vqa,
+)
+from tests.gateway_fixtures import (
+    MARKER,
+    MODEL,
+    b64,
+    chat_body,
+    data_uri,
+    gateway_settings,
+    image_bytes,
+    image_message,
+)
+
+SETTINGS = gateway_settings("http://127.0.0.1:1")
+KNOWN = frozenset({MODEL})
+
+
+def _error(call: Any, *args: Any) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        call(*args)
+    return caught.value
+
+
+async def _prepare_error(body: dict[str, Any], known: frozenset[str] = KNOWN) -> GatewayError:
+    parsed = parse_chat_body(body)
+    assert isinstance(parsed, ChatCompletionRequest)
+    with pytest.raises(GatewayError) as caught:
+        await prepare_chat(parsed, SETTINGS, known)
+    return caught.value
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_every_code_has_a_table_entry() -> None:
+    assert set(ERROR_TABLE) == set(ErrorCode)
+
+
+def test_error_body_and_sse_event_share_one_shape() -> None:
+    error = GatewayError(ErrorCode.INVALID_TOP_P, "'top_p' must be at most 1.", param="top_p")
+    body = ErrorResponse.model_validate_json(error.body())
+    assert body.error.model_dump() == {
+        "message": "'top_p' must be at most 1.",
+        "type": "invalid_request_error",
+        "param": "top_p",
+        "code": "invalid_top_p",
+    }
+    event = error.sse_event()
+    assert event.startswith(b"data: ")
+    assert event.endswith(b"\n\n")
+    assert json.loads(event[6:]) == json.loads(error.body())
+
+
+def test_upstream_rejection_keeps_the_workers_status() -> None:
+    error = GatewayError(ErrorCode.UPSTREAM_REJECTED, "no", upstream_status=422)
+    assert error.status == 422
+    assert GatewayError(ErrorCode.UPSTREAM_ERROR, "x", upstream_status=422).status == 502
+
+
+# --- body parsing --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+def test_json_content_types(value: str) -> None:
+    check_content_type(value)
+
+
+@pytest.mark.parametrize(
+    "value", [None, "", "text/plain", "application/jsonx", "multipart/form-data"]
+)
+def test_other_content_types(value: str | None) -> None:
+    error = _error(check_content_type, value)
+    assert (error.status, error.code) == (415, ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b'"s"', b"\xff", b"[" * 100_000])
+async def test_invalid_json(raw: bytes) -> None:
+    with pytest.raises(GatewayError) as caught:
+        await parse_json_object(raw)
+    assert caught.value.code is ErrorCode.INVALID_JSON
+
+
+def test_shape_detection() -> None:
+    assert isinstance(parse_chat_body(chat_body()), ChatCompletionRequest)
+    assert isinstance(parse_chat_body({"image": "x", "prompt": "y"}), VQARequest)
+    assert _error(parse_chat_body, {"model": MODEL}).code is ErrorCode.MISSING_MESSAGES
+
+
+def test_content_may_be_a_string_or_parts() -> None:
+    uri = data_uri(image_bytes())
+    request = parse_chat_body(chat_body(image_message("what?", uri)))
+    assert isinstance(request, ChatCompletionRequest)
+    assert len(request.messages[0].content) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "param"),
+    [
+        ({"max_tokens": 0}, ErrorCode.INVALID_MAX_TOKENS, "max_tokens"),
+        ({"max_tokens": True}, ErrorCode.INVALID_MAX_TOKENS, "max_tokens"),
+        ({"max_completion_tokens": -1}, ErrorCode.INVALID_MAX_TOKENS, "max_completion_tokens"),
+        ({"temperature": float("nan")}, ErrorCode.INVALID_TEMPERATURE, "temperature"),
+        ({"temperature": float("inf")}, ErrorCode.INVALID_TEMPERATURE, "temperature"),
+        ({"temperature": "0.5"}, ErrorCode.INVALID_TEMPERATURE, "temperature"),
+        ({"temperature": 2.01}, ErrorCode.INVALID_TEMPERATURE, "temperature"),
+        ({"top_p": float("-inf")}, ErrorCode.INVALID_TOP_P, "top_p"),
+        ({"top_p": 0}, ErrorCode.INVALID_TOP_P, "top_p"),
+        ({"top_p": 1.0001}, ErrorCode.INVALID_TOP_P, "top_p"),
+        ({"n": 2}, ErrorCode.INVALID_REQUEST, "n"),
+        ({"seed": 2**64}, ErrorCode.INVALID_REQUEST, "seed"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, ErrorCode.INVALID_REQUEST, "stop"),
+        ({"tools": []}, ErrorCode.UNSUPPORTED_PARAMETER, "tools"),
+        ({"stream": "yes"}, ErrorCode.INVALID_REQUEST, "stream"),
+    ],
+)
+def test_sampling_fields(extra: dict[str, Any], code: ErrorCode, param: str) -> None:
+    error = _error(parse_chat_body, chat_body(**extra))
+    assert (error.status, error.code, error.param) == (400, code, param)
+
+
+def test_accepts_valid_sampling_fields() -> None:
+    request = parse_chat_body(
+        chat_body(
+            max_tokens=5,
+            temperature=0,
+            top_p=1,
+            seed=-1,
+            stop=["\n"],
+            n=1,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert isinstance(request, ChatCompletionRequest)
+    assert request.temperature == 0.0
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        (
+            chat_body([{"type": "image_url", "image_url": {}}]),
+            "messages[0].content[0].image_url.url",
+            "is required",
+        ),
+        (chat_body([{"type": "video", "x": MARKER}]), "messages[0].content[0]", "unknown 'type'"),
+        (chat_body([{"text": MARKER}]), "messages[0].content[0]", "'type' field"),
+        (chat_body(5), "messages[0].content", "invalid type or value"),
+        (
+            {"model": MODEL, "messages": [{"role": MARKER, "content": "x"}]},
+            "messages[0].role",
+            "must be",
+        ),
+        ({"model": MODEL, "messages": "hi"}, "messages", "must be an array"),
+    ],
+)
+def test_messages_name_the_failing_place_without_echoing_it(
+    body: dict[str, Any], param: str, fragment: str
+) -> None:
+    error = _error(parse_chat_body, body)
+    assert error.param == param
+    assert fragment in error.message
+    assert MARKER not in error.message
+
+
+def test_vqa_fields() -> None:
+    assert parse_vqa_body({"image": "x", "prompt": "y"}).max_tokens is None
+    assert _error(parse_vqa_body, {"image": "x"}).code is ErrorCode.MISSING_PROMPT
+    assert _error(parse_vqa_body, {"prompt": "x"}).code is ErrorCode.MISSING_IMAGE
+    assert _error(parse_vqa_body, {"image": "x", "prompt": "y", "stream": True}).code is (
+        ErrorCode.UNSUPPORTED_PARAMETER
+    )
+
+
+# --- prepared requests ---------------------------------------------------------------------
+
+
+async def test_prepared_chat_body_is_what_was_validated() -> None:
+    png = image_bytes("PNG")
+    body = chat_body(image_message("what?", data_uri(png, "image/jpeg")), temperature=0.5)
+    parsed = parse_chat_body(body)
+    assert isinstance(parsed, ChatCompletionRequest)
+    prepared = await prepare_chat(parsed, SETTINGS, KNOWN)
+    forwarded = json.loads(prepared.body)
+    assert forwarded["max_tokens"] == SETTINGS.default_max_tokens  # a bound is always sent
+    assert forwarded["temperature"] == 0.5
+    assert forwarded["stream"] is False
+    part = forwarded["messages"][0]["content"][0]
+    assert part["image_url"]["url"] == data_uri(png, "image/png")  # MIME from the bytes
+    assert prepared.images[0].format == "png"
+    assert prepared.prompt_chars == len("what?")
+
+
+async def test_prepared_vqa_is_a_chat_request_with_image_first() -> None:
+    png = image_bytes("PNG")
+    parsed = parse_vqa_body({"image": b64(png), "prompt": "colour?", "max_tokens": 7})
+    prepared = await prepare_vqa(parsed, SETTINGS, KNOWN)
+    forwarded = json.loads(prepared.body)
+    assert forwarded["model"] == MODEL
+    assert forwarded["max_tokens"] == 7
+    content = forwarded["messages"][0]["content"]
+    assert content[0]["image_url"]["url"] == data_uri(png)
+    assert content[1] == {"type": "text", "text": "colour?"}
+
+
+async def test_large_requests_are_prepared_off_the_event_loop() -> None:
+    large = data_uri(image_bytes("PNG", (900, 900), compress_level=0))
+    assert len(large) > 32 * 1024
+    small = data_uri(image_bytes("PNG", (10, 10)))
+    parsed = parse_chat_body(chat_body(image_message("x", small, large)))
+    assert isinstance(parsed, ChatCompletionRequest)
+    prepared = await prepare_chat(parsed, SETTINGS, KNOWN)
+    assert [i.width for i in prepared.images] == [10, 900]
+    broken = parse_chat_body(chat_body(image_message("x", large, "data:image/png;base64,!!")))
+    assert isinstance(broken, ChatCompletionRequest)
+    with pytest.raises(GatewayError) as caught:
+        await prepare_chat(broken, SETTINGS, KNOWN)
+    assert caught.value.param == "messages[0].content[1].image_url.url"
+
+
+async def test_limits_from_settings() -> None:
+    uri = data_uri(image_bytes())
+    cases = [
+        (chat_body(max_tokens=SETTINGS.max_tokens_cap + 1), ErrorCode.INVALID_MAX_TOKENS),
+        (chat_body("x" * (SETTINGS.max_prompt_chars + 1)), ErrorCode.PROMPT_TOO_LONG),
+        (chat_body(image_message("x", uri, uri, uri)), ErrorCode.TOO_MANY_IMAGES),
+        (chat_body(stream_options={"include_usage": True}), ErrorCode.INVALID_REQUEST),
+        (chat_body(model="other"), ErrorCode.MODEL_NOT_FOUND),
+    ]
+    for body, code in cases:
+        assert (await _prepare_error(body)).code is code
+
+
+async def test_prompt_limit_counts_every_message() -> None:
+    half = "x" * (SETTINGS.max_prompt_chars // 2 + 1)
+    body = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": half},
+            {"role": "user", "content": [{"type": "text", "text": half}]},
+        ],
+    }
+    assert (await _prepare_error(body)).code is ErrorCode.PROMPT_TOO_LONG
+
+
+async def test_no_known_models_means_no_worker() -> None:
+    error = await _prepare_error(chat_body(), known=frozenset())
+    assert (error.status, error.code) == (503, ErrorCode.NO_HEALTHY_WORKER)
