@@ -73,6 +73,10 @@ class ChatCompletionRequest(_Strict):
     n: Literal[1] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # vLLM extensions that benchmark and load clients send (vLLM's own `bench serve`
+    # sets ignore_eos). Harmless: the answer is still bounded by max_tokens.
+    ignore_eos: bool | None = None
+    min_tokens: int | None = Field(default=None, ge=0)
 
 
 # --- the simple shape ----------------------------------------------------------------------

@@ -266,6 +266,13 @@ async def prepare_chat(
     _check_model(request.model, known_models)
     _check_max_tokens(request.max_tokens, "max_tokens", settings)
     _check_max_tokens(request.max_completion_tokens, "max_completion_tokens", settings)
+    limit = request.max_tokens or request.max_completion_tokens or settings.default_max_tokens
+    if request.min_tokens is not None and request.min_tokens > limit:
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            "'min_tokens' must not exceed the answer's token limit.",
+            param="min_tokens",
+        )
     if request.stream_options is not None and not request.stream:
         raise GatewayError(
             ErrorCode.INVALID_REQUEST,

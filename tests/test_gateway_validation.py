@@ -210,6 +210,18 @@ async def test_prepared_chat_body_is_what_was_validated() -> None:
     assert prepared.prompt_chars == len("what?")
 
 
+async def test_vllm_length_extensions_are_forwarded_within_the_token_limit() -> None:
+    parsed = parse_chat_body(chat_body(max_tokens=16, min_tokens=16, ignore_eos=True))
+    assert isinstance(parsed, ChatCompletionRequest)
+    forwarded = json.loads((await prepare_chat(parsed, SETTINGS, KNOWN)).body)
+    assert (forwarded["min_tokens"], forwarded["ignore_eos"]) == (16, True)
+    too_long = parse_chat_body(chat_body(max_tokens=16, min_tokens=17))
+    assert isinstance(too_long, ChatCompletionRequest)
+    with pytest.raises(GatewayError) as caught:
+        await prepare_chat(too_long, SETTINGS, KNOWN)
+    assert (caught.value.status, caught.value.param) == (400, "min_tokens")
+
+
 async def test_prepared_vqa_is_a_chat_request_with_image_first() -> None:
     png = image_bytes("PNG")
     parsed = parse_vqa_body({"image": b64(png), "prompt": "colour?", "max_tokens": 7})
