@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench_worker import machine_description
-from loadtest.vllm_bench import BenchConfig, run_vllm_bench
+from loadtest.vllm_bench import BenchConfig, bench_config_from_env, run_vllm_bench
 from localstack.processes import LocalProcess, start_gateway, start_nginx, start_worker
 from worker.profiles import REPO_ROOT
 
@@ -40,24 +40,41 @@ def _run_rounds(endpoints: dict[str, str], config: BenchConfig) -> dict[str, lis
     return runs
 
 
+def _stat(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    summary: dict[str, dict[str, Any]] = {}
+    return {
+        name: {key: _stat([float(r[key]) for r in results]) for key in KEYS}
+        for name, results in runs.items()
+    }
+
+
+def paired_ratios(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each round's figure against the same round's direct run, so the spread shows
+    how much of a difference is noise."""
+    direct = runs["direct"]
+    ratios: dict[str, dict[str, Any]] = {}
     for name, results in runs.items():
-        summary[name] = {}
-        for key in KEYS:
-            values = [float(r[key]) for r in results]
-            summary[name][key] = {
-                "median": statistics.median(values), "min": min(values), "max": max(values),
-            }  # fmt: skip
-    return summary
+        pairs = list(zip(results, direct, strict=True))
+        ratios[name] = {
+            "throughput_ratio": _stat(
+                [float(r["request_throughput"]) / float(d["request_throughput"]) for r, d in pairs]
+            ),
+            "added_median_ttft_ms": _stat(
+                [float(r["median_ttft_ms"]) - float(d["median_ttft_ms"]) for r, d in pairs]
+            ),
+        }
+    return ratios
 
 
 def main() -> None:
-    config = BenchConfig()
+    profile, config = bench_config_from_env()
     run_dir = Path(os.environ.get("RUN_DIR", ".run")) / "bench-gateway"
     processes: list[LocalProcess] = []
     try:
-        worker = start_worker(run_dir)
+        worker = start_worker(run_dir, profile=profile)
         processes.append(worker)
         gateways = [start_gateway([worker.url], run_dir) for _ in range(GATEWAYS)]
         processes += gateways
@@ -71,7 +88,8 @@ def main() -> None:
             "nginx+gateway": nginx_gateway.url,
         }
         print(f"gateway overhead: {ROUNDS} rounds, {GATEWAYS} gateway replicas", flush=True)
-        summary = summarise(_run_rounds(endpoints, config))
+        runs = _run_rounds(endpoints, config)
+        summary, ratios = summarise(runs), paired_ratios(runs)
     finally:
         for process in reversed(processes):
             process.stop()
@@ -100,7 +118,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench-gateway.json").write_text(json.dumps(
         {"machine": machine_description(), "workload": config.describe(), "rounds": ROUNDS,
-         "gateways": GATEWAYS, "summary": summary}, indent=2))  # fmt: skip
+         "gateways": GATEWAYS, "profile": profile, "summary": summary, "ratios": ratios},
+        indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

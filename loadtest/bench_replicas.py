@@ -35,7 +35,7 @@ import os
 import statistics
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,10 @@ import aiohttp
 
 from loadtest.bench_worker import machine_description
 from loadtest.photos import photo
-from loadtest.vllm_bench import BenchConfig, run_vllm_bench
+from loadtest.vllm_bench import bench_config_from_env, run_vllm_bench
 from loadtest.workload import chat_body
 from localstack.processes import LocalProcess, start_gateway, start_nginx, start_worker
-from worker.profiles import PROFILES, REPO_ROOT, TINY_MODEL_DIR
+from worker.profiles import REPO_ROOT
 
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", REPO_ROOT / "loadtest" / "results"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -55,27 +55,6 @@ REPEAT_CONCURRENCY = int(os.environ.get("BENCH_REPEAT_CONCURRENCY", "32"))
 MISSES = "misses (vLLM random-mm)"
 REPEATS = "repeated photo"
 SETUPS = ("1", "2")
-
-
-def bench_config_from_env(environ: dict[str, str] | None = None) -> tuple[str, BenchConfig]:
-    """The worker profile and vLLM client workload, from BENCH_* variables (GPU hosts)."""
-    env = dict(os.environ if environ is None else environ)
-    profile = env.get("BENCH_PROFILE", "cpu-tiny")
-    if profile not in PROFILES:
-        raise SystemExit(f"BENCH_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
-    chosen = PROFILES[profile]
-    config = BenchConfig()
-    tokenizer = env.get("BENCH_TOKENIZER") or (
-        str(TINY_MODEL_DIR) if chosen.device == "cpu" else env.get("WORKER_MODEL", chosen.model)
-    )
-    config = replace(
-        config,
-        model=env.get("BENCH_MODEL", chosen.served_model_name),
-        tokenizer=Path(tokenizer),
-        num_prompts=int(env.get("BENCH_NUM_PROMPTS", config.num_prompts)),
-        concurrency=int(env.get("BENCH_CONCURRENCY", config.concurrency)),
-    )
-    return profile, config
 
 
 @dataclass

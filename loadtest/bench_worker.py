@@ -12,7 +12,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from loadtest.vllm_bench import REPORTED, BenchConfig, run_vllm_bench
+from loadtest.vllm_bench import REPORTED, bench_config_from_env, run_vllm_bench
 from localstack.processes import start_worker
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -31,12 +31,12 @@ def machine_description() -> str:
 
 
 def main() -> None:
-    config = BenchConfig()
+    profile, config = bench_config_from_env()
     url = os.environ.get("BENCH_WORKER_URL")
     worker = None
     if not url:
         run_dir = Path(os.environ.get("RUN_DIR", ".run")) / "bench"
-        worker = start_worker(run_dir)
+        worker = start_worker(run_dir, profile=profile)
         url = worker.url
     try:
         rounds = [run_vllm_bench(url, config, seed=1000 + i) for i in range(ROUNDS)]

@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from localstack.processes import WORKER_PYTHON
-from worker.profiles import REPO_ROOT, TINY_MODEL_DIR
+from worker.profiles import PROFILES, REPO_ROOT, TINY_MODEL_DIR
 
 REPORTED = (
     "request_throughput",
@@ -82,3 +82,24 @@ def run_vllm_bench(base_url: str, config: BenchConfig, seed: int) -> dict[str, A
     if result.get("failed"):
         raise RuntimeError(f"{result['failed']} benchmark requests failed against {base_url}")
     return result
+
+
+def bench_config_from_env(environ: dict[str, str] | None = None) -> tuple[str, BenchConfig]:
+    """The worker profile and vLLM client workload, from BENCH_* variables (GPU hosts)."""
+    env = dict(os.environ if environ is None else environ)
+    profile = env.get("BENCH_PROFILE", "cpu-tiny")
+    if profile not in PROFILES:
+        raise SystemExit(f"BENCH_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
+    chosen = PROFILES[profile]
+    config = BenchConfig()
+    tokenizer = env.get("BENCH_TOKENIZER") or (
+        str(TINY_MODEL_DIR) if chosen.device == "cpu" else env.get("WORKER_MODEL", chosen.model)
+    )
+    config = replace(
+        config,
+        model=env.get("BENCH_MODEL", chosen.served_model_name),
+        tokenizer=Path(tokenizer),
+        num_prompts=int(env.get("BENCH_NUM_PROMPTS", config.num_prompts)),
+        concurrency=int(env.get("BENCH_CONCURRENCY", config.concurrency)),
+    )
+    return profile, config
