@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 RUN_DIR=${RUN_DIR:-.run}
+[[ $RUN_DIR = /* ]] || RUN_DIR=$PWD/$RUN_DIR  # nginx resolves relative paths elsewhere
 LOG_DIR=$RUN_DIR/logs
 PID_DIR=$RUN_DIR/pids
 WORKER_PORT=${WORKER_PORT:-8100}
@@ -91,11 +92,11 @@ up() {
   .venv/bin/python nginx/render.py "$RUN_DIR/nginx.conf" --listen "$HOST:$PORT" "${upstreams[@]}" \
     --run-dir "$RUN_DIR/nginx" --log-dir "$LOG_DIR" \
     --max-body-bytes "$GATEWAY_MAX_BODY_BYTES" --read-timeout "$((${GATEWAY_TOTAL_TIMEOUT_S%.*} + 10))"
-  nginx -t -q -c "$PWD/$RUN_DIR/nginx.conf" -e "$LOG_DIR/nginx-error.log"
+  nginx -t -q -c "$RUN_DIR/nginx.conf" -e "$LOG_DIR/nginx-error.log"
   if running nginx; then
     kill -HUP "$(cat "$PID_DIR/nginx.pid")"  # reload the freshly rendered configuration
   else
-    start nginx nginx -c "$PWD/$RUN_DIR/nginx.conf" -e "$LOG_DIR/nginx-error.log" -g 'daemon off;'
+    start nginx nginx -c "$RUN_DIR/nginx.conf" -e "$LOG_DIR/nginx-error.log" -g 'daemon off;'
   fi
   wait_for "/readyz through nginx" curl -sf "http://$HOST:$PORT/readyz"
 
