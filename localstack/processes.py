@@ -148,7 +148,7 @@ def start_nginx(
 ) -> LocalProcess:
     """Nginx from our template in front of upstreams ("127.0.0.1:PORT"), in the foreground."""
     port = port or free_port()
-    conf_dir = run_dir / f"nginx-{port}"
+    conf_dir = run_dir.resolve() / f"nginx-{port}"  # nginx resolves relative paths elsewhere
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (conf_dir / sub).mkdir(parents=True, exist_ok=True)
     conf = conf_dir / "nginx.conf"
