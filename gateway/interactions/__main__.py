@@ -1,0 +1,3 @@
+from gateway.interactions.cli import main
+
+raise SystemExit(main())
