@@ -1,7 +1,7 @@
 """The answer cache: which requests are cacheable, their key, and get/put in Redis.
 
-Key derivation
---------------
+Key derivation (gateway/cache_key.py)
+-------------------------------------
 A key is sha256 over length-prefixed fields (8-byte big-endian length, then the
 bytes), so no two different field lists can produce the same byte stream:
 
@@ -38,10 +38,7 @@ with short socket timeouts, and a failed or skipped call is a cache bypass.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -50,9 +47,6 @@ from redis.exceptions import RedisError
 
 from gateway.breaker import BreakerOpen, CircuitBreaker
 
-CACHE_FORMAT_VERSION: Final = 1
-# Fields that shape the response (JSON or SSE) but not the answer itself.
-_SHAPE_ONLY_FIELDS: Final = frozenset({"stream", "stream_options"})
 REDIS_FAILURES: Final = (RedisError, OSError, TimeoutError)
 
 
@@ -94,54 +88,6 @@ class CachedAnswer:
         if not (isinstance(prompt, int) and isinstance(completion, int)):
             return None
         return cls(content, finish, prompt, completion)
-
-
-def is_deterministic(payload: Mapping[str, Any], allow_seeded: bool) -> bool:
-    """Whether the request asks for an answer that can be replayed (see Policy)."""
-    if payload.get("temperature") == 0:
-        return True
-    return allow_seeded and payload.get("seed") is not None
-
-
-def canonical_request(payload: Mapping[str, Any], image_digests: Sequence[str]) -> bytes:
-    """The request as the key sees it: images as digests, shape-only fields dropped."""
-    digests = iter(image_digests)
-    view = {k: v for k, v in payload.items() if k not in _SHAPE_ONLY_FIELDS}
-    messages = []
-    for message in view.get("messages", []):
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if part.get("type") == "image_url":
-                    part = {**part, "image_url": {"url": f"sha256:{next(digests)}"}}
-                parts.append(part)
-            message = {**message, "content": parts}
-        messages.append(message)
-    view["messages"] = messages
-    return json.dumps(view, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def derive_key(
-    namespace: str,
-    model: str,
-    revision: str,
-    request: bytes,
-    image_digests: Sequence[str],
-) -> str:
-    digest = hashlib.sha256()
-    fields = [
-        f"v{CACHE_FORMAT_VERSION}".encode(),
-        namespace.encode(),
-        model.encode(),
-        revision.encode(),
-        request,
-        len(image_digests).to_bytes(8, "big") + "".join(image_digests).encode(),
-    ]
-    for field in fields:
-        digest.update(len(field).to_bytes(8, "big"))
-        digest.update(field)
-    return f"{namespace}:v{CACHE_FORMAT_VERSION}:answer:{digest.hexdigest()}"
 
 
 class AnswerCache:
@@ -186,7 +132,3 @@ class AnswerCache:
 
 class CacheUnavailable(Exception):
     """Redis could not be used for this call; the request goes on without the cache."""
-
-
-def now_seconds() -> int:
-    return int(time.time())

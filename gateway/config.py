@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.interactions.settings import InteractionLogSettings
+
 # Pillow warns above this many pixels and refuses at twice as many; our own cap must stay
 # below it so that Pillow never sees an image we have not already sized up ourselves.
 PILLOW_MAX_IMAGE_PIXELS = 89_478_485
@@ -45,6 +47,30 @@ class Settings(BaseSettings):
     first_byte_timeout_s: float = Field(default=60.0, gt=0)
     total_timeout_s: float = Field(default=600.0, gt=0)
     upstream_max_connections: int = Field(default=512, gt=0)
+
+    # Answer cache and request coalescing in Redis (gateway/cache.py, gateway/coalesce.py).
+    cache_enabled: bool = True
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Keys are "<namespace>:v<format>:answer:<sha256>": one Redis can serve several stacks.
+    cache_namespace: str = Field(default="vlm", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    cache_ttl_s: int = Field(default=3600, gt=0)
+    cache_max_value_bytes: int = Field(default=64 * 1024, gt=0)
+    # Cache sampled answers that carry an explicit seed (greedy ones are always cacheable).
+    cache_seeded_requests: bool = True
+    # Part of every key: change it when the workers' checkpoint changes under the same name.
+    model_revision: str = "1"
+    # Redis on the request path must answer fast or be skipped: a local Redis answers in
+    # well under a millisecond, so 100 ms already means trouble.
+    redis_socket_timeout_s: float = Field(default=0.1, gt=0)
+    redis_breaker_open_s: float = Field(default=5.0, gt=0)
+    coalesce_enabled: bool = True
+    # A waiter gives up and calls a worker itself after this long.
+    coalesce_wait_timeout_s: float = Field(default=120.0, gt=0)
+    # The leader's lock outlives any generation we allow; a leader that dies frees it then.
+    coalesce_lock_ttl_s: float = Field(default=620.0, gt=0)
+
+    # The interaction log (GATEWAY_LOG_*; see gateway/interactions/settings.py).
+    log: InteractionLogSettings = Field(default_factory=InteractionLogSettings)
 
     # Health polling of the workers, used by /readyz and by the choice of worker.
     health_interval_s: float = Field(default=2.0, gt=0)

@@ -79,5 +79,35 @@ class Metrics:
             registry=r,
         )
 
+        self.cache_requests = Counter(
+            "gateway_cache_requests",
+            "Answer-cache outcome per request: hit, miss, coalesced or bypass.",
+            ["outcome"],
+            registry=r,
+        )
+        self.cache_stores = Counter(
+            "gateway_cache_stores",
+            "Answers offered to the cache, by result (stored, too_large, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "gateway_cache_errors",
+            "Redis calls that failed or were skipped by the open breaker, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.cache_breaker_state = Gauge(
+            "gateway_cache_breaker_state",
+            "Redis circuit breaker: 0 closed, 1 open (Redis skipped), 2 half-open (probing).",
+            registry=r,
+        )
+        self.coalesce_fallbacks = Counter(
+            "gateway_coalesce_fallbacks",
+            "Waiters that called a worker themselves, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

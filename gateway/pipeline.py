@@ -3,24 +3,32 @@
     authenticate -> rate-limit -> validate -> moderate -> cache? -> coalesce? -> forward
     -> store in cache -> interaction log
 
-Only validation and forwarding exist yet. The other stages belong to their own issues;
-each has its marked place below (``STAGE:``) and the data it needs is already at hand
-there: the request context (id, route, arrival time) and the PreparedRequest (model,
-forwarded body, image digests, prompt size).
+Auth, rate limits and moderation belong to their own issue; their places are marked
+``STAGE:``. The interaction log's record is written by InteractionLogMiddleware from
+the draft each stage fills in (ctx.draft).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from pydantic import ValidationError
-
+from gateway.cache import CachedAnswer, CacheDirectives
+from gateway.caching import BYPASS, NO_CACHE, CachePlan, CacheStage, Lookup, answer_from_completion
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
+from gateway.interaction_log import InteractionDraft
 from gateway.metrics import Metrics
-from gateway.protocol import ChatCompletionRequest, ChatCompletionResponse, VQARequest, VQAResponse
-from gateway.upstream import Upstream, UpstreamStream, WorkerPool
+from gateway.protocol import (
+    ChatCompletionRequest,
+    TextPart,
+    VQARequest,
+    VQAResponse,
+)
+from gateway.replay import completion_json, completion_sse
+from gateway.streams import ChunkStream, RecordingStream, ReplayStream
+from gateway.upstream import Upstream, WorkerPool
 from gateway.validation import PreparedRequest, prepare_chat, prepare_vqa
 
 CHAT_PATH = "/v1/chat/completions"
@@ -33,55 +41,106 @@ class RequestContext:
     request_id: str
     route: str
     started: float  # time.perf_counter() when the request arrived
+    directives: CacheDirectives = field(default_factory=CacheDirectives)
+    # Filled in by the stages; the interaction log writes it when the response ends.
+    draft: InteractionDraft = field(default_factory=InteractionDraft)
     # STAGE auth: the authenticated API key / tenant will be added here.
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A non-streamed answer and how the cache took part in it."""
+
+    body: bytes
+    cache: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedAnswer:
+    stream: ChunkStream
+    cache: str
+
+
+def _chat_prompt(request: ChatCompletionRequest) -> str:
+    texts: list[str] = []
+    for message in request.messages:
+        if isinstance(message.content, str):
+            texts.append(message.content)
+        else:
+            texts += [part.text for part in message.content if isinstance(part, TextPart)]
+    return "\n".join(texts)
 
 
 class Pipeline:
     def __init__(
-        self, settings: Settings, pool: WorkerPool, upstream: Upstream, metrics: Metrics
+        self,
+        settings: Settings,
+        pool: WorkerPool,
+        upstream: Upstream,
+        metrics: Metrics,
+        cache: CacheStage | None = None,
     ) -> None:
         self._settings = settings
         self._pool = pool
         self._upstream = upstream
         self._metrics = metrics
+        self._cache = cache
 
     # -- entry points, one per answer form ----------------------------------------------------
 
-    async def chat(self, ctx: RequestContext, request: ChatCompletionRequest) -> bytes:
-        """A non-streamed chat completion: the worker's JSON body, forwarded as is."""
+    async def chat(self, ctx: RequestContext, request: ChatCompletionRequest) -> Answer:
+        """A non-streamed chat completion: the worker's JSON body, or a replayed one."""
         await self._admit(ctx)
+        self._note_request(ctx, request.model, _chat_prompt(request), stream=False)
         prepared = await prepare_chat(request, self._settings, self._pool.model_ids())
-        return await self._answer(ctx, prepared)
+        ctx.draft.images = prepared.images
+        answer, cache = await self._answer(ctx, prepared)
+        return Answer(answer, cache)
 
     async def chat_stream(
         self, ctx: RequestContext, request: ChatCompletionRequest
-    ) -> UpstreamStream:
+    ) -> StreamedAnswer:
         """A streamed chat completion; returns once the worker's first chunk is in."""
         await self._admit(ctx)
+        self._note_request(ctx, request.model, _chat_prompt(request), stream=True)
         prepared = await prepare_chat(request, self._settings, self._pool.model_ids())
+        ctx.draft.images = prepared.images
         await self._moderate(ctx, prepared)
-        # STAGE cache: on a hit, replay the stored answer as SSE chunks instead of forwarding.
-        # STAGE coalesce: join an identical in-flight request and replay its chunks.
-        stream = await self._upstream.open_stream(CHAT_PATH, prepared.body, ctx.request_id)
+        plan, lookup = await self._lookup(ctx, prepared)
+        if lookup.answer is not None:
+            self._note_answer(ctx, lookup.answer)
+            events = completion_sse(lookup.answer, prepared.model, prepared.client_wants_usage)
+            return StreamedAnswer(ReplayStream(events), lookup.outcome)
+        try:
+            upstream = await self._upstream.open_stream(
+                CHAT_PATH, prepared.body, ctx.request_id, self._note_worker(ctx)
+            )
+        except BaseException:
+            await self._complete(plan, lookup, None)
+            raise
         self._metrics.ttft.labels(ctx.route).observe(time.perf_counter() - ctx.started)
-        # STAGE cache store / interaction log: wrap `stream` to see the chunks as they pass,
-        # and act when it completes (the answer) or is closed early (client gone).
-        return stream
+        ctx.draft.ttft_ms = (time.perf_counter() - ctx.started) * 1000
 
-    async def vqa(self, ctx: RequestContext, request: VQARequest) -> VQAResponse:
+        async def on_end(answer: CachedAnswer | None) -> None:
+            if answer is not None:
+                self._note_answer(ctx, answer)
+            await self._complete(plan, lookup, answer)
+
+        stream = RecordingStream(upstream, prepared.client_wants_usage, on_end)
+        return StreamedAnswer(stream, lookup.outcome)
+
+    async def vqa(self, ctx: RequestContext, request: VQARequest) -> tuple[VQAResponse, str]:
         """The simple shape: one image and a prompt in, the answer's text out."""
         await self._admit(ctx)
+        self._note_request(ctx, request.model, request.prompt, stream=False)
         prepared = await prepare_vqa(request, self._settings, self._pool.model_ids())
-        body = await self._answer(ctx, prepared)
-        try:
-            completion = ChatCompletionResponse.model_validate_json(body)
-        except ValidationError:
-            raise GatewayError(
-                ErrorCode.UPSTREAM_ERROR, "The worker's answer was malformed."
-            ) from None
-        if not completion.choices:
-            raise GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker returned no answer.")
-        return VQAResponse(text=completion.choices[0].message.content or "")
+        ctx.draft.model = prepared.model
+        ctx.draft.images = prepared.images
+        body, cache = await self._answer(ctx, prepared)
+        answer = answer_from_completion(body)
+        if answer is None:
+            raise GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's answer was malformed.")
+        return VQAResponse(text=answer.content), cache
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -92,13 +151,62 @@ class Pipeline:
 
     async def _moderate(self, ctx: RequestContext, prepared: PreparedRequest) -> None:
         """Content policy on prompt and images."""
-        # STAGE moderate: gateway/moderation.py; answers are moderated after forwarding.
+        # STAGE moderate: gateway/moderation.py; answers are moderated after forwarding,
+        # and a blocked answer is never offered to the cache.
 
-    async def _answer(self, ctx: RequestContext, prepared: PreparedRequest) -> bytes:
+    async def _lookup(
+        self, ctx: RequestContext, prepared: PreparedRequest
+    ) -> tuple[CachePlan, Lookup]:
+        if self._cache is None:
+            plan, lookup = NO_CACHE, Lookup(BYPASS)
+            self._metrics.cache_requests.labels("bypass").inc()
+        else:
+            plan = self._cache.plan(prepared, ctx.directives)
+            lookup = await self._cache.lookup(plan)
+        ctx.draft.cache = lookup.outcome
+        return plan, lookup
+
+    async def _complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
+        if self._cache is not None:
+            await self._cache.complete(plan, lookup, answer)
+
+    async def _answer(self, ctx: RequestContext, prepared: PreparedRequest) -> tuple[bytes, str]:
         await self._moderate(ctx, prepared)
-        # STAGE cache: derive the key from prepared (model, body, image digests); hit -> return.
-        # STAGE coalesce: identical request already in flight -> await its answer instead.
-        body = await self._upstream.post_json(CHAT_PATH, prepared.body, ctx.request_id)
-        # STAGE cache store: keep a cacheable answer.
-        # STAGE interaction log: hand (ctx, prepared, body) to the log writer; never await it.
-        return body
+        plan, lookup = await self._lookup(ctx, prepared)
+        if lookup.answer is not None:
+            self._note_answer(ctx, lookup.answer)
+            return completion_json(lookup.answer, prepared.model), lookup.outcome
+        try:
+            body = await self._upstream.post_json(
+                CHAT_PATH, prepared.body, ctx.request_id, self._note_worker(ctx)
+            )
+        except BaseException:
+            await self._complete(plan, lookup, None)
+            raise
+        answer = answer_from_completion(body)
+        if answer is not None:
+            self._note_answer(ctx, answer)
+        await self._complete(plan, lookup, answer)
+        return body, lookup.outcome
+
+    # -- the interaction draft ----------------------------------------------------------------
+
+    @staticmethod
+    def _note_request(ctx: RequestContext, model: str | None, prompt: str, stream: bool) -> None:
+        ctx.draft.model, ctx.draft.prompt, ctx.draft.stream = model, prompt, stream
+
+    @staticmethod
+    def _note_answer(ctx: RequestContext, answer: CachedAnswer) -> None:
+        draft = ctx.draft
+        draft.answer = answer.content
+        draft.prompt_tokens, draft.completion_tokens = (
+            answer.prompt_tokens,
+            answer.completion_tokens,
+        )
+
+    @staticmethod
+    def _note_worker(ctx: RequestContext) -> Callable[[str], None]:
+        def note(worker_url: str) -> None:
+            ctx.draft.worker_id = worker_url
+
+        return note

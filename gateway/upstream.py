@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -103,6 +104,15 @@ class WorkerPool:
             for card in worker.models:
                 cards.setdefault(str(card.get("id")), card)
         return list(cards.values())
+
+    def model_root(self, model: str) -> str:
+        """What the workers serve under a model name (vLLM's `root`: checkpoint path or
+        hub id); empty when no worker has said."""
+        for worker in self.workers:
+            for card in worker.models:
+                if card.get("id") == model:
+                    return str(card.get("root") or "")
+        return ""
 
     def model_ids(self) -> frozenset[str]:
         return frozenset(str(card.get("id")) for w in self.workers for card in w.models)
@@ -246,9 +256,17 @@ class Upstream:
             **_auth_headers(self._settings),
         }
 
-    async def post_json(self, path: str, body: bytes, request_id: str) -> bytes:
+    async def post_json(
+        self,
+        path: str,
+        body: bytes,
+        request_id: str,
+        on_worker: Callable[[str], None] | None = None,
+    ) -> bytes:
         """Non-streaming exchange: the worker's 200 body, or a GatewayError."""
         worker = self._pool.choose()
+        if on_worker is not None:
+            on_worker(worker.url)
         try:
             async with asyncio.timeout(self._settings.total_timeout_s):
                 async with self._session.post(
@@ -260,13 +278,21 @@ class Upstream:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(worker, exc) from None
 
-    async def open_stream(self, path: str, body: bytes, request_id: str) -> UpstreamStream:
+    async def open_stream(
+        self,
+        path: str,
+        body: bytes,
+        request_id: str,
+        on_worker: Callable[[str], None] | None = None,
+    ) -> UpstreamStream:
         """Start a streamed exchange and wait for its first chunk (first-byte timeout).
 
         Errors up to the first chunk raise GatewayError, so the client still gets a proper
         HTTP status; later errors surface from the stream itself.
         """
         worker = self._pool.choose()
+        if on_worker is not None:
+            on_worker(worker.url)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.total_timeout_s
         first_byte = min(self._settings.first_byte_timeout_s, self._settings.total_timeout_s)

@@ -17,10 +17,17 @@ from typing import Any, Final, TypeVar
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticSerializationError
 
+from gateway.cache_key import canonical_request
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import CheckedImage, ImageInfo, ImageLimits, check_image
-from gateway.protocol import ChatCompletionRequest, ImagePart, TextPart, VQARequest
+from gateway.protocol import (
+    ChatCompletionRequest,
+    ImagePart,
+    StreamOptions,
+    TextPart,
+    VQARequest,
+)
 
 _M = TypeVar("_M", ChatCompletionRequest, VQARequest)
 
@@ -40,6 +47,13 @@ class PreparedRequest:
     body: bytes  # the JSON the worker receives
     images: tuple[ImageInfo, ...]
     prompt_chars: int
+    # The request as cache keys see it: images as digests, shape-only fields dropped.
+    canonical: bytes
+    temperature: float | None
+    seed: int | None
+    # Streams always ask the worker for usage (the cache and the log need it); this says
+    # whether the client asked for it too, or the usage event is dropped on the way.
+    client_wants_usage: bool
 
 
 # --- HTTP body -> Python -------------------------------------------------------------------
@@ -294,6 +308,9 @@ async def prepare_chat(
     _check_image_count(len(images), settings, "messages")
     if request.max_tokens is None and request.max_completion_tokens is None:
         request.max_tokens = settings.default_max_tokens  # never forward an unbounded request
+    wants_usage = bool(request.stream_options and request.stream_options.include_usage)
+    if request.stream:
+        request.stream_options = StreamOptions(include_usage=True)
     limits = _limits(settings)
 
     def finish() -> PreparedRequest:
@@ -304,7 +321,8 @@ async def prepare_chat(
             body = request.model_dump_json(exclude_none=True).encode()
         except PydanticSerializationError:
             raise _not_unicode() from None
-        return _prepared(request.model, request.stream, body, checked, chars)
+        payload = request.model_dump(exclude_none=True)
+        return _prepared(request.model, request.stream, body, payload, checked, chars, wants_usage)
 
     return await _run_sized(sum(len(part.image_url.url) for part, _ in images), finish)
 
@@ -333,13 +351,16 @@ async def prepare_vqa(
                 }
             ],
             "max_tokens": request.max_tokens or settings.default_max_tokens,
+            # The simple shape has no sampling controls: it answers greedily, so the same
+            # photo and question get the same answer, and that answer is cacheable.
+            "temperature": 0,
             "stream": False,
         }
         try:
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         except UnicodeEncodeError:
             raise _not_unicode() from None
-        return _prepared(model, False, body, [image], len(request.prompt))
+        return _prepared(model, False, body, payload, [image], len(request.prompt), False)
 
     return await _run_sized(len(request.image), finish)
 
@@ -350,12 +371,23 @@ def _not_unicode() -> GatewayError:
 
 
 def _prepared(
-    model: str, stream: bool, body: bytes, images: list[CheckedImage], chars: int
+    model: str,
+    stream: bool,
+    body: bytes,
+    payload: dict[str, Any],
+    images: list[CheckedImage],
+    chars: int,
+    client_wants_usage: bool,
 ) -> PreparedRequest:
+    infos = tuple(image.info for image in images)
     return PreparedRequest(
         model=model,
         stream=stream,
         body=body,
-        images=tuple(image.info for image in images),
+        images=infos,
         prompt_chars=chars,
+        canonical=canonical_request(payload, [info.sha256 for info in infos]),
+        temperature=payload.get("temperature"),
+        seed=payload.get("seed"),
+        client_wants_usage=client_wants_usage,
     )

@@ -122,7 +122,13 @@ def start_gateway(
 ) -> LocalProcess:
     """`python -m gateway` on a port of its own, returned once ready_path answers 200."""
     port = port or free_port()
-    full_env = {**os.environ, "GATEWAY_WORKER_URLS": ",".join(worker_urls), **(env or {})}
+    full_env = {
+        **os.environ,
+        "GATEWAY_WORKER_URLS": ",".join(worker_urls),
+        # One spool per process: the writer locks its spool file.
+        "GATEWAY_LOG_SPOOL_PATH": str(log_dir.resolve() / f"spool-{port}.jsonl"),
+        **(env or {}),
+    }
     cmd = [str(GATEWAY_PYTHON), "-m", "gateway", "--host", "127.0.0.1", "--port", str(port)]
     process, log_path = _spawn(f"gateway-{port}", cmd, log_dir, full_env)
     gateway = LocalProcess(f"gateway-{port}", process, port, log_path)

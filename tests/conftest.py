@@ -8,11 +8,14 @@ the same launcher `make worker` uses, and stops it at the end.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from gateway.db.migrate import upgrade
 from localstack.processes import StartError, start_worker
+from tests.mariadb_fixtures import shared_database
 from worker.profiles import REPO_ROOT
 
 LOG_DIR = REPO_ROOT / ".run" / "test-logs"
@@ -35,3 +38,21 @@ def worker_url() -> Iterator[str]:
         yield worker.url
     finally:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def log_database_url() -> Iterator[str]:
+    """A migrated interaction-log database of this session's own, dropped at the end."""
+    with shared_database() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def gateway_process_env(log_database_url: str) -> dict[str, str]:
+    """Environment for gateway processes: this session's database and cache namespace,
+    so runs never see each other's cached answers or rows."""
+    return {
+        "GATEWAY_LOG_DATABASE_URL": log_database_url,
+        "GATEWAY_CACHE_NAMESPACE": f"test-{uuid.uuid4().hex[:10]}",
+    }

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.interactions import InteractionLogSettings
 
 MODEL = "qwen3-vl-tiny"
 MARKER = "MARKER-7f3a9c"  # put into payloads; must never come back in an error message
@@ -365,6 +366,10 @@ def gateway_settings(*worker_urls: str, **overrides: Any) -> Settings:
         **TEST_LIMITS,
         "worker_urls": worker_urls,
         "health_interval_s": 0.5,
+        # Cache and log have tests of their own (test_cache_http, test_interactions_http);
+        # here every request must reach the worker, and no database is needed.
+        "cache_enabled": False,
+        "log": InteractionLogSettings(enabled=False),
         **overrides,
     }
     return Settings(**values)

@@ -7,13 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.cache import (
-    CachedAnswer,
-    CacheDirectives,
-    canonical_request,
-    derive_key,
-    is_deterministic,
-)
+from gateway.cache import CachedAnswer, CacheDirectives
+from gateway.cache_key import canonical_request, derive_key, is_deterministic
 from gateway.replay import completion_json, completion_sse
 
 

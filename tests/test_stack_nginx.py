@@ -35,10 +35,10 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack_processes(worker_url: str) -> Iterator[Stack]:
+def stack_processes(worker_url: str, gateway_process_env: dict[str, str]) -> Iterator[Stack]:
     """Nginx in front of two gateway replicas that share the session worker."""
     processes: list[LocalProcess] = []
-    env = {"GATEWAY_MAX_BODY_BYTES": str(MAX_BODY)}
+    env = {**gateway_process_env, "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY)}
     try:
         gateways = [start_gateway([worker_url], LOG_DIR, env=env) for _ in range(2)]
         processes += gateways

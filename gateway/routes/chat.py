@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import GatewayError
+from gateway.interaction_log import CLIENT_GONE
 from gateway.pipeline import RequestContext
 from gateway.protocol import ChatCompletionRequest, VQARequest
 from gateway.routes.common import (
@@ -21,6 +22,8 @@ from gateway.routes.sse import ProxyStreamResponse
 from gateway.validation import parse_chat_body, parse_vqa_body
 
 router = APIRouter(tags=["inference"])
+# hit | miss | coalesced | bypass: how the answer cache took part (gateway/caching.py).
+X_CACHE: Final = "X-Cache"
 
 _ERRORS: Final = error_responses(400, 404, 413, 415, 502, 503, 504)
 _REQUEST_ID_PARAM: Final = {
@@ -69,21 +72,25 @@ async def chat_completions(request: Request, services: ServicesDep, ctx: Context
     if isinstance(parsed, VQARequest):
         return await _vqa(request, services, ctx, parsed)
     if parsed.stream:
-        stream = await until_disconnect(request, services.pipeline.chat_stream(ctx, parsed))
-        if stream is None:
+        streamed = await until_disconnect(request, services.pipeline.chat_stream(ctx, parsed))
+        if streamed is None:
             return _client_gone(services, ctx)
 
         def on_error(error: GatewayError) -> None:
             services.metrics.errors.labels(error.code.value).inc()
+            ctx.draft.fail(error.type, error.code.value)
 
         def on_disconnect() -> None:
             services.metrics.client_disconnects.labels(ctx.route).inc()
+            ctx.draft.fail("client_error", CLIENT_GONE)
 
-        return ProxyStreamResponse(stream, on_error, on_disconnect)
-    body = await until_disconnect(request, services.pipeline.chat(ctx, parsed))
-    if body is None:
+        return ProxyStreamResponse(
+            streamed.stream, on_error, on_disconnect, {X_CACHE: streamed.cache}
+        )
+    answer = await until_disconnect(request, services.pipeline.chat(ctx, parsed))
+    if answer is None:
         return _client_gone(services, ctx)
-    return Response(body, media_type="application/json")
+    return Response(answer.body, media_type="application/json", headers={X_CACHE: answer.cache})
 
 
 @router.post(
@@ -107,12 +114,14 @@ async def vqa(request: Request, services: ServicesDep, ctx: ContextDep) -> Respo
 async def _vqa(
     request: Request, services: Services, ctx: RequestContext, parsed: VQARequest
 ) -> Response:
-    answer = await until_disconnect(request, services.pipeline.vqa(ctx, parsed))
-    if answer is None:
+    result = await until_disconnect(request, services.pipeline.vqa(ctx, parsed))
+    if result is None:
         return _client_gone(services, ctx)
-    return JSONResponse(answer.model_dump())
+    answer, cache = result
+    return JSONResponse(answer.model_dump(), headers={X_CACHE: cache})
 
 
 def _client_gone(services: Services, ctx: RequestContext) -> Response:
     services.metrics.client_disconnects.labels(ctx.route).inc()
+    ctx.draft.fail("client_error", CLIENT_GONE)
     return Response(status_code=CLIENT_CLOSED_REQUEST)

@@ -8,7 +8,9 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from gateway.cache import CacheDirectives
 from gateway.config import Settings
+from gateway.interaction_log import InteractionDraft, draft_of
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, RequestContext
 from gateway.upstream import WorkerPool
@@ -37,6 +39,9 @@ async def get_context(request: Request) -> RequestContext:
         request_id=str(getattr(state, "request_id", "")),
         route=str(route),
         started=float(getattr(state, "started", time.perf_counter())),
+        directives=CacheDirectives.from_header(request.headers.get("cache-control")),
+        # Outside the logged routes (or with the log off) the draft is simply dropped.
+        draft=draft_of(state) or InteractionDraft(),
     )
 
 

@@ -10,7 +10,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError
 from gateway.routes.common import wait_for_disconnect
-from gateway.upstream import UpstreamStream
+from gateway.streams import ChunkStream
 
 _DONE = b"data: [DONE]\n\n"
 # Proxies in front (nginx) must pass events on at once, whatever their buffering default.
@@ -27,11 +27,14 @@ class ProxyStreamResponse(StreamingResponse):
 
     def __init__(
         self,
-        stream: UpstreamStream,
+        stream: ChunkStream,
         on_error: Callable[[GatewayError], None],
         on_disconnect: Callable[[], None],
+        headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+        super().__init__(
+            stream, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
+        )
         self._stream = stream
         self._on_error = on_error
         self._on_disconnect = on_disconnect

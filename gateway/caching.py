@@ -1,0 +1,141 @@
+"""The cache stage of the pipeline: plan, look up (or coalesce), and complete.
+
+    plan      cacheable? which key? may we read, may we write (Cache-Control)?
+    lookup    Redis hit -> the answer; else lead or join an identical in-flight request
+    complete  store a complete answer, and share it with the waiters (or tell them to go)
+
+Every Redis problem turns into an outcome, never into an error for the client:
+X-Cache says hit, miss, coalesced or bypass (the cache was not consulted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from gateway.cache import AnswerCache, CachedAnswer, CacheDirectives, CacheUnavailable
+from gateway.cache_key import derive_key, is_deterministic
+from gateway.coalesce import Alone, Coalescer, Joined, Lead
+from gateway.config import Settings
+from gateway.interactions.records import CacheOutcome
+from gateway.metrics import Metrics
+from gateway.validation import PreparedRequest
+
+HIT: Final[CacheOutcome] = "hit"
+MISS: Final[CacheOutcome] = "miss"
+COALESCED: Final[CacheOutcome] = "coalesced"
+BYPASS: Final[CacheOutcome] = "bypass"
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    key: str | None  # None: not cacheable, or the cache is off
+    read: bool
+    write: bool
+
+
+NO_CACHE: Final = CachePlan(None, read=False, write=False)
+
+
+@dataclass(slots=True)
+class Lookup:
+    outcome: CacheOutcome
+    answer: CachedAnswer | None = None
+    lead: Lead | None = None
+
+
+def answer_from_completion(body: bytes) -> CachedAnswer | None:
+    """The cacheable part of a worker's non-streamed answer; None if it is not complete."""
+    try:
+        completion = json.loads(body)
+        choice = completion["choices"][0]
+        content = choice["message"]["content"]
+        finish = choice["finish_reason"]
+        usage = completion["usage"]
+        prompt, generated = usage["prompt_tokens"], usage["completion_tokens"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    if finish not in ("stop", "length") or not isinstance(content, str):
+        return None
+    if not isinstance(prompt, int) or not isinstance(generated, int):
+        return None
+    return CachedAnswer(content, finish, prompt, generated)
+
+
+class CacheStage:
+    def __init__(
+        self,
+        cache: AnswerCache,
+        coalescer: Coalescer | None,
+        settings: Settings,
+        metrics: Metrics,
+        model_root: Callable[[str], str],
+    ) -> None:
+        self._cache = cache
+        self._coalescer = coalescer
+        self._settings = settings
+        self._metrics = metrics
+        # What the workers serve under a model name (their checkpoint path or hub id):
+        # part of the key, so a new checkpoint behind the same name never replays old answers.
+        self._model_root = model_root
+
+    def plan(self, prepared: PreparedRequest, directives: CacheDirectives) -> CachePlan:
+        deterministic = is_deterministic(
+            {"temperature": prepared.temperature, "seed": prepared.seed},
+            self._settings.cache_seeded_requests,
+        )
+        if not deterministic or not (directives.read or directives.write):
+            return NO_CACHE
+        revision = f"{self._settings.model_revision}|{self._model_root(prepared.model)}"
+        key = derive_key(
+            self._settings.cache_namespace,
+            prepared.model,
+            revision,
+            prepared.canonical,
+            [image.sha256 for image in prepared.images],
+        )
+        return CachePlan(key, directives.read, directives.write)
+
+    async def lookup(self, plan: CachePlan) -> Lookup:
+        if plan.key is None or not plan.read:
+            return self._count(Lookup(BYPASS))
+        try:
+            stored = await self._cache.get(plan.key)
+        except CacheUnavailable:
+            self._metrics.cache_errors.labels("get").inc()
+            return self._count(Lookup(BYPASS))
+        if stored is not None:
+            return self._count(Lookup(HIT, answer=stored))
+        if self._coalescer is None:
+            return self._count(Lookup(MISS))
+        outcome = await self._coalescer.acquire(plan.key)
+        if isinstance(outcome, Joined):
+            return self._count(Lookup(COALESCED, answer=outcome.answer))
+        if isinstance(outcome, Alone):
+            self._metrics.coalesce_fallbacks.labels(outcome.reason).inc()
+            return self._count(Lookup(MISS))
+        return self._count(Lookup(MISS, lead=outcome))
+
+    async def complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
+        """Store a complete answer (when allowed) before waking the waiters, so a
+        waiter that checks the cache instead of the channel finds it."""
+        # Shielded: a client that leaves must not leave waiters hanging on a held lock.
+        await asyncio.shield(self._complete(plan, lookup, answer))
+
+    async def _complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
+        if answer is not None and plan.key is not None and plan.write:
+            try:
+                stored = await self._cache.put(plan.key, answer)
+                self._metrics.cache_stores.labels("stored" if stored else "too_large").inc()
+            except CacheUnavailable:
+                self._metrics.cache_errors.labels("put").inc()
+                self._metrics.cache_stores.labels("failed").inc()
+        if lookup.lead is not None and self._coalescer is not None:
+            await self._coalescer.finish(lookup.lead, answer)
+
+    def _count(self, lookup: Lookup) -> Lookup:
+        self._metrics.cache_requests.labels(lookup.outcome).inc()
+        return lookup

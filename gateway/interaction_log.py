@@ -1,0 +1,173 @@
+"""One interaction record per inference request, whatever happens to it.
+
+The middleware wraps the inference routes from outside the body limit, so 413s,
+415s and validation errors are recorded too. It opens an InteractionDraft in the
+request state; the pipeline fills in what it learns (model, prompt, images, cache
+outcome, answer, tokens, worker); when the response's last byte is sent (or the
+client is gone) the middleware turns the draft into an InteractionRecord and
+hands it to the writer, which never blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.db.models import REQUEST_ID_BYTES
+from gateway.images import ImageInfo
+from gateway.interactions import InteractionRecord, InteractionWriter
+from gateway.interactions.records import CacheOutcome, Shape
+
+LOGGED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/vqa"})
+STATE_KEY: Final = "interaction"
+CLIENT_GONE: Final = "client_disconnected"
+# Error bodies are small; a larger body is an answer, not an error, and is not parsed.
+_ERROR_BODY_LIMIT: Final = 16 * 1024
+
+
+@dataclass(slots=True)
+class InteractionDraft:
+    """What the stages learn about a request, filled in as it goes."""
+
+    shape: Shape = "chat"
+    stream: bool = False
+    model: str | None = None
+    prompt: str | None = None
+    images: tuple[ImageInfo, ...] = ()
+    cache: CacheOutcome | None = None
+    answer: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
+    worker_id: str | None = None
+    error_type: str | None = None
+    error_code: str | None = None
+    moderation: str | None = None
+
+    def fail(self, error_type: str, error_code: str) -> None:
+        if self.error_code is None:
+            self.error_type, self.error_code = error_type, error_code
+
+
+def draft_of(state: object) -> InteractionDraft | None:
+    """The draft in a request's state (None outside the logged routes)."""
+    value = state.get(STATE_KEY) if isinstance(state, dict) else getattr(state, STATE_KEY, None)
+    return value if isinstance(value, InteractionDraft) else None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _client_ip(scope: Scope) -> str | None:
+    # Behind our Nginx the peer is Nginx itself; it passes the client in X-Real-IP.
+    real = _header(scope, b"x-real-ip")
+    if real:
+        return real
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+class RecordSink:
+    """Where the middleware's records go: the writer, once the lifespan has started it.
+
+    Middleware is built before the lifespan runs, so it holds this sink rather than the
+    writer itself. Requests are only served once the lifespan has attached it.
+    """
+
+    def __init__(self) -> None:
+        self.writer: InteractionWriter | None = None
+
+    def submit(self, record: InteractionRecord) -> None:
+        if self.writer is not None:
+            self.writer.submit(record)
+
+
+class InteractionLogMiddleware:
+    def __init__(self, app: ASGIApp, sink: RecordSink) -> None:
+        self.app = app
+        self.sink = sink
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in LOGGED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        received_ms = time.time_ns() // 1_000_000
+        draft = InteractionDraft(shape="vqa" if scope["path"] == "/v1/vqa" else "chat")
+        scope.setdefault("state", {})[STATE_KEY] = draft
+        status = 500
+        error_body = bytearray()
+        finished = False
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status, finished
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                if status >= 400 and len(error_body) < _ERROR_BODY_LIMIT:
+                    error_body.extend(message.get("body", b""))
+                finished = not message.get("more_body", False)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            if status >= 400:
+                _note_error_body(draft, bytes(error_body))
+            elif not finished:
+                draft.fail("client_error", CLIENT_GONE)
+            self.sink.submit(self._record(scope, draft, status, received_ms))
+
+    def _record(
+        self, scope: Scope, draft: InteractionDraft, status: int, received_ms: int
+    ) -> InteractionRecord:
+        state = scope.get("state", {})
+        return InteractionRecord(
+            request_id=log_key(str(state.get("request_id", ""))),
+            received_at_ms=received_ms,
+            finished_at_ms=time.time_ns() // 1_000_000,
+            endpoint=scope["path"],
+            shape=draft.shape,
+            status_code=status,
+            stream=draft.stream,
+            ttft_ms=draft.ttft_ms,
+            client_ip=_client_ip(scope),
+            user_agent=_header(scope, b"user-agent"),
+            model=draft.model,
+            prompt=draft.prompt,
+            images=draft.images,
+            answer=draft.answer,
+            cache=draft.cache,
+            error_type=draft.error_type,
+            error_code=draft.error_code,
+            worker_id=draft.worker_id,
+            prompt_tokens=draft.prompt_tokens,
+            completion_tokens=draft.completion_tokens,
+            moderation=draft.moderation,
+        )
+
+
+def log_key(request_id: str) -> str:
+    """The row's unique key: the propagated request id plus a random suffix.
+
+    Callers choose X-Request-ID and may reuse it (a retry of the same question is a
+    second interaction); the log's key is unique, so reuse would merge two rows into
+    one. On-call finds a request's rows by prefix: WHERE request_id LIKE 'ID.%'.
+    """
+    return f"{request_id[: REQUEST_ID_BYTES - 9]}.{secrets.token_hex(4)}"
+
+
+def _note_error_body(draft: InteractionDraft, body: bytes) -> None:
+    try:
+        error = json.loads(body)["error"]
+        draft.fail(str(error.get("type")), str(error.get("code")))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        draft.fail("unknown", "unparsed_error")

@@ -1,0 +1,166 @@
+"""Streams of SSE bytes the routes send: a worker's stream seen on its way, or a replay.
+
+RecordingStream forwards each event as soon as it is complete, and keeps what the
+cache and the interaction log need: the answer's text, finish reason and usage.
+The worker is always asked for usage; the usage event is dropped on the way when
+the client did not ask for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final, Protocol, Self
+
+from gateway.cache import CachedAnswer
+
+_DONE: Final = b"[DONE]"
+_COMPLETE_REASONS: Final = frozenset({"stop", "length"})
+# Tasks started from close() must be referenced until done, or they may vanish.
+_background: set[asyncio.Task[None]] = set()
+
+
+class ChunkStream(Protocol):
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class ReplayStream:
+    """Pre-rendered events (a cache hit or a coalesced answer)."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self._events = iter(events)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return next(self._events)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        self._events = iter(())
+
+
+class AnswerRecorder:
+    """Accumulates an OpenAI chat completion stream event by event."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+        self.failed = False
+
+    def observe(self, data: bytes) -> bool:
+        """Record one event's data; False when the event is usage-only."""
+        if data == _DONE:
+            self.done = True
+            return True
+        try:
+            event = json.loads(data)
+        except ValueError:
+            self.failed = True
+            return True
+        if not isinstance(event, dict):
+            self.failed = True
+            return True
+        if "error" in event:
+            self.failed = True
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = event.get("choices")
+        if not choices:
+            return usage is None
+        choice = choices[0]
+        content = (choice.get("delta") or {}).get("content")
+        if isinstance(content, str):
+            self.parts.append(content)
+        if choice.get("finish_reason"):
+            self.finish_reason = str(choice["finish_reason"])
+        return True
+
+    def answer(self) -> CachedAnswer | None:
+        """The complete answer, or None for a broken, failed or cut-off stream."""
+        if not self.done or self.failed or self.finish_reason not in _COMPLETE_REASONS:
+            return None
+        usage = self.usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            return None
+        return CachedAnswer("".join(self.parts), self.finish_reason or "", prompt, completion)
+
+
+class RecordingStream:
+    """Forward a worker's SSE stream event by event, recording the answer.
+
+    on_end runs once: with the answer when the stream completed, with None when it
+    broke off or the client left (close() before the end).
+    """
+
+    def __init__(
+        self,
+        upstream: ChunkStream,
+        forward_usage: bool,
+        on_end: Callable[[CachedAnswer | None], Awaitable[None]],
+    ) -> None:
+        self._upstream = upstream
+        self._chunks = upstream.__aiter__()
+        self._forward_usage = forward_usage
+        self._on_end: Callable[[CachedAnswer | None], Awaitable[None]] | None = on_end
+        self._buffer = b""
+        self.recorder = AnswerRecorder()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                await self._end(self.recorder.answer())
+                if self._buffer:  # a last event without its blank line: pass it on as is
+                    rest, self._buffer = self._buffer, b""
+                    return rest
+                raise
+            except BaseException:
+                await self._end(None)
+                raise
+            out = self._split(chunk)
+            if out:
+                return out
+
+    def _split(self, chunk: bytes) -> bytes:
+        """Complete events from the buffer, minus a usage event the client did not want."""
+        self._buffer += chunk
+        *events, self._buffer = self._buffer.split(b"\n\n")
+        kept = []
+        for event in events:
+            data = event[6:] if event.startswith(b"data: ") else None
+            keep = self.recorder.observe(data.strip()) if data is not None else True
+            if keep or self._forward_usage:
+                kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    async def _end(self, answer: CachedAnswer | None) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            await on_end(answer)
+
+    def close(self) -> None:
+        self._upstream.close()
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            task = asyncio.get_running_loop().create_task(_run(on_end(None)))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+
+async def _run(awaitable: Awaitable[None]) -> None:
+    await awaitable
