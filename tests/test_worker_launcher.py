@@ -69,3 +69,21 @@ def test_ready_command_reflects_the_ready_file(tmp_path: Path) -> None:
     assert subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=False).returncode == 1
     ready.write_text("now")
     assert subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=False).returncode == 0
+
+
+def test_a_port_already_in_use_is_refused_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another server on the port would answer the health check and warm-up for us."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = run(
+            PROFILES["cpu-tiny"], _options(tmp_path, port), [sys.executable, FAKE, str(port), "ok"]
+        )
+    assert code == 1
+    assert "already in use" in capsys.readouterr().out
+    assert not (tmp_path / "ready").exists()

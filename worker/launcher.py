@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -65,6 +66,10 @@ def run(profile: Profile, options: LaunchOptions, server_command: list[str] | No
     server_command replaces the vLLM command (tests use a double that fails on cue).
     """
     readiness.clear_ready(options.ready_file)
+    if not _port_free(options.host, options.port):
+        # Another server there would answer our health checks and warm-up for us.
+        print(f"[worker] port {options.port} is already in use", flush=True)
+        return 1
     if server_command is None:
         ensure_tiny_model(profile)
         server_command = command(profile, options)
@@ -111,6 +116,16 @@ def run(profile: Profile, options: LaunchOptions, server_command: list[str] | No
         readiness.clear_ready(options.ready_file)
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _stop(server: subprocess.Popen[bytes], code: int) -> int:

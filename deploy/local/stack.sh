@@ -19,6 +19,9 @@ STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-900}
 export GATEWAY_MAX_BODY_BYTES=${GATEWAY_MAX_BODY_BYTES:-16777216}
 export GATEWAY_TOTAL_TIMEOUT_S=${GATEWAY_TOTAL_TIMEOUT_S:-600}
 export GATEWAY_WORKER_URLS=${GATEWAY_WORKER_URLS:-http://127.0.0.1:$WORKER_PORT}
+# The interaction log: MariaDB on this machine, database and user created by `up`.
+export GATEWAY_LOG_DATABASE_URL=${GATEWAY_LOG_DATABASE_URL:-mysql://vlm:vlm@127.0.0.1:3306/vlm_serve}
+DB_ADMIN_URL=${DB_ADMIN_URL:-mysql://root@127.0.0.1:3306}
 
 mkdir -p "$LOG_DIR" "$PID_DIR"
 
@@ -78,6 +81,9 @@ PY
 
 up() {
   echo "starting the stack (logs in $LOG_DIR)"
+  # Idempotent: creates the database and user when missing, then migrates to head.
+  .venv/bin/python -m gateway.interactions --url "$GATEWAY_LOG_DATABASE_URL" migrate \
+    --create-db --admin-url "$DB_ADMIN_URL"
   start worker env WORKER_READY_FILE="$RUN_DIR/worker-$WORKER_PORT.ready" \
     .venv-worker/bin/python -m worker serve --profile "$PROFILE" --port "$WORKER_PORT"
   wait_for "the worker's warm-up" test -f "$RUN_DIR/worker-$WORKER_PORT.ready"
@@ -85,7 +91,9 @@ up() {
   local upstreams=()
   for i in $(seq 0 $((GATEWAY_REPLICAS - 1))); do
     local port=$((GATEWAY_BASE_PORT + i))
-    start "gateway-$port" .venv/bin/python -m gateway --host 127.0.0.1 --port "$port"
+    # One interaction-log spool per replica: each writer locks its own.
+    start "gateway-$port" env GATEWAY_LOG_SPOOL_PATH="$RUN_DIR/interactions/spool-$port.jsonl" \
+      .venv/bin/python -m gateway --host 127.0.0.1 --port "$port"
     upstreams+=(--gateway "127.0.0.1:$port")
   done
 
