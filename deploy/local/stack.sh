@@ -64,11 +64,12 @@ wait_for() {  # description, command...: poll until the command succeeds
 }
 
 sample_request() {  # path: a chat request with the bundled sample product photo
-  .venv/bin/python - "$1" <<'PY'
-import json, sys
+  PROFILE=$PROFILE .venv/bin/python - "$1" <<'PY'
+import json, os, sys
+from worker.profiles import resolve_profile
 from worker.sample_image import png_data_uri
 body = {
-    "model": "qwen3-vl-tiny",
+    "model": resolve_profile(os.environ["PROFILE"], os.environ).served_model_name,
     "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": png_data_uri(320, 240, seed=7)}},
         {"type": "text", "text": "Is this bag real leather?"},
