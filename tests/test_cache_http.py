@@ -22,6 +22,7 @@ from PIL import Image
 from localstack.processes import LocalProcess, start_gateway
 from tests.conftest import LOG_DIR, TINY_MODEL_NAME
 from tests.redis_fixtures import PrivateRedis
+from tests.worker_metrics import finished_requests
 from worker.sample_image import png_bytes
 
 pytestmark = pytest.mark.engine
@@ -67,16 +68,6 @@ def _chat(image: bytes, mime: str = "image/png", **extra: Any) -> dict[str, Any]
     }
 
 
-async def _worker_requests(worker_url: str) -> float:
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{worker_url}/metrics")).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("vllm:request_success_total{")
-    )
-
-
 async def _post(
     url: str, body: dict[str, Any], path: str = "/v1/chat/completions", **headers: str
 ) -> httpx.Response:
@@ -89,11 +80,11 @@ async def test_miss_then_hit_with_a_fresh_id_and_no_worker_call(
 ) -> None:
     body = _chat(_photo(1))
     first = await _post(gateways[0], body)
-    before = await _worker_requests(worker_url)
+    before = await finished_requests(worker_url)
     second = await _post(gateways[1], body)  # the other replica: the cache is shared
     assert first.headers["x-cache"] == "miss"
     assert second.headers["x-cache"] == "hit"
-    assert await _worker_requests(worker_url) == before
+    assert await finished_requests(worker_url) == before
     a, b = first.json(), second.json()
     assert b["choices"][0]["message"]["content"] == a["choices"][0]["message"]["content"]
     assert b["usage"] == {k: a["usage"][k] for k in ("prompt_tokens", "completion_tokens",
@@ -111,10 +102,10 @@ async def test_sampled_requests_and_cache_control_bypass(
     assert no_store.headers["x-cache"] == "miss"
     after_no_store = await _post(gateways[0], body)
     assert after_no_store.headers["x-cache"] == "miss", "no-store must not have stored"
-    before = await _worker_requests(worker_url)
+    before = await finished_requests(worker_url)
     no_cache = await _post(gateways[0], body, **{"Cache-Control": "no-cache"})
     assert no_cache.headers["x-cache"] == "bypass"
-    assert await _worker_requests(worker_url) == before + 1, "no-cache must call the worker"
+    assert await finished_requests(worker_url) == before + 1, "no-cache must call the worker"
     seeded = _chat(_photo(3), temperature=0.8, seed=42)
     assert (await _post(gateways[0], seeded)).headers["x-cache"] == "miss"
     assert (await _post(gateways[1], seeded)).headers["x-cache"] == "hit"
@@ -195,10 +186,10 @@ async def test_fifty_identical_requests_over_two_replicas_cost_one_generation(
     gateways: list[str], worker_url: str
 ) -> None:
     body = _chat(_photo(8), max_tokens=24, ignore_eos=True)  # long enough to overlap
-    before = await _worker_requests(worker_url)
+    before = await finished_requests(worker_url)
     responses = await asyncio.gather(*[_post(gateways[i % 2], body) for i in range(50)])
     assert [r.status_code for r in responses] == [200] * 50
-    assert await _worker_requests(worker_url) == before + 1
+    assert await finished_requests(worker_url) == before + 1
     outcomes = sorted(r.headers["x-cache"] for r in responses)
     assert outcomes.count("miss") == 1
     assert set(outcomes) <= {"miss", "coalesced", "hit"}

@@ -21,6 +21,7 @@ import pytest
 
 from localstack.processes import LocalProcess, start_gateway, start_nginx
 from tests.conftest import LOG_DIR, TINY_MODEL_NAME
+from tests.worker_metrics import finished_requests
 from worker.sample_image import png_bytes, png_data_uri
 
 pytestmark = pytest.mark.engine
@@ -72,17 +73,6 @@ def _chat(stream: bool = False, **extra: Any) -> dict[str, Any]:
         "stream": stream,
         **extra,
     }
-
-
-async def _worker_requests(worker_url: str) -> float:
-    """Requests the worker has finished, by its own counter."""
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{worker_url}/metrics")).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("vllm:request_success_total{")
-    )
 
 
 async def test_chat_completion_through_nginx(stack: str) -> None:
@@ -161,7 +151,7 @@ async def test_streaming_without_worker_only_fields(stack: str) -> None:
 async def test_oversized_body_is_refused_by_nginx_in_our_error_shape(
     stack: str, worker_url: str
 ) -> None:
-    before = await _worker_requests(worker_url)
+    before = await finished_requests(worker_url)
     async with httpx.AsyncClient(base_url=stack, timeout=60) as client:
         response = await client.post(
             "/v1/chat/completions",
@@ -170,7 +160,7 @@ async def test_oversized_body_is_refused_by_nginx_in_our_error_shape(
         )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "body_too_large"
-    assert await _worker_requests(worker_url) == before
+    assert await finished_requests(worker_url) == before
 
 
 @pytest.mark.parametrize(
@@ -186,7 +176,7 @@ async def test_oversized_body_is_refused_by_nginx_in_our_error_shape(
 async def test_bad_inputs_get_their_4xx_and_never_reach_the_worker(
     stack: str, worker_url: str, body: bytes, status: int, code: str
 ) -> None:
-    before = await _worker_requests(worker_url)
+    before = await finished_requests(worker_url)
     async with httpx.AsyncClient(base_url=stack, timeout=60) as client:
         response = await client.post(
             "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
@@ -194,7 +184,7 @@ async def test_bad_inputs_get_their_4xx_and_never_reach_the_worker(
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
-    assert await _worker_requests(worker_url) == before
+    assert await finished_requests(worker_url) == before
 
 
 async def test_readyz_and_models_through_nginx(stack: str) -> None:

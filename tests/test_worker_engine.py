@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import TINY_MODEL_NAME
+from tests.worker_metrics import metric_total
 from worker.sample_image import png_data_uri
 
 pytestmark = pytest.mark.engine
@@ -32,14 +33,6 @@ def _chat(images: list[str], text: str, **extra: Any) -> dict[str, Any]:
         "max_tokens": 8,
         **extra,
     }
-
-
-def _metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_chat_completion_with_a_base64_png_returns_choices_and_usage(
@@ -130,7 +123,7 @@ async def test_concurrent_image_requests_are_batched_by_the_engine(worker_url: s
             nonlocal peak_running
             while not stop.is_set():
                 metrics = (await client.get("/metrics")).text
-                peak_running = max(peak_running, _metric(metrics, "vllm:num_requests_running"))
+                peak_running = max(peak_running, metric_total(metrics, "vllm:num_requests_running"))
                 await asyncio.sleep(0.01)
 
         watcher = asyncio.create_task(watch_running())

@@ -1,0 +1,21 @@
+"""Reading a real vLLM worker's own metrics: what tests count to know whether it was called."""
+
+from __future__ import annotations
+
+import httpx
+
+
+def metric_total(metrics_text: str, name: str) -> float:
+    """Sum of a metric's samples over all its label sets."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
+async def finished_requests(worker_url: str) -> float:
+    """Requests the worker has finished (vLLM's vllm:request_success_total)."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{worker_url}/metrics")).text
+    return metric_total(text, "vllm:request_success_total")
