@@ -32,6 +32,10 @@ def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
                     (x + y + seed * 53) % 256,
                 )
             )
+    # The colours above repeat every 256 seeds: write the seed itself into the red
+    # channel of the first row, so any two seeds (below 2**64) differ in their pixels.
+    for i, byte in enumerate(seed.to_bytes(8, "big")[-min(width, 8) :]):
+        rows[1 + 3 * i] = byte
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
