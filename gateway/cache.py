@@ -113,12 +113,18 @@ class AnswerCache:
             return None
         return CachedAnswer.decode(raw)
 
+    @property
+    def ttl_seconds(self) -> int:
+        return self._ttl
+
+    def fits(self, answer: CachedAnswer) -> bool:
+        return len(answer.encode()) <= self._max_value_bytes
+
     async def put(self, key: str, answer: CachedAnswer) -> bool:
         """Store the answer; False when it is too large to keep. Raises CacheUnavailable."""
-        value = answer.encode()
-        if len(value) > self._max_value_bytes:
+        if not self.fits(answer):
             return False
-        await self._call(lambda: self._redis.set(key, value, ex=self._ttl))
+        await self._call(lambda: self._redis.set(key, answer.encode(), ex=self._ttl))
         return True
 
     async def _call(self, operation: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Final
 
 from gateway.cache import AnswerCache, CachedAnswer, CacheDirectives, CacheUnavailable
 from gateway.cache_key import derive_key, is_deterministic
-from gateway.coalesce import Alone, Coalescer, Joined, Lead
+from gateway.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
 from gateway.config import Settings
 from gateway.interactions.records import CacheOutcome
 from gateway.metrics import Metrics
@@ -102,39 +102,50 @@ class CacheStage:
     async def lookup(self, plan: CachePlan) -> Lookup:
         if plan.key is None or not plan.read:
             return self._count(Lookup(BYPASS))
-        try:
-            stored = await self._cache.get(plan.key)
-        except CacheUnavailable:
-            self._metrics.cache_errors.labels("get").inc()
-            return self._count(Lookup(BYPASS))
-        if stored is not None:
-            return self._count(Lookup(HIT, answer=stored))
         if self._coalescer is None:
-            return self._count(Lookup(MISS))
+            try:
+                stored = await self._cache.get(plan.key)
+            except CacheUnavailable:
+                self._metrics.cache_errors.labels("get").inc()
+                return self._count(Lookup(BYPASS))
+            return self._count(Lookup(HIT, answer=stored) if stored else Lookup(MISS))
+        # One round trip: the stored answer, or the lead, or a wait for the leader.
         outcome = await self._coalescer.acquire(plan.key)
+        if isinstance(outcome, Stored):
+            return self._count(Lookup(HIT, answer=outcome.answer))
         if isinstance(outcome, Joined):
             return self._count(Lookup(COALESCED, answer=outcome.answer))
         if isinstance(outcome, Alone):
+            if outcome.reason == REDIS_UNAVAILABLE:
+                self._metrics.cache_errors.labels("get").inc()
+                return self._count(Lookup(BYPASS))
             self._metrics.coalesce_fallbacks.labels(outcome.reason).inc()
             return self._count(Lookup(MISS))
         return self._count(Lookup(MISS, lead=outcome))
 
     async def complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
-        """Store a complete answer (when allowed) before waking the waiters, so a
-        waiter that checks the cache instead of the channel finds it."""
+        """Store a complete answer (when allowed) and, for a leader, wake the waiters."""
         # Shielded: a client that leaves must not leave waiters hanging on a held lock.
         await asyncio.shield(self._complete(plan, lookup, answer))
 
     async def _complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
-        if answer is not None and plan.key is not None and plan.write:
+        storable = answer is not None and plan.key is not None and plan.write
+        if storable and answer is not None and not self._cache.fits(answer):
+            self._metrics.cache_stores.labels("too_large").inc()
+            storable = False
+        if lookup.lead is not None and self._coalescer is not None:
+            ttl = self._cache.ttl_seconds if storable else None
+            await self._coalescer.finish(lookup.lead, answer, ttl)
+            if storable:
+                self._metrics.cache_stores.labels("stored").inc()
+            return
+        if storable and answer is not None and plan.key is not None:
             try:
-                stored = await self._cache.put(plan.key, answer)
-                self._metrics.cache_stores.labels("stored" if stored else "too_large").inc()
+                await self._cache.put(plan.key, answer)
+                self._metrics.cache_stores.labels("stored").inc()
             except CacheUnavailable:
                 self._metrics.cache_errors.labels("put").inc()
                 self._metrics.cache_stores.labels("failed").inc()
-        if lookup.lead is not None and self._coalescer is not None:
-            await self._coalescer.finish(lookup.lead, answer)
 
     def _count(self, lookup: Lookup) -> Lookup:
         self._metrics.cache_requests.labels(lookup.outcome).inc()

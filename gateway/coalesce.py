@@ -38,12 +38,25 @@ from gateway.cache import REDIS_FAILURES, AnswerCache, CachedAnswer, CacheUnavai
 
 logger = logging.getLogger(__name__)
 
-# Delete the lock only if we still own it: after an expiry another leader may.
-_RELEASE_SCRIPT: Final = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
+# One round trip for the lookup: the stored answer, else try to become the leader.
+# KEYS: answer, lock. ARGV: token, lock ttl (ms). Returns {1, answer} | {2} lead | {3} wait.
+_LOOKUP_SCRIPT: Final = """
+local answer = redis.call('get', KEYS[1])
+if answer then return {1, answer} end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {3}
+"""
+# One round trip for the leader's end: store (ttl > 0), publish, release the lock if it
+# is still ours (after an expiry another leader may hold it).
+# KEYS: answer, lock. ARGV: value, ttl (s, 0: do not store), channel, payload, token.
+_FINISH_SCRIPT: Final = """
+if ARGV[2] ~= '0' then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+redis.call('publish', ARGV[3], ARGV[4])
+if redis.call('get', KEYS[2]) == ARGV[5] then redis.call('del', KEYS[2]) end
+return 1
 """
 _FAILED: Final = b"-"  # published when the leader has no answer to share
+REDIS_UNAVAILABLE: Final = "redis unavailable"
 
 
 def lock_key(key: str) -> str:
@@ -52,6 +65,13 @@ def lock_key(key: str) -> str:
 
 def done_channel(key: str) -> str:
     return f"{key}:done"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The answer was already in the cache: a hit."""
+
+    answer: CachedAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +97,7 @@ class Alone:
     reason: str
 
 
-Outcome = Joined | Lead | Alone
+Outcome = Stored | Joined | Lead | Alone
 
 
 class Coalescer:
@@ -146,23 +166,29 @@ class Coalescer:
     # -- per request --------------------------------------------------------------------------
 
     async def acquire(self, key: str) -> Outcome:
-        """Lead the computation of key's answer, or wait for the one in flight."""
+        """The stored answer, or lead the computation of key's answer, or wait for the
+        one in flight."""
         local = self._local_leaders.get(key)
         if local is not None:
             return await self._join_local(local)
         token = secrets.token_hex(8)
         try:
-            acquired = await self._breaker.call(
-                lambda: self._redis.set(lock_key(key), token, nx=True, px=self._lock_ttl_ms),
+            found = await self._breaker.call(
+                lambda: self._redis.eval(
+                    _LOOKUP_SCRIPT, 2, key, lock_key(key), token, self._lock_ttl_ms
+                ),
                 REDIS_FAILURES,
             )
         except (BreakerOpen, *REDIS_FAILURES):
-            return Alone("redis unavailable")
+            return Alone(REDIS_UNAVAILABLE)
+        if found[0] == 1:
+            stored = CachedAnswer.decode(found[1])
+            return Stored(stored) if stored is not None else Alone("unreadable answer")
         # Another request of this replica may have become leader while we awaited Redis.
         local = self._local_leaders.get(key)
-        if acquired:
+        if found[0] == 2:
             if local is not None:  # impossible while we hold the lock; be safe anyway
-                await self._release(key, token)
+                await self._finish_remote(key, token, None, None)
                 return await self._join_local(local)
             future: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
             self._local_leaders[key] = future
@@ -171,23 +197,27 @@ class Coalescer:
             return await self._join_local(local)
         return await self._wait_remote(key)
 
-    async def finish(self, lead: Lead, answer: CachedAnswer | None) -> None:
-        """Share the leader's answer (None: it has none) and release the lock.
-        The caller stores a cacheable answer *before* calling this."""
+    async def finish(
+        self, lead: Lead, answer: CachedAnswer | None, store_ttl_s: int | None
+    ) -> None:
+        """Store the leader's answer (when store_ttl_s is given), share it (None: it has
+        none) and release the lock, in one round trip: stored before published, so a
+        waiter that looks in the cache instead of listening finds it."""
         self._local_leaders.pop(lead.key, None)
         if not lead.local.done():
             lead.local.set_result(answer)
-        payload = answer.encode() if answer is not None else _FAILED
-        with contextlib.suppress(BreakerOpen, *REDIS_FAILURES):
-            await self._breaker.call(
-                lambda: self._redis.publish(done_channel(lead.key), payload), REDIS_FAILURES
-            )
-        await self._release(lead.key, lead.token)
+        await self._finish_remote(lead.key, lead.token, answer, store_ttl_s)
 
-    async def _release(self, key: str, token: str) -> None:
+    async def _finish_remote(
+        self, key: str, token: str, answer: CachedAnswer | None, store_ttl_s: int | None
+    ) -> None:
+        payload = answer.encode() if answer is not None else _FAILED
+        ttl = store_ttl_s if answer is not None and store_ttl_s else 0
+        keys = (key, lock_key(key))
+        args = (payload if ttl else b"", ttl, done_channel(key), payload, token)
         with contextlib.suppress(BreakerOpen, *REDIS_FAILURES):
             await self._breaker.call(
-                lambda: self._redis.eval(_RELEASE_SCRIPT, 1, lock_key(key), token),
+                lambda: self._redis.eval(_FINISH_SCRIPT, len(keys), *keys, *args),
                 REDIS_FAILURES,
             )
 
@@ -208,7 +238,7 @@ class Coalescer:
                 try:
                     stored = await self._cache.get(key)
                 except CacheUnavailable:
-                    return Alone("redis unavailable")
+                    return Alone(REDIS_UNAVAILABLE)
                 if stored is not None:
                     return Joined(stored)
                 remaining = deadline - time.monotonic()
@@ -225,7 +255,7 @@ class Coalescer:
                     try:
                         stored = await self._cache.get(key)
                     except CacheUnavailable:
-                        return Alone("redis unavailable")
+                        return Alone(REDIS_UNAVAILABLE)
                     return Joined(stored) if stored is not None else Alone("leader failed")
         finally:
             waiters = self._waiters.get(key)

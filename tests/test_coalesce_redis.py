@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from gateway.breaker import CircuitBreaker
 from gateway.cache import AnswerCache, CachedAnswer, CacheUnavailable
-from gateway.coalesce import Alone, Coalescer, Joined, Lead
+from gateway.coalesce import Alone, Coalescer, Joined, Lead, Stored
 from tests.redis_fixtures import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
@@ -79,14 +79,13 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 async def _simulate_request(replica: Replica, key: str, generations: list[int]) -> str:
     """What the pipeline does: acquire; a leader 'generates', stores and finishes."""
     outcome = await replica.coalescer.acquire(key)
-    if isinstance(outcome, Joined):
+    if isinstance(outcome, Joined | Stored):
         assert outcome.answer == ANSWER
-        return "coalesced"
+        return "coalesced" if isinstance(outcome, Joined) else "hit"
     await asyncio.sleep(0.3)  # the generation
     generations.append(1)
     if isinstance(outcome, Lead):
-        await replica.cache.put(key, ANSWER)
-        await replica.coalescer.finish(outcome, ANSWER)
+        await replica.coalescer.finish(outcome, ANSWER, store_ttl_s=60)
         return "leader"
     return "alone"
 
@@ -100,7 +99,9 @@ async def test_fifty_identical_requests_over_two_replicas_generate_once(
         *[_simulate_request(replicas[i % 2], key, generations) for i in range(50)]
     )
     assert len(generations) == 1
-    assert sorted(outcomes).count("coalesced") == 49
+    assert outcomes.count("leader") == 1
+    assert outcomes.count("coalesced") + outcomes.count("hit") == 49
+    assert await replicas[0].cache.get(key) == ANSWER, "the leader stored its answer"
 
 
 async def test_waiters_call_a_worker_themselves_when_the_leader_fails(
@@ -111,7 +112,7 @@ async def test_waiters_call_a_worker_themselves_when_the_leader_fails(
     assert isinstance(leader, Lead)
     waiters = [asyncio.create_task(replicas[i % 2].coalescer.acquire(key)) for i in range(4)]
     await asyncio.sleep(0.2)
-    await replicas[0].coalescer.finish(leader, None)
+    await replicas[0].coalescer.finish(leader, None, store_ttl_s=60)
     results = await asyncio.gather(*waiters)
     assert all(isinstance(r, Alone) and r.reason == "leader failed" for r in results)
 
@@ -136,14 +137,25 @@ async def test_a_waiter_gives_up_after_its_wait_timeout(namespace: str) -> None:
         await replica.redis.delete(f"{key}:lock")
 
 
-async def test_a_finished_answer_is_found_by_a_late_waiter(
+async def test_a_stored_answer_is_a_hit_in_the_same_round_trip(
     replicas: tuple[Replica, Replica], namespace: str
 ) -> None:
-    key = f"{namespace}:v1:answer:late"
+    key = f"{namespace}:v1:answer:stored"
     await replicas[0].cache.put(key, ANSWER)
+    assert await replicas[1].coalescer.acquire(key) == Stored(ANSWER)
+    assert not await replicas[1].redis.exists(f"{key}:lock"), "a hit takes no lock"
+
+
+async def test_an_answer_stored_without_a_message_is_found_by_a_waiter(
+    replicas: tuple[Replica, Replica], namespace: str
+) -> None:
+    """The waiter polls the cache too: a publish it missed does not leave it waiting."""
+    key = f"{namespace}:v1:answer:late"
     await replicas[0].redis.set(f"{key}:lock", "someone", px=5000)
-    result = await replicas[1].coalescer.acquire(key)
-    assert result == Joined(ANSWER)
+    waiter = asyncio.create_task(replicas[1].coalescer.acquire(key))
+    await asyncio.sleep(0.2)
+    await replicas[0].cache.put(key, ANSWER)
+    assert await waiter == Joined(ANSWER)
 
 
 async def test_values_over_the_cap_are_not_stored(
