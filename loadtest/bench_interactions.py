@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import tempfile
 import time
 import uuid
@@ -42,6 +41,7 @@ from gateway.interactions import (
 from gateway.interactions.records import RowPolicy, image_rows, row_params, to_row
 from gateway.interactions.writer import image_insert_sql, insert_sql
 from loadtest import logging_overhead
+from loadtest.bench_worker import machine_description
 from worker.profiles import REPO_ROOT
 
 RESULTS = REPO_ROOT / "loadtest" / "results"
@@ -129,7 +129,7 @@ async def run(url: str) -> dict[str, Any]:
         "batched_records": BATCHED,
         "batch_size": BATCH_SIZE,
         "submit_us_per_record": round(extra["submit_us_per_record"], 2),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": machine_description(),
     }
 
 
