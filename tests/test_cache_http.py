@@ -22,6 +22,7 @@ from PIL import Image
 from localstack.processes import LocalProcess, start_gateway
 from tests.conftest import LOG_DIR, TINY_MODEL_NAME
 from tests.redis_fixtures import PrivateRedis
+from tests.sse import read_stream
 from tests.worker_metrics import finished_requests
 from worker.sample_image import png_bytes
 
@@ -146,17 +147,8 @@ async def test_different_sampling_parameters_miss(gateways: list[str]) -> None:
 
 
 async def _stream(url: str, body: dict[str, Any]) -> tuple[str, list[str]]:
-    events: list[str] = []
-    async with (
-        httpx.AsyncClient(timeout=120) as client,
-        client.stream("POST", url + "/v1/chat/completions", json=body) as response,
-    ):
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                events.append(line[6:])
-    return response.headers["x-cache"], events
+    stream = await read_stream(url, body)
+    return stream.headers["x-cache"], stream.events
 
 
 async def test_streamed_hit_is_valid_sse_with_usage(gateways: list[str]) -> None:
