@@ -21,10 +21,11 @@ from gateway.interactions import InteractionLogMetrics, InteractionWriter
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from gateway.pipeline import Pipeline
+from gateway.pool import WorkerPool
 from gateway.routes import build_router
 from gateway.routes.deps import Services
 from gateway.routes.openapi import openapi_builder
-from gateway.upstream import Upstream, WorkerPool, create_session
+from gateway.upstream import Upstream, create_session
 
 DESCRIPTION = (
     "OpenAI-compatible image+text API in front of vLLM workers serving Qwen3-VL. "

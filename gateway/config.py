@@ -75,6 +75,28 @@ class Settings(BaseSettings):
     # Health polling of the workers, used by /readyz and by the choice of worker.
     health_interval_s: float = Field(default=2.0, gt=0)
     health_timeout_s: float = Field(default=2.0, gt=0)
+    # Read each worker's load (running, waiting, KV-cache usage) from its /metrics on every
+    # health poll; the choice of worker prefers the least loaded.
+    load_poll_enabled: bool = True
+
+    # Worker pool (gateway/pool.py). Passive ejection: this many consecutive failed
+    # exchanges (connect errors, 503s, broken connections before the first byte) open the
+    # worker's breaker for worker_breaker_open_s, then one real request probes it.
+    worker_breaker_failures: int = Field(default=3, ge=1)
+    worker_breaker_open_s: float = Field(default=5.0, gt=0)
+    # Failed attempts before any byte reached the client are retried on another worker, at
+    # most this many times, after a random pause of up to upstream_retry_jitter_s.
+    upstream_retries: int = Field(default=2, ge=0)
+    upstream_retry_jitter_s: float = Field(default=0.05, ge=0)
+    # Image-digest affinity (rendezvous hashing over available workers), given up when the
+    # affine worker carries more than this many requests over the least-loaded one.
+    affinity_enabled: bool = True
+    affinity_max_extra_load: float = Field(default=4.0, ge=0)
+    # Admission control: shed new requests (503 + Retry-After) when every available worker
+    # has more than this many requests waiting; None disables it.
+    admission_max_waiting: int | None = Field(default=None, ge=0)
+    # Retry-After (seconds) on 503s: overloaded, no worker available, draining.
+    retry_after_s: int = Field(default=1, ge=0)
 
     @field_validator("worker_urls", mode="before")
     @classmethod

@@ -53,6 +53,8 @@ class ErrorCode(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     NO_HEALTHY_WORKER = "no_healthy_worker"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    OVERLOADED = "overloaded"
+    DRAINING = "draining"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -60,6 +62,8 @@ class ErrorCode(StrEnum):
 class ErrorKind:
     status: int
     type: str
+    # Answers carry Retry-After (seconds, GATEWAY_RETRY_AFTER_S): the condition is passing.
+    retry_after: bool = False
 
 
 _INVALID = "invalid_request_error"
@@ -92,9 +96,11 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: ErrorKind(415, _INVALID),
     ErrorCode.UPSTREAM_REJECTED: ErrorKind(400, _INVALID),
     ErrorCode.UPSTREAM_ERROR: ErrorKind(502, _UPSTREAM),
-    ErrorCode.UPSTREAM_UNAVAILABLE: ErrorKind(503, _UPSTREAM),
-    ErrorCode.NO_HEALTHY_WORKER: ErrorKind(503, _UPSTREAM),
+    ErrorCode.UPSTREAM_UNAVAILABLE: ErrorKind(503, _UPSTREAM, retry_after=True),
+    ErrorCode.NO_HEALTHY_WORKER: ErrorKind(503, _UPSTREAM, retry_after=True),
     ErrorCode.UPSTREAM_TIMEOUT: ErrorKind(504, _UPSTREAM),
+    ErrorCode.OVERLOADED: ErrorKind(503, _UPSTREAM, retry_after=True),
+    ErrorCode.DRAINING: ErrorKind(503, "server_error", retry_after=True),
     ErrorCode.INTERNAL_ERROR: ErrorKind(500, "server_error"),
 }
 
@@ -109,6 +115,7 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         upstream_status: int | None = None,
+        retry_after_s: int = 1,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -120,6 +127,8 @@ class GatewayError(Exception):
         else:
             self.status = kind.status
         self.type = kind.type
+        self.retry_after = kind.retry_after
+        self.retry_after_s = retry_after_s
 
     def to_response(self) -> ErrorResponse:
         return ErrorResponse(
@@ -145,6 +154,8 @@ class BodyTooLargeError(GatewayError):
 
 def error_headers(error: GatewayError) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", b"application/json")]
+    if error.retry_after:
+        headers.append((b"retry-after", str(error.retry_after_s).encode()))
     if error.status == 413:
         # The client may still be sending: close rather than drain a body we refused.
         headers.append((b"connection", b"close"))

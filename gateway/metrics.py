@@ -55,7 +55,7 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
-            "Failed exchanges with workers, by kind (connect, timeout, status_4xx, "
+            "Failed exchanges with workers, by kind (connect, disconnect, timeout, status_4xx, "
             "status_5xx, protocol).",
             ["kind"],
             registry=r,
@@ -76,6 +76,31 @@ class Metrics:
             "gateway_worker_healthy",
             "1 when the worker's last health check passed, else 0.",
             ["worker"],
+            registry=r,
+        )
+        self.worker_breaker_state = Gauge(
+            "gateway_worker_breaker_state",
+            "Passive ejection per worker: 0 closed, 1 open (ejected), 2 half-open (probing).",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_load = Gauge(
+            "gateway_worker_load",
+            "Load a worker last reported on /metrics: running, waiting, kv_cache_usage.",
+            ["worker", "kind"],
+            registry=r,
+        )
+        self.worker_choices = Counter(
+            "gateway_worker_choices",
+            "Attempts sent to each worker, by reason (least_loaded, affinity, affinity_overflow).",
+            ["worker", "reason"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries",
+            "Attempts retried on another worker before any byte reached the client, by "
+            "cause (connect, disconnect, status_503).",
+            ["cause"],
             registry=r,
         )
 

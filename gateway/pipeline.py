@@ -20,6 +20,7 @@ from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.interaction_log import InteractionDraft
 from gateway.metrics import Metrics
+from gateway.pool import WorkerPool
 from gateway.protocol import (
     ChatCompletionRequest,
     TextPart,
@@ -28,7 +29,7 @@ from gateway.protocol import (
 )
 from gateway.replay import completion_json, completion_sse
 from gateway.streams import ChunkStream, RecordingStream, ReplayStream
-from gateway.upstream import Upstream, WorkerPool
+from gateway.upstream import Upstream
 from gateway.validation import PreparedRequest, prepare_chat, prepare_vqa
 
 CHAT_PATH = "/v1/chat/completions"
@@ -69,6 +70,11 @@ def _chat_prompt(request: ChatCompletionRequest) -> str:
         else:
             texts += [part.text for part in message.content if isinstance(part, TextPart)]
     return "\n".join(texts)
+
+
+def _affinity_key(prepared: PreparedRequest) -> str | None:
+    """The first image's digest: repeats of a photo go where its features are cached."""
+    return prepared.images[0].sha256 if prepared.images else None
 
 
 class Pipeline:
@@ -113,7 +119,11 @@ class Pipeline:
             return StreamedAnswer(ReplayStream(events), lookup.outcome)
         try:
             upstream = await self._upstream.open_stream(
-                CHAT_PATH, prepared.body, ctx.request_id, self._note_worker(ctx)
+                CHAT_PATH,
+                prepared.body,
+                ctx.request_id,
+                self._note_worker(ctx),
+                affinity_key=_affinity_key(prepared),
             )
         except BaseException:
             await self._complete(plan, lookup, None)
@@ -178,7 +188,11 @@ class Pipeline:
             return completion_json(lookup.answer, prepared.model), lookup.outcome
         try:
             body = await self._upstream.post_json(
-                CHAT_PATH, prepared.body, ctx.request_id, self._note_worker(ctx)
+                CHAT_PATH,
+                prepared.body,
+                ctx.request_id,
+                self._note_worker(ctx),
+                affinity_key=_affinity_key(prepared),
             )
         except BaseException:
             await self._complete(plan, lookup, None)

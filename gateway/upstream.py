@@ -5,37 +5,39 @@ Client library: aiohttp, chosen by measurement against httpx 0.28 (both on uvloo
 in 0.09-0.11 s vs 0.51-0.78 s; median delay of a chunk sent every 5 ms 0.11 ms vs
 0.23 ms; small JSON POSTs at concurrency 16: 5.8k-7.7k req/s vs 0.7k req/s.
 
-Seam for the worker-pool issue: everything outside this module asks the pool for a worker
-(:meth:`WorkerPool.choose`) and reports failures (:meth:`WorkerPool.mark_failed`); retries,
-least-loaded choice and circuit breaking can replace the round-robin here without touching
-the pipeline.
+The pool (gateway/pool.py) chooses a worker for each attempt. Here: a failed attempt
+before any byte reached the client (connect error, a broken connection, a 503) is retried
+on another worker, at most ``upstream_retries`` times with a little jitter, within the
+request's one deadline; every attempt's outcome feeds that worker's circuit breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Self
+import random
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Self, TypeVar
 
 import aiohttp
 
+from gateway.breaker import BreakerOpen
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
+from gateway.pool import Worker, WorkerPool, auth_headers
+
+__all__ = ["Upstream", "UpstreamStream", "Worker", "WorkerPool", "create_session"]
 
 log = logging.getLogger("gateway.upstream")
 
-# How often a healthy worker's model list is refreshed (it changes only on restart).
-_MODELS_REFRESH_S = 30.0
 # Upper bound on a worker's error body we read and on the message we pass on.
 _ERROR_BODY_LIMIT = 64 * 1024
 _ERROR_MESSAGE_LIMIT = 1000
+
+T = TypeVar("T")
 
 
 def create_session(settings: Settings) -> aiohttp.ClientSession:
@@ -51,141 +53,16 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
 
 
-@dataclass(eq=False)
-class Worker:
-    url: str
-    healthy: bool = False
-    models: tuple[dict[str, Any], ...] = ()
-    models_fetched_at: float = 0.0
+class _WorkerFailed(Exception):
+    """An attempt failed in a way that counts against the worker (its breaker).
 
+    ``cause`` is set when nothing reached the client yet and another worker may be tried.
+    """
 
-@dataclass(eq=False)
-class WorkerPool:
-    """The configured workers, their health, and the choice of worker for a request."""
-
-    session: aiohttp.ClientSession
-    settings: Settings
-    metrics: Metrics
-    workers: list[Worker] = field(init=False)
-    _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
-    _task: asyncio.Task[None] | None = field(init=False, default=None)
-
-    def __post_init__(self) -> None:
-        self.workers = [Worker(url) for url in self.settings.worker_urls]
-        for worker in self.workers:
-            self.metrics.worker_healthy.labels(worker.url).set(0)
-
-    # -- choice ------------------------------------------------------------------------------
-
-    def choose(self) -> Worker:
-        """Round-robin over healthy workers; over all of them when none looks healthy.
-
-        Falling back to all workers keeps traffic flowing when health checks fail but the
-        workers still answer (a slow /health on a busy machine); a dead worker still fails
-        the request fast with connection refused, which maps to 503.
-        """
-        candidates = [w for w in self.workers if w.healthy] or self.workers
-        return candidates[next(self._turn) % len(candidates)]
-
-    def mark_failed(self, worker: Worker) -> None:
-        """A connection to the worker failed: skip it until its health check passes again."""
-        self._set_health(worker, False)
-
-    # -- state for /readyz and /v1/models ---------------------------------------------------
-
-    @property
-    def healthy_count(self) -> int:
-        return sum(1 for w in self.workers if w.healthy)
-
-    def model_cards(self) -> list[dict[str, Any]]:
-        """Models listed by the workers (healthy ones first), one card per model id."""
-        cards: dict[str, dict[str, Any]] = {}
-        for worker in sorted(self.workers, key=lambda w: not w.healthy):
-            for card in worker.models:
-                cards.setdefault(str(card.get("id")), card)
-        return list(cards.values())
-
-    def model_root(self, model: str) -> str:
-        """What the workers serve under a model name (vLLM's `root`: checkpoint path or
-        hub id); empty when no worker has said."""
-        for worker in self.workers:
-            for card in worker.models:
-                if card.get("id") == model:
-                    return str(card.get("root") or "")
-        return ""
-
-    def model_ids(self) -> frozenset[str]:
-        return frozenset(str(card.get("id")) for w in self.workers for card in w.models)
-
-    # -- health polling ---------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._poll_forever(), name="worker-health")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def poll_once(self) -> None:
-        await asyncio.gather(*(self._poll(w) for w in self.workers))
-
-    async def _poll_forever(self) -> None:
-        while True:
-            await self.poll_once()
-            await asyncio.sleep(self.settings.health_interval_s)
-
-    async def _poll(self, worker: Worker) -> None:
-        healthy = False
-        try:
-            async with asyncio.timeout(self.settings.health_timeout_s):
-                async with self.session.get(f"{worker.url}/health") as response:
-                    healthy = response.status == 200
-                stale = time.monotonic() - worker.models_fetched_at > _MODELS_REFRESH_S
-                if healthy and (not worker.healthy or not worker.models or stale):
-                    worker.models = await self._fetch_models(worker)
-                    worker.models_fetched_at = time.monotonic()
-        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
-            log.debug("health check of %s failed: %r", worker.url, exc)
-            healthy = False
-        self._set_health(worker, healthy)
-
-    async def _fetch_models(self, worker: Worker) -> tuple[dict[str, Any], ...]:
-        async with self.session.get(
-            f"{worker.url}/v1/models", headers=_auth_headers(self.settings)
-        ) as response:
-            if response.status != 200:
-                return worker.models
-            payload = await response.json()
-        data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, list):
-            return worker.models
-        # Keep the public fields only: vLLM's cards also carry local paths ("root").
-        return tuple(
-            {
-                "id": str(card["id"]),
-                "object": "model",
-                "created": int(card.get("created", 0)),
-                "owned_by": str(card.get("owned_by", "")),
-                "max_model_len": card.get("max_model_len"),
-            }
-            for card in data
-            if isinstance(card, dict) and "id" in card
-        )
-
-    def _set_health(self, worker: Worker, healthy: bool) -> None:
-        if worker.healthy != healthy:
-            log.info("worker %s is %s", worker.url, "healthy" if healthy else "unhealthy")
-        worker.healthy = healthy
-        self.metrics.worker_healthy.labels(worker.url).set(1 if healthy else 0)
-
-
-def _auth_headers(settings: Settings) -> dict[str, str]:
-    if settings.worker_api_key is None:
-        return {}
-    return {"Authorization": f"Bearer {settings.worker_api_key.get_secret_value()}"}
+    def __init__(self, error: GatewayError, cause: str | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.cause = cause
 
 
 class UpstreamStream:
@@ -195,11 +72,23 @@ class UpstreamStream:
     that the client left and aborts the generation.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, first: bytes, deadline: float) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        first: bytes,
+        deadline: float,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
         self._response = response
         self._first: bytes | None = first
         self._deadline = deadline
         self._done = False
+        self._on_end = on_end
+
+    def _ended(self) -> None:
+        if self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end()
 
     def __aiter__(self) -> Self:
         return self
@@ -225,6 +114,7 @@ class UpstreamStream:
         if not chunk:
             self._done = True
             self._response.release()  # complete: the connection can be reused
+            self._ended()
             raise StopAsyncIteration
         return chunk
 
@@ -232,6 +122,7 @@ class UpstreamStream:
         if not self._done:
             self._done = True
             self._response.close()
+        self._ended()
 
 
 class Upstream:
@@ -253,8 +144,93 @@ class Upstream:
         return {
             "Content-Type": "application/json",
             "X-Request-ID": request_id,
-            **_auth_headers(self._settings),
+            **auth_headers(self._settings),
         }
+
+    async def _attempts(
+        self,
+        affinity_key: str | None,
+        on_worker: Callable[[str], None] | None,
+        attempt: Callable[[Worker], Awaitable[T]],
+        keep_in_flight: bool = False,
+    ) -> T:
+        """Run ``attempt`` on a chosen worker, retrying retryable failures elsewhere.
+
+        The first choice applies admission control; later ones only exclude the workers
+        already tried. When no other worker is left, the last failure is raised.
+        """
+        tried: list[Worker] = []
+        last: GatewayError | None = None
+        for n in range(self._settings.upstream_retries + 1):
+            try:
+                worker = self._pool.choose(affinity_key, tried, admit=n == 0)
+            except GatewayError:
+                if last is not None:
+                    raise last from None
+                raise
+            tried.append(worker)
+            if n > 0 and self._settings.upstream_retry_jitter_s > 0:
+                await asyncio.sleep(random.uniform(0, self._settings.upstream_retry_jitter_s))
+            if on_worker is not None:
+                on_worker(worker.url)
+            worker.in_flight += 1
+            handed_over = False
+            try:
+                result = await self._watched(worker, attempt)
+                handed_over = keep_in_flight
+                return result
+            except BreakerOpen:
+                continue  # another request is probing this worker: try the next one
+            except _WorkerFailed as exc:
+                if exc.cause is None:
+                    raise exc.error from None
+                last = exc.error
+                self._metrics.upstream_retries.labels(exc.cause).inc()
+                log.info("attempt on %s failed (%s); retrying elsewhere", worker.url, exc.cause)
+            finally:
+                if not handed_over:
+                    worker.in_flight -= 1
+        if last is None:
+            raise GatewayError(
+                ErrorCode.NO_HEALTHY_WORKER,
+                "No worker is available; retry shortly.",
+                retry_after_s=self._settings.retry_after_s,
+            )
+        raise last
+
+    async def _watched(self, worker: Worker, attempt: Callable[[Worker], Awaitable[T]]) -> T:
+        """The attempt through the worker's breaker, abandoned (and made retryable) when a
+        health check fails before it has its answer: a hung worker never answers."""
+        loop = asyncio.get_running_loop()
+        down: asyncio.Future[None] = loop.create_future()
+        worker.down_waiters.add(down)
+        task = asyncio.ensure_future(
+            worker.breaker.call(partial(attempt, worker), (_WorkerFailed,))
+        )
+        try:
+            await asyncio.wait((task, down), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            worker.down_waiters.discard(down)
+            down.cancel()
+        if not task.done():
+            task.cancel()
+            try:
+                return await task  # it may have finished (or failed) meanwhile
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # we were cancelled ourselves
+        else:
+            return task.result()
+        self._metrics.upstream_errors.labels("ejected").inc()
+        error = GatewayError(
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            "The worker stopped answering health checks.",
+            retry_after_s=self._settings.retry_after_s,
+        )
+        raise _WorkerFailed(error, "ejected")
 
     async def post_json(
         self,
@@ -262,21 +238,24 @@ class Upstream:
         body: bytes,
         request_id: str,
         on_worker: Callable[[str], None] | None = None,
+        affinity_key: str | None = None,
     ) -> bytes:
         """Non-streaming exchange: the worker's 200 body, or a GatewayError."""
-        worker = self._pool.choose()
-        if on_worker is not None:
-            on_worker(worker.url)
-        try:
-            async with asyncio.timeout(self._settings.total_timeout_s):
-                async with self._session.post(
-                    worker.url + path, data=body, headers=self._headers(request_id)
-                ) as response:
-                    if response.status != 200:
-                        raise await self._status_error(response)
-                    return await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._transport_error(worker, exc) from None
+        deadline = asyncio.get_running_loop().time() + self._settings.total_timeout_s
+
+        async def attempt(worker: Worker) -> bytes:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    async with self._session.post(
+                        worker.url + path, data=body, headers=self._headers(request_id)
+                    ) as response:
+                        if response.status != 200:
+                            raise await self._status_error(response)
+                        return await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._transport_error(worker, exc) from None
+
+        return await self._attempts(affinity_key, on_worker, attempt)
 
     async def open_stream(
         self,
@@ -284,36 +263,45 @@ class Upstream:
         body: bytes,
         request_id: str,
         on_worker: Callable[[str], None] | None = None,
+        affinity_key: str | None = None,
     ) -> UpstreamStream:
         """Start a streamed exchange and wait for its first chunk (first-byte timeout).
 
         Errors up to the first chunk raise GatewayError, so the client still gets a proper
-        HTTP status; later errors surface from the stream itself.
+        HTTP status (after retries on other workers where that is safe); later errors
+        surface from the stream itself.
         """
-        worker = self._pool.choose()
-        if on_worker is not None:
-            on_worker(worker.url)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.total_timeout_s
-        first_byte = min(self._settings.first_byte_timeout_s, self._settings.total_timeout_s)
-        response: aiohttp.ClientResponse | None = None
-        try:
-            async with asyncio.timeout(first_byte):
-                response = await self._session.post(
-                    worker.url + path, data=body, headers=self._headers(request_id)
-                )
-                if response.status != 200:
-                    raise await self._status_error(response)
-                first = await response.content.readany()
-        except BaseException as exc:
-            if response is not None:
-                response.close()
-            if isinstance(exc, aiohttp.ClientError | TimeoutError):
-                raise self._transport_error(worker, exc) from None
-            raise
-        return UpstreamStream(response, first, deadline)
 
-    async def _status_error(self, response: aiohttp.ClientResponse) -> GatewayError:
+        async def attempt(worker: Worker) -> UpstreamStream:
+            first_byte = min(loop.time() + self._settings.first_byte_timeout_s, deadline)
+            response: aiohttp.ClientResponse | None = None
+            try:
+                async with asyncio.timeout_at(first_byte):
+                    response = await self._session.post(
+                        worker.url + path, data=body, headers=self._headers(request_id)
+                    )
+                    if response.status != 200:
+                        raise await self._status_error(response)
+                    first = await response.content.readany()
+                    if not first:
+                        raise aiohttp.ServerDisconnectedError()
+            except BaseException as exc:
+                if response is not None:
+                    response.close()
+                if isinstance(exc, aiohttp.ClientError | TimeoutError):
+                    raise self._transport_error(worker, exc) from None
+                raise
+
+            def release(w: Worker = worker) -> None:
+                w.in_flight -= 1
+
+            return UpstreamStream(response, first, deadline, on_end=release)
+
+        return await self._attempts(affinity_key, on_worker, attempt, keep_in_flight=True)
+
+    async def _status_error(self, response: aiohttp.ClientResponse) -> GatewayError | _WorkerFailed:
         status = response.status
         if 400 <= status < 500:
             self._metrics.upstream_errors.labels("status_4xx").inc()
@@ -325,19 +313,39 @@ class Upstream:
                 upstream_status=status,
             )
         self._metrics.upstream_errors.labels("status_5xx").inc()
+        if status == 503:
+            # The worker is overloaded or shutting down: another one may serve.
+            error = GatewayError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                "The worker is unavailable (status 503).",
+                retry_after_s=self._settings.retry_after_s,
+            )
+            return _WorkerFailed(error, "status_503")
         return GatewayError(ErrorCode.UPSTREAM_ERROR, f"The worker failed (status {status}).")
 
-    def _transport_error(self, worker: Worker, exc: BaseException) -> GatewayError:
+    def _transport_error(self, worker: Worker, exc: BaseException) -> _WorkerFailed:
         # ServerTimeoutError is both a ClientError and a TimeoutError: test timeouts first.
         if isinstance(exc, TimeoutError):
             self._metrics.upstream_errors.labels("timeout").inc()
-            return GatewayError(ErrorCode.UPSTREAM_TIMEOUT, "The worker did not answer in time.")
+            error = GatewayError(ErrorCode.UPSTREAM_TIMEOUT, "The worker did not answer in time.")
+            return _WorkerFailed(error, None)
         if isinstance(exc, aiohttp.ClientConnectorError):
             self._metrics.upstream_errors.labels("connect").inc()
             self._pool.mark_failed(worker)
-            return GatewayError(ErrorCode.UPSTREAM_UNAVAILABLE, "No worker could be reached.")
+            error = GatewayError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                "No worker could be reached.",
+                retry_after_s=self._settings.retry_after_s,
+            )
+            return _WorkerFailed(error, "connect")
+        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+            # The worker hung up before the answer was complete (it died, or restarted).
+            self._metrics.upstream_errors.labels("disconnect").inc()
+            error = GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's connection broke off.")
+            return _WorkerFailed(error, "disconnect")
         self._metrics.upstream_errors.labels("protocol").inc()
-        return GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's answer was malformed.")
+        error = GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's answer was malformed.")
+        return _WorkerFailed(error, None)
 
 
 async def _read_worker_error(response: aiohttp.ClientResponse) -> tuple[str | None, str | None]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -52,6 +54,34 @@ class LocalProcess:
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants, from /proc (a worker is its launcher, vLLM's API
+    server and the engine core)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def signal_tree(process: LocalProcess, sig: signal.Signals) -> None:
+    """Send sig to the process and every descendant (drills: SIGKILL, SIGSTOP, SIGCONT)."""
+    for pid in process_tree(process.process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _spawn(
@@ -119,8 +149,11 @@ def start_gateway(
     env: dict[str, str] | None = None,
     ready_path: str = "/readyz",
     timeout_s: float = 60.0,
+    args: list[str] | None = None,
 ) -> LocalProcess:
-    """`python -m gateway` on a port of its own, returned once ready_path answers 200."""
+    """`python -m gateway` on a port of its own, returned once ready_path answers 200.
+
+    ``args`` are extra command-line options (``--graceful-timeout``, ``--drain-delay``)."""
     port = port or free_port()
     full_env = {
         **os.environ,
@@ -130,6 +163,7 @@ def start_gateway(
         **(env or {}),
     }
     cmd = [str(GATEWAY_PYTHON), "-m", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += args or []
     process, log_path = _spawn(f"gateway-{port}", cmd, log_dir, full_env)
     gateway = LocalProcess(f"gateway-{port}", process, port, log_path)
     wait_http_ok(gateway, ready_path, timeout_s)

@@ -8,7 +8,8 @@ RUN_DIR=${RUN_DIR:-.run}
 [[ $RUN_DIR = /* ]] || RUN_DIR=$PWD/$RUN_DIR  # nginx resolves relative paths elsewhere
 LOG_DIR=$RUN_DIR/logs
 PID_DIR=$RUN_DIR/pids
-WORKER_PORT=${WORKER_PORT:-8100}
+WORKER_PORT=${WORKER_PORT:-8100}  # the first worker's port; worker i listens on WORKER_PORT+i
+WORKERS=${WORKERS:-2}
 PROFILE=${PROFILE:-cpu-tiny}
 GATEWAY_REPLICAS=${GATEWAY_REPLICAS:-2}
 GATEWAY_BASE_PORT=${GATEWAY_BASE_PORT:-8001}
@@ -18,7 +19,9 @@ STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-900}
 # One limit for both hops: Nginx refuses what the gateway would refuse.
 export GATEWAY_MAX_BODY_BYTES=${GATEWAY_MAX_BODY_BYTES:-16777216}
 export GATEWAY_TOTAL_TIMEOUT_S=${GATEWAY_TOTAL_TIMEOUT_S:-600}
-export GATEWAY_WORKER_URLS=${GATEWAY_WORKER_URLS:-http://127.0.0.1:$WORKER_PORT}
+worker_urls=()
+for i in $(seq 0 $((WORKERS - 1))); do worker_urls+=("http://127.0.0.1:$((WORKER_PORT + i))"); done
+export GATEWAY_WORKER_URLS=${GATEWAY_WORKER_URLS:-$(IFS=,; echo "${worker_urls[*]}")}
 # The interaction log: MariaDB on this machine, database and user created by `up`.
 export GATEWAY_LOG_DATABASE_URL=${GATEWAY_LOG_DATABASE_URL:-mysql://vlm:vlm@127.0.0.1:3306/vlm_serve}
 DB_ADMIN_URL=${DB_ADMIN_URL:-mysql://root@127.0.0.1:3306}
@@ -85,16 +88,25 @@ up() {
   # Idempotent: creates the database and user when missing, then migrates to head.
   .venv/bin/python -m gateway.interactions --url "$GATEWAY_LOG_DATABASE_URL" migrate \
     --create-db --admin-url "$DB_ADMIN_URL"
-  start worker env WORKER_READY_FILE="$RUN_DIR/worker-$WORKER_PORT.ready" \
-    .venv-worker/bin/python -m worker serve --profile "$PROFILE" --port "$WORKER_PORT"
-  wait_for "the worker's warm-up" test -f "$RUN_DIR/worker-$WORKER_PORT.ready"
+  # One worker per core on a CPU machine (WORKER_CPU_THREADS_BIND=i pins worker i to core
+  # i); set it empty (or to "nobind") to let them float.
+  local cores; cores=$(nproc)
+  for i in $(seq 0 $((WORKERS - 1))); do
+    local wport=$((WORKER_PORT + i)) bind=${WORKER_CPU_THREADS_BIND-$((i % cores))}
+    start "worker-$wport" env WORKER_READY_FILE="$RUN_DIR/worker-$wport.ready" \
+      ${bind:+WORKER_CPU_THREADS_BIND=$bind} \
+      .venv-worker/bin/python -m worker serve --profile "$PROFILE" --port "$wport"
+  done
+  for i in $(seq 0 $((WORKERS - 1))); do
+    wait_for "worker $((WORKER_PORT + i))'s warm-up" test -f "$RUN_DIR/worker-$((WORKER_PORT + i)).ready"
+  done
 
   local upstreams=()
   for i in $(seq 0 $((GATEWAY_REPLICAS - 1))); do
     local port=$((GATEWAY_BASE_PORT + i))
     # One interaction-log spool per replica: each writer locks its own.
     start "gateway-$port" env GATEWAY_LOG_SPOOL_PATH="$RUN_DIR/interactions/spool-$port.jsonl" \
-      .venv/bin/python -m gateway --host 127.0.0.1 --port "$port"
+      .venv/bin/python -m gateway --host 127.0.0.1 --port "$port" --graceful-timeout 30
     upstreams+=(--gateway "127.0.0.1:$port")
   done
 
@@ -110,7 +122,7 @@ up() {
   wait_for "/readyz through nginx" curl -sf "http://$HOST:$PORT/readyz"
 
   sample_request "$RUN_DIR/sample-request.json"
-  echo "ready: http://$HOST:$PORT (nginx -> $GATEWAY_REPLICAS gateways -> worker, profile $PROFILE)"
+  echo "ready: http://$HOST:$PORT (nginx -> $GATEWAY_REPLICAS gateways -> $WORKERS workers, profile $PROFILE)"
   echo "try:"
   echo "  curl -s http://$HOST:$PORT/v1/chat/completions -H 'Content-Type: application/json' -d @$RUN_DIR/sample-request.json"
   if [[ $PROFILE == cpu-tiny ]]; then
@@ -124,7 +136,9 @@ down() {
   for pidfile in "$PID_DIR"/gateway-*.pid; do
     [[ -e $pidfile ]] && stop "$(basename "$pidfile" .pid)"
   done
-  stop worker
+  for pidfile in "$PID_DIR"/worker*.pid; do
+    [[ -e $pidfile ]] && stop "$(basename "$pidfile" .pid)"
+  done
   return 0
 }
 

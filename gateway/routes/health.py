@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import ErrorCode, GatewayError, error_response
@@ -23,7 +23,16 @@ async def healthz() -> HealthStatus:
     summary="Readiness: at least one worker passed its last health check",
     responses={503: {"model": ErrorResponse, "description": "No healthy worker."}},
 )
-async def readyz(services: ServicesDep) -> Response:
+async def readyz(request: Request, services: ServicesDep) -> Response:
+    if getattr(request.app.state, "draining", False):
+        # SIGTERM: Nginx and Kubernetes stop sending new work while in-flight work ends.
+        return error_response(
+            GatewayError(
+                ErrorCode.DRAINING,
+                "The gateway is shutting down.",
+                retry_after_s=services.settings.retry_after_s,
+            )
+        )
     healthy = services.pool.healthy_count
     if healthy == 0:
         return error_response(

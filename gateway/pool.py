@@ -1,0 +1,317 @@
+"""The worker pool: health, load, passive ejection, and the choice of worker for a request.
+
+Built from a static list (``GATEWAY_WORKER_URLS``). A background task polls every worker:
+``/health`` (active health check), ``/v1/models`` (now and then), and ``/metrics`` for the
+load vLLM reports (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
+``vllm:kv_cache_usage_perc``).
+
+A worker is *available* when its last health check passed and its circuit breaker (passive
+ejection after consecutive failed exchanges, half-open probes with real requests) is not
+open. Among available workers the choice is:
+
+* without an affinity key: the least-loaded, ties broken round-robin;
+* with one (the first image's digest): the worker ranked first by rendezvous hashing over
+  the available workers, so repeats of a photo meet the worker whose multimodal cache holds
+  it, unless its load exceeds the least-loaded one's by more than
+  ``affinity_max_extra_load``; then the least-loaded.
+
+Load is what the worker last reported (all gateways' traffic) or this gateway's own
+requests in flight to it, whichever is larger: the report lags by a poll interval, the
+local count does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from gateway.breaker import BreakerState, CircuitBreaker
+from gateway.config import Settings
+from gateway.errors import ErrorCode, GatewayError
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.pool")
+
+# How often a healthy worker's model list is refreshed (it changes only on restart).
+_MODELS_REFRESH_S = 30.0
+# The worker's /metrics body we read at most (vLLM's is some tens of KB).
+_METRICS_BODY_LIMIT = 4 * 1024 * 1024
+_RUNNING = "vllm:num_requests_running"
+_WAITING = "vllm:num_requests_waiting"
+_KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    if settings.worker_api_key is None:
+        return {}
+    return {"Authorization": f"Bearer {settings.worker_api_key.get_secret_value()}"}
+
+
+@dataclass(eq=False)
+class Worker:
+    url: str
+    breaker: CircuitBreaker
+    healthy: bool = False
+    models: tuple[dict[str, Any], ...] = ()
+    models_fetched_at: float = 0.0
+    # Load as the worker last reported it (None: never read).
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+    load_read_at: float | None = None
+    # This gateway's exchanges with the worker now open (streams until they end).
+    in_flight: int = 0
+    # Attempts waiting for their answer (or first chunk): told when a health check fails,
+    # so that a hung worker's requests move elsewhere instead of waiting for a timeout.
+    down_waiters: set[asyncio.Future[None]] = field(default_factory=set)
+
+    @property
+    def available(self) -> bool:
+        return self.healthy and self.breaker.state is not BreakerState.OPEN
+
+    @property
+    def load(self) -> float:
+        return max(self.running + self.waiting, float(self.in_flight))
+
+
+def parse_load(text: str) -> tuple[float, float, float] | None:
+    """(running, waiting, kv-cache usage) summed over label sets from a /metrics body;
+    None when the body has none of vLLM's scheduler gauges."""
+    running = waiting = kv = 0.0
+    seen = False
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        try:
+            value = float(line.rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if name == _RUNNING:
+            running += value
+            seen = True
+        elif name == _WAITING:
+            waiting += value
+            seen = True
+        elif name in _KV_USAGE:
+            kv = max(kv, value)
+    return (running, waiting, kv) if seen else None
+
+
+def _rendezvous_score(key: str, url: str) -> bytes:
+    return hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest()
+
+
+@dataclass(eq=False)
+class WorkerPool:
+    """The configured workers, their health and load, and the choice of worker."""
+
+    session: aiohttp.ClientSession
+    settings: Settings
+    metrics: Metrics
+    workers: list[Worker] = field(init=False)
+    _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
+    _task: asyncio.Task[None] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.workers = [self._new_worker(url) for url in self.settings.worker_urls]
+        for worker in self.workers:
+            self.metrics.worker_healthy.labels(worker.url).set(0)
+            self.metrics.worker_breaker_state.labels(worker.url).set(0)
+
+    def _new_worker(self, url: str) -> Worker:
+        def on_state(state: BreakerState) -> None:
+            self.metrics.worker_breaker_state.labels(url).set(int(state))
+            if state is BreakerState.OPEN:
+                log.warning("worker %s ejected after repeated failures", url)
+            elif state is BreakerState.CLOSED:
+                log.info("worker %s readmitted", url)
+
+        breaker = CircuitBreaker(
+            self.settings.worker_breaker_open_s,
+            failure_threshold=self.settings.worker_breaker_failures,
+            on_state_change=on_state,
+        )
+        return Worker(url, breaker)
+
+    # -- choice ------------------------------------------------------------------------------
+
+    def choose(
+        self,
+        affinity_key: str | None = None,
+        exclude: Collection[Worker] = (),
+        *,
+        admit: bool = False,
+    ) -> Worker:
+        """The worker for the next attempt of a request.
+
+        Raises GatewayError: NO_HEALTHY_WORKER when no worker is available (fast, with
+        Retry-After), OVERLOADED when ``admit`` and every available worker's waiting queue
+        is over ``admission_max_waiting``.
+        """
+        candidates = [w for w in self.workers if w.available and w not in exclude]
+        if not candidates and not any(w.available for w in self.workers):
+            # Every health check failed: try the workers not ejected by their breakers. A
+            # busy worker may answer /health late yet serve; a dead one refuses at once,
+            # and its breaker then opens, after which this answer is immediate.
+            candidates = [
+                w
+                for w in self.workers
+                if w.breaker.state is not BreakerState.OPEN and w not in exclude
+            ]
+        if not candidates:
+            raise GatewayError(
+                ErrorCode.NO_HEALTHY_WORKER,
+                "No worker is available; retry shortly.",
+                retry_after_s=self.settings.retry_after_s,
+            )
+        limit = self.settings.admission_max_waiting
+        if admit and limit is not None and all(w.waiting > limit for w in candidates):
+            raise GatewayError(
+                ErrorCode.OVERLOADED,
+                "Every worker's queue is full; retry shortly.",
+                retry_after_s=self.settings.retry_after_s,
+            )
+        turn = next(self._turn)
+        n = len(candidates)
+        # Least-loaded; among equals, the one after the last choice (round-robin).
+        least = min(
+            range(n),
+            key=lambda i: (candidates[i].load, candidates[i].kv_usage, (i - turn) % n),
+        )
+        best = candidates[least]
+        choice = "least_loaded"
+        if affinity_key is not None and self.settings.affinity_enabled:
+            affine = max(candidates, key=lambda w: _rendezvous_score(affinity_key, w.url))
+            if affine.load - best.load <= self.settings.affinity_max_extra_load:
+                best, choice = affine, "affinity"
+            else:
+                choice = "affinity_overflow"
+        self.metrics.worker_choices.labels(best.url, choice).inc()
+        return best
+
+    def mark_failed(self, worker: Worker) -> None:
+        """A connection to the worker failed: skip it until its health check passes again."""
+        self._set_health(worker, False)
+
+    # -- state for /readyz and /v1/models ---------------------------------------------------
+
+    @property
+    def healthy_count(self) -> int:
+        return sum(1 for w in self.workers if w.available)
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """Models listed by the workers (healthy ones first), one card per model id."""
+        cards: dict[str, dict[str, Any]] = {}
+        for worker in sorted(self.workers, key=lambda w: not w.healthy):
+            for card in worker.models:
+                cards.setdefault(str(card.get("id")), card)
+        return list(cards.values())
+
+    def model_root(self, model: str) -> str:
+        """What the workers serve under a model name (vLLM's `root`: checkpoint path or
+        hub id); empty when no worker has said."""
+        for worker in self.workers:
+            for card in worker.models:
+                if card.get("id") == model:
+                    return str(card.get("root") or "")
+        return ""
+
+    def model_ids(self) -> frozenset[str]:
+        return frozenset(str(card.get("id")) for w in self.workers for card in w.models)
+
+    # -- polling -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._poll_forever(), name="worker-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(w) for w in self.workers))
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self.settings.health_interval_s)
+
+    async def _poll(self, worker: Worker) -> None:
+        healthy = False
+        try:
+            async with asyncio.timeout(self.settings.health_timeout_s):
+                async with self.session.get(f"{worker.url}/health") as response:
+                    healthy = response.status == 200
+                stale = time.monotonic() - worker.models_fetched_at > _MODELS_REFRESH_S
+                if healthy and (not worker.healthy or not worker.models or stale):
+                    worker.models = await self._fetch_models(worker)
+                    worker.models_fetched_at = time.monotonic()
+                if healthy and self.settings.load_poll_enabled:
+                    await self._fetch_load(worker)
+        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
+            log.debug("health check of %s failed: %r", worker.url, exc)
+            healthy = False
+        if worker.healthy and not healthy:
+            for waiter in worker.down_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        self._set_health(worker, healthy)
+
+    async def _fetch_load(self, worker: Worker) -> None:
+        async with self.session.get(
+            f"{worker.url}/metrics", headers=auth_headers(self.settings)
+        ) as response:
+            if response.status != 200:
+                return
+            raw = await response.content.read(_METRICS_BODY_LIMIT)
+        load = parse_load(raw.decode("utf-8", "replace"))
+        if load is None:
+            return
+        worker.running, worker.waiting, worker.kv_usage = load
+        worker.load_read_at = time.monotonic()
+        gauge = self.metrics.worker_load
+        gauge.labels(worker.url, "running").set(worker.running)
+        gauge.labels(worker.url, "waiting").set(worker.waiting)
+        gauge.labels(worker.url, "kv_cache_usage").set(worker.kv_usage)
+
+    async def _fetch_models(self, worker: Worker) -> tuple[dict[str, Any], ...]:
+        async with self.session.get(
+            f"{worker.url}/v1/models", headers=auth_headers(self.settings)
+        ) as response:
+            if response.status != 200:
+                return worker.models
+            payload = await response.json()
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            return worker.models
+        # Keep the public fields only: vLLM's cards also carry local paths ("root").
+        return tuple(
+            {
+                "id": str(card["id"]),
+                "object": "model",
+                "created": int(card.get("created", 0)),
+                "owned_by": str(card.get("owned_by", "")),
+                "max_model_len": card.get("max_model_len"),
+            }
+            for card in data
+            if isinstance(card, dict) and "id" in card
+        )
+
+    def _set_health(self, worker: Worker, healthy: bool) -> None:
+        if worker.healthy != healthy:
+            log.info("worker %s is %s", worker.url, "healthy" if healthy else "unhealthy")
+        worker.healthy = healthy
+        self.metrics.worker_healthy.labels(worker.url).set(1 if healthy else 0)

@@ -1,0 +1,301 @@
+"""The worker pool against fake workers: load-aware choice, image affinity, retries,
+passive ejection with half-open probes, admission control, all workers down, a worker
+dying mid-stream, and a slow worker behind the fault-injecting proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.pool import parse_load
+from gateway.protocol import ErrorResponse
+from tests.doubles.slow_proxy import SlowProxy
+from tests.gateway_fixtures import (
+    FakeWorker,
+    chat_body,
+    data_uri,
+    image_bytes,
+    image_message,
+    run_gateway,
+    scrape,
+    serve,
+    total,
+)
+
+pytest_plugins = ["tests.gateway_fixtures"]
+
+CHAT = "/v1/chat/completions"
+
+
+@dataclass
+class LoadedWorker(FakeWorker):
+    """A FakeWorker that reports vLLM's load gauges and can answer every chat with a status."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    chat_status: int | None = None
+    hang: bool = False
+
+    def app(self) -> Starlette:
+        app = super().app()
+        app.router.routes.append(Route("/metrics", self._metrics))
+        return app
+
+    async def _metrics(self, _: Request) -> Response:
+        text = (
+            "# HELP vllm:num_requests_running x\n"
+            f'vllm:num_requests_running{{engine="0",model_name="m"}} {self.running}\n'
+            f'vllm:num_requests_waiting{{engine="0",model_name="m"}} {self.waiting}\n'
+            f'vllm:kv_cache_usage_perc{{engine="0",model_name="m"}} 0.25\n'
+        )
+        return Response(text, media_type="text/plain")
+
+    async def _chat(self, request: Request) -> Response:
+        if self.hang:
+            self.requests.append((dict(request.headers), {}))
+            await asyncio.sleep(30)
+        if self.chat_status is not None:
+            self.requests.append((dict(request.headers), {}))
+            return Response(b'{"error": {"message": "busy"}}', status_code=self.chat_status)
+        return await super()._chat(request)
+
+
+def _code(response: httpx.Response) -> str | None:
+    return ErrorResponse.model_validate_json(response.content).error.code
+
+
+def _image_body(seed: int) -> dict[str, object]:
+    png = image_bytes(size=(32 + seed, 32))
+    return chat_body(image_message("what is it?", data_uri(png)))
+
+
+def test_parse_load_sums_label_sets() -> None:
+    text = (
+        "# TYPE vllm:num_requests_running gauge\n"
+        'vllm:num_requests_running{engine="0"} 2.0\n'
+        'vllm:num_requests_running{engine="1"} 1.0\n'
+        'vllm:num_requests_waiting{engine="0"} 4.0\n'
+        'vllm:kv_cache_usage_perc{engine="0"} 0.5\n'
+        "vllm:num_requests_running_other 9\n"
+    )
+    assert parse_load(text) == (3.0, 4.0, 0.5)
+    assert parse_load("up 1\n") is None
+
+
+async def test_least_loaded_worker_is_chosen(http: httpx.AsyncClient) -> None:
+    busy, idle = LoadedWorker(waiting=8), LoadedWorker()
+    async with serve(busy.app()) as a, serve(idle.app()) as b, run_gateway(a, b) as gateway:
+        for _ in range(6):
+            assert (await http.post(f"{gateway}{CHAT}", json=chat_body())).status_code == 200
+        assert (len(busy.requests), len(idle.requests)) == (0, 6)
+        samples = await scrape(http, gateway)
+        assert total(samples, "gateway_worker_load", lambda k: "waiting" in k) == 8
+
+
+async def test_image_affinity_sticks_then_yields_to_load(http: httpx.AsyncClient) -> None:
+    first, second = LoadedWorker(), LoadedWorker()
+    async with (
+        serve(first.app()) as a,
+        serve(second.app()) as b,
+        run_gateway(a, b, health_interval_s=0.1) as gateway,
+    ):
+        # Repeats of one photo meet one worker; different photos spread over both.
+        for seed in range(8):
+            for _ in range(3):
+                response = await http.post(f"{gateway}{CHAT}", json=_image_body(seed))
+                assert response.status_code == 200
+        counts = (len(first.requests), len(second.requests))
+        assert sum(counts) == 24
+        assert all(c % 3 == 0 for c in counts)
+        assert min(counts) > 0
+        # The affine worker of photo 0 becomes much busier than the other: load wins.
+        before = (len(first.requests), len(second.requests))
+        await http.post(f"{gateway}{CHAT}", json=_image_body(0))
+        affine = first if len(first.requests) > before[0] else second
+        affine.waiting = 20
+        await asyncio.sleep(0.3)
+        other = second if affine is first else first
+        before_other = len(other.requests)
+        for _ in range(3):
+            assert (await http.post(f"{gateway}{CHAT}", json=_image_body(0))).status_code == 200
+        assert len(other.requests) == before_other + 3
+        samples = await scrape(http, gateway)
+        assert total(samples, "gateway_worker_choices_total", lambda k: "overflow" in k) == 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_503_is_retried_on_another_worker(stream: bool, http: httpx.AsyncClient) -> None:
+    failing, good = LoadedWorker(chat_status=503), LoadedWorker()
+    async with (
+        serve(failing.app()) as a,
+        serve(good.app()) as b,
+        run_gateway(a, b, upstream_retry_jitter_s=0.01) as gateway,
+    ):
+        for _ in range(4):
+            response = await http.post(f"{gateway}{CHAT}", json=chat_body(stream=stream))
+            assert response.status_code == 200
+        assert len(good.requests) == 4
+        assert len(failing.requests) >= 1
+        samples = await scrape(http, gateway)
+        retries = total(samples, "gateway_upstream_retries_total")
+        assert retries == len(failing.requests)
+
+
+async def test_breaker_ejects_then_half_open_probe_readmits(http: httpx.AsyncClient) -> None:
+    flaky, good = LoadedWorker(chat_status=503), LoadedWorker()
+    async with (
+        serve(flaky.app()) as a,
+        serve(good.app()) as b,
+        run_gateway(
+            a, b, worker_breaker_failures=2, worker_breaker_open_s=0.5, upstream_retry_jitter_s=0
+        ) as gateway,
+    ):
+        for _ in range(10):
+            assert (await http.post(f"{gateway}{CHAT}", json=chat_body())).status_code == 200
+        # Two failures opened its breaker; no more attempts went to it.
+        assert len(flaky.requests) == 2
+        samples = await scrape(http, gateway)
+        assert total(samples, "gateway_worker_breaker_state", lambda k: a in k) == 1
+        # It recovers; after the open window one request probes it and readmits it.
+        flaky.chat_status = None
+        await asyncio.sleep(0.6)
+        for _ in range(6):
+            assert (await http.post(f"{gateway}{CHAT}", json=chat_body())).status_code == 200
+        assert len(flaky.requests) >= 4
+        samples = await scrape(http, gateway)
+        assert total(samples, "gateway_worker_breaker_state", lambda k: a in k) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_request_on_a_hung_worker_moves_when_its_health_check_fails(
+    stream: bool, http: httpx.AsyncClient
+) -> None:
+    hung, good = LoadedWorker(hang=True), LoadedWorker(waiting=5)
+    async with (
+        serve(hung.app()) as a,
+        serve(good.app()) as b,
+        run_gateway(a, b, health_interval_s=0.1, health_timeout_s=0.2) as gateway,
+    ):
+        await asyncio.sleep(0.3)  # both polled: the hung one looks least loaded
+
+        async def later() -> None:
+            await asyncio.sleep(0.5)
+            hung.health_status = 503  # what a SIGSTOPped worker's health check amounts to
+
+        flip = asyncio.create_task(later())
+        started = time.perf_counter()
+        response = await http.post(f"{gateway}{CHAT}", json=chat_body(stream=stream))
+        await flip
+        assert response.status_code == 200
+        assert time.perf_counter() - started < 2.0
+        assert (len(hung.requests), len(good.requests)) == (1, 1)
+        samples = await scrape(http, gateway)
+        assert total(samples, "gateway_upstream_retries_total", lambda k: "ejected" in k) == 1
+
+
+async def test_admission_control_sheds_with_retry_after(http: httpx.AsyncClient) -> None:
+    first, second = LoadedWorker(waiting=30), LoadedWorker(waiting=12)
+    async with (
+        serve(first.app()) as a,
+        serve(second.app()) as b,
+        run_gateway(a, b, admission_max_waiting=10, retry_after_s=2) as gateway,
+    ):
+        response = await http.post(f"{gateway}{CHAT}", json=chat_body())
+        assert response.status_code == 503
+        assert _code(response) == "overloaded"
+        assert response.headers["retry-after"] == "2"
+        assert not first.requests
+        assert not second.requests
+        second.waiting = 3
+        await asyncio.sleep(0.7)
+        assert (await http.post(f"{gateway}{CHAT}", json=chat_body())).status_code == 200
+        assert len(second.requests) == 1
+
+
+async def test_all_workers_down_fast_503_then_recovery(http: httpx.AsyncClient) -> None:
+    first, second = LoadedWorker(), LoadedWorker()
+    async with serve(first.app()) as a, serve(second.app()) as b:
+        pa, pb = int(a.rsplit(":", 1)[1]), int(b.rsplit(":", 1)[1])
+        async with (
+            SlowProxy("127.0.0.1", pa) as proxy_a,
+            SlowProxy("127.0.0.1", pb) as proxy_b,
+            run_gateway(proxy_a.url, proxy_b.url, health_interval_s=0.2) as gateway,
+        ):
+            assert (await http.post(f"{gateway}{CHAT}", json=chat_body())).status_code == 200
+            await proxy_a.stop_listening()
+            await proxy_b.stop_listening()
+            for _ in range(6):
+                started = time.perf_counter()
+                response = await http.post(f"{gateway}{CHAT}", json=chat_body())
+                assert time.perf_counter() - started < 0.5
+                assert response.status_code == 503
+                assert _code(response) in ("upstream_unavailable", "no_healthy_worker")
+                assert response.headers["retry-after"] == "1"
+            await asyncio.sleep(0.3)
+            assert (await http.get(f"{gateway}/readyz")).status_code == 503
+            await proxy_b.listen()
+            deadline = time.monotonic() + 10
+            while (await http.get(f"{gateway}/readyz")).status_code != 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            for _ in range(3):
+                assert (await http.post(f"{gateway}{CHAT}", json=chat_body())).status_code == 200
+
+
+async def test_worker_dying_mid_stream_ends_with_sse_error(http: httpx.AsyncClient) -> None:
+    worker = LoadedWorker()
+    async with (
+        serve(worker.app()) as a,
+        SlowProxy("127.0.0.1", int(a.rsplit(":", 1)[1])) as proxy,
+        run_gateway(proxy.url) as gateway,
+    ):
+        body = chat_body("fake:pace:100:30", stream=True)
+        async with http.stream("POST", f"{gateway}{CHAT}", json=body) as response:
+            assert response.status_code == 200
+            received = b""
+            async for chunk in response.aiter_raw():
+                received += chunk
+                if received.count(b"data: ") == 2:
+                    proxy.cut()
+        events = [e for e in received.split(b"\n\n") if e.strip()]
+        # Our error event, then the end of the stream, as for every error after the start.
+        assert events[-1] == b"data: [DONE]"
+        last = ErrorResponse.model_validate_json(events[-2].removeprefix(b"data: "))
+        assert last.error.code == "upstream_error"
+        assert len(events) < 10
+        assert len(worker.requests) == 1  # a started stream is never retried
+
+
+async def test_slow_worker_loses_traffic(http: httpx.AsyncClient) -> None:
+    slow, fast = LoadedWorker(), LoadedWorker()
+    async with (
+        serve(slow.app()) as a,
+        serve(fast.app()) as b,
+        SlowProxy("127.0.0.1", int(a.rsplit(":", 1)[1])) as proxy,
+        run_gateway(proxy.url, b, affinity_enabled=False) as gateway,
+    ):
+        proxy.delay_s = 0.3
+        served: collections.Counter[str] = collections.Counter()
+
+        async def client() -> None:
+            for _ in range(6):
+                body = chat_body(stream=True)
+                async with http.stream("POST", f"{gateway}{CHAT}", json=body) as response:
+                    assert response.status_code == 200
+                    await response.aread()
+
+        before = len(slow.requests)
+        await asyncio.gather(*(client() for _ in range(4)))
+        served["slow"] = len(slow.requests) - before
+        served["fast"] = len(fast.requests)
+        assert served["slow"] + served["fast"] == 24
+        assert served["fast"] >= 18, served
