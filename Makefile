@@ -97,6 +97,7 @@ LOADTEST_USERS ?= 16
 LOADTEST_ARGS ?=
 
 loadtest: up ## Locust against the local stack; CSV + HTML in loadtest/results/locust/; fails on thresholds
+	LOADTEST_API_KEY=$${LOADTEST_API_KEY:-$$(cat $(RUN_DIR)/demo-api-key 2>/dev/null)} \
 	$(PY) -m loadtest.run_locust --host $(LOADTEST_HOST) --duration $(LOADTEST_DURATION) \
 	  --users $(LOADTEST_USERS) --max-error-rate 0.01 --max-p95-ms 10000 $(LOADTEST_ARGS)
 
@@ -106,6 +107,9 @@ bench: install services ## every benchmark in one run, then loadtest/results/REP
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_cache | tee loadtest/results/bench-cache.txt
 	$(PY) -m loadtest.bench_interactions | tee loadtest/results/bench-interactions.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_replicas | tee loadtest/results/bench-replicas.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_workers | tee loadtest/results/bench-workers.txt
+	$(PY) -m loadtest.bench_moderation | tee loadtest/results/bench-moderation.txt
+	$(PY) -m loadtest.bench_ratelimit | tee loadtest/results/bench-ratelimit.txt
 	$(PY) -m loadtest.report
 
 report: $(VENV)/.installed ## REPORT.md from the benchmark JSON already in loadtest/results

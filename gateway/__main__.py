@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.http_protocol import JsonErrorHttpToolsProtocol
 
 log = logging.getLogger("gateway")
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=JsonErrorHttpToolsProtocol,  # httptools; unparseable requests get our 400
         ws="none",
         lifespan="on",
         log_level=args.log_level,

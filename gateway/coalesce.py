@@ -33,6 +33,7 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from gateway.background import cancel_task
 from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.cache import REDIS_FAILURES, AnswerCache, CachedAnswer, CacheUnavailable
 
@@ -130,10 +131,7 @@ class Coalescer:
         self._listener = asyncio.create_task(self._listen_forever(), name="coalesce-listener")
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await cancel_task(self._listener)
         for future in self._local_leaders.values():
             if not future.done():
                 future.set_result(None)

@@ -12,7 +12,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.auth.settings import AuthSettings
 from gateway.interactions.settings import InteractionLogSettings
+from gateway.moderation.settings import ModerationSettings
+from gateway.ratelimit.settings import RateLimitSettings
+from gateway.remote_images.settings import RemoteImageSettings
 
 # Pillow warns above this many pixels and refuses at twice as many; our own cap must stay
 # below it so that Pillow never sees an image we have not already sized up ourselves.
@@ -22,10 +26,17 @@ PILLOW_MAX_IMAGE_PIXELS = 89_478_485
 class Settings(BaseSettings):
     """Everything the gateway can be told. Times are in seconds, sizes in bytes."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # Workers. GATEWAY_WORKER_URLS is a comma-separated list, e.g. "http://a:8100,http://b:8100".
     worker_urls: Annotated[tuple[str, ...], NoDecode] = ("http://127.0.0.1:8100",)
+    # Discovery (gateway/discovery.py): names whose every DNS address is a worker, e.g. a
+    # Kubernetes headless service "http://vllm-workers.ns.svc.cluster.local:8000",
+    # resolved every discovery_interval_s. With names set, worker_urls may be empty.
+    worker_dns: Annotated[tuple[str, ...], NoDecode] = ()
+    discovery_interval_s: float = Field(default=10.0, gt=0)
     worker_api_key: SecretStr | None = None
     # Model used by the simple {"image","prompt"} shape; None: the first model the workers list.
     default_model: str | None = None
@@ -46,6 +57,9 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     first_byte_timeout_s: float = Field(default=60.0, gt=0)
     total_timeout_s: float = Field(default=600.0, gt=0)
+    # A started stream with no chunk for this long is ended with an error event: a worker
+    # sends one per token, so silence this long means a stuck generation.
+    stream_idle_timeout_s: float = Field(default=60.0, gt=0)
     upstream_max_connections: int = Field(default=512, gt=0)
 
     # Answer cache and request coalescing in Redis (gateway/cache.py, gateway/coalesce.py).
@@ -71,6 +85,16 @@ class Settings(BaseSettings):
 
     # The interaction log (GATEWAY_LOG_*; see gateway/interactions/settings.py).
     log: InteractionLogSettings = Field(default_factory=InteractionLogSettings)
+    # http(s) image URLs, fetched by the gateway (GATEWAY_REMOTE_IMAGES_*; off by default;
+    # see gateway/remote_images/settings.py).
+    remote_images: RemoteImageSettings = Field(default_factory=RemoteImageSettings)
+    # Content policy on prompts, images and answers (GATEWAY_MODERATION_*; on by default,
+    # the image check off; see gateway/moderation/settings.py).
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    # API keys on /v1/* (GATEWAY_AUTH_*; required by default; see gateway/auth/settings.py).
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    # Per-key limits in Redis (GATEWAY_RATELIMIT_*; see gateway/ratelimit/settings.py).
+    ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
     # Health polling of the workers, used by /readyz and by the choice of worker.
     health_interval_s: float = Field(default=2.0, gt=0)
@@ -92,13 +116,16 @@ class Settings(BaseSettings):
     # affine worker carries more than this many requests over the least-loaded one.
     affinity_enabled: bool = True
     affinity_max_extra_load: float = Field(default=4.0, ge=0)
+    # Send each image's digest as vLLM's multimodal uuid (vLLM >= 0.11 reads it): the
+    # worker skips re-hashing the pixels and its processor cache is keyed by our digest.
+    worker_image_uuids: bool = True
     # Admission control: shed new requests (503 + Retry-After) when every available worker
     # has more than this many requests waiting; None disables it.
     admission_max_waiting: int | None = Field(default=None, ge=0)
     # Retry-After (seconds) on 503s: overloaded, no worker available, draining.
     retry_after_s: int = Field(default=1, ge=0)
 
-    @field_validator("worker_urls", mode="before")
+    @field_validator("worker_urls", "worker_dns", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
         if isinstance(value, str):
@@ -107,15 +134,15 @@ class Settings(BaseSettings):
             urls = tuple(str(part).strip().rstrip("/") for part in value if str(part).strip())
             for url in urls:
                 parts = urlsplit(url)
-                if parts.scheme not in ("http", "https") or not parts.netloc:
+                if parts.scheme not in ("http", "https") or not parts.hostname:
                     raise ValueError(f"worker URL {url!r} must be http(s)://host[:port]")
-            if not urls:
-                raise ValueError("at least one worker URL is required")
             return urls
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if not self.worker_urls and not self.worker_dns:
+            raise ValueError("at least one worker URL or worker DNS name is required")
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens must not exceed max_tokens_cap")
         if self.first_byte_timeout_s > self.total_timeout_s:

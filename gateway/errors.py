@@ -36,11 +36,22 @@ class ErrorCode(StrEnum):
     TOO_MANY_IMAGES = "too_many_images"
     INVALID_IMAGE_URL = "invalid_image_url"
     REMOTE_IMAGE_URL_UNSUPPORTED = "remote_image_url_unsupported"
+    REMOTE_IMAGE_HOST_NOT_ALLOWED = "remote_image_host_not_allowed"
+    REMOTE_IMAGE_ADDRESS_BLOCKED = "remote_image_address_blocked"
+    REMOTE_IMAGE_FETCH_FAILED = "remote_image_fetch_failed"
+    REMOTE_IMAGE_TOO_MANY_REDIRECTS = "remote_image_too_many_redirects"
+    REMOTE_IMAGE_TOO_LARGE = "remote_image_too_large"
+    REMOTE_IMAGE_TIMEOUT = "remote_image_timeout"
     UNSUPPORTED_IMAGE_TYPE = "unsupported_image_type"
     INVALID_BASE64 = "invalid_base64"
     INVALID_IMAGE = "invalid_image"
     IMAGE_TOO_LARGE = "image_too_large"
+    CONTENT_POLICY_VIOLATION = "content_policy_violation"
     # other client errors
+    MISSING_API_KEY = "missing_api_key"
+    INVALID_API_KEY = "invalid_api_key"
+    MODEL_NOT_PERMITTED = "model_not_permitted"
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -54,6 +65,8 @@ class ErrorCode(StrEnum):
     NO_HEALTHY_WORKER = "no_healthy_worker"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     OVERLOADED = "overloaded"
+    AUTH_UNAVAILABLE = "auth_unavailable"
+    RATE_LIMITER_UNAVAILABLE = "rate_limiter_unavailable"
     DRAINING = "draining"
     INTERNAL_ERROR = "internal_error"
 
@@ -64,10 +77,14 @@ class ErrorKind:
     type: str
     # Answers carry Retry-After (seconds, GATEWAY_RETRY_AFTER_S): the condition is passing.
     retry_after: bool = False
+    # Fixed headers every answer of this kind carries (WWW-Authenticate on 401s).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 _INVALID = "invalid_request_error"
 _UPSTREAM = "upstream_error"
+_AUTHENTICATION = "authentication_error"
+_BEARER: Final = (("WWW-Authenticate", "Bearer"),)
 
 # The one table. UPSTREAM_REJECTED's status is a default: the worker's own 4xx replaces it.
 ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
@@ -85,10 +102,26 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     ErrorCode.TOO_MANY_IMAGES: ErrorKind(400, _INVALID),
     ErrorCode.INVALID_IMAGE_URL: ErrorKind(400, _INVALID),
     ErrorCode.REMOTE_IMAGE_URL_UNSUPPORTED: ErrorKind(400, _INVALID),
+    # A remote image's failures are the URL's: the caller chose the server (as OpenAI
+    # answers 400 to an image it could not download), so none is a 5xx of ours.
+    ErrorCode.REMOTE_IMAGE_HOST_NOT_ALLOWED: ErrorKind(400, _INVALID),
+    ErrorCode.REMOTE_IMAGE_ADDRESS_BLOCKED: ErrorKind(400, _INVALID),
+    ErrorCode.REMOTE_IMAGE_FETCH_FAILED: ErrorKind(400, _INVALID),
+    ErrorCode.REMOTE_IMAGE_TOO_MANY_REDIRECTS: ErrorKind(400, _INVALID),
+    ErrorCode.REMOTE_IMAGE_TOO_LARGE: ErrorKind(400, _INVALID),
+    ErrorCode.REMOTE_IMAGE_TIMEOUT: ErrorKind(400, _INVALID),
     ErrorCode.UNSUPPORTED_IMAGE_TYPE: ErrorKind(400, _INVALID),
     ErrorCode.INVALID_BASE64: ErrorKind(400, _INVALID),
     ErrorCode.INVALID_IMAGE: ErrorKind(400, _INVALID),
     ErrorCode.IMAGE_TOO_LARGE: ErrorKind(400, _INVALID),
+    # A prompt, image or answer the content policy refuses (gateway/moderation/).
+    ErrorCode.CONTENT_POLICY_VIOLATION: ErrorKind(400, _INVALID),
+    # 401: no usable key (missing, malformed, unknown, revoked); 403: a valid key asked
+    # for a model it may not use; 429: over one of the key's limits.
+    ErrorCode.MISSING_API_KEY: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),
+    ErrorCode.INVALID_API_KEY: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),
+    ErrorCode.MODEL_NOT_PERMITTED: ErrorKind(403, "permission_error"),
+    ErrorCode.RATE_LIMIT_EXCEEDED: ErrorKind(429, "rate_limit_error", retry_after=True),
     ErrorCode.MODEL_NOT_FOUND: ErrorKind(404, _INVALID),
     ErrorCode.NOT_FOUND: ErrorKind(404, _INVALID),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorKind(405, _INVALID),
@@ -100,6 +133,10 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     ErrorCode.NO_HEALTHY_WORKER: ErrorKind(503, _UPSTREAM, retry_after=True),
     ErrorCode.UPSTREAM_TIMEOUT: ErrorKind(504, _UPSTREAM),
     ErrorCode.OVERLOADED: ErrorKind(503, _UPSTREAM, retry_after=True),
+    # The key store could not check a key new to it (MariaDB down), or the rate limiter's
+    # Redis is down and GATEWAY_RATELIMIT_FAIL_OPEN is false.
+    ErrorCode.AUTH_UNAVAILABLE: ErrorKind(503, "server_error", retry_after=True),
+    ErrorCode.RATE_LIMITER_UNAVAILABLE: ErrorKind(503, "server_error", retry_after=True),
     ErrorCode.DRAINING: ErrorKind(503, "server_error", retry_after=True),
     ErrorCode.INTERNAL_ERROR: ErrorKind(500, "server_error"),
 }
@@ -129,6 +166,7 @@ class GatewayError(Exception):
         self.type = kind.type
         self.retry_after = kind.retry_after
         self.retry_after_s = retry_after_s
+        self.headers = kind.headers
 
     def to_response(self) -> ErrorResponse:
         return ErrorResponse(
@@ -156,6 +194,7 @@ def error_headers(error: GatewayError) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", b"application/json")]
     if error.retry_after:
         headers.append((b"retry-after", str(error.retry_after_s).encode()))
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers]
     if error.status == 413:
         # The client may still be sending: close rather than drain a body we refused.
         headers.append((b"connection", b"close"))

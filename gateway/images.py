@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import io
 import re
+from base64 import b64encode
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -36,6 +37,9 @@ _DATA_URI = re.compile(r"data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<paylo
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers carry the dimensions; C4, C8 and CC share the range but are not.
 _JPEG_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Qwen-VL's image processor refuses sides more than 200x apart (a 1x50000 strip): refuse
+# them here, in our words, rather than after a trip to a worker.
+MAX_ASPECT_RATIO: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,19 +77,26 @@ def _fail(code: ErrorCode, message: str, param: str | None) -> GatewayError:
     return GatewayError(code, message, param=param)
 
 
+def is_remote_url(reference: str) -> bool:
+    return reference[:8].lower().startswith(("http://", "https://"))
+
+
+def remote_url_unsupported(param: str | None) -> GatewayError:
+    return _fail(
+        ErrorCode.REMOTE_IMAGE_URL_UNSUPPORTED,
+        "Remote image URLs are not enabled on this server; send the image as a "
+        "data:image/...;base64 URI.",
+        param,
+    )
+
+
 def split_image_reference(
     reference: str, *, allow_bare_base64: bool, param: str | None = None
 ) -> tuple[str | None, str]:
     """Return (declared MIME or None, base64 payload) for a data URI or bare base64."""
-    head = reference[:16].lower()
-    if head.startswith(("http://", "https://")):
-        raise _fail(
-            ErrorCode.REMOTE_IMAGE_URL_UNSUPPORTED,
-            "Remote image URLs are not supported yet; send the image as a "
-            "data:image/...;base64 URI.",
-            param,
-        )
-    if head.startswith("data:"):
+    if is_remote_url(reference):
+        raise remote_url_unsupported(param)
+    if reference[:5].lower() == "data:":
         match = _DATA_URI.fullmatch(reference)
         if match is None:
             raise _fail(ErrorCode.INVALID_IMAGE_URL, "Malformed data URI.", param)
@@ -114,9 +125,18 @@ def decode_base64_strict(payload: str, param: str | None = None) -> bytes:
     if not payload:
         raise _fail(ErrorCode.INVALID_BASE64, "The image is empty.", param)
     try:
-        return binascii.a2b_base64(payload, strict_mode=True)
+        data = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise _fail(ErrorCode.INVALID_BASE64, "The image is not valid base64.", param) from None
+    # strict_mode ignores the unused bits of a padded last quantum ("QR==" is b"A") and a
+    # stray "=" after a whole one ("AAAA="): one image, one spelling, so the string
+    # forwarded is the one the digest describes.
+    partial = len(data) % 3
+    if len(payload) != -(-len(data) // 3) * 4 or (
+        partial and payload[-4:] != b64encode(data[-partial:]).decode()
+    ):
+        raise _fail(ErrorCode.INVALID_BASE64, "The image is not valid base64.", param)
+    return data
 
 
 def sniff_format(data: bytes) -> ImageFormat | None:
@@ -216,6 +236,24 @@ def check_image(
     """Validate one image reference; raise GatewayError (400) naming ``param`` if it fails."""
     _, payload = split_image_reference(reference, allow_bare_base64=allow_bare_base64, param=param)
     data = decode_base64_strict(payload, param)
+    info = inspect_image(data, limits, param)
+    prefix = f"data:{info.mime};base64,"
+    # Forward the caller's string untouched (no copy) when it is already canonical.
+    data_uri = reference if reference.startswith(prefix) else prefix + payload
+    return CheckedImage(info=info, data_uri=data_uri)
+
+
+def check_image_bytes(
+    data: bytes, limits: ImageLimits, *, param: str | None = None
+) -> CheckedImage:
+    """The same checks for bytes the gateway fetched itself (remote image URLs); the worker
+    gets them as a data URI, so it never fetches anything."""
+    info = inspect_image(data, limits, param)
+    return CheckedImage(info=info, data_uri=f"data:{info.mime};base64,{b64encode(data).decode()}")
+
+
+def inspect_image(data: bytes, limits: ImageLimits, param: str | None) -> ImageInfo:
+    """Real format from the bytes, dimensions from the header, then the optional decode."""
     fmt = sniff_format(data)
     if fmt is None:
         raise _fail(ErrorCode.INVALID_IMAGE, "The image is not a JPEG, PNG or WebP file.", param)
@@ -229,19 +267,22 @@ def check_image(
             f"{limits.max_pixels} pixels in total.",
             param,
         )
+    if max(size) > MAX_ASPECT_RATIO * min(size):
+        raise _fail(
+            ErrorCode.INVALID_IMAGE,
+            f"The image is {size[0]}x{size[1]} pixels; one side may be at most "
+            f"{MAX_ASPECT_RATIO} times the other.",
+            param,
+        )
     if limits.verify_decode and not _decodes(data, fmt, size):
         raise _fail(ErrorCode.INVALID_IMAGE, "The image could not be decoded.", param)
-    info = ImageInfo(
+    return ImageInfo(
         format=fmt,
         width=size[0],
         height=size[1],
         size_bytes=len(data),
         sha256=image_digest(data),
     )
-    prefix = f"data:{info.mime};base64,"
-    # Forward the caller's string untouched (no copy) when it is already canonical.
-    data_uri = reference if reference.startswith(prefix) else prefix + payload
-    return CheckedImage(info=info, data_uri=data_uri)
 
 
 def image_digest(data: bytes) -> str:

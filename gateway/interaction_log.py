@@ -48,6 +48,8 @@ class InteractionDraft:
     error_type: str | None = None
     error_code: str | None = None
     moderation: str | None = None
+    api_key_id: str | None = None
+    upstream_attempts: int | None = None
 
     def fail(self, error_type: str, error_code: str) -> None:
         if self.error_code is None:
@@ -152,6 +154,8 @@ class InteractionLogMiddleware:
             prompt_tokens=draft.prompt_tokens,
             completion_tokens=draft.completion_tokens,
             moderation=draft.moderation,
+            api_key_id=draft.api_key_id,
+            upstream_attempts=draft.upstream_attempts,
         )
 
 

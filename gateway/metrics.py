@@ -25,6 +25,14 @@ _TTFT_BUCKETS = (
     0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 
+# Text checks take microseconds; an image check that asks the worker takes seconds.
+_MODERATION_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01,
+    0.05, 0.25, 1.0, 5.0, 30.0,
+)  # fmt: skip
+
+_IMAGE_BYTES_BUCKETS = tuple(float(2**n) for n in range(12, 26, 2))  # 4 KiB .. 16 MiB
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -131,6 +139,81 @@ class Metrics:
             "gateway_coalesce_fallbacks",
             "Waiters that called a worker themselves, by reason.",
             ["reason"],
+            registry=r,
+        )
+
+        self.remote_image_fetches = Counter(
+            "gateway_remote_image_fetches",
+            "Remote image URLs fetched by the gateway, by outcome (ok, host_not_allowed, "
+            "address_blocked, fetch_failed, too_many_redirects, too_large, timeout, "
+            "invalid_url, cancelled, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.remote_image_bytes = Histogram(
+            "gateway_remote_image_bytes",
+            "Size of the remote images fetched successfully.",
+            buckets=_IMAGE_BYTES_BUCKETS,
+            registry=r,
+        )
+        self.remote_image_fetch_duration = Histogram(
+            "gateway_remote_image_fetch_duration_seconds",
+            "Time to fetch one remote image (redirects included), whatever the outcome.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        self.moderation_decisions = Counter(
+            "gateway_moderation_decisions",
+            "Content-policy decisions, by stage (prompt, image, answer), category (none when "
+            "it passed or the check failed) and outcome (pass, blocked, check_failed).",
+            ["stage", "category", "outcome"],
+            registry=r,
+        )
+        self.moderation_image_verdicts = Counter(
+            "gateway_moderation_image_verdicts",
+            "Where image-check verdicts came from: cache_hit (Redis), shared (a check of the "
+            "same image already in flight here), cache_miss (asked the worker).",
+            ["source"],
+            registry=r,
+        )
+        self.moderation_check_duration = Histogram(
+            "gateway_moderation_check_duration_seconds",
+            "Time spent on one moderation check, by stage (prompt, image, answer).",
+            ["stage"],
+            buckets=_MODERATION_BUCKETS,
+            registry=r,
+        )
+
+        self.auth_failures = Counter(
+            "gateway_auth_failures",
+            "Requests refused by API-key authentication, by reason (missing, malformed, "
+            "unknown, revoked, wrong_secret, unavailable).",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_key_refreshes = Counter(
+            "gateway_auth_key_refreshes",
+            "Reloads of the API-key snapshot from the database, by outcome (ok, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "gateway_rate_limited",
+            "Requests refused with 429, by the limit they crossed (requests, tokens, concurrent).",
+            ["limit"],
+            registry=r,
+        )
+        self.rate_limiter_errors = Counter(
+            "gateway_rate_limiter_errors",
+            "Rate-limit checks that could not ask Redis (failed or skipped by the open "
+            "breaker), by limit; the request then passed (fail-open) or got a 503.",
+            ["limit"],
+            registry=r,
+        )
+        self.rate_limiter_breaker_state = Gauge(
+            "gateway_rate_limiter_breaker_state",
+            "The rate limiter's Redis breaker: 0 closed, 1 open (Redis skipped), 2 half-open.",
             registry=r,
         )
 

@@ -3,9 +3,13 @@
     authenticate -> rate-limit -> validate -> moderate -> cache? -> coalesce? -> forward
     -> store in cache -> interaction log
 
-Auth, rate limits and moderation belong to their own issue; their places are marked
-``STAGE:``. The interaction log's record is written by InteractionLogMiddleware from
-the draft each stage fills in (ctx.draft).
+The API key, requests per minute and concurrency are checked by the admission middleware
+before the body is read (gateway/admission.py); the key's allowed models and its tokens
+per minute here, once the request is validated (ctx.admission).
+Moderation (gateway/moderation/) checks the prompt and images before the cache, and
+every answer, fresh or cached, before it is served; a refused answer is never cached.
+The interaction log's record is written by InteractionLogMiddleware from the draft each
+stage fills in (ctx.draft).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.admission import Admission
 from gateway.cache import CachedAnswer, CacheDirectives
 from gateway.caching import BYPASS, NO_CACHE, CachePlan, CacheStage, Lookup, answer_from_completion
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.interaction_log import InteractionDraft
 from gateway.metrics import Metrics
+from gateway.moderation import Moderator, completion_text
 from gateway.pool import WorkerPool
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -27,6 +33,8 @@ from gateway.protocol import (
     VQARequest,
     VQAResponse,
 )
+from gateway.ratelimit import estimate_tokens
+from gateway.remote_images import RemoteImageFetcher
 from gateway.replay import completion_json, completion_sse
 from gateway.streams import ChunkStream, RecordingStream, ReplayStream
 from gateway.upstream import Upstream
@@ -45,7 +53,8 @@ class RequestContext:
     directives: CacheDirectives = field(default_factory=CacheDirectives)
     # Filled in by the stages; the interaction log writes it when the response ends.
     draft: InteractionDraft = field(default_factory=InteractionDraft)
-    # STAGE auth: the authenticated API key / tenant will be added here.
+    # The API key and its limits (gateway/admission.py); None outside /v1/*.
+    admission: Admission | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +81,10 @@ def _chat_prompt(request: ChatCompletionRequest) -> str:
     return "\n".join(texts)
 
 
+def _completion_budget(request: ChatCompletionRequest, settings: Settings) -> int:
+    return request.max_tokens or request.max_completion_tokens or settings.default_max_tokens
+
+
 def _affinity_key(prepared: PreparedRequest) -> str | None:
     """The first image's digest: repeats of a photo go where its features are cached."""
     return prepared.images[0].sha256 if prepared.images else None
@@ -85,8 +98,12 @@ class Pipeline:
         upstream: Upstream,
         metrics: Metrics,
         cache: CacheStage | None = None,
+        remote_images: RemoteImageFetcher | None = None,
+        moderator: Moderator | None = None,
     ) -> None:
         self._settings = settings
+        self._moderator = moderator
+        self._remote_images = remote_images
         self._pool = pool
         self._upstream = upstream
         self._metrics = metrics
@@ -96,25 +113,34 @@ class Pipeline:
 
     async def chat(self, ctx: RequestContext, request: ChatCompletionRequest) -> Answer:
         """A non-streamed chat completion: the worker's JSON body, or a replayed one."""
-        await self._admit(ctx)
-        self._note_request(ctx, request.model, _chat_prompt(request), stream=False)
-        prepared = await prepare_chat(request, self._settings, self._pool.model_ids())
+        self._admit(ctx, request.model)
+        prompt = _chat_prompt(request)
+        self._note_request(ctx, request.model, prompt, stream=False)
+        prepared = await prepare_chat(
+            request, self._settings, self._pool.model_ids(), self._remote_images
+        )
         ctx.draft.images = prepared.images
-        answer, cache = await self._answer(ctx, prepared)
+        await self._charge(ctx, prepared, prompt, _completion_budget(request, self._settings))
+        answer, cache = await self._answer(ctx, prepared, prompt, "messages")
         return Answer(answer, cache)
 
     async def chat_stream(
         self, ctx: RequestContext, request: ChatCompletionRequest
     ) -> StreamedAnswer:
         """A streamed chat completion; returns once the worker's first chunk is in."""
-        await self._admit(ctx)
-        self._note_request(ctx, request.model, _chat_prompt(request), stream=True)
-        prepared = await prepare_chat(request, self._settings, self._pool.model_ids())
+        self._admit(ctx, request.model)
+        prompt = _chat_prompt(request)
+        self._note_request(ctx, request.model, prompt, stream=True)
+        prepared = await prepare_chat(
+            request, self._settings, self._pool.model_ids(), self._remote_images
+        )
         ctx.draft.images = prepared.images
-        await self._moderate(ctx, prepared)
+        await self._charge(ctx, prepared, prompt, _completion_budget(request, self._settings))
+        await self._moderate(ctx, prepared, prompt, "messages")
         plan, lookup = await self._lookup(ctx, prepared)
         if lookup.answer is not None:
             self._note_answer(ctx, lookup.answer)
+            await self._moderate_answer(ctx, lookup.answer.content)
             events = completion_sse(lookup.answer, prepared.model, prepared.client_wants_usage)
             return StreamedAnswer(ReplayStream(events), lookup.outcome)
         try:
@@ -136,17 +162,24 @@ class Pipeline:
                 self._note_answer(ctx, answer)
             await self._complete(plan, lookup, answer)
 
-        stream = RecordingStream(upstream, prepared.client_wants_usage, on_end)
+        guard = None
+        if self._moderator is not None and self._moderator.checks_answers:
+            guard = self._moderator.stream_guard(ctx.draft)
+        stream = RecordingStream(upstream, prepared.client_wants_usage, on_end, guard)
         return StreamedAnswer(stream, lookup.outcome)
 
     async def vqa(self, ctx: RequestContext, request: VQARequest) -> tuple[VQAResponse, str]:
         """The simple shape: one image and a prompt in, the answer's text out."""
-        await self._admit(ctx)
+        self._admit(ctx, request.model)
         self._note_request(ctx, request.model, request.prompt, stream=False)
-        prepared = await prepare_vqa(request, self._settings, self._pool.model_ids())
+        prepared = await prepare_vqa(
+            request, self._settings, self._pool.model_ids(), self._remote_images
+        )
         ctx.draft.model = prepared.model
         ctx.draft.images = prepared.images
-        body, cache = await self._answer(ctx, prepared)
+        budget = request.max_tokens or self._settings.default_max_tokens
+        await self._charge(ctx, prepared, request.prompt, budget)
+        body, cache = await self._answer(ctx, prepared, request.prompt, "prompt")
         answer = answer_from_completion(body)
         if answer is None:
             raise GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's answer was malformed.")
@@ -154,15 +187,39 @@ class Pipeline:
 
     # -- stages -------------------------------------------------------------------------------
 
-    async def _admit(self, ctx: RequestContext) -> None:
-        """Who may ask, and how often."""
-        # STAGE auth: check the API key (gateway/auth.py) and record it in the context.
-        # STAGE rate-limit: Redis token bucket per key (gateway/auth.py); 429 when empty.
+    @staticmethod
+    def _admit(ctx: RequestContext, model: str | None) -> None:
+        """403 before any validation work when the key may not use the model it names.
 
-    async def _moderate(self, ctx: RequestContext, prepared: PreparedRequest) -> None:
-        """Content policy on prompt and images."""
-        # STAGE moderate: gateway/moderation.py; answers are moderated after forwarding,
-        # and a blocked answer is never offered to the cache.
+        The key itself, requests per minute and concurrency were checked by the admission
+        middleware before the body was read (gateway/admission.py)."""
+        if ctx.admission is not None:
+            ctx.admission.check_model(model)
+
+    @staticmethod
+    async def _charge(
+        ctx: RequestContext, prepared: PreparedRequest, prompt: str, budget: int
+    ) -> None:
+        """The resolved model's permission, then tokens per minute (429 when over): the
+        estimate needs the validated images' sizes. Cache hits are charged too: the limit
+        is what the key may ask for, whoever answers it."""
+        if ctx.admission is None:
+            return
+        ctx.admission.check_model(prepared.model)
+        sizes = [(image.width, image.height) for image in prepared.images]
+        await ctx.admission.charge_tokens(estimate_tokens(prompt, sizes, budget))
+
+    async def _moderate(
+        self, ctx: RequestContext, prepared: PreparedRequest, prompt: str, param: str
+    ) -> None:
+        """Content policy on prompt and images (400 content_policy_violation)."""
+        if self._moderator is not None:
+            await self._moderator.check_request(ctx.draft, ctx.request_id, prompt, prepared, param)
+
+    async def _moderate_answer(self, ctx: RequestContext, text: str | None) -> None:
+        """Content policy on an answer, fresh or cached, before the client sees it."""
+        if self._moderator is not None and text is not None:
+            await self._moderator.check_answer(ctx.draft, text)
 
     async def _lookup(
         self, ctx: RequestContext, prepared: PreparedRequest
@@ -180,11 +237,14 @@ class Pipeline:
         if self._cache is not None:
             await self._cache.complete(plan, lookup, answer)
 
-    async def _answer(self, ctx: RequestContext, prepared: PreparedRequest) -> tuple[bytes, str]:
-        await self._moderate(ctx, prepared)
+    async def _answer(
+        self, ctx: RequestContext, prepared: PreparedRequest, prompt: str, param: str
+    ) -> tuple[bytes, str]:
+        await self._moderate(ctx, prepared, prompt, param)
         plan, lookup = await self._lookup(ctx, prepared)
         if lookup.answer is not None:
             self._note_answer(ctx, lookup.answer)
+            await self._moderate_answer(ctx, lookup.answer.content)
             return completion_json(lookup.answer, prepared.model), lookup.outcome
         try:
             body = await self._upstream.post_json(
@@ -200,6 +260,13 @@ class Pipeline:
         answer = answer_from_completion(body)
         if answer is not None:
             self._note_answer(ctx, answer)
+        try:
+            await self._moderate_answer(ctx, answer.content if answer else completion_text(body))
+        except BaseException:
+            # Never cached; a coalescing leader's waiters are told to ask for themselves
+            # (their own answer check refuses it again).
+            await self._complete(plan, lookup, None)
+            raise
         await self._complete(plan, lookup, answer)
         return body, lookup.outcome
 
@@ -221,6 +288,8 @@ class Pipeline:
     @staticmethod
     def _note_worker(ctx: RequestContext) -> Callable[[str], None]:
         def note(worker_url: str) -> None:
+            # Called once per attempt: the row keeps the last worker and the attempt count.
             ctx.draft.worker_id = worker_url
+            ctx.draft.upstream_attempts = (ctx.draft.upstream_attempts or 0) + 1
 
         return note

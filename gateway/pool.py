@@ -1,6 +1,10 @@
 """The worker pool: health, load, passive ejection, and the choice of worker for a request.
 
-Built from a static list (``GATEWAY_WORKER_URLS``). A background task polls every worker:
+Built from a static list (``GATEWAY_WORKER_URLS``) plus the workers DNS names lead to
+(``GATEWAY_WORKER_DNS``, gateway/discovery.py), looked up again every
+``discovery_interval_s``: workers that appear are health-checked before they get traffic,
+workers that disappear get none (their open streams finish). A background task polls
+every worker:
 ``/health`` (active health check), ``/v1/models`` (now and then), and ``/metrics`` for the
 load vLLM reports (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
 ``vllm:kv_cache_usage_perc``).
@@ -34,8 +38,10 @@ from typing import Any
 
 import aiohttp
 
+from gateway.background import cancel_task
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import Settings
+from gateway.discovery import DnsDiscovery, Resolve, resolve_addresses
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
 
@@ -118,15 +124,47 @@ class WorkerPool:
     session: aiohttp.ClientSession
     settings: Settings
     metrics: Metrics
-    workers: list[Worker] = field(init=False)
+    resolve: Resolve = resolve_addresses
+    workers: list[Worker] = field(init=False, default_factory=list)
     _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
+    _discovery: DnsDiscovery | None = field(init=False, default=None)
+    _discovered_at: float = field(init=False, default=float("-inf"))
 
     def __post_init__(self) -> None:
-        self.workers = [self._new_worker(url) for url in self.settings.worker_urls]
-        for worker in self.workers:
-            self.metrics.worker_healthy.labels(worker.url).set(0)
-            self.metrics.worker_breaker_state.labels(worker.url).set(0)
+        self._set_workers(self.settings.worker_urls)
+        if self.settings.worker_dns:
+            self._discovery = DnsDiscovery(self.settings.worker_dns, self.resolve)
+
+    def _set_workers(self, urls: Collection[str]) -> None:
+        """The pool becomes exactly ``urls``, keeping the state of workers it already had."""
+        current = {w.url: w for w in self.workers}
+        wanted = list(dict.fromkeys(urls))
+        for url in current.keys() - set(wanted):
+            log.info("worker %s left the pool", url)
+            for gauge in (self.metrics.worker_healthy, self.metrics.worker_breaker_state):
+                gauge.remove(url)
+            for kind in ("running", "waiting", "kv_cache_usage"):
+                with contextlib.suppress(KeyError):
+                    self.metrics.worker_load.remove(url, kind)
+        workers = []
+        for url in wanted:
+            worker = current.get(url)
+            if worker is None:
+                worker = self._new_worker(url)
+                self.metrics.worker_healthy.labels(url).set(0)
+                self.metrics.worker_breaker_state.labels(url).set(0)
+                log.info("worker %s joined the pool", url)
+            workers.append(worker)
+        self.workers = workers
+
+    async def discover(self) -> None:
+        """Look the DNS names up again and follow their answers."""
+        if self._discovery is None:
+            return
+        self._discovered_at = time.monotonic()
+        found = await self._discovery.urls()
+        self._set_workers([*self.settings.worker_urls, *found])
 
     def _new_worker(self, url: str) -> Worker:
         def on_state(state: BreakerState) -> None:
@@ -235,13 +273,12 @@ class WorkerPool:
         self._task = asyncio.create_task(self._poll_forever(), name="worker-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_task(task)
 
     async def poll_once(self) -> None:
+        if time.monotonic() - self._discovered_at >= self.settings.discovery_interval_s:
+            await self.discover()
         await asyncio.gather(*(self._poll(w) for w in self.workers))
 
     async def _poll_forever(self) -> None:
@@ -314,4 +351,5 @@ class WorkerPool:
         if worker.healthy != healthy:
             log.info("worker %s is %s", worker.url, "healthy" if healthy else "unhealthy")
         worker.healthy = healthy
-        self.metrics.worker_healthy.labels(worker.url).set(1 if healthy else 0)
+        if worker in self.workers:  # not for one discovery has dropped meanwhile
+            self.metrics.worker_healthy.labels(worker.url).set(1 if healthy else 0)

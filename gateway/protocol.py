@@ -33,7 +33,10 @@ class TextPart(_Strict):
 
 
 class ImageURL(_Strict):
-    url: str = Field(description="A data:image/(jpeg|png|webp);base64,... URI.")
+    url: str = Field(
+        description="A data:image/(jpeg|png|webp);base64,... URI, or an http(s) URL on a "
+        "host the server allows (GATEWAY_REMOTE_IMAGES_*; off by default)."
+    )
     detail: Literal["auto", "low", "high"] | None = None
 
 
@@ -85,7 +88,11 @@ class ChatCompletionRequest(_Strict):
 class VQARequest(_Strict):
     """The simple shape: one image, one question, one answer."""
 
-    image: str = Field(min_length=1, description="Base64 image bytes, bare or as a data URI.")
+    image: str = Field(
+        min_length=1,
+        description="Base64 image bytes, bare or as a data URI, or an http(s) URL as for "
+        "image_url.",
+    )
     prompt: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     model: str | None = Field(default=None, description="Defaults to the gateway's model.")

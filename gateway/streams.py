@@ -100,7 +100,10 @@ class RecordingStream:
     """Forward a worker's SSE stream event by event, recording the answer.
 
     on_end runs once: with the answer when the stream completed, with None when it
-    broke off or the client left (close() before the end).
+    broke off or the client left (close() before the end). ``guard`` (moderation) sees
+    the recorded answer after each chunk, before the chunk's events are passed on; when
+    it raises, the worker's stream is closed, on_end gets None, and the error goes on to
+    the response (an SSE error event).
     """
 
     def __init__(
@@ -108,7 +111,9 @@ class RecordingStream:
         upstream: ChunkStream,
         forward_usage: bool,
         on_end: Callable[[CachedAnswer | None], Awaitable[None]],
+        guard: Callable[[AnswerRecorder], None] | None = None,
     ) -> None:
+        self._guard = guard
         self._upstream = upstream
         self._chunks = upstream.__aiter__()
         self._forward_usage = forward_usage
@@ -132,7 +137,14 @@ class RecordingStream:
             except BaseException:
                 await self._end(None)
                 raise
-            out = self._split(chunk)
+            try:
+                out = self._split(chunk)
+                if self._guard is not None:
+                    self._guard(self.recorder)
+            except BaseException:
+                self._upstream.close()
+                await self._end(None)
+                raise
             if out:
                 return out
 

@@ -69,7 +69,9 @@ class UpstreamStream:
     """A worker's streamed answer: the first chunk already received, the rest on demand.
 
     Closing it before the end drops the TCP connection, which is how the worker learns
-    that the client left and aborts the generation.
+    that the client left and aborts the generation. The stream also ends, with an error
+    the client sees as an SSE error event, when no chunk arrives for ``idle_timeout_s`` or
+    when the worker fails a health check meanwhile: a hung worker never sends its end.
     """
 
     def __init__(
@@ -77,15 +79,34 @@ class UpstreamStream:
         response: aiohttp.ClientResponse,
         first: bytes,
         deadline: float,
+        idle_timeout_s: float,
+        worker: Worker | None = None,
         on_end: Callable[[], None] | None = None,
     ) -> None:
         self._response = response
         self._first: bytes | None = first
         self._deadline = deadline
+        self._idle_timeout_s = idle_timeout_s
         self._done = False
+        self._worker_down = False
         self._on_end = on_end
+        self._worker = worker
+        self._down: asyncio.Future[None] | None = None
+        if worker is not None:
+            self._down = asyncio.get_running_loop().create_future()
+            self._down.add_done_callback(self._abandon)
+            worker.down_waiters.add(self._down)
+
+    def _abandon(self, down: asyncio.Future[None]) -> None:
+        if not down.cancelled() and not self._done:
+            self._worker_down = True
+            self._response.close()  # wakes the pending read
 
     def _ended(self) -> None:
+        if self._down is not None and self._worker is not None:
+            self._worker.down_waiters.discard(self._down)
+            self._down.cancel()
+            self._down = None
         if self._on_end is not None:
             on_end, self._on_end = self._on_end, None
             on_end()
@@ -100,23 +121,38 @@ class UpstreamStream:
                 return first
         if self._done:
             raise StopAsyncIteration
+        loop = asyncio.get_running_loop()
+        idle_deadline = loop.time() + self._idle_timeout_s
         try:
-            async with asyncio.timeout_at(self._deadline):
+            async with asyncio.timeout_at(min(self._deadline, idle_deadline)):
                 chunk = await self._response.content.readany()
         except TimeoutError:
             self.close()
-            raise GatewayError(
-                ErrorCode.UPSTREAM_TIMEOUT, "The worker did not finish in time."
-            ) from None
+            message = (
+                "The worker did not finish in time."
+                if loop.time() >= self._deadline
+                else "The worker stopped sending its answer."
+            )
+            raise GatewayError(ErrorCode.UPSTREAM_TIMEOUT, message) from None
         except aiohttp.ClientError:
             self.close()
-            raise GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's stream broke off.") from None
+            raise self._broken() from None
+        if self._worker_down:
+            self.close()
+            raise self._broken()
         if not chunk:
             self._done = True
             self._response.release()  # complete: the connection can be reused
             self._ended()
             raise StopAsyncIteration
         return chunk
+
+    def _broken(self) -> GatewayError:
+        if self._worker_down:
+            return GatewayError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The worker stopped answering health checks."
+            )
+        return GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's stream broke off.")
 
     def close(self) -> None:
         if not self._done:
@@ -297,7 +333,14 @@ class Upstream:
             def release(w: Worker = worker) -> None:
                 w.in_flight -= 1
 
-            return UpstreamStream(response, first, deadline, on_end=release)
+            return UpstreamStream(
+                response,
+                first,
+                deadline,
+                self._settings.stream_idle_timeout_s,
+                worker=worker,
+                on_end=release,
+            )
 
         return await self._attempts(affinity_key, on_worker, attempt, keep_in_flight=True)
 

@@ -15,12 +15,18 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails, PydanticSerializationError
+from pydantic_core import ErrorDetails
 
 from gateway.cache_key import canonical_request
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
-from gateway.images import CheckedImage, ImageInfo, ImageLimits, check_image
+from gateway.images import (
+    CheckedImage,
+    ImageInfo,
+    ImageLimits,
+    check_image,
+    check_image_bytes,
+)
 from gateway.protocol import (
     ChatCompletionRequest,
     ImagePart,
@@ -28,6 +34,7 @@ from gateway.protocol import (
     TextPart,
     VQARequest,
 )
+from gateway.remote_images import RemoteImageFetcher, fetch_remote_references
 
 _M = TypeVar("_M", ChatCompletionRequest, VQARequest)
 
@@ -270,12 +277,24 @@ async def _run_sized(size: int, work: Callable[[], PreparedRequest]) -> Prepared
     return work()
 
 
+def _check_one(
+    reference: str, data: bytes | None, limits: ImageLimits, param: str, bare_base64: bool
+) -> CheckedImage:
+    if data is not None:
+        return check_image_bytes(data, limits, param=param)
+    return check_image(reference, limits, allow_bare_base64=bare_base64, param=param)
+
+
 async def prepare_chat(
-    request: ChatCompletionRequest, settings: Settings, known_models: frozenset[str]
+    request: ChatCompletionRequest,
+    settings: Settings,
+    known_models: frozenset[str],
+    fetcher: RemoteImageFetcher | None = None,
 ) -> PreparedRequest:
     """Check a chat request against the limits; the returned body is what the worker gets.
 
-    The request's image URLs are replaced in place by their checked data URIs.
+    The request's image URLs are replaced in place by their checked data URIs; http(s)
+    URLs are fetched by ``fetcher`` (None: remote images are off, and refused).
     """
     _check_model(request.model, known_models)
     _check_max_tokens(request.max_tokens, "max_tokens", settings)
@@ -312,23 +331,31 @@ async def prepare_chat(
     if request.stream:
         request.stream_options = StreamOptions(include_usage=True)
     limits = _limits(settings)
+    fetched = await fetch_remote_references(
+        [(part.image_url.url, p) for part, p in images], fetcher
+    )
 
     def finish() -> PreparedRequest:
-        checked = [check_image(part.image_url.url, limits, param=p) for part, p in images]
+        checked = [
+            _check_one(part.image_url.url, data, limits, p, bare_base64=False)
+            for (part, p), data in zip(images, fetched, strict=True)
+        ]
         for (part, _), image in zip(images, checked, strict=True):
             part.image_url.url = image.data_uri
-        try:
-            body = request.model_dump_json(exclude_none=True).encode()
-        except PydanticSerializationError:
-            raise _not_unicode() from None
         payload = request.model_dump(exclude_none=True)
-        return _prepared(request.model, request.stream, body, payload, checked, chars, wants_usage)
+        return _prepared(
+            request.model, request.stream, payload, checked, chars, wants_usage, settings
+        )
 
-    return await _run_sized(sum(len(part.image_url.url) for part, _ in images), finish)
+    size = sum(len(part.image_url.url) for part, _ in images)
+    return await _run_sized(size + sum(len(data or b"") for data in fetched), finish)
 
 
 async def prepare_vqa(
-    request: VQARequest, settings: Settings, known_models: frozenset[str]
+    request: VQARequest,
+    settings: Settings,
+    known_models: frozenset[str],
+    fetcher: RemoteImageFetcher | None = None,
 ) -> PreparedRequest:
     """The simple shape becomes a one-message chat request: image first, then the prompt."""
     model = request.model or settings.default_model or min(known_models, default="")
@@ -336,9 +363,10 @@ async def prepare_vqa(
     _check_max_tokens(request.max_tokens, "max_tokens", settings)
     _check_prompt(len(request.prompt), settings, "prompt")
     limits = _limits(settings)
+    (fetched,) = await fetch_remote_references([(request.image, "image")], fetcher)
 
     def finish() -> PreparedRequest:
-        image = check_image(request.image, limits, allow_bare_base64=True, param="image")
+        image = _check_one(request.image, fetched, limits, "image", bare_base64=True)
         payload: dict[str, Any] = {
             "model": model,
             "messages": [
@@ -356,13 +384,9 @@ async def prepare_vqa(
             "temperature": 0,
             "stream": False,
         }
-        try:
-            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        except UnicodeEncodeError:
-            raise _not_unicode() from None
-        return _prepared(model, False, body, payload, [image], len(request.prompt), False)
+        return _prepared(model, False, payload, [image], len(request.prompt), False, settings)
 
-    return await _run_sized(len(request.image), finish)
+    return await _run_sized(len(request.image) + len(fetched or b""), finish)
 
 
 def _not_unicode() -> GatewayError:
@@ -370,23 +394,52 @@ def _not_unicode() -> GatewayError:
     return GatewayError(ErrorCode.INVALID_REQUEST, "The request contains invalid Unicode text.")
 
 
+def worker_body(payload: dict[str, Any], image_uuids: list[str] | None) -> bytes:
+    """The JSON the worker gets. With ``image_uuids``, each image part carries its digest as
+    vLLM's multimodal ``uuid``: the worker then keys its processor cache by our digest
+    instead of hashing the decoded pixels again. Only the gateway sets it (the request
+    schema refuses a client's ``uuid``), so no caller can alias another caller's image."""
+    if image_uuids:
+        uuids = iter(image_uuids)
+        messages = []
+        for message in payload.get("messages", []):
+            content = message.get("content")
+            if isinstance(content, list):
+                content = [
+                    {**part, "uuid": next(uuids)} if part.get("type") == "image_url" else part
+                    for part in content
+                ]
+                message = {**message, "content": content}
+            messages.append(message)
+        payload = {**payload, "messages": messages}
+    try:
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise GatewayError(ErrorCode.INVALID_REQUEST, "Numbers must be finite.") from None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise _not_unicode() from None
+
+
 def _prepared(
     model: str,
     stream: bool,
-    body: bytes,
     payload: dict[str, Any],
     images: list[CheckedImage],
     chars: int,
     client_wants_usage: bool,
+    settings: Settings,
 ) -> PreparedRequest:
     infos = tuple(image.info for image in images)
+    digests = [info.sha256 for info in infos]
     return PreparedRequest(
         model=model,
         stream=stream,
-        body=body,
+        body=worker_body(payload, digests if settings.worker_image_uuids else None),
         images=infos,
         prompt_chars=chars,
-        canonical=canonical_request(payload, [info.sha256 for info in infos]),
+        canonical=canonical_request(payload, digests),
         temperature=payload.get("temperature"),
         seed=payload.get("seed"),
         client_wants_usage=client_wants_usage,

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from loadtest.bench_worker import machine_description
-from localstack.processes import LocalProcess, start_gateway, start_nginx, start_worker
+from localstack.processes import NO_AUTH, LocalProcess, start_gateway, start_nginx, start_worker
 from worker.profiles import REPO_ROOT
 from worker.sample_image import png_bytes
 
@@ -176,7 +176,7 @@ def main() -> None:
     try:
         worker = start_worker(run_dir)
         processes.append(worker)
-        env = {"GATEWAY_CACHE_NAMESPACE": namespace, "GATEWAY_LOG_ENABLED": "false"}
+        env = {"GATEWAY_CACHE_NAMESPACE": namespace, "GATEWAY_LOG_ENABLED": "false", **NO_AUTH}
         on = [start_gateway([worker.url], run_dir, env=env) for _ in range(2)]
         no_cache = {**env, "GATEWAY_CACHE_ENABLED": "false"}
         off = start_gateway([worker.url], run_dir, env=no_cache)

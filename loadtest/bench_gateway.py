@@ -16,7 +16,7 @@ from typing import Any
 
 from loadtest.bench_worker import machine_description
 from loadtest.vllm_bench import BenchConfig, bench_config_from_env, run_vllm_bench
-from localstack.processes import LocalProcess, start_gateway, start_nginx, start_worker
+from localstack.processes import NO_AUTH, LocalProcess, start_gateway, start_nginx, start_worker
 from worker.profiles import REPO_ROOT
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -76,7 +76,7 @@ def main() -> None:
     try:
         worker = start_worker(run_dir, profile=profile)
         processes.append(worker)
-        gateways = [start_gateway([worker.url], run_dir) for _ in range(GATEWAYS)]
+        gateways = [start_gateway([worker.url], run_dir, env=NO_AUTH) for _ in range(GATEWAYS)]
         processes += gateways
         nginx_direct = start_nginx([f"127.0.0.1:{worker.port}"], run_dir, ready_path="/health")
         processes.append(nginx_direct)

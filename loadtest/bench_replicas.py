@@ -45,7 +45,7 @@ from loadtest.bench_worker import machine_description
 from loadtest.photos import photo
 from loadtest.vllm_bench import bench_config_from_env, run_vllm_bench
 from loadtest.workload import chat_body
-from localstack.processes import LocalProcess, start_gateway, start_nginx, start_worker
+from localstack.processes import NO_AUTH, LocalProcess, start_gateway, start_nginx, start_worker
 from worker.profiles import REPO_ROOT
 
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", REPO_ROOT / "loadtest" / "results"))
@@ -153,7 +153,7 @@ def main() -> None:
             worker = start_worker(run_dir, profile=profile)
             processes.append(worker)
             worker_url = worker.url
-        gateways = [start_gateway([worker_url], run_dir) for _ in range(2)]
+        gateways = [start_gateway([worker_url], run_dir, env=NO_AUTH) for _ in range(2)]
         processes += gateways
         endpoints = {
             "1": start_nginx([f"127.0.0.1:{gateways[0].port}"], run_dir),

@@ -21,14 +21,25 @@ import datetime as dt
 import json
 import os
 import signal
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from loadtest.bench_replicas import RESULTS, _stat, closed_loop
 from loadtest.bench_worker import machine_description
 from loadtest.photos import photo
 from loadtest.workload import chat_body
-from localstack.processes import LocalProcess, signal_tree, start_gateway, start_worker
+from localstack.processes import (
+    NO_AUTH,
+    LocalProcess,
+    signal_tree,
+    start_gateway,
+    start_nginx,
+    start_worker,
+)
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = float(os.environ.get("BENCH_REPEAT_SECONDS", "10"))
@@ -40,34 +51,117 @@ SETUPS = ("1", "2")
 WORKLOAD = "photo questions"
 
 
-async def _kill_and_load(
-    gateway: LocalProcess, victim: LocalProcess, body: dict[str, Any]
-) -> tuple[Any, float]:
-    loop = asyncio.create_task(closed_loop(gateway.url, body, CONCURRENCY, SECONDS))
+Action = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def _under_load(url: str, body: dict[str, Any], action: Action) -> tuple[Any, dict[str, Any]]:
+    """The closed loop against ``url``; ``action`` strikes a third of the way in."""
+    loop = asyncio.create_task(closed_loop(url, body, CONCURRENCY, SECONDS))
     await asyncio.sleep(SECONDS / 3)
-    signal_tree(victim, signal.SIGKILL)
-    killed_at = SECONDS / 3
-    return await loop, killed_at
+    facts = await action()
+    return await loop, facts
 
 
-def _kill_drill(
-    gateway: LocalProcess, victim: LocalProcess, body: dict[str, Any]
-) -> dict[str, Any]:
-    """The 2-worker setup under the same load; worker B is SIGKILLed a third of the way in."""
-    result, killed_at = asyncio.run(_kill_and_load(gateway, victim, body))
+def _drill(name: str, url: str, body: dict[str, Any], action: Action, what: str) -> dict[str, Any]:
+    result, facts = asyncio.run(_under_load(url, body, action))
     p99 = result.percentile(0.99)
+    extra = ", ".join(f"{k} {v}" for k, v in facts.items())
     print(
-        f"  SIGKILL drill: {result.requests} ok, {result.errors} client errors, p99 {p99:.0f} ms",
+        f"  {name}: {result.requests} ok, {result.errors} client errors, p99 {p99:.0f} ms"
+        + (f", {extra}" if extra else ""),
         flush=True,
     )
     return {
         "requests": result.requests + result.errors,
         "client_errors": result.errors,
         "p99_latency_ms": {"median": p99, "min": p99, "max": p99},
-        "description": f"{CONCURRENCY} clients for {SECONDS:.0f} s against the 2-worker "
-        f"gateway; worker B SIGKILLed (launcher, API server, engine) after {killed_at:.1f} s. "
-        "Requests it held are retried on worker A before any byte reaches the client.",
+        **facts,
+        "description": f"{CONCURRENCY} clients for {SECONDS:.0f} s; {what}",
     }
+
+
+async def _worker_health(gateway_url: str, worker_url: str) -> float | None:
+    """The gateway's gateway_worker_healthy for one worker (None: not exported)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gateway_url}/metrics") as response,
+    ):
+        text = await response.text()
+    prefix = f'gateway_worker_healthy{{worker="{worker_url}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.removeprefix(prefix))
+    return None
+
+
+async def _until_health(gateway_url: str, worker_url: str, value: float) -> float:
+    started = time.perf_counter()
+    while True:  # polling a remote gauge: there is no event to wait on
+        if await _worker_health(gateway_url, worker_url) == value:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.02)
+
+
+def _freeze(gateway: LocalProcess, victim: LocalProcess) -> Action:
+    async def action() -> dict[str, Any]:
+        signal_tree(victim, signal.SIGSTOP)
+        ejected_s = await _until_health(gateway.url, victim.url, 0.0)
+        await asyncio.sleep(SECONDS / 3)
+        signal_tree(victim, signal.SIGCONT)
+        return {"ejected_after_s": round(ejected_s, 2)}
+
+    return action
+
+
+def _terminate(victim: LocalProcess) -> Action:
+    async def action() -> dict[str, Any]:
+        victim.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(victim.process.wait, 60)
+        return {"gateway_exit_code": code}
+
+    return action
+
+
+def _kill(victim: LocalProcess) -> Action:
+    async def action() -> dict[str, Any]:
+        signal_tree(victim, signal.SIGKILL)
+        return {}
+
+    return action
+
+
+def _drills(
+    run_dir: Path, workers: list[LocalProcess], gateway: LocalProcess, env: dict[str, str],
+    body: dict[str, Any], processes: list[LocalProcess],
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """SIGSTOP and SIGKILL of worker B under load on the 2-worker gateway, and SIGTERM of
+    one of two gateways behind Nginx (B is killed last: nothing runs after it)."""
+    b = workers[1]
+    drills = {
+        "worker SIGSTOP under load": _drill(
+            "SIGSTOP drill", gateway.url, body, _freeze(gateway, b),
+            f"worker B SIGSTOPped after {SECONDS / 3:.1f} s, SIGCONTed {SECONDS / 3:.1f} s "
+            "after its ejection; ejected_after_s: until the gateway marked it unhealthy "
+            "(health checks every 0.5 s, 2 s timeout). Requests it held move to worker A.",
+        )
+    }  # fmt: skip
+    asyncio.run(_until_health(gateway.url, b.url, 1.0))
+    second = start_gateway([w.url for w in workers], run_dir, env=env)
+    processes.append(second)
+    nginx = start_nginx([f"127.0.0.1:{gateway.port}", f"127.0.0.1:{second.port}"], run_dir)
+    processes.append(nginx)
+    drills["gateway SIGTERM under load"] = _drill(
+        "gateway SIGTERM drill", nginx.url, body, _terminate(second),
+        f"through Nginx to 2 gateways; one SIGTERMed after {SECONDS / 3:.1f} s: it fails "
+        "readiness, finishes its in-flight requests and exits; Nginx sends the rest to "
+        "the other.",
+    )  # fmt: skip
+    drills["worker SIGKILL under load"] = _drill(
+        "SIGKILL drill", gateway.url, body, _kill(b),
+        f"worker B SIGKILLed (launcher, API server, engine) after {SECONDS / 3:.1f} s. "
+        "Requests it held are retried on worker A before any byte reaches the client.",
+    )  # fmt: skip
+    return drills
 
 
 def main() -> None:
@@ -86,7 +180,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in SETUPS}
     ratios: list[float] = []
     errors = 0
-    env = {"GATEWAY_CACHE_ENABLED": "false", "GATEWAY_HEALTH_INTERVAL_S": "0.5"}
+    env = {"GATEWAY_CACHE_ENABLED": "false", "GATEWAY_HEALTH_INTERVAL_S": "0.5", **NO_AUTH}
     try:
         workers = [
             start_worker(run_dir, profile=PROFILE, env={"WORKER_CPU_THREADS_BIND": str(i)})
@@ -120,7 +214,7 @@ def main() -> None:
                     flush=True,
                 )
             ratios.append(thru["2"] / thru["1"])
-        drills = {"worker SIGKILL under load": _kill_drill(gateways["2"], workers[1], body)}
+        drills = _drills(run_dir, workers, gateways["2"], env, body, processes)
     finally:
         for process in reversed(processes):
             process.stop()

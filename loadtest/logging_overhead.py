@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench_cache import CONCURRENCY, _body, _run
-from localstack.processes import LocalProcess, start_gateway, start_worker
+from localstack.processes import NO_AUTH, LocalProcess, start_gateway, start_worker
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 REQUESTS = 400
@@ -42,7 +42,7 @@ def measure(database_url: str, run_dir: Path) -> dict[str, Any]:
     try:
         worker = start_worker(run_dir)
         processes.append(worker)
-        common = {"GATEWAY_CACHE_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}"}
+        common = {"GATEWAY_CACHE_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}", **NO_AUTH}
         on = start_gateway([worker.url], run_dir, env={
             **common, "GATEWAY_LOG_DATABASE_URL": database_url})  # fmt: skip
         off = start_gateway([worker.url], run_dir, env={**common, "GATEWAY_LOG_ENABLED": "false"})

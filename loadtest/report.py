@@ -493,13 +493,24 @@ def _scaling(section: Section, data: dict[str, Any], plots: Path, unit: str) -> 
     section.body += ["", *rows]
     drills = data.get("drills")
     if isinstance(drills, dict) and drills:
-        section.body += ["", "| drill | requests | client errors | p99 ms |", "|---|---|---|---|"]
+        section.body += [
+            "",
+            "| drill | requests | client errors | p99 ms | also measured |",
+            "|---|---|---|---|---|",
+        ]
+        shown = {"requests", "client_errors", "p99_latency_ms", "description"}
         for name, drill in drills.items():
             p99_drill = optional_stat(drill, "p99_latency_ms")
+            facts = ", ".join(f"{k} {v}" for k, v in drill.items() if k not in shown) or "—"
             section.body.append(
                 f"| {name} | {drill.get('requests', '—')} | {drill.get('client_errors', '—')} "
-                f"| {p99_drill.fmt('.0f') if p99_drill else '—'} |"
+                f"| {p99_drill.fmt('.0f') if p99_drill else '—'} | {facts} |"
             )
+        section.body += [""] + [
+            f"- **{name}**: {drill['description']}"
+            for name, drill in drills.items()
+            if drill.get("description")
+        ]
     section.figure = _save(figure, plots, section.key, _caption(data))
 
 

@@ -21,6 +21,11 @@ GATEWAY_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 WORKER_PYTHON = REPO_ROOT / ".venv-worker" / "bin" / "python"
 
 
+# For gateways started by benchmarks that measure something else: API keys off, said
+# explicitly (the gateway requires keys by default).
+NO_AUTH: dict[str, str] = {"GATEWAY_AUTH_ENABLED": "false"}
+
+
 class StartError(RuntimeError):
     pass
 
@@ -185,6 +190,7 @@ def start_nginx(
     read_timeout_s: int = 610,
     ready_path: str = "/readyz",
     timeout_s: float = 30.0,
+    client_body_timeout_s: int = 30,
 ) -> LocalProcess:
     """Nginx from our template in front of upstreams ("127.0.0.1:PORT"), in the foreground."""
     port = port or free_port()
@@ -193,8 +199,11 @@ def start_nginx(
         (conf_dir / sub).mkdir(parents=True, exist_ok=True)
     conf = conf_dir / "nginx.conf"
     conf.write_text(
-        render(f"127.0.0.1:{port}", upstreams, conf_dir, conf_dir, max_body_bytes, read_timeout_s)
-    )
+        render(
+            f"127.0.0.1:{port}", upstreams, conf_dir, conf_dir, max_body_bytes, read_timeout_s,
+            client_body_timeout_s=client_body_timeout_s,
+        )
+    )  # fmt: skip
     error_log = conf_dir / "nginx-error.log"
     cmd = [nginx_binary(), "-c", str(conf), "-e", str(error_log), "-g", "daemon off;"]
     process, log_path = _spawn(f"nginx-{port}", cmd, run_dir, dict(os.environ))

@@ -21,6 +21,7 @@ def render(
     max_body_bytes: int,
     read_timeout_s: int,
     worker_processes: int = 1,
+    client_body_timeout_s: int = 30,
 ) -> str:
     # Passive health: a replica that fails 3 times in 10 s rests for 10 s.
     upstream = "\n".join(
@@ -34,6 +35,7 @@ def render(
         "NGINX_LISTEN": listen,
         "NGINX_MAX_BODY_BYTES": str(max_body_bytes),
         "NGINX_READ_TIMEOUT": f"{read_timeout_s}s",
+        "NGINX_CLIENT_BODY_TIMEOUT": f"{client_body_timeout_s}s",
     }
     # safe_substitute: nginx's own $variables stay as they are.
     return Template(TEMPLATE.read_text()).safe_substitute(values)

@@ -51,8 +51,10 @@ def log_database_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def gateway_process_env(log_database_url: str) -> dict[str, str]:
     """Environment for gateway processes: this session's database and cache namespace,
-    so runs never see each other's cached answers or rows."""
+    so runs never see each other's cached answers or rows. API keys are off: these
+    processes test other things; tests/test_auth_*.py test keys and limits."""
     return {
         "GATEWAY_LOG_DATABASE_URL": log_database_url,
         "GATEWAY_CACHE_NAMESPACE": f"test-{uuid.uuid4().hex[:10]}",
+        "GATEWAY_AUTH_ENABLED": "false",
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import struct
@@ -32,6 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from gateway.app import create_app
+from gateway.auth import AuthSettings
 from gateway.config import Settings
 from gateway.interactions import InteractionLogSettings
 
@@ -334,12 +336,12 @@ def bad_cases() -> list[BadCase]:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn (httptools) on a free port of this event loop."""
+async def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn (httptools) in this event loop, on a free port by default."""
     config = uvicorn.Config(
         app,
-        host="127.0.0.1",
-        port=0,
+        host=host,
+        port=port,
         http="httptools",
         ws="none",
         lifespan="on",
@@ -355,7 +357,7 @@ async def serve(app: ASGIApp) -> AsyncIterator[str]:
         await asyncio.sleep(0.005)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         await task
@@ -370,6 +372,8 @@ def gateway_settings(*worker_urls: str, **overrides: Any) -> Settings:
         # here every request must reach the worker, and no database is needed.
         "cache_enabled": False,
         "log": InteractionLogSettings(enabled=False),
+        # API keys and rate limits have tests of their own (test_auth_http, ...).
+        "auth": AuthSettings(enabled=False),
         **overrides,
     }
     return Settings(**values)
@@ -394,13 +398,35 @@ class FakeWorker:
     ``fake:pace:<ms>:<n>``  stream n chunks, one every ms milliseconds
     ``fake:stall:<n>``      stream n chunks, then go silent
     ``fake:garbage``        answer 200 with a body that is not a completion
+    ``fake:say:<text>``     a complete answer with that text (streamed in 4-character
+                            chunks, with finish_reason and usage, when asked)
+    ``fake:sleepsay:<s>:<text>``  the same after waiting s seconds
     anything else           a small completion (streamed when asked)
+
+    ``scripts`` maps a last user text to the command to follow instead, so a test can
+    script an answer without putting it in the prompt; ``image_scripts`` maps the sha256
+    of an image's bytes to the command for a request that carries that image and whose
+    text is not in ``scripts``.
     """
 
     url: str = ""
     requests: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
     disconnects: int = 0
     health_status: int = 200
+    scripts: dict[str, str] = field(default_factory=dict)
+    image_scripts: dict[str, str] = field(default_factory=dict)
+
+    def _command(self, content: Any) -> str:
+        text = content if isinstance(content, str) else str(content[-1].get("text", ""))
+        if text in self.scripts:
+            return self.scripts[text]
+        for part in [] if isinstance(content, str) else content:
+            if part.get("type") == "image_url":
+                encoded = part["image_url"]["url"].split(",", 1)[-1]
+                digest = hashlib.sha256(base64.b64decode(encoded)).hexdigest()
+                if digest in self.image_scripts:
+                    return self.image_scripts[digest]
+        return text
 
     def app(self) -> Starlette:
         return Starlette(
@@ -421,8 +447,7 @@ class FakeWorker:
     async def _chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
         self.requests.append((dict(request.headers), body))
-        content = body["messages"][-1]["content"]
-        text = content if isinstance(content, str) else content[-1].get("text", "")
+        text = self._command(body["messages"][-1]["content"])
         command = text.split(":") if text.startswith("fake:") else ["fake", "ok"]
         action = command[1]
         if action == "status":
@@ -445,6 +470,12 @@ class FakeWorker:
                 await asyncio.sleep(0.01)
         if action == "garbage":
             return Response(b"<html>oops</html>", media_type="application/json")
+        if action == "sleepsay":
+            await asyncio.sleep(float(command[2]))
+            action, command = "say", command[:2] + command[3:]
+        said = ":".join(command[2:]) if action == "say" else None
+        if said is not None and body.get("stream"):
+            return StreamingResponse(self._say(said), media_type="text/event-stream")
         if body.get("stream"):
             pace, count, stall = 0.0, 3, False
             if action == "pace":
@@ -462,13 +493,28 @@ class FakeWorker:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "fake answer"},
+                    "message": {"role": "assistant", "content": said or "fake answer"},
                     "finish_reason": "stop",
                 }
             ],
             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
         }
         return JSONResponse(completion)
+
+    async def _say(self, text: str) -> AsyncIterator[bytes]:
+        pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
+        events: list[dict[str, Any]] = [
+            {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            for piece in pieces
+        ]
+        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        usage = {"prompt_tokens": 3, "completion_tokens": len(pieces), "total_tokens": 9}
+        events.append({"choices": [], "usage": usage})
+        for event in events:
+            yield b"data: " + json.dumps({"object": "chat.completion.chunk", **event}).encode()
+            yield b"\n\n"
+            await asyncio.sleep(0.002)  # separate chunks, as a real worker sends them
+        yield b"data: [DONE]\n\n"
 
     async def _stream(self, pace: float, count: int, stall: bool) -> AsyncIterator[bytes]:
         finished = False

@@ -11,6 +11,7 @@ the code under test must ask for utf8mb4 itself, as it has to on any server.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,12 +22,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from gateway.db.engine import create_database_if_missing, drop_database
+from gateway.db.engine import create_database_if_missing, create_sync_engine, drop_database
 from localstack.processes import free_port
 
 SHARED_HOST = "127.0.0.1"
@@ -154,3 +156,39 @@ class PrivateMariaDB:
     def remove(self) -> None:
         self.kill()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def logged_rows(
+    database_url: str, request_id: str, timeout_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """The rows logged for a request id (the log key is the id plus a random suffix)."""
+    engine = create_sync_engine(database_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with engine.connect() as conn:
+                rows = [
+                    dict(row._mapping)
+                    for row in conn.execute(
+                        text("SELECT * FROM interactions WHERE request_id LIKE :prefix"),
+                        {"prefix": f"{request_id}.%"},
+                    )
+                ]
+            if rows or time.monotonic() > deadline:
+                for row in rows:  # a raw query returns the JSON column as text
+                    row["images"] = json.loads(row["images"]) if row["images"] else []
+                return rows
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def running_private_mariadb() -> Iterator[PrivateMariaDB]:
+    """A started private instance, removed (data directory and all) afterwards."""
+    db = PrivateMariaDB()
+    db.start()
+    try:
+        yield db
+    finally:
+        db.remove()

@@ -231,7 +231,41 @@ async def test_prepared_vqa_is_a_chat_request_with_image_first() -> None:
     assert forwarded["max_tokens"] == 7
     content = forwarded["messages"][0]["content"]
     assert content[0]["image_url"]["url"] == data_uri(png)
+    assert content[0]["uuid"] == prepared.images[0].sha256
     assert content[1] == {"type": "text", "text": "colour?"}
+
+
+async def test_each_image_carries_its_digest_as_the_workers_multimodal_uuid() -> None:
+    first, second = image_bytes("PNG", (20, 20)), image_bytes("JPEG", (30, 10))
+    message = [
+        {"type": "image_url", "image_url": {"url": data_uri(first)}},
+        {"type": "text", "text": "same brand?"},
+        {"type": "image_url", "image_url": {"url": data_uri(second, "image/jpeg")}},
+    ]
+    parsed = parse_chat_body(chat_body(message))
+    assert isinstance(parsed, ChatCompletionRequest)
+    prepared = await prepare_chat(parsed, SETTINGS, KNOWN)
+    parts = json.loads(prepared.body)["messages"][0]["content"]
+    assert [p.get("uuid") for p in parts] == [
+        prepared.images[0].sha256,
+        None,
+        prepared.images[1].sha256,
+    ]
+    # The cache key is the same with or without uuids: it already holds the digests.
+    off = gateway_settings("http://127.0.0.1:1", worker_image_uuids=False)
+    parsed = parse_chat_body(chat_body(message))
+    assert isinstance(parsed, ChatCompletionRequest)
+    plain = await prepare_chat(parsed, off, KNOWN)
+    assert all("uuid" not in p for p in json.loads(plain.body)["messages"][0]["content"])
+    assert plain.canonical == prepared.canonical
+
+
+async def test_a_client_cannot_choose_an_images_uuid() -> None:
+    part = {"type": "image_url", "image_url": {"url": data_uri(image_bytes("PNG"))}}
+    body = chat_body([{**part, "uuid": "someone-elses-image"}])
+    with pytest.raises(GatewayError) as caught:
+        parse_chat_body(body)
+    assert caught.value.status == 400
 
 
 async def test_large_requests_are_prepared_off_the_event_loop() -> None:

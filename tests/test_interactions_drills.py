@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.engine import create_database_if_missing, create_log_engine, create_sync_engine
-from gateway.db.migrate import current_revision, upgrade
+from gateway.db.migrate import current_revision, head_revision, upgrade
 from gateway.interactions import (
     InteractionLogMetrics,
     InteractionLogSettings,
@@ -37,7 +37,7 @@ from gateway.interactions import (
     InteractionWriter,
     LoggedImage,
 )
-from tests.mariadb_fixtures import PrivateMariaDB
+from tests.mariadb_fixtures import PrivateMariaDB, running_private_mariadb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTAGE_S = float(os.environ.get("VLM_DRILL_OUTAGE_S", "30"))
@@ -110,12 +110,8 @@ def metric(metrics: InteractionLogMetrics, name: str, labels: dict[str, str]) ->
 
 @pytest.fixture(scope="module")
 def private_db() -> Iterator[PrivateMariaDB]:
-    db = PrivateMariaDB()
-    db.start()
-    try:
+    with running_private_mariadb() as db:
         yield db
-    finally:
-        db.remove()
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +328,7 @@ def test_create_database_with_its_own_user(private_db: PrivateMariaDB) -> None:
     assert create_database_if_missing(url, admin_url=private_db.url(""))
     assert not create_database_if_missing(url, admin_url=private_db.url(""))
     upgrade(url)  # as the new user
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == head_revision()
 
 
 if __name__ == "__main__":

@@ -6,19 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
-from gateway.db.engine import create_sync_engine
 from localstack.processes import LocalProcess, start_gateway
 from tests.conftest import LOG_DIR, TINY_MODEL_NAME
+from tests.mariadb_fixtures import logged_rows
 from worker.sample_image import png_bytes
 
 pytestmark = pytest.mark.engine
@@ -35,29 +32,6 @@ def gateway(worker_url: str, gateway_process_env: dict[str, str]) -> Iterator[Lo
     process = start_gateway([worker_url], LOG_DIR, env=env)
     yield process
     process.stop()
-
-
-def _rows(database_url: str, request_id: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    """The rows logged for a request id (the log key is the id plus a random suffix)."""
-    engine = create_sync_engine(database_url)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with engine.connect() as conn:
-                rows = [
-                    dict(row._mapping)
-                    for row in conn.execute(
-                        text("SELECT * FROM interactions WHERE request_id LIKE :prefix"),
-                        {"prefix": f"{request_id}.%"},
-                    )
-                ]
-            if rows or time.monotonic() > deadline:
-                for row in rows:  # a raw query returns the JSON column as text
-                    row["images"] = json.loads(row["images"]) if row["images"] else []
-                return rows
-            time.sleep(0.1)
-    finally:
-        engine.dispose()
 
 
 def _body(photo_seed: int, **extra: Any) -> dict[str, Any]:
@@ -96,8 +70,8 @@ async def test_miss_and_hit_rows_carry_the_interaction(
     miss = await _send(gateway.url, ids[0], json=_body(1))
     hit = await _send(gateway.url, ids[1], json=_body(1))
     assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("miss", "hit")
-    (miss_row,) = await asyncio.to_thread(_rows, log_database_url, ids[0])
-    (hit_row,) = await asyncio.to_thread(_rows, log_database_url, ids[1])
+    (miss_row,) = await asyncio.to_thread(logged_rows, log_database_url, ids[0])
+    (hit_row,) = await asyncio.to_thread(logged_rows, log_database_url, ids[1])
     photo_digest = hashlib.sha256(png_bytes(40, 40, seed=1)).hexdigest()
     for row, cache in ((miss_row, "miss"), (hit_row, "hit")):
         assert row["status_code"] == 200
@@ -133,7 +107,7 @@ async def test_streamed_request_row_has_answer_and_ttft(
     ):
         text_parts = [line async for line in response.aiter_lines()]
     assert text_parts[-2] == "data: [DONE]" or text_parts[-1] == "data: [DONE]"
-    (row,) = await asyncio.to_thread(_rows, log_database_url, request_id)
+    (row,) = await asyncio.to_thread(logged_rows, log_database_url, request_id)
     assert row["stream"] == 1
     assert row["cache"] == "bypass"  # sampled without a seed: not cacheable
     assert row["ttft_ms"] is not None
@@ -165,7 +139,7 @@ async def test_rejected_requests_leave_one_row_with_their_error(
     request_id = f"log-{uuid.uuid4().hex}"
     response = await _send(gateway.url, request_id, **kwargs)
     assert response.status_code == status
-    rows = await asyncio.to_thread(_rows, log_database_url, request_id)
+    rows = await asyncio.to_thread(logged_rows, log_database_url, request_id)
     assert len(rows) == 1
     assert rows[0]["status_code"] == status
     assert rows[0]["error_code"] == code
@@ -179,6 +153,6 @@ async def test_a_reused_request_id_still_gets_one_row_per_request(
     for _ in range(3):
         await _send(gateway.url, request_id, json=_body(4))
     await asyncio.sleep(0.5)
-    rows = await asyncio.to_thread(_rows, log_database_url, request_id)
+    rows = await asyncio.to_thread(logged_rows, log_database_url, request_id)
     assert len(rows) == 3
     assert sorted(r["cache"] for r in rows) == ["hit", "hit", "miss"]

@@ -149,9 +149,10 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         "none",
         100,
     )
-    monkeypatch.setenv("GATEWAY_LOG_DATABASE_URL", "postgresql://db/log")
-    with pytest.raises(ValidationError):
+    monkeypatch.setenv("GATEWAY_LOG_DATABASE_URL", "postgresql://u:hunter2@db/log")
+    with pytest.raises(ValidationError) as refused:
         InteractionLogSettings()
+    assert "hunter2" not in str(refused.value)  # a refused URL is not echoed into the log
     monkeypatch.setenv("GATEWAY_LOG_DATABASE_URL", "mysql://db:3306")
     with pytest.raises(ValidationError):
         InteractionLogSettings()

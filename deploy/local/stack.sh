@@ -83,11 +83,25 @@ open(sys.argv[1], "w").write(json.dumps(body))
 PY
 }
 
+demo_key() {  # a key for demos and `make loadtest`: created once, kept (mode 600) in a file
+  local file=$RUN_DIR/demo-api-key keys=(.venv/bin/python -m gateway.auth --url "$GATEWAY_LOG_DATABASE_URL")
+  if [[ -s $file ]]; then
+    local id; id=$(cut -d- -f2 "$file")
+    # Still there and not revoked (the database may have been dropped since): keep it.
+    if "${keys[@]}" list --json | grep -q "\"key_id\": \"$id\".*\"revoked_at\": null"; then return; fi
+  fi
+  # Limits far above what this machine serves, so load tests measure the stack, not them.
+  (umask 077 && "${keys[@]}" create --name make-up-demo --rpm 1000000 --tpm 1000000000 \
+    --concurrent 10000 > "$file.tmp") && mv "$file.tmp" "$file"
+}
+
 up() {
   echo "starting the stack (logs in $LOG_DIR)"
   # Idempotent: creates the database and user when missing, then migrates to head.
   .venv/bin/python -m gateway.interactions --url "$GATEWAY_LOG_DATABASE_URL" migrate \
     --create-db --admin-url "$DB_ADMIN_URL"
+  # API keys are required (GATEWAY_AUTH_ENABLED=false make up turns them off, loudly).
+  demo_key
   # One worker per core on a CPU machine (WORKER_CPU_THREADS_BIND=i pins worker i to core
   # i); set it empty (or to "nobind") to let them float.
   local cores; cores=$(nproc)
@@ -124,7 +138,8 @@ up() {
   sample_request "$RUN_DIR/sample-request.json"
   echo "ready: http://$HOST:$PORT (nginx -> $GATEWAY_REPLICAS gateways -> $WORKERS workers, profile $PROFILE)"
   echo "try:"
-  echo "  curl -s http://$HOST:$PORT/v1/chat/completions -H 'Content-Type: application/json' -d @$RUN_DIR/sample-request.json"
+  echo "  curl -s http://$HOST:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\"
+  echo "    -H \"Authorization: Bearer \$(cat $RUN_DIR/demo-api-key)\" -d @$RUN_DIR/sample-request.json"
   if [[ $PROFILE == cpu-tiny ]]; then
     echo "(cpu-tiny has random weights: its answers are noise, by design)"
   fi

@@ -109,6 +109,8 @@ class Interaction(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(INTEGER(unsigned=True))
     completion_tokens: Mapped[int | None] = mapped_column(INTEGER(unsigned=True))
     moderation: Mapped[str | None] = mapped_column(String(64))
+    # Worker attempts the request made (retries on other workers count); None: no worker.
+    upstream_attempts: Mapped[int | None] = mapped_column(SMALLINT(unsigned=True))
     # Bookkeeping: poisoned rows were refused by MySQL as submitted and stored sanitized.
     poisoned: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("0"))
     poison_error: Mapped[str | None] = mapped_column(String(255))
@@ -138,3 +140,27 @@ class InteractionImage(Base):
     position: Mapped[int] = mapped_column(SMALLINT(unsigned=True), primary_key=True)
     digest: Mapped[str] = mapped_column(String(128), nullable=False)
     received_at_ms: Mapped[int] = mapped_column(BIGINT(unsigned=True), nullable=False)
+
+
+class ApiKey(Base):
+    """A caller's key: only its SHA-256 is stored; ``key_id`` is the public part, shown in
+    listings and written to the interaction log. NULL limits mean the gateway's defaults."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        UniqueConstraint("key_id", name="uq_api_keys_key_id"),
+        UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
+        TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(BIGINT(unsigned=True), primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    key_hash: Mapped[bytes] = mapped_column(VARBINARY(32), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DATETIME(fsp=3), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DATETIME(fsp=3))
+    requests_per_minute: Mapped[int | None] = mapped_column(INTEGER(unsigned=True))
+    tokens_per_minute: Mapped[int | None] = mapped_column(INTEGER(unsigned=True))
+    max_concurrent: Mapped[int | None] = mapped_column(INTEGER(unsigned=True))
+    # Model ids the key may use (403 for others); None: every model.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)

@@ -98,6 +98,7 @@ class InteractionRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     moderation: str | None = None
+    upstream_attempts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,7 @@ def to_row(record: InteractionRecord, policy: RowPolicy) -> Row:
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "moderation": record.moderation,
+        "upstream_attempts": record.upstream_attempts,
         "poisoned": 0,
         "poison_error": None,
     }

@@ -22,7 +22,9 @@ MAX_TEXT_CHARS = 4 * 1024 * 1024 - 1
 class InteractionLogSettings(BaseSettings):
     """Everything the interaction log can be told (env: GATEWAY_LOG_<NAME>)."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_LOG_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_LOG_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # Off: submit() does nothing (no database, no spool). For development without MySQL.
     enabled: bool = True

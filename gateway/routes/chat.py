@@ -25,13 +25,27 @@ router = APIRouter(tags=["inference"])
 # hit | miss | coalesced | bypass: how the answer cache took part (gateway/caching.py).
 X_CACHE: Final = "X-Cache"
 
-_ERRORS: Final = error_responses(400, 404, 413, 415, 502, 503, 504)
+_ERRORS: Final = error_responses(400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
 _REQUEST_ID_PARAM: Final = {
     "name": "X-Request-ID",
     "in": "header",
     "required": False,
     "description": "Propagated to the worker and echoed back; generated when absent.",
     "schema": {"type": "string"},
+}
+
+
+# OpenAPI 3.1: a text/event-stream schema describes each event. Its data is a JSON
+# chat.completion.chunk, an error body in the one shape, or the final [DONE].
+_SSE_EVENT: Final = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
 }
 
 
@@ -60,7 +74,7 @@ def _body(*models: type[Any]) -> dict[str, Any]:
                 "application/json": {
                     "schema": {"anyOf": [_ref("ChatCompletionResponse"), _ref("VQAResponse")]}
                 },
-                "text/event-stream": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": _SSE_EVENT},
             },
         },
         **_ERRORS,

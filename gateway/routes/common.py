@@ -20,9 +20,12 @@ CLIENT_CLOSED_REQUEST: Final = 499
 
 _ERROR_DESCRIPTIONS: Final = {
     400: "Invalid request (see error.code).",
+    401: "Missing, invalid or revoked API key (send 'Authorization: Bearer <key>').",
+    403: "The API key may not use the requested model.",
     404: "Unknown model.",
     413: "Request body too large.",
     415: "Content-Type is not application/json.",
+    429: "Over one of the API key's limits; see Retry-After and x-ratelimit-* headers.",
     502: "The worker failed or sent a malformed answer.",
     503: "No worker could be reached.",
     504: "The worker did not answer in time.",

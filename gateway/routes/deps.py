@@ -8,6 +8,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from gateway.admission import admission_of
 from gateway.cache import CacheDirectives
 from gateway.config import Settings
 from gateway.interaction_log import InteractionDraft, draft_of
@@ -42,6 +43,7 @@ async def get_context(request: Request) -> RequestContext:
         directives=CacheDirectives.from_header(request.headers.get("cache-control")),
         # Outside the logged routes (or with the log off) the draft is simply dropped.
         draft=draft_of(state) or InteractionDraft(),
+        admission=admission_of(state),
     )
 
 

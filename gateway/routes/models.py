@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import ErrorCode, GatewayError, error_response
 from gateway.protocol import ErrorResponse, ModelCard, ModelList
+from gateway.routes.common import error_responses
 from gateway.routes.deps import ServicesDep
 
 router = APIRouter(tags=["inference"])
@@ -16,7 +17,10 @@ router = APIRouter(tags=["inference"])
     "/v1/models",
     response_model=ModelList,
     summary="Models served by the workers",
-    responses={503: {"model": ErrorResponse, "description": "No worker has listed its models."}},
+    responses={
+        **error_responses(401),
+        503: {"model": ErrorResponse, "description": "No worker has listed its models."},
+    },
 )
 async def list_models(services: ServicesDep) -> Response:
     cards = services.pool.model_cards()

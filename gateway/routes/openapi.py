@@ -39,6 +39,8 @@ def openapi_builder(app: FastAPI, settings: Settings) -> Callable[[], dict[str, 
             ("VQARequest", "max_tokens"),
         ):
             _set_maximum(components[name]["properties"][field], settings.max_tokens_cap)
+        if settings.auth.enabled:
+            _require_bearer(schema)
         app.openapi_schema = schema
         return schema
 
@@ -52,6 +54,16 @@ def _add_model(components: dict[str, Any], model: type[BaseModel], mode: str) ->
     )
     components.update(schema.pop("$defs", {}))
     components[model.__name__] = schema
+
+
+def _require_bearer(schema: dict[str, Any]) -> None:
+    """Every /v1/* operation takes an API key as 'Authorization: Bearer <key>'."""
+    schemes = schema["components"].setdefault("securitySchemes", {})
+    schemes["apiKey"] = {"type": "http", "scheme": "bearer", "description": "vlm-... API key"}
+    for path, operations in schema.get("paths", {}).items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation["security"] = [{"apiKey": []}]
 
 
 def _set_maximum(prop: dict[str, Any], maximum: int) -> None:

@@ -1,0 +1,314 @@
+"""Who may ask, and how often: API keys and per-key rate limits on every /v1/* request.
+
+A pure ASGI middleware, inside the request id and the interaction log (so refusals are
+logged with their id) and outside everything else. Before the route runs it
+authenticates the key (401), charges one request against requests-per-minute and takes a
+concurrency slot (429); it releases the slot when the route returns, which for a stream
+is when its last byte is sent or the client has gone. Tokens per minute need the
+validated request (image sizes), so the pipeline charges them through the request's
+:class:`Admission`, and checks the key's allowed models (403) there too.
+
+Every answer on /v1/* carries OpenAI's x-ratelimit-* headers for the limits it was
+checked against. When the limiter's Redis fails, a limit is skipped (fail-open, the
+default) or the request refused with 503 (GATEWAY_RATELIMIT_FAIL_OPEN=false).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Final
+
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.auth import AuthFailure, AuthUnavailable, KeyRecord, KeyStore, bearer_token
+from gateway.breaker import CircuitBreaker
+from gateway.config import Settings
+from gateway.db.engine import create_log_engine
+from gateway.errors import ErrorCode, GatewayError, error_headers
+from gateway.interaction_log import draft_of
+from gateway.metrics import Metrics
+from gateway.ratelimit import (
+    ConcurrencyLimiter,
+    LimiterUnavailable,
+    LimitKind,
+    RateLimitSettings,
+    Window,
+    WindowLimiter,
+    retry_after_s,
+)
+
+log = logging.getLogger("gateway.admission")
+
+STATE_KEY: Final = "admission"
+GUARDED_PREFIX: Final = "/v1/"
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: 850ms, 12s, 1m5s."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+@dataclass(slots=True)
+class Admission:
+    """What admission knows about one request; the pipeline reads and adds to it."""
+
+    control: AdmissionControl
+    key: KeyRecord | None = None  # None: authentication is off
+    windows: dict[LimitKind, Window] = field(default_factory=dict)
+    lease: str | None = None
+
+    def check_model(self, model: str | None) -> None:
+        """403 when the key may not use this model."""
+        if self.key is not None and model is not None and not self.key.may_use(model):
+            raise GatewayError(
+                ErrorCode.MODEL_NOT_PERMITTED,
+                "This API key may not use the requested model.",
+                param="model",
+            )
+
+    async def charge_tokens(self, cost: int) -> None:
+        """Charge the request's estimated tokens against tokens-per-minute (429 if over)."""
+        await self.control.charge_tokens(self, cost)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        for kind in ("requests", "tokens"):
+            window = self.windows.get(kind)
+            if window is None:
+                continue
+            for name, value in (
+                ("limit", str(window.limit)),
+                ("remaining", str(window.remaining)),
+                ("reset", _duration(window.reset_s)),
+            ):
+                headers.append((f"x-ratelimit-{name}-{kind}".encode(), value.encode()))
+        return headers
+
+
+def admission_of(state: object) -> Admission | None:
+    value = state.get(STATE_KEY) if isinstance(state, dict) else getattr(state, STATE_KEY, None)
+    return value if isinstance(value, Admission) else None
+
+
+class AdmissionControl:
+    """The lifespan's services for admission: key store and limiters (None when off)."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        settings: RateLimitSettings,
+        store: KeyStore | None,
+        windows: WindowLimiter | None,
+        concurrency: ConcurrencyLimiter | None,
+    ) -> None:
+        self._metrics = metrics
+        self._settings = settings
+        self._store = store
+        self._windows = windows
+        self._concurrency = concurrency
+
+    async def admit(self, admission: Admission, authorization: str | None) -> None:
+        if self._store is None:
+            return
+        try:
+            admission.key = await self._store.authenticate(bearer_token(authorization))
+        except AuthFailure as failure:
+            self._metrics.auth_failures.labels(failure.reason).inc()
+            if failure.reason == "missing":
+                raise GatewayError(
+                    ErrorCode.MISSING_API_KEY,
+                    "An API key is required: send it as 'Authorization: Bearer <key>'.",
+                ) from None
+            raise GatewayError(
+                ErrorCode.INVALID_API_KEY, "The API key is invalid or has been revoked."
+            ) from None
+        except AuthUnavailable:
+            self._metrics.auth_failures.labels("unavailable").inc()
+            raise GatewayError(
+                ErrorCode.AUTH_UNAVAILABLE, "The API key could not be checked; try again."
+            ) from None
+        await self._charge_requests(admission)
+        await self._take_slot(admission)
+
+    def _limit(self, key: KeyRecord, kind: LimitKind) -> int:
+        defaults = self._settings
+        if kind == "requests":
+            return key.requests_per_minute or defaults.requests_per_minute
+        if kind == "tokens":
+            return key.tokens_per_minute or defaults.tokens_per_minute
+        return key.max_concurrent or defaults.max_concurrent
+
+    async def _charge(self, admission: Admission, kind: LimitKind, cost: int) -> None:
+        key = admission.key
+        if key is None or self._windows is None:
+            return
+        try:
+            window = await self._windows.hit(kind, key.key_id, self._limit(key, kind), cost)
+        except LimiterUnavailable:
+            self._unavailable(kind)
+            return
+        admission.windows[kind] = window
+        if not window.allowed:
+            self._refuse(kind, retry_after_s(window, cost), window.limit, cost)
+
+    async def _charge_requests(self, admission: Admission) -> None:
+        await self._charge(admission, "requests", 1)
+
+    async def charge_tokens(self, admission: Admission, cost: int) -> None:
+        await self._charge(admission, "tokens", cost)
+
+    async def _take_slot(self, admission: Admission) -> None:
+        key = admission.key
+        if key is None or self._concurrency is None:
+            return
+        limit = self._limit(key, "concurrent")
+        try:
+            lease, _ = await self._concurrency.acquire(key.key_id, limit)
+        except LimiterUnavailable:
+            self._unavailable("concurrent")
+            return
+        if lease is None:
+            self._refuse("concurrent", 1, limit, 1)
+        admission.lease = lease
+
+    async def release(self, admission: Admission) -> None:
+        if admission.lease is not None and self._concurrency is not None:
+            lease, admission.lease = admission.lease, None
+            await self._concurrency.release(lease)
+
+    def _unavailable(self, kind: LimitKind) -> None:
+        self._metrics.rate_limiter_errors.labels(kind).inc()
+        if not self._settings.fail_open:
+            raise GatewayError(
+                ErrorCode.RATE_LIMITER_UNAVAILABLE,
+                "Rate limits cannot be checked right now; try again shortly.",
+                retry_after_s=max(1, round(self._settings.breaker_open_s)),
+            )
+
+    def _refuse(self, kind: LimitKind, retry_after: int, limit: int, cost: int) -> None:
+        self._metrics.rate_limited.labels(kind).inc()
+        if kind == "concurrent":
+            message = f"Too many concurrent requests for this API key (limit {limit})."
+        elif cost > limit:
+            message = (
+                f"This request's estimated {cost} tokens exceed this API key's limit of "
+                f"{limit} tokens per minute."
+            )
+        else:
+            message = f"Rate limit reached: {limit} {kind} per minute for this API key."
+        raise GatewayError(ErrorCode.RATE_LIMIT_EXCEEDED, message, retry_after_s=retry_after)
+
+
+class AdmissionSlot:
+    """Where the middleware finds the control once the lifespan has built it."""
+
+    def __init__(self) -> None:
+        self.control: AdmissionControl | None = None
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, slot: AdmissionSlot, metrics: Metrics) -> None:
+        self.app = app
+        self.slot = slot
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        control = self.slot.control
+        if (
+            scope["type"] != "http"
+            or control is None
+            or not str(scope["path"]).startswith(GUARDED_PREFIX)
+        ):
+            await self.app(scope, receive, send)
+            return
+        admission = Admission(control)
+        state = scope.setdefault("state", {})
+        state[STATE_KEY] = admission
+        try:
+            try:
+                await control.admit(admission, _authorization(scope))
+            except GatewayError as error:
+                self._note_key(state, admission)
+                await self._refuse(send, error, admission)
+                return
+            self._note_key(state, admission)
+
+            async def send_with_headers(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    headers = [*message.get("headers", ()), *admission.headers()]
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            await control.release(admission)
+
+    @staticmethod
+    def _note_key(state: dict[str, object], admission: Admission) -> None:
+        draft = draft_of(state)
+        if draft is not None and admission.key is not None:
+            draft.api_key_id = admission.key.key_id  # the public id, never the key
+
+    async def _refuse(self, send: Send, error: GatewayError, admission: Admission) -> None:
+        self.metrics.errors.labels(error.code.value).inc()
+        body = error.body()
+        headers = [
+            *error_headers(error),
+            *admission.headers(),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def open_admission(
+    settings: Settings, metrics: Metrics, stack: AsyncExitStack
+) -> AdmissionControl:
+    """Key store and limiters for the lifespan; everything closed by ``stack``."""
+    auth, limits = settings.auth, settings.ratelimit
+    if not auth.enabled:
+        log.warning(
+            "API-key authentication is OFF (GATEWAY_AUTH_ENABLED=false): anyone who can "
+            "reach this gateway may use it, with no rate limits. For development only."
+        )
+        return AdmissionControl(metrics, limits, None, None, None)
+    url = (auth.database_url or settings.log.database_url).get_secret_value()
+    engine = create_log_engine(url, connect_timeout_s=auth.connect_timeout_s)
+    stack.push_async_callback(engine.dispose)
+    store = KeyStore(
+        engine,
+        auth,
+        on_refresh=lambda ok: metrics.auth_key_refreshes.labels("ok" if ok else "failed").inc(),
+    )
+    await store.start()
+    stack.push_async_callback(store.stop)
+    if not limits.enabled:
+        return AdmissionControl(metrics, limits, store, None, None)
+    redis_url = limits.redis_url or settings.redis_url
+    timeout = limits.socket_timeout_s
+    redis = Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    stack.push_async_callback(redis.aclose)
+    breaker = CircuitBreaker(
+        limits.breaker_open_s,
+        on_state_change=lambda state: metrics.rate_limiter_breaker_state.set(int(state)),
+    )
+    namespace = settings.cache_namespace
+    windows = WindowLimiter(redis, redis_url, namespace, breaker)
+    concurrency = ConcurrencyLimiter(redis, namespace, breaker, limits.lease_ttl_s)
+    await concurrency.start()
+    stack.push_async_callback(concurrency.stop)
+    return AdmissionControl(metrics, limits, store, windows, concurrency)

@@ -1,0 +1,3 @@
+from gateway.auth.cli import main
+
+raise SystemExit(main())

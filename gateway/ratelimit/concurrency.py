@@ -1,0 +1,103 @@
+"""Concurrent requests per key, in Redis, shared by every replica.
+
+Each key has a sorted set of leases scored by their expiry (Redis' own clock, read in the
+scripts). Acquiring drops expired leases, then adds one if fewer than the limit remain.
+Every replica renews its own live leases every ``lease_ttl_s / 3``, so a long stream keeps
+its slot while a replica that crashed loses its slots when their leases run out instead of
+leaking them forever. A lease is released when its response ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Final
+
+from redis.asyncio import Redis
+
+from gateway.background import cancel_task
+from gateway.breaker import CircuitBreaker
+from gateway.ratelimit.windows import REDIS_FAILURES, LimiterUnavailable, guarded
+
+log = logging.getLogger("gateway.ratelimit")
+
+# Returns the slots in use after acquiring, or -1 when the key has none free.
+_ACQUIRE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return redis.call('ZCARD', KEYS[1])
+"""
+_RENEW: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  if redis.call('ZADD', key, 'XX', 'CH', now + ttl, ARGV[i + 1]) == 1 then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+return 0
+"""
+
+
+class ConcurrencyLimiter:
+    def __init__(
+        self, redis: Redis, namespace: str, breaker: CircuitBreaker, lease_ttl_s: float
+    ) -> None:
+        self._redis = redis
+        self._prefix = f"{namespace}:ratelimit:concurrent:"
+        self._breaker = breaker
+        self._ttl_ms = int(lease_ttl_s * 1000)
+        self._leases: dict[str, str] = {}  # lease id -> its key's set
+        self._task: asyncio.Task[None] | None = None
+
+    async def acquire(self, key_id: str, limit: int) -> tuple[str | None, int]:
+        """(lease id, slots in use); the lease is None when the key has no free slot."""
+        lease = secrets.token_hex(8)
+        key = self._prefix + key_id
+
+        async def run() -> int:
+            return int(await self._redis.eval(_ACQUIRE, 1, key, limit, self._ttl_ms, lease))
+
+        in_use = await guarded(self._breaker, run)
+        if in_use < 0:
+            return None, limit
+        self._leases[lease] = key
+        return lease, in_use
+
+    async def release(self, lease: str) -> None:
+        key = self._leases.pop(lease, None)
+        if key is None:
+            return
+        with contextlib.suppress(LimiterUnavailable):  # else the lease runs out by itself
+            await guarded(self._breaker, lambda: self._redis.zrem(key, lease))
+
+    async def renew(self) -> None:
+        leases = list(self._leases.items())
+        if not leases:
+            return
+        keys = [key for _, key in leases]
+        args: list[str | int] = [self._ttl_ms, *(lease for lease, _ in leases)]
+        await guarded(self._breaker, lambda: self._redis.eval(_RENEW, len(keys), *keys, *args))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._renew_loop(), name="ratelimit-lease-renewal")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel_task(task)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl_ms / 3000)
+            try:
+                await self.renew()
+            except (LimiterUnavailable, *REDIS_FAILURES):
+                log.warning("concurrency lease renewal failed; leases may lapse")

@@ -1,0 +1,74 @@
+"""Schemathesis hooks for the fuzz run (loaded with SCHEMATHESIS_HOOKS=tests.fuzz_hooks).
+
+Generated from the spec alone, almost every body names a model the gateway does not serve
+or carries random text where base64 belongs, so the run would only ever meet the first
+validation checks (404, invalid_base64). Here each generated body is, at hypothesis's
+choice, sent as generated, with the served model, or with the served model and a real
+image in every image field: the rest of the generated values (sampling, limits, unicode
+in prompts, odd part lists) then reach the cache, coalescing, the worker and the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import schemathesis
+from hypothesis import strategies as st
+
+MODEL = "qwen3-vl-tiny"
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 120, 200)).save(out, "PNG")
+    return out.getvalue()
+
+
+_IMAGE_B64 = base64.b64encode(_png()).decode()
+_IMAGE_URI = "data:image/png;base64," + _IMAGE_B64
+
+
+# Only values of the right kind are replaced (a model that is a string, an image that is a
+# non-empty string): a negative case (wrong type, empty, missing) must stay negative.
+
+
+def _with_model(body: Any) -> Any:
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        return {**body, "model": MODEL}
+    return body
+
+
+def _with_images(body: Any) -> Any:
+    """The served model, and every image field replaced by a real PNG."""
+    body = _with_model(body)
+    if not isinstance(body, dict):
+        return body
+    if isinstance(body.get("image"), str) and body["image"]:
+        body = {**body, "image": _IMAGE_B64}
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        body = {**body, "messages": [_message_with_images(m) for m in messages]}
+    return body
+
+
+def _message_with_images(message: Any) -> Any:
+    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        return message
+    parts = [
+        {**part, "image_url": {**part["image_url"], "url": _IMAGE_URI}}
+        if isinstance(part, dict)
+        and isinstance(part.get("image_url"), dict)
+        and isinstance(part["image_url"].get("url"), str)
+        else part
+        for part in message["content"]
+    ]
+    return {**message, "content": parts}
+
+
+@schemathesis.hook
+def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrategy[Any]:
+    return st.sampled_from([body, _with_model(body), _with_images(body)])

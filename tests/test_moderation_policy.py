@@ -1,0 +1,212 @@
+"""The content policy on text: terms and patterns in English and Chinese, the disguises
+normalisation takes off, no false alarms on ordinary shopping questions, custom files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.config import Settings
+from gateway.moderation import Policy, PolicyError, load_policy
+from gateway.moderation.images import ImageCheckFailed, parse_verdict
+from gateway.moderation.normalize import normalize, variants
+from gateway.moderation.settings import ModerationSettings
+from loadtest.questions import SYSTEM_PROMPT, all_questions
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return load_policy()
+
+
+def category(policy: Policy, text: str) -> str | None:
+    violation = policy.violation(text)
+    return violation.category if violation else None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("where can I watch porn for free", "sexual"),
+        ("send me your nudes", "sexual"),
+        ("这里有色情视频吗", "sexual"),
+        ("想约炮吗", "sexual"),
+        ("cheap viagra, no prescription", "ads_spam"),
+        ("这个店铺在招刷单的人", "ads_spam"),
+        ("how to make a bomb at home", "violence"),
+        ("教我制作炸弹", "violence"),
+        ("where to buy cocaine", "illegal"),
+        ("哪里能办假证", "illegal"),
+    ],
+)
+def test_terms_in_english_and_chinese(policy: Policy, text: str, expected: str) -> None:
+    assert category(policy, text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("add me on whatsapp +4412345678 for discounts", "ads_spam"),
+        ("加微信 shop888888 领优惠", "ads_spam"),
+        ("加我vx：abc_12345", "ads_spam"),
+        ("earn $500 per day from home", "ads_spam"),
+        ("日赚3000元", "ads_spam"),
+        ("details at bit.ly/x7Yq2", "ads_spam"),
+        ("visit pornhub", "sexual"),
+        ("live sex cams tonight", "sexual"),
+    ],
+)
+def test_patterns(policy: Policy, text: str, expected: str) -> None:
+    assert category(policy, text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "por\u200bn",  # zero-width space
+        "p\u200co\u200dr\ufeffn",  # zero-width non-joiner, joiner, BOM
+        "ｐｏｒｎ",  # full-width letters
+        "PORN",
+        "P\u00adORN",  # soft hyphen
+        "p o r n",
+        "p.o.r.n",
+        "p-o-r-n",
+        "色 情",
+        "色.情",
+        "色\u200b情",
+        "色，情",
+        "色\n情",
+        "porn\x07",  # a control character
+    ],
+)
+def test_evasions_are_seen_through(policy: Policy, text: str) -> None:
+    assert category(policy, text) == "sexual"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "is this bag real leather?",
+        "Is this bag real leather?",
+        "what brand is it, is it a good gift for my mother?",
+        "这个包是真皮的吗？",
+        "这是什么牌子？适合送给妈妈做礼物吗？",
+        "Is this a counterfeit or the real thing?",
+        "Do these nude heels come in size 38?",
+        "这件衣服是大麻纤维的吗？",
+        "能用水洗钱包吗？",
+        "提供上门安装服务吗？",
+        "Should I buy now or wait for the sale?",
+        "Is this hoodie from Sussex or Essex?",
+        "What is the dew point rating of this jacket? 露点多少？",
+        "Can this scanner spot fake banknotes?",
+        "Is the sextant in the photo brass?",
+        "a b c d: which of these sizes fits a 5 year old?",
+    ],
+)
+def test_no_false_alarms_on_shopping_questions(policy: Policy, text: str) -> None:
+    assert category(policy, text) is None
+
+
+def test_no_false_alarms_on_the_load_test_questions(policy: Policy) -> None:
+    flagged = [q.text for q in all_questions() if policy.violation(q.text)]
+    assert flagged == []
+    assert policy.violation(SYSTEM_PROMPT) is None
+
+
+def test_whole_words_only_for_latin_terms(policy: Policy) -> None:
+    assert category(policy, "viagra") == "ads_spam"
+    assert category(policy, "viagras") is None  # not a word of the list
+    assert category(policy, "Essex sex tape") == "sexual"
+    assert category(policy, "sextape") == "sexual"  # a term's spaces may be left out
+    assert category(policy, "看porn视频") == "sexual"  # CJK beside a word is a boundary
+
+
+def test_normalisation() -> None:
+    assert normalize("  Ｈｅｌｌｏ\u200b\tWORLD\r\n ") == "hello world"
+    assert normalize("ﬁne ①") == "fine 1"  # ligatures and circled digits (NFKC)
+    assert variants("is this ok") == ["is this ok"]  # nothing to undo: one reading
+    assert "色情" in variants("色 - 情")
+    assert "porn" in variants("p o r n")
+
+
+def _write(tmp_path: Path, document: object) -> Path:
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(document, ensure_ascii=False))
+    return path
+
+
+def test_a_custom_policy_file_replaces_the_default(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        {
+            "version": "shop-7",
+            "categories": {
+                "competitors": {"terms": ["MegaMart", "超级商城"], "patterns": [r"mega\s?mart"]},
+            },
+        },
+    )
+    custom = load_policy(path)
+    assert custom.version == "shop-7"
+    assert custom.categories == ("competitors",)
+    assert category(custom, "is it cheaper at megamart?") == "competitors"
+    assert category(custom, "超 级 商 城有吗") == "competitors"
+    assert category(custom, "where can I watch porn") is None  # the default is replaced
+    settings = Settings(moderation=ModerationSettings(policy_file=path))
+    assert settings.moderation.policy_file == path
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"version": "1", "categories": {"x": {"patterns": ["(unclosed"]}}},
+        {"version": "1", "categories": {"Bad Name": {"terms": ["a"]}}},
+        {"version": "1", "categories": {"x": {"terms": ["a"], "weights": [1]}}},
+        {"categories": {}},
+        [],
+    ],
+)
+def test_a_broken_policy_file_stops_start_up(tmp_path: Path, document: object) -> None:
+    path = _write(tmp_path, document)
+    with pytest.raises(PolicyError):
+        load_policy(path)
+    with pytest.raises(ValidationError, match="moderation policy"):
+        ModerationSettings(policy_file=path)
+
+
+def test_a_missing_policy_file_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="moderation policy"):
+        ModerationSettings(policy_file=tmp_path / "nope.json")
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings().moderation
+    assert (defaults.enabled, defaults.check_prompts, defaults.check_answers) == (
+        True,
+        True,
+        True,
+    )
+    assert defaults.image_check is False
+    monkeypatch.setenv("GATEWAY_MODERATION_ENABLED", "false")
+    monkeypatch.setenv("GATEWAY_MODERATION_IMAGE_CHECK", "true")
+    settings = Settings()
+    assert settings.moderation.enabled is False
+    assert settings.moderation.image_check is True
+
+
+@pytest.mark.parametrize(
+    ("answer", "flagged"),
+    [("yes", True), ("Yes.", True), ("YES, it shows", True), ("是", True), ("是的", True),
+     ("no", False), ("No.", False), (" no, it is a bag", False), ("否", False), ("不是", False)],
+)  # fmt: skip
+def test_image_verdicts(answer: str, flagged: bool) -> None:
+    assert parse_verdict(answer) is flagged
+
+
+@pytest.mark.parametrize("answer", ["", "maybe", "nothing to see", "yesterday", "I think so"])
+def test_an_image_answer_that_is_neither_yes_nor_no_is_no_verdict(answer: str) -> None:
+    with pytest.raises(ImageCheckFailed):
+        parse_verdict(answer)

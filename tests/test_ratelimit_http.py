@@ -1,0 +1,223 @@
+"""Per-key rate limits end to end, on real Redis: requests per minute shared by two
+gateways, tokens per minute charged for images, concurrency slots held by slow requests
+and given back when a stream ends or its client leaves, leases that run out, and a Redis
+outage failing open or closed as configured."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from gateway.breaker import CircuitBreaker
+from gateway.protocol import ErrorResponse
+from gateway.ratelimit import ConcurrencyLimiter, RateLimitSettings
+from tests.auth_fixtures import bearer, create_key, key_id, keyed_gateway
+from tests.gateway_fixtures import (
+    FakeWorker,
+    chat_body,
+    data_uri,
+    image_bytes,
+    image_message,
+    scrape,
+)
+from tests.redis_fixtures import PrivateRedis
+
+pytest_plugins = ["tests.gateway_fixtures"]
+
+CHAT = "/v1/chat/completions"
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+_DURATION = re.compile(r"(\d+m)?\d+(\.\d+)?s|\d+ms")
+
+
+def assert_429(response: httpx.Response) -> None:
+    assert response.status_code == 429, response.text
+    error = ErrorResponse.model_validate_json(response.content).error
+    assert (error.code, error.type) == ("rate_limit_exceeded", "rate_limit_error")
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+
+
+async def until(check: Callable[[], Awaitable[bool]], within_s: float = 15.0) -> None:
+    """Poll with a generous bound: these are facts that become true, not timings."""
+    deadline = time.monotonic() + within_s
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(SHARED_REDIS)
+    yield client
+    await client.aclose()
+
+
+def slots(redis: Redis, namespace: str, key: str) -> Callable[[int], Awaitable[bool]]:
+    async def count_is(expected: int) -> bool:
+        used = await redis.zcard(f"{namespace}:ratelimit:concurrent:{key_id(key)}")
+        return int(used) == expected
+
+    return count_is
+
+
+async def test_requests_per_minute_are_shared_by_replicas(
+    fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient
+) -> None:
+    key = create_key(log_database_url, "--rpm", "3")
+    namespace = f"test-rpm-{uuid.uuid4().hex[:8]}"
+    async with (
+        keyed_gateway(fake_worker.url, log_database_url, namespace=namespace) as first,
+        keyed_gateway(fake_worker.url, log_database_url, namespace=namespace) as second,
+    ):
+        for url, remaining in ((first, 2), (second, 1), (first, 0)):
+            ok = await http.post(url + CHAT, json=chat_body(), headers=bearer(key))
+            assert ok.status_code == 200
+            assert ok.headers["x-ratelimit-limit-requests"] == "3"
+            assert ok.headers["x-ratelimit-remaining-requests"] == str(remaining)
+            assert _DURATION.fullmatch(ok.headers["x-ratelimit-reset-requests"])
+            assert int(ok.headers["x-ratelimit-limit-tokens"]) > 0
+        refused = await http.post(second + CHAT, json=chat_body(), headers=bearer(key))
+        assert_429(refused)
+        assert refused.headers["x-ratelimit-limit-requests"] == "3"
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert _DURATION.fullmatch(refused.headers["x-ratelimit-reset-requests"])
+        # Another key has its own budget.
+        other = create_key(log_database_url, "--rpm", "3")
+        assert (await http.post(first + CHAT, json=chat_body(), headers=bearer(other))).is_success
+        samples = await scrape(http, second)
+        assert samples['gateway_rate_limited_total{limit="requests"}'] == 1
+        assert samples['gateway_errors_total{code="rate_limit_exceeded"}'] == 1
+
+
+async def test_tokens_per_minute_count_images(
+    fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient
+) -> None:
+    key = create_key(log_database_url, "--tpm", "1200")
+    # 960 x 960 is 30 x 30 = 900 image tokens; "what is it?" is 4; max_tokens 16: 920.
+    photo = chat_body(image_message("what is it?", data_uri(image_bytes(size=(960, 960)))),
+                      max_tokens=16)  # fmt: skip
+    small = chat_body("hello", max_tokens=16)  # 2 + 16 = 18
+    async with keyed_gateway(fake_worker.url, log_database_url) as url:
+        ok = await http.post(url + CHAT, json=small, headers=bearer(key))
+        assert ok.headers["x-ratelimit-remaining-tokens"] == str(1200 - 18)
+        ok = await http.post(url + CHAT, json=photo, headers=bearer(key))
+        assert ok.status_code == 200, ok.text
+        assert ok.headers["x-ratelimit-remaining-tokens"] == str(1200 - 18 - 920)
+        refused = await http.post(url + CHAT, json=photo, headers=bearer(key))
+        assert_429(refused)
+        assert refused.headers["x-ratelimit-limit-tokens"] == "1200"
+        assert refused.headers["x-ratelimit-remaining-tokens"] == str(1200 - 18 - 920)
+        assert "tokens" in refused.json()["error"]["message"]
+        # A refusal charges nothing: a small request still fits.
+        assert (await http.post(url + CHAT, json=small, headers=bearer(key))).is_success
+        samples = await scrape(http, url)
+        assert samples['gateway_rate_limited_total{limit="tokens"}'] == 1
+
+
+async def test_concurrency_slots_are_held_and_given_back(
+    fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient, redis: Redis
+) -> None:
+    key = create_key(log_database_url, "--concurrent", "1")
+    namespace = f"test-conc-{uuid.uuid4().hex[:8]}"
+    in_use = slots(redis, namespace, key)
+    async with keyed_gateway(fake_worker.url, log_database_url, namespace=namespace) as url:
+        slow = asyncio.create_task(
+            http.post(url + CHAT, json=chat_body("fake:sleep:1.5"), headers=bearer(key))
+        )
+        await until(lambda: in_use(1))
+        assert_429(await http.post(url + CHAT, json=chat_body(), headers=bearer(key)))
+        assert (await slow).status_code == 200
+        await until(lambda: in_use(0))
+
+        # A stream holds its slot until its last byte, then gives it back.
+        body = chat_body("fake:pace:20:5", stream=True)
+        async with http.stream("POST", url + CHAT, json=body, headers=bearer(key)) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["x-ratelimit-limit-requests"]
+            lines = stream.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")
+            assert await in_use(1)
+            assert_429(await http.post(url + CHAT, json=chat_body(), headers=bearer(key)))
+            events = [line async for line in lines if line.startswith("data: ")]
+            assert events[-1] == "data: [DONE]"
+        await until(lambda: in_use(0))
+
+        # A client that leaves mid-stream gives its slot back too.
+        body = chat_body("fake:stall:2", stream=True)
+        async with http.stream("POST", url + CHAT, json=body, headers=bearer(key)) as stream:
+            assert stream.status_code == 200
+            await anext(stream.aiter_lines())
+            assert await in_use(1)
+        await until(lambda: in_use(0))
+        assert (await http.post(url + CHAT, json=chat_body(), headers=bearer(key))).is_success
+        samples = await scrape(http, url)
+        assert samples['gateway_rate_limited_total{limit="concurrent"}'] == 2
+
+
+async def test_leases_of_a_dead_replica_run_out_and_live_ones_are_renewed(redis: Redis) -> None:
+    namespace = f"test-lease-{uuid.uuid4().hex[:8]}"
+    # Two limiters stand for two replicas; the first never renews, as if it had crashed.
+    dead = ConcurrencyLimiter(redis, namespace, CircuitBreaker(1.0), lease_ttl_s=0.5)
+    lease, _ = await dead.acquire("key", 1)
+    assert lease is not None
+    live = ConcurrencyLimiter(redis, namespace, CircuitBreaker(1.0), lease_ttl_s=1.0)
+    assert (await live.acquire("key", 1))[0] is None
+
+    async def acquired() -> bool:
+        return (await live.acquire("key", 1))[0] is not None
+
+    await until(acquired)
+    # The live replica renews its lease: it outlasts several TTLs while renewed.
+    for _ in range(25):
+        await live.renew()
+        assert (await dead.acquire("key", 1))[0] is None
+        await asyncio.sleep(0.1)
+
+
+async def test_a_redis_outage_fails_open_or_closed_as_configured(
+    fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    private = PrivateRedis(tmp_path / "redis")
+    private.start()
+    key = create_key(log_database_url, "--rpm", "1000")
+    fail_open = RateLimitSettings(redis_url=private.url, breaker_open_s=0.5)
+    fail_closed = fail_open.model_copy(update={"fail_open": False})
+    try:
+        async with (
+            keyed_gateway(fake_worker.url, log_database_url, ratelimit=fail_open) as open_,
+            keyed_gateway(fake_worker.url, log_database_url, ratelimit=fail_closed) as closed,
+        ):
+            for url in (open_, closed):
+                ok = await http.post(url + CHAT, json=chat_body(), headers=bearer(key))
+                assert ok.headers["x-ratelimit-limit-requests"] == "1000"
+            private.kill()
+            for _ in range(3):  # the breaker's window included
+                passed = await http.post(open_ + CHAT, json=chat_body(), headers=bearer(key))
+                assert passed.status_code == 200
+                assert "x-ratelimit-limit-requests" not in passed.headers
+                refused = await http.post(closed + CHAT, json=chat_body(), headers=bearer(key))
+                assert refused.status_code == 503, refused.text
+                error = ErrorResponse.model_validate_json(refused.content).error
+                assert error.code == "rate_limiter_unavailable"
+                assert int(refused.headers["retry-after"]) >= 1
+            # No key, no pass: authentication does not depend on Redis.
+            assert (await http.post(open_ + CHAT, json=chat_body())).status_code == 401
+            samples = await scrape(http, open_)
+            assert samples['gateway_rate_limiter_errors_total{limit="requests"}'] >= 3
+
+            private.start()  # same port: the breaker's probe finds it back
+
+            async def closed_recovered() -> bool:
+                again = await http.post(closed + CHAT, json=chat_body(), headers=bearer(key))
+                return again.status_code == 200
+
+            await until(closed_recovered)
+    finally:
+        private.stop()
