@@ -127,6 +127,10 @@ class AnswerCache:
         await self._call(lambda: self._redis.set(key, answer.encode(), ex=self._ttl))
         return True
 
+    async def delete(self, key: str) -> None:
+        """Forget an answer. Raises CacheUnavailable."""
+        await self._call(lambda: self._redis.delete(key))
+
     async def _call(self, operation: Any) -> Any:
         try:
             return await self._breaker.call(operation, REDIS_FAILURES)

@@ -3,6 +3,7 @@
     plan      cacheable? which key? may we read, may we write (Cache-Control)?
     lookup    Redis hit -> the answer; else lead or join an identical in-flight request
     complete  store a complete answer, and share it with the waiters (or tell them to go)
+    evict     forget a stored answer that moderation now refuses
 
 Every Redis problem turns into an outcome, never into an error for the client:
 X-Cache says hit, miss, coalesced or bypass (the cache was not consulted).
@@ -146,6 +147,16 @@ class CacheStage:
             except CacheUnavailable:
                 self._metrics.cache_errors.labels("put").inc()
                 self._metrics.cache_stores.labels("failed").inc()
+
+    async def evict(self, plan: CachePlan) -> None:
+        """Forget a stored answer that may no longer be served (a policy now refuses it),
+        so every later request asks a worker instead of being refused until the TTL ends."""
+        if plan.key is None:
+            return
+        try:
+            await self._cache.delete(plan.key)
+        except CacheUnavailable:
+            self._metrics.cache_errors.labels("delete").inc()
 
     def _count(self, lookup: Lookup) -> Lookup:
         self._metrics.cache_requests.labels(lookup.outcome).inc()

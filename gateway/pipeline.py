@@ -7,7 +7,8 @@ The API key, requests per minute and concurrency are checked by the admission mi
 before the body is read (gateway/admission.py); the key's allowed models and its tokens
 per minute here, once the request is validated (ctx.admission).
 Moderation (gateway/moderation/) checks the prompt and images before the cache, and
-every answer, fresh or cached, before it is served; a refused answer is never cached.
+every answer, fresh or cached, before it is served; a refused answer is never cached,
+and a cached one it now refuses is evicted.
 The interaction log's record is written by InteractionLogMiddleware from the draft each
 stage fills in (ctx.draft).
 """
@@ -139,8 +140,7 @@ class Pipeline:
         await self._moderate(ctx, prepared, prompt, "messages")
         plan, lookup = await self._lookup(ctx, prepared)
         if lookup.answer is not None:
-            self._note_answer(ctx, lookup.answer)
-            await self._moderate_answer(ctx, lookup.answer.content)
+            await self._serve_stored(ctx, plan, lookup.answer)
             events = completion_sse(lookup.answer, prepared.model, prepared.client_wants_usage)
             return StreamedAnswer(ReplayStream(events), lookup.outcome)
         try:
@@ -221,6 +221,19 @@ class Pipeline:
         if self._moderator is not None and text is not None:
             await self._moderator.check_answer(ctx.draft, text)
 
+    async def _serve_stored(
+        self, ctx: RequestContext, plan: CachePlan, answer: CachedAnswer
+    ) -> None:
+        """A cached or coalesced answer passes moderation again before it is served: the
+        policy may have changed since it was stored. One it refuses is evicted."""
+        self._note_answer(ctx, answer)
+        try:
+            await self._moderate_answer(ctx, answer.content)
+        except GatewayError:
+            if self._cache is not None:
+                await self._cache.evict(plan)
+            raise
+
     async def _lookup(
         self, ctx: RequestContext, prepared: PreparedRequest
     ) -> tuple[CachePlan, Lookup]:
@@ -243,8 +256,7 @@ class Pipeline:
         await self._moderate(ctx, prepared, prompt, param)
         plan, lookup = await self._lookup(ctx, prepared)
         if lookup.answer is not None:
-            self._note_answer(ctx, lookup.answer)
-            await self._moderate_answer(ctx, lookup.answer.content)
+            await self._serve_stored(ctx, plan, lookup.answer)
             return completion_json(lookup.answer, prepared.model), lookup.outcome
         try:
             body = await self._upstream.post_json(

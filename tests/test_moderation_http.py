@@ -264,7 +264,8 @@ async def test_waiters_of_a_blocked_leader_never_get_its_answer(
 async def test_cached_answers_are_checked_again_when_served(
     gateway: str, fake_worker: FakeWorker, log_database_url: str, tmp_path: Path
 ) -> None:
-    """An answer cached while moderation was off (or under an older policy) is refused."""
+    """An answer cached while moderation was off (or under an older policy) is refused,
+    and evicted: the next request asks the worker again."""
     prompt = _scripted(fake_worker, "Great price, and cheap viagra too.")
     body = chat_body(prompt, temperature=0)
     async with run_gateway(
@@ -281,6 +282,11 @@ async def test_cached_answers_are_checked_again_when_served(
     assert _asked(fake_worker, prompt) == 1, "served from the cache, and refused"
     (row,) = await _rows(log_database_url, request_id)
     assert (row["cache"], row["moderation"]) == ("hit", "blocked:answer:ads_spam")
+    retry_id = f"mod-{uuid.uuid4().hex}"
+    _refused(await _post(gateway, body, request_id=retry_id))
+    assert _asked(fake_worker, prompt) == 2, "the refused answer was evicted"
+    (row,) = await _rows(log_database_url, retry_id)
+    assert row["cache"] == "miss"
 
 
 # --- images --------------------------------------------------------------------------------

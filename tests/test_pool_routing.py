@@ -21,7 +21,7 @@ from starlette.routing import Route
 from gateway.interactions.settings import InteractionLogSettings
 from gateway.pool import parse_load
 from gateway.protocol import ErrorResponse
-from tests.doubles.slow_proxy import SlowProxy
+from localstack.fault_proxy import FaultProxy
 from tests.gateway_fixtures import (
     FakeWorker,
     chat_body,
@@ -253,8 +253,8 @@ async def test_all_workers_down_fast_503_then_recovery(http: httpx.AsyncClient) 
     async with serve(first.app()) as a, serve(second.app()) as b:
         pa, pb = int(a.rsplit(":", 1)[1]), int(b.rsplit(":", 1)[1])
         async with (
-            SlowProxy("127.0.0.1", pa) as proxy_a,
-            SlowProxy("127.0.0.1", pb) as proxy_b,
+            FaultProxy("127.0.0.1", pa) as proxy_a,
+            FaultProxy("127.0.0.1", pb) as proxy_b,
             run_gateway(proxy_a.url, proxy_b.url, health_interval_s=0.2) as gateway,
         ):
             assert (await http.post(f"{gateway}{CHAT}", json=chat_body())).status_code == 200
@@ -282,7 +282,7 @@ async def test_worker_dying_mid_stream_ends_with_sse_error(http: httpx.AsyncClie
     worker = LoadedWorker()
     async with (
         serve(worker.app()) as a,
-        SlowProxy("127.0.0.1", int(a.rsplit(":", 1)[1])) as proxy,
+        FaultProxy("127.0.0.1", int(a.rsplit(":", 1)[1])) as proxy,
         run_gateway(proxy.url) as gateway,
     ):
         body = chat_body("fake:pace:100:30", stream=True)
@@ -354,7 +354,7 @@ async def test_slow_worker_loses_traffic(http: httpx.AsyncClient) -> None:
     async with (
         serve(slow.app()) as a,
         serve(fast.app()) as b,
-        SlowProxy("127.0.0.1", int(a.rsplit(":", 1)[1])) as proxy,
+        FaultProxy("127.0.0.1", int(a.rsplit(":", 1)[1])) as proxy,
         run_gateway(proxy.url, b, affinity_enabled=False) as gateway,
     ):
         proxy.delay_s = 0.3

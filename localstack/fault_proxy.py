@@ -1,6 +1,6 @@
-"""A fault-injecting TCP proxy for tests: put it between the gateway and a worker.
+"""A fault-injecting TCP proxy for tests and drills: put it between the gateway and a worker.
 
-    async with SlowProxy("127.0.0.1", worker_port) as proxy:
+    async with FaultProxy("127.0.0.1", worker_port) as proxy:
         proxy.delay_s = 0.2     # every chunk, both ways, waits this long
         proxy.refuse = True     # new connections are closed at once
         ... use proxy.url ...
@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Self
 
 
-class SlowProxy:
+class FaultProxy:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.delay_s = 0.0
