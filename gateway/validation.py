@@ -26,6 +26,7 @@ from gateway.images import (
     ImageLimits,
     check_image,
     check_image_bytes,
+    is_remote_url,
 )
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -37,6 +38,7 @@ from gateway.protocol import (
 from gateway.remote_images import RemoteImageFetcher, fetch_remote_references
 
 _M = TypeVar("_M", ChatCompletionRequest, VQARequest)
+_T = TypeVar("_T")
 
 # JSON bodies larger than this are parsed in a thread so the event loop keeps serving.
 _THREAD_PARSE_BYTES: Final = 1024 * 1024
@@ -269,7 +271,7 @@ def _limits(settings: Settings) -> ImageLimits:
     )
 
 
-async def _run_sized(size: int, work: Callable[[], PreparedRequest]) -> PreparedRequest:
+async def _run_sized(size: int, work: Callable[[], _T]) -> _T:
     """Run the CPU-bound tail (base64, hashing, decoding, JSON encoding) off the event loop
     when the payload is large enough for it to hold the loop for more than a moment."""
     if size > THREAD_THRESHOLD_CHARS:
@@ -331,14 +333,23 @@ async def prepare_chat(
     if request.stream:
         request.stream_options = StreamOptions(include_usage=True)
     limits = _limits(settings)
-    fetched = await fetch_remote_references(
-        [(part.image_url.url, p) for part, p in images], fetcher
-    )
+    references = [(part.image_url.url, p) for part, p in images]
+    early: dict[int, CheckedImage] = {}
+    if fetcher is not None and any(is_remote_url(ref) for ref, _ in references):
+        # Inline images first: a request refused for one of them sends nothing out.
+        inline = [(i, ref, p) for i, (ref, p) in enumerate(references) if not is_remote_url(ref)]
+        early = await _run_sized(
+            sum(len(ref) for _, ref, _ in inline),
+            lambda: {
+                i: _check_one(ref, None, limits, p, bare_base64=False) for i, ref, p in inline
+            },
+        )
+    fetched = await fetch_remote_references(references, fetcher)
 
     def finish() -> PreparedRequest:
         checked = [
-            _check_one(part.image_url.url, data, limits, p, bare_base64=False)
-            for (part, p), data in zip(images, fetched, strict=True)
+            early.get(i) or _check_one(ref, data, limits, p, bare_base64=False)
+            for i, ((ref, p), data) in enumerate(zip(references, fetched, strict=True))
         ]
         for (part, _), image in zip(images, checked, strict=True):
             part.image_url.url = image.data_uri
@@ -347,8 +358,8 @@ async def prepare_chat(
             request.model, request.stream, payload, checked, chars, wants_usage, settings
         )
 
-    size = sum(len(part.image_url.url) for part, _ in images)
-    return await _run_sized(size + sum(len(data or b"") for data in fetched), finish)
+    unchecked = sum(len(ref) for i, (ref, _) in enumerate(references) if i not in early)
+    return await _run_sized(unchecked + sum(len(data or b"") for data in fetched), finish)
 
 
 async def prepare_vqa(

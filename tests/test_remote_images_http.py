@@ -187,6 +187,20 @@ async def test_urls_refused_before_any_fetch(
     assert sum(images.hits.values()) == hits
 
 
+async def test_a_bad_inline_image_is_refused_before_any_fetch(
+    remote_gateway: str, images: ImageServer, http: httpx.AsyncClient
+) -> None:
+    hits = sum(images.hits.values())
+    broken = "data:image/png;base64," + base64.b64encode(b"not a picture").decode()
+    body = chat_body(image_message("compare", images.url("/image.png"), broken), temperature=0)
+    response = await http.post(f"{remote_gateway}/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert ErrorResponse.model_validate_json(response.content).error.param == (
+        "messages[0].content[1].image_url.url"
+    )
+    assert sum(images.hits.values()) == hits
+
+
 async def test_fetch_metrics(
     remote_gateway: str, images: ImageServer, http: httpx.AsyncClient
 ) -> None:
