@@ -39,7 +39,7 @@ from gateway.interactions import (
     LoggedImage,
 )
 from gateway.interactions.records import RowPolicy, image_rows, row_params, to_row
-from gateway.interactions.writer import image_insert_sql, insert_sql
+from gateway.interactions.statements import image_insert_sql, insert_sql
 from loadtest import logging_overhead
 from loadtest.bench_worker import machine_description
 from worker.profiles import REPO_ROOT

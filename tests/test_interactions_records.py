@@ -27,7 +27,7 @@ from gateway.interactions.records import (
 )
 from gateway.interactions.settings import InteractionLogSettings
 from gateway.interactions.spool import Spool, SpoolFull, SpoolLocked
-from gateway.interactions.writer import insert_sql, is_outage
+from gateway.interactions.statements import insert_sql, is_outage
 
 IMAGE = LoggedImage("ab" * 32, 123_456, 640, 480, "jpeg")
 
