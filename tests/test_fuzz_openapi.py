@@ -9,6 +9,10 @@ is behind the same gateway in the end-to-end tests (test_gateway_worker, test_st
 
 Stateful testing does not apply: the spec has no links (no operation creates a resource
 another one reads), and schemathesis reports that phase as not applicable.
+
+A second, shorter run goes through API keys and rate limits: a key made with the real CLI,
+with a small requests-per-minute limit so 429s come too, and schemathesis's
+``ignored_auth`` check, which sends each request again without the key and expects 401.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from localstack.processes import LocalProcess, start_gateway
+from tests.auth_fixtures import create_key
 from tests.conftest import LOG_DIR
 from tests.doubles import echo_worker as echo_worker_process
 from worker.profiles import REPO_ROOT
@@ -47,6 +53,8 @@ CHECKS = (
     "unsupported_method",
 )
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+KEYED_MAX_EXAMPLES = 40
+KEYED_RPM = 60
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +81,28 @@ def gateway(echo_worker: LocalProcess, gateway_process_env: dict[str, str]) -> I
         assert process.process.returncode == 0, process.log_tail()
 
 
+@pytest.fixture(scope="module")
+def keyed_gateway(
+    echo_worker: LocalProcess, gateway_process_env: dict[str, str], log_database_url: str
+) -> Iterator[tuple[str, str]]:
+    """A gateway that requires keys, and one key with a small requests-per-minute limit."""
+    key = create_key(log_database_url, "--rpm", str(KEYED_RPM), name="fuzz")
+    env = {
+        **gateway_process_env,
+        "GATEWAY_CACHE_NAMESPACE": f"fuzz-{uuid.uuid4().hex[:10]}",
+        "GATEWAY_AUTH_ENABLED": "true",
+        "GATEWAY_AUTH_DATABASE_URL": log_database_url,
+        "GATEWAY_MAX_BODY_BYTES": str(256 * 1024),
+        "GATEWAY_LOG_FLUSH_INTERVAL_S": "0.1",
+    }
+    process = start_gateway([echo_worker.url], LOG_DIR, env=env)
+    try:
+        yield process.url, key
+    finally:
+        process.stop()
+        assert process.process.returncode == 0, process.log_tail()
+
+
 def _log_counters(base_url: str) -> dict[str, float]:
     """The interaction writer's counters, summed over their labels."""
     totals: dict[str, float] = {}
@@ -85,16 +115,19 @@ def _log_counters(base_url: str) -> dict[str, float]:
     return totals
 
 
-def _run_schemathesis(base_url: str, report: Path) -> subprocess.CompletedProcess[str]:
+def _run_schemathesis(
+    base_url: str, report: Path, max_examples: int = MAX_EXAMPLES, extra: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
     command = [
         str(SCHEMATHESIS), "run", base_url + "/openapi.json",
         "--checks", ",".join(CHECKS),
-        "--max-examples", str(MAX_EXAMPLES),
+        "--max-examples", str(max_examples),
         "--seed", str(SEED),
         "--workers", "1",
         "--request-timeout", "30",
         "--report", "json",
         "--report-json-path", str(report),
+        *extra,
     ]  # fmt: skip
     # Run outside the checkout: schemathesis keeps a cache folder in its working directory.
     env = {
@@ -109,16 +142,17 @@ def _run_schemathesis(base_url: str, report: Path) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
-def test_fuzzing_the_spec_finds_no_5xx_no_answer_outside_it_and_loses_no_row(
-    gateway: str, tmp_path: Path
-) -> None:
+def _fuzz(
+    base_url: str, tmp_path: Path, max_examples: int = MAX_EXAMPLES, extra: Sequence[str] = ()
+) -> tuple[dict[str, Any], str]:
+    """One schemathesis run that found nothing: its JSON report and its output."""
     report_path = tmp_path / "schemathesis.json"
-    run = _run_schemathesis(gateway, report_path)
+    run = _run_schemathesis(base_url, report_path, max_examples, extra)
     # The failures section (each with a curl line to reproduce it), else the summary.
     failures_at = run.stdout.find("FAILURES")
     start = failures_at if failures_at >= 0 else max(0, len(run.stdout) - 6000)
     output = run.stdout[start:][:12000] + run.stderr[-2000:]
-    report = json.loads(report_path.read_text())
+    report: dict[str, Any] = json.loads(report_path.read_text())
     cases = report["test_cases"]
     print(f"schemathesis seed {SEED}: {cases['generated']} cases generated")
     assert run.returncode == 0, output
@@ -126,7 +160,14 @@ def test_fuzzing_the_spec_finds_no_5xx_no_answer_outside_it_and_loses_no_row(
     assert report["errors"] == [], output
     assert cases["with_failures"] == 0
     assert cases["errored"] == 0
-    assert cases["generated"] >= MIN_CASES, output
+    return report, output
+
+
+def test_fuzzing_the_spec_finds_no_5xx_no_answer_outside_it_and_loses_no_row(
+    gateway: str, tmp_path: Path
+) -> None:
+    report, output = _fuzz(gateway, tmp_path)
+    assert report["test_cases"]["generated"] >= MIN_CASES, output
     assert report["phases"]["stateful"]["skip_reason"] == "not_applicable"
     # The hooks make part of the bodies valid: the fuzz reached the worker, not just 400s.
     for operation in ("POST /v1/chat/completions", "POST /v1/vqa"):
@@ -135,7 +176,33 @@ def test_fuzzing_the_spec_finds_no_5xx_no_answer_outside_it_and_loses_no_row(
     _assert_every_request_logged(gateway)
 
 
-def _assert_every_request_logged(gateway: str) -> None:
+def test_fuzzing_with_a_key_enforces_auth_and_limits_within_the_spec(
+    keyed_gateway: tuple[str, str], tmp_path: Path
+) -> None:
+    gateway, key = keyed_gateway
+    report, output = _fuzz(
+        gateway, tmp_path, KEYED_MAX_EXAMPLES,
+        ["--header", f"Authorization: Bearer {key}", "--checks", "ignored_auth"],
+    )  # fmt: skip
+    assert report["test_cases"]["generated"] > KEYED_RPM, output
+    # Past the key's limit, the rest were 429s, and their answers matched the spec too.
+    assert _refusals(gateway, "rate_limit_exceeded") > 0
+    assert _refusals(gateway, "missing_api_key") > 0, "ignored_auth sent requests without it"
+    _assert_every_request_logged(gateway, minimum=KEYED_RPM)
+
+
+def _refusals(gateway: str, code: str) -> float:
+    """Answers the gateway gave with this error code (gateway_errors_total)."""
+    text = httpx.get(gateway + "/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "gateway_errors_total" and sample.labels.get("code") == code
+    )
+
+
+def _assert_every_request_logged(gateway: str, minimum: float = MIN_CASES / 2) -> None:
     """Every inference request became a record, and every record a row (none dropped)."""
     deadline = time.monotonic() + 30
     while True:
@@ -146,7 +213,7 @@ def _assert_every_request_logged(gateway: str) -> None:
         assert time.monotonic() < deadline, counters
         time.sleep(0.2)
     print(f"interaction log: {counters}")
-    assert counters["gateway_interactions_submitted_total"] >= MIN_CASES / 2
+    assert counters["gateway_interactions_submitted_total"] >= minimum
     assert counters["gateway_interactions_dropped_total"] == 0
     assert counters["gateway_interactions_spooled_total"] == 0
     assert counters["gateway_interactions_poisoned_total"] == 0
