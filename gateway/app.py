@@ -150,7 +150,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app, metrics)
     # Added innermost first: metrics see everything, 413s carry the request id and are
     # logged as interactions; keys are checked before a body is read.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+        metrics=metrics,
+    )
     app.add_middleware(AdmissionMiddleware, slot=admission, metrics=metrics)
     app.add_middleware(InteractionLogMiddleware, sink=sink)
     app.add_middleware(RequestIdMiddleware)

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
 
     # Request limits, all enforced before anything reaches a worker.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    # The whole body must arrive within this long, else 408: a client trickling bytes holds
+    # only its own connection. Nginx's client_body_timeout guards the same in front; this
+    # guards a gateway reached without Nginx.
+    body_read_timeout_s: float = Field(default=60.0, gt=0)
     max_images: int = Field(default=2, ge=0)
     max_image_pixels: int = Field(default=4096 * 4096, gt=0, le=PILLOW_MAX_IMAGE_PIXELS)
     max_tokens_cap: int = Field(default=2048, gt=0)

@@ -56,6 +56,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     BODY_TOO_LARGE = "body_too_large"
+    BODY_READ_TIMEOUT = "body_read_timeout"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     # the worker said no: its own 4xx status, passed through in our shape
     UPSTREAM_REJECTED = "upstream_rejected"
@@ -126,6 +127,8 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     ErrorCode.NOT_FOUND: ErrorKind(404, _INVALID),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorKind(405, _INVALID),
     ErrorCode.BODY_TOO_LARGE: ErrorKind(413, _INVALID),
+    # The body did not arrive within body_read_timeout_s (a trickling or stalled client).
+    ErrorCode.BODY_READ_TIMEOUT: ErrorKind(408, _INVALID),
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: ErrorKind(415, _INVALID),
     ErrorCode.UPSTREAM_REJECTED: ErrorKind(400, _INVALID),
     ErrorCode.UPSTREAM_ERROR: ErrorKind(502, _UPSTREAM),
@@ -181,6 +184,13 @@ class GatewayError(Exception):
     def sse_event(self) -> bytes:
         """The same body as an SSE event, for errors after a stream has started."""
         return b"data: " + self.body() + b"\n\n"
+
+
+class BodyReadTimeoutError(GatewayError):
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(
+            ErrorCode.BODY_READ_TIMEOUT, f"The request body did not arrive within {limit_s:g} s."
+        )
 
 
 class BodyTooLargeError(GatewayError):

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: metrics, request id, body-size limit.
+"""Pure ASGI middleware: metrics, request id, body size and read-time limits.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched and the
 request body can be counted as it arrives.
@@ -6,6 +6,7 @@ request body can be counted as it arrives.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -13,7 +14,7 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import BodyTooLargeError, GatewayError, error_headers
+from gateway.errors import BodyReadTimeoutError, BodyTooLargeError, GatewayError, error_headers
 from gateway.metrics import Metrics
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
@@ -85,16 +86,21 @@ def incoming_request_id(scope: Scope) -> str | None:
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over the limit with 413, counting bytes as they arrive.
+    """Refuse bodies over the limit with 413, counting bytes as they arrive, and bodies
+    that take longer than ``read_timeout_s`` to arrive with 408.
 
     A declared Content-Length over the limit is refused before reading anything; a chunked
     body is refused at the chunk that crosses the limit, so at most one chunk past it is
-    ever held in memory.
+    ever held in memory. The read deadline runs from the first read to the last chunk;
+    later reads (the app waiting for a disconnect while it streams) have none.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, read_timeout_s: float, metrics: Metrics
+    ) -> None:
         self.app = app
         self.limit = max_body_bytes
+        self.read_timeout_s = read_timeout_s
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,14 +113,25 @@ class BodyLimitMiddleware:
             return
         received = 0
         started = False
+        body_done = False
+        deadline: float | None = None
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done, deadline
+            if body_done:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.read_timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyReadTimeoutError(self.read_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise BodyTooLargeError(self.limit)
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -125,7 +142,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracked_send)
-        except BodyTooLargeError as error:
+        except (BodyTooLargeError, BodyReadTimeoutError) as error:
             # Normally the app's error handler answers; this covers reads outside a route.
             if started:
                 raise

@@ -23,6 +23,7 @@ from tests.gateway_fixtures import (
     bad_cases,
     chat_body,
     image_bytes,
+    run_gateway,
     scrape,
     total,
 )
@@ -152,6 +153,27 @@ async def test_body_just_under_the_limit_is_read(
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 200
+
+
+async def test_body_read_deadline_bounds_the_body_not_the_answer(
+    fake_worker: FakeWorker, http: httpx.AsyncClient
+) -> None:
+    async with run_gateway(fake_worker.url, body_read_timeout_s=0.3) as gateway:
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            b"content-type: application/json\r\ncontent-length: 100\r\n\r\n"
+        )
+        # Half the body, then silence: 408 at the deadline.
+        response, _ = await _raw_exchange(gateway, head, [b'{"model": '], pause=0.0)
+        assert response.startswith(b"HTTP/1.1 408")
+        assert b"body_read_timeout" in response
+        # A stream that lasts longer than the deadline is not cut: it covers the body only.
+        body = chat_body("fake:pace:100:8", stream=True)
+        async with http.stream("POST", f"{gateway}/v1/chat/completions", json=body) as answer:
+            assert answer.status_code == 200
+            events = (await answer.aread()).split(b"\n\n")
+        assert events[-2] == b"data: [DONE]"
+        assert sum(b"error" in event for event in events) == 0
 
 
 # --- request ids ---------------------------------------------------------------------------

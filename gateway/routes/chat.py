@@ -25,7 +25,7 @@ router = APIRouter(tags=["inference"])
 # hit | miss | coalesced | bypass: how the answer cache took part (gateway/caching.py).
 X_CACHE: Final = "X-Cache"
 
-_ERRORS: Final = error_responses(400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
+_ERRORS: Final = error_responses(400, 401, 403, 404, 408, 413, 415, 429, 502, 503, 504)
 _REQUEST_ID_PARAM: Final = {
     "name": "X-Request-ID",
     "in": "header",

@@ -23,6 +23,7 @@ _ERROR_DESCRIPTIONS: Final = {
     401: "Missing, invalid or revoked API key (send 'Authorization: Bearer <key>').",
     403: "The API key may not use the requested model.",
     404: "Unknown model.",
+    408: "The request body did not arrive in time.",
     413: "Request body too large.",
     415: "Content-Type is not application/json.",
     429: "Over one of the API key's limits; see Retry-After and x-ratelimit-* headers.",
