@@ -2,8 +2,8 @@
 
 A pure ASGI middleware, inside the request id and the interaction log (so refusals are
 logged with their id) and outside everything else. Before the route runs it
-authenticates the key (401), charges one request against requests-per-minute and takes a
-concurrency slot (429); it releases the slot when the route returns, which for a stream
+authenticates the key (401), takes a concurrency slot and charges one request against
+requests-per-minute (429); it releases the slot when the route returns, which for a stream
 is when its last byte is sent or the client has gone. Tokens per minute need the
 validated request (image sizes), so the pipeline charges them through the request's
 :class:`Admission`, and checks the key's allowed models (403) there too.
@@ -134,8 +134,10 @@ class AdmissionControl:
             raise GatewayError(
                 ErrorCode.AUTH_UNAVAILABLE, "The API key could not be checked; try again."
             ) from None
-        await self._charge_requests(admission)
+        # The slot first: a request refused for concurrency uses no request unit (a refused
+        # request unit's slot is given back by the middleware, which always releases).
         await self._take_slot(admission)
+        await self._charge_requests(admission)
 
     def _limit(self, key: KeyRecord, kind: LimitKind) -> int:
         defaults = self._settings

@@ -156,9 +156,13 @@ async def test_concurrency_slots_are_held_and_given_back(
             await anext(stream.aiter_lines())
             assert await in_use(1)
         await until(lambda: in_use(0))
-        assert (await http.post(url + CHAT, json=chat_body(), headers=bearer(key))).is_success
+        last = await http.post(url + CHAT, json=chat_body(), headers=bearer(key))
+        assert last.is_success
         samples = await scrape(http, url)
         assert samples['gateway_rate_limited_total{limit="concurrent"}'] == 2
+        # Four admitted requests used request units; the two refused for concurrency did not.
+        limit = int(last.headers["x-ratelimit-limit-requests"])
+        assert int(last.headers["x-ratelimit-remaining-requests"]) == limit - 4
 
 
 async def test_leases_of_a_dead_replica_run_out_and_live_ones_are_renewed(redis: Redis) -> None:
