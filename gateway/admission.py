@@ -9,8 +9,9 @@ validated request (image sizes), so the pipeline charges them through the reques
 :class:`Admission`, and checks the key's allowed models (403) there too.
 
 Every answer on /v1/* carries OpenAI's x-ratelimit-* headers for the limits it was
-checked against. When the limiter's Redis fails, a limit is skipped (fail-open, the
-default) or the request refused with 503 (GATEWAY_RATELIMIT_FAIL_OPEN=false).
+checked against. When the limiter's Redis fails, each replica applies the limits in its
+own memory (fail-open, the default; GATEWAY_RATELIMIT_LOCAL_FALLBACK=false skips them) or
+the request is refused with 503 (GATEWAY_RATELIMIT_FAIL_OPEN=false).
 """
 
 from __future__ import annotations
@@ -151,11 +152,14 @@ class AdmissionControl:
         key = admission.key
         if key is None or self._windows is None:
             return
+        limit = self._limit(key, kind)
         try:
-            window = await self._windows.hit(kind, key.key_id, self._limit(key, kind), cost)
+            window = await self._windows.hit(kind, key.key_id, limit, cost)
         except LimiterUnavailable:
             self._unavailable(kind)
-            return
+            if not self._settings.local_fallback:
+                return
+            window = await self._windows.hit_locally(kind, key.key_id, limit, cost)
         admission.windows[kind] = window
         if not window.allowed:
             self._refuse(kind, retry_after_s(window, cost), window.limit, cost)
@@ -175,7 +179,9 @@ class AdmissionControl:
             lease, _ = await self._concurrency.acquire(key.key_id, limit)
         except LimiterUnavailable:
             self._unavailable("concurrent")
-            return
+            if not self._settings.local_fallback:
+                return
+            lease, _ = self._concurrency.acquire_locally(key.key_id, limit)
         if lease is None:
             self._refuse("concurrent", 1, limit, 1)
         admission.lease = lease

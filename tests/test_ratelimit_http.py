@@ -191,6 +191,7 @@ async def test_a_redis_outage_fails_open_or_closed_as_configured(
     private = PrivateRedis(tmp_path / "redis")
     private.start()
     key = create_key(log_database_url, "--rpm", "1000")
+    tight = create_key(log_database_url, "--rpm", "2")
     fail_open = RateLimitSettings(redis_url=private.url, breaker_open_s=0.5)
     fail_closed = fail_open.model_copy(update={"fail_open": False})
     try:
@@ -205,12 +206,19 @@ async def test_a_redis_outage_fails_open_or_closed_as_configured(
             for _ in range(3):  # the breaker's window included
                 passed = await http.post(open_ + CHAT, json=chat_body(), headers=bearer(key))
                 assert passed.status_code == 200
-                assert "x-ratelimit-limit-requests" not in passed.headers
+                # Counted by this replica alone meanwhile.
+                assert passed.headers["x-ratelimit-limit-requests"] == "1000"
                 refused = await http.post(closed + CHAT, json=chat_body(), headers=bearer(key))
                 assert refused.status_code == 503, refused.text
                 error = ErrorResponse.model_validate_json(refused.content).error
                 assert error.code == "rate_limiter_unavailable"
                 assert int(refused.headers["retry-after"]) >= 1
+            # Failing open is not unlimited: this replica holds each key to its own limits.
+            statuses = [
+                (await http.post(open_ + CHAT, json=chat_body(), headers=bearer(tight))).status_code
+                for _ in range(3)
+            ]
+            assert statuses == [200, 200, 429]
             # No key, no pass: authentication does not depend on Redis.
             assert (await http.post(open_ + CHAT, json=chat_body())).status_code == 401
             samples = await scrape(http, open_)

@@ -5,6 +5,9 @@ scripts). Acquiring drops expired leases, then adds one if fewer than the limit 
 Every replica renews its own live leases every ``lease_ttl_s / 3``, so a long stream keeps
 its slot while a replica that crashed loses its slots when their leases run out instead of
 leaking them forever. A lease is released when its response ends.
+
+While Redis cannot be asked and the limiter fails open, ``acquire_locally`` counts slots in
+this replica's memory instead, so a key holds at most its limit per replica.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import Counter
 from typing import Final
 
 from redis.asyncio import Redis
@@ -56,6 +60,8 @@ class ConcurrencyLimiter:
         self._breaker = breaker
         self._ttl_ms = int(lease_ttl_s * 1000)
         self._leases: dict[str, str] = {}  # lease id -> its key's set
+        self._local_leases: dict[str, str] = {}  # lease id -> key id, for local slots
+        self._local_in_use: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
 
     async def acquire(self, key_id: str, limit: int) -> tuple[str | None, int]:
@@ -72,7 +78,21 @@ class ConcurrencyLimiter:
         self._leases[lease] = key
         return lease, in_use
 
+    def acquire_locally(self, key_id: str, limit: int) -> tuple[str | None, int]:
+        """As ``acquire``, counting only this replica's requests (Redis unavailable)."""
+        if self._local_in_use[key_id] >= limit:
+            return None, limit
+        lease = secrets.token_hex(8)
+        self._local_leases[lease] = key_id
+        self._local_in_use[key_id] += 1
+        return lease, self._local_in_use[key_id]
+
     async def release(self, lease: str) -> None:
+        if (key_id := self._local_leases.pop(lease, None)) is not None:
+            self._local_in_use[key_id] -= 1
+            if self._local_in_use[key_id] <= 0:
+                del self._local_in_use[key_id]
+            return
         key = self._leases.pop(lease, None)
         if key is None:
             return

@@ -28,6 +28,9 @@ class RateLimitSettings(BaseSettings):
     # admission control, and failing closed would turn a Redis outage (which the answer
     # cache already survives) into an outage of the whole API.
     fail_open: bool = True
+    # While failing open, each replica enforces every key's limits in its own memory, so
+    # a key gets at most (replicas x its limit) rather than no limit. False: no limit.
+    local_fallback: bool = True
     socket_timeout_s: float = Field(default=0.1, gt=0)
     # After a Redis failure the limiter skips Redis for this long (one timeout per window).
     breaker_open_s: float = Field(default=5.0, gt=0)

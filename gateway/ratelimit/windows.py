@@ -5,6 +5,9 @@ one's, weighted by how much of the last is still inside the window), updated by 
 script per hit. Its memory and cost do not grow with the amount charged, which matters for
 tokens: a moving window stores one list entry per unit, thousands per image request.
 Redis' own TTLs keep the time, so replicas with skewed clocks still agree.
+
+While Redis cannot be asked and the limiter fails open, ``hit_locally`` applies the same
+limits in this replica's memory: a key then gets at most its limit per replica, not none.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -62,19 +65,28 @@ class WindowLimiter:
             connection_pool=redis.connection_pool,  # type: ignore[arg-type]
         )
         self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._breaker = breaker
 
     async def hit(self, kind: LimitKind, key_id: str, limit: int, cost: int = 1) -> Window:
         """Charge ``cost`` against the key's per-minute ``limit`` (nothing when refused)."""
-        item = RateLimitItemPerMinute(limit, namespace=kind)
+        return await guarded(
+            self._breaker, lambda: _hit_and_look(self._limiter, kind, key_id, limit, cost)
+        )
 
-        async def hit_and_look() -> Window:
-            allowed = await self._limiter.hit(item, key_id, cost=cost)
-            stats = await self._limiter.get_window_stats(item, key_id)
-            reset_s = max(0.0, stats.reset_time - time.time())
-            return Window(kind, allowed, limit, stats.remaining, reset_s)
+    async def hit_locally(self, kind: LimitKind, key_id: str, limit: int, cost: int = 1) -> Window:
+        """The same charge against this replica's own counters (Redis unavailable)."""
+        return await _hit_and_look(self._local, kind, key_id, limit, cost)
 
-        return await guarded(self._breaker, hit_and_look)
+
+async def _hit_and_look(
+    limiter: SlidingWindowCounterRateLimiter, kind: LimitKind, key_id: str, limit: int, cost: int
+) -> Window:
+    item = RateLimitItemPerMinute(limit, namespace=kind)
+    allowed = await limiter.hit(item, key_id, cost=cost)
+    stats = await limiter.get_window_stats(item, key_id)
+    reset_s = max(0.0, stats.reset_time - time.time())
+    return Window(kind, allowed, limit, stats.remaining, reset_s)
 
 
 def retry_after_s(window: Window, cost: int) -> int:
