@@ -68,6 +68,7 @@ class ErrorCode(StrEnum):
     OVERLOADED = "overloaded"
     AUTH_UNAVAILABLE = "auth_unavailable"
     RATE_LIMITER_UNAVAILABLE = "rate_limiter_unavailable"
+    MODERATION_UNAVAILABLE = "moderation_unavailable"
     DRAINING = "draining"
     INTERNAL_ERROR = "internal_error"
 
@@ -140,6 +141,8 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     # Redis is down and GATEWAY_RATELIMIT_FAIL_OPEN is false.
     ErrorCode.AUTH_UNAVAILABLE: ErrorKind(503, "server_error", retry_after=True),
     ErrorCode.RATE_LIMITER_UNAVAILABLE: ErrorKind(503, "server_error", retry_after=True),
+    # The image check failed and GATEWAY_MODERATION_IMAGE_CHECK_FAIL_CLOSED is true.
+    ErrorCode.MODERATION_UNAVAILABLE: ErrorKind(503, "server_error", retry_after=True),
     ErrorCode.DRAINING: ErrorKind(503, "server_error", retry_after=True),
     ErrorCode.INTERNAL_ERROR: ErrorKind(500, "server_error"),
 }

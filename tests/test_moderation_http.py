@@ -27,6 +27,7 @@ from gateway.db.engine import create_sync_engine
 from gateway.interactions import InteractionLogSettings
 from gateway.moderation import ModerationSettings
 from gateway.moderation.settings import DEFAULT_IMAGE_QUESTION
+from gateway.protocol import ErrorResponse
 from tests.gateway_fixtures import (
     FakeWorker,
     chat_body,
@@ -388,6 +389,32 @@ async def test_a_failed_image_check_lets_the_request_through_and_says_so(
         lambda k: 'stage="image"' in k and 'outcome="check_failed"' in k,
     )
     assert failed >= 2
+
+
+async def test_a_failed_image_check_refuses_the_request_when_failing_closed(
+    fake_worker: FakeWorker, log_database_url: str, tmp_path: Path
+) -> None:
+    _, uri = _with_image(fake_worker, "fake:status:500")
+    prompt = _scripted(fake_worker, "A leather bag.")
+    request_id = f"mod-{uuid.uuid4().hex}"
+    async with run_gateway(
+        fake_worker.url,
+        log=_log(log_database_url, tmp_path),
+        moderation=ModerationSettings(image_check=True, image_check_fail_closed=True),
+    ) as gateway:
+        response = await _post(
+            gateway, chat_body(image_message(prompt, uri)), request_id=request_id
+        )
+    assert response.status_code == 503, response.text
+    assert int(response.headers["retry-after"]) >= 1
+    error = ErrorResponse.model_validate_json(response.content).error
+    assert (error.code, error.param) == ("moderation_unavailable", "messages")
+    assert _asked(fake_worker, prompt) == 0, "the question never reached the model"
+    (row,) = await _rows(log_database_url, request_id)
+    assert (row["moderation"], row["error_code"]) == (
+        "check_failed:image",
+        "moderation_unavailable",
+    )
 
 
 async def test_an_unclear_image_answer_is_a_failed_check(

@@ -5,7 +5,8 @@ either asks again), through the answer cache's circuit breaker; concurrent check
 same image in one process share one worker call. A check that fails (worker error,
 timeout, an answer that is neither yes nor no) has no verdict: the caller lets the
 request through and records ``check_failed:image`` (fail open: a worker hiccup must not
-turn into refusals of clean photos; the text checks still apply). Failures are not cached.
+turn into refusals of clean photos; the text checks still apply), unless
+``image_check_fail_closed`` makes it a 503. Failures are not cached.
 """
 
 from __future__ import annotations

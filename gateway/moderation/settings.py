@@ -39,6 +39,10 @@ class ModerationSettings(BaseSettings):
     image_verdict_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     # A check that takes longer counts as failed (the request goes on: see images.py).
     image_check_timeout_s: float = Field(default=30.0, gt=0)
+    # True: a request whose image could not be checked is refused with 503
+    # moderation_unavailable instead of going on. For deployments where an unchecked
+    # image must never reach the model's answer; it turns a worker hiccup into refusals.
+    image_check_fail_closed: bool = False
 
     # Streamed answers are checked as they arrive: each check covers the new text plus
     # this many characters before it, so a term split across chunks is still seen; it

@@ -140,9 +140,16 @@ class Moderator:
                         prepared.model, image.sha256, part, request_id
                     )
                 except ImageCheckFailed:
-                    # Fail open (see gateway/moderation/images.py), visibly.
+                    # Fail open (see gateway/moderation/images.py), visibly; or closed.
                     self.count("image", _NONE, "check_failed")
                     draft.moderation = IMAGE_CHECK_FAILED
+                    if self._settings.image_check_fail_closed:
+                        raise GatewayError(
+                            ErrorCode.MODERATION_UNAVAILABLE,
+                            "An image could not be checked against the content policy; "
+                            "try again shortly.",
+                            param=param,
+                        ) from None
                     continue
                 if flagged:
                     self.count("image", "image", "blocked")
