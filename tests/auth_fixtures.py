@@ -33,6 +33,11 @@ def key_id(key: str) -> str:
     return key.split("-")[1]
 
 
+def secret_of(key: str) -> str:
+    """The secret part (url-safe base64, which may itself hold "-")."""
+    return key.split("-", 2)[2]
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

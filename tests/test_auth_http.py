@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from gateway.db.engine import create_sync_engine
 from gateway.interactions import InteractionLogSettings
 from gateway.protocol import ErrorResponse
-from tests.auth_fixtures import bearer, create_key, key_id, keyed_gateway, run_cli
+from tests.auth_fixtures import bearer, create_key, key_id, keyed_gateway, run_cli, secret_of
 from tests.gateway_fixtures import MODEL, FakeWorker, b64, chat_body, image_bytes, scrape
 
 pytest_plugins = ["tests.gateway_fixtures"]
@@ -45,11 +45,11 @@ def test_cli_creates_lists_and_revokes(log_database_url: str) -> None:
     assert mine["allowed_models"] == ["a", "b"]
     assert mine["revoked_at"] is None
     assert key not in listing
-    assert key.split("-")[2] not in listing
+    assert secret_of(key) not in listing
     code, table = run_cli(log_database_url, "list")
     assert code == 0
     assert public in table
-    assert key.split("-")[2] not in table
+    assert secret_of(key) not in table
 
     assert run_cli(log_database_url, "revoke", public)[0] == 0
     rows = [
@@ -180,12 +180,12 @@ async def test_keys_never_reach_the_log_row_or_log_output(
     assert rows[request_ids[1]]["error_code"] == "invalid_api_key"
     for row in rows.values():
         dump = json.dumps(row, default=str)
-        for secret in (key, revoked, key.split("-")[2], revoked.split("-")[2]):
+        for secret in (key, revoked, secret_of(key), secret_of(revoked)):
             assert secret not in dump
     assert caplog.records  # the gateway did log (start-up, requests); none held a key
     # Nor does the worker see it: the gateway sends the worker's own key, if any.
     assert all(key not in json.dumps(headers) for headers, _ in fake_worker.requests)
-    for secret in (key, revoked, key.split("-")[2], revoked.split("-")[2]):
+    for secret in (key, revoked, secret_of(key), secret_of(revoked)):
         assert secret not in caplog.text
 
 

@@ -281,6 +281,11 @@ async def test_openapi_declares_bodies_errors_and_limits(
             content = operation["responses"][status]["content"]["application/json"]
             assert content["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
         assert "422" not in operation["responses"]  # we answer 400, never FastAPI's 422
+    # Every /v1/* operation passes through API keys and rate limits (gateway/admission.py).
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if path.startswith("/v1/"):
+                assert {"401", "429"} <= set(operation["responses"]), (method, path)
     chat = spec["paths"]["/v1/chat/completions"]["post"]
     assert "text/event-stream" in chat["responses"]["200"]["content"]
     max_tokens = schemas["ChatCompletionRequest"]["properties"]["max_tokens"]["anyOf"]

@@ -18,7 +18,7 @@ router = APIRouter(tags=["inference"])
     response_model=ModelList,
     summary="Models served by the workers",
     responses={
-        **error_responses(401),
+        **error_responses(401, 429),
         503: {"model": ErrorResponse, "description": "No worker has listed its models."},
     },
 )
