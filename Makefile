@@ -104,6 +104,7 @@ loadtest: up ## Locust against the local stack; CSV + HTML in loadtest/results/l
 bench: install services ## every benchmark in one run, then loadtest/results/REPORT.md with plots
 	mkdir -p loadtest/results
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway | tee loadtest/results/bench-gateway.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway_cpu | tee loadtest/results/bench-gateway-cpu.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_cache | tee loadtest/results/bench-cache.txt
 	$(PY) -m loadtest.bench_interactions | tee loadtest/results/bench-interactions.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_replicas | tee loadtest/results/bench-replicas.txt

@@ -4,7 +4,7 @@ and every inference request logged to MariaDB with no row dropped.
 
 The gateway is the real process (``python -m gateway``) with real Redis (a namespace of
 its own) and the real interaction log (this session's database); its worker is the echo
-double (tests/doubles/echo_worker.py) so a thousand requests take seconds. The real engine
+double (localstack/echo_worker.py) so a thousand requests take seconds. The real engine
 is behind the same gateway in the end-to-end tests (test_gateway_worker, test_stack_nginx).
 
 Stateful testing does not apply: the spec has no links (no operation creates a resource
@@ -31,10 +31,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from localstack import echo_worker as echo_worker_process
 from localstack.processes import LocalProcess, start_gateway
 from tests.auth_fixtures import create_key
 from tests.conftest import LOG_DIR
-from tests.doubles import echo_worker as echo_worker_process
 from worker.profiles import REPO_ROOT
 
 MIN_CASES = 1000

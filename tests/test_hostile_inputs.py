@@ -28,10 +28,10 @@ import pytest
 from sqlalchemy import inspect
 
 from gateway.db.engine import create_sync_engine
+from localstack import echo_worker
 from localstack.processes import LocalProcess, start_gateway, start_nginx
 from tests import hostile_images as img
 from tests.conftest import LOG_DIR
-from tests.doubles import echo_worker
 from tests.mariadb_fixtures import logged_rows
 
 MODEL = "qwen3-vl-tiny"

@@ -1,6 +1,7 @@
-"""A worker double that answers every chat completion at once, for fuzzing the gateway.
+"""A worker double that answers every chat completion at once: for fuzzing the gateway,
+and for measuring the gateway's own CPU (loadtest/bench_gateway_cpu.py).
 
-    python -m tests.doubles.echo_worker PORT
+    python -m localstack.echo_worker PORT
 
 The fuzz test sends a thousand generated requests through the gateway in about a minute;
 the real engine (tested end to end elsewhere) would take many minutes for the same. It
@@ -98,7 +99,7 @@ def start(log_dir: Path) -> LocalProcess:
     log_path = log_dir / f"echo-worker-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.doubles.echo_worker", str(port)],
+            [sys.executable, "-m", "localstack.echo_worker", str(port)],
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
