@@ -1,21 +1,18 @@
-"""Parse and validate: request bytes -> typed request -> the body a worker will receive.
+"""Validate: a typed request (gateway/parsing.py) -> the body a worker will receive.
 
-Everything here runs before any byte goes to a worker. Cheap checks come first (type,
-model, token and prompt limits, image count) and the image checks, which decode base64,
-last. Error messages are built from the error kind and our own limits, never from the
-offending value, so nothing from the payload is echoed back.
+Everything here runs before any byte goes to a worker. Cheap checks come first (model,
+token and prompt limits, image count) and the image checks, which decode base64, last.
+Error messages are built from our own limits, never from the offending value.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from pydantic import ValidationError
-from pydantic_core import ErrorDetails, PydanticSerializationError, to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 from gateway.cache_key import canonical_request
 from gateway.config import Settings
@@ -37,11 +34,8 @@ from gateway.protocol import (
 )
 from gateway.remote_images import RemoteImageFetcher, fetch_remote_references
 
-_M = TypeVar("_M", ChatCompletionRequest, VQARequest)
 _T = TypeVar("_T")
 
-# JSON bodies larger than this are parsed in a thread so the event loop keeps serving.
-_THREAD_PARSE_BYTES: Final = 1024 * 1024
 # Requests whose images total more base64 than this are checked and encoded in a thread:
 # decoding, hashing and re-encoding megabytes would hold the event loop for milliseconds.
 THREAD_THRESHOLD_CHARS: Final = 32 * 1024
@@ -63,167 +57,6 @@ class PreparedRequest:
     # Streams always ask the worker for usage (the cache and the log need it); this says
     # whether the client asked for it too, or the usage event is dropped on the way.
     client_wants_usage: bool
-
-
-# --- HTTP body -> Python -------------------------------------------------------------------
-
-
-def check_content_type(content_type: str | None) -> None:
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise GatewayError(
-            ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json."
-        )
-
-
-async def parse_json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        if len(raw) > _THREAD_PARSE_BYTES:
-            value = await asyncio.to_thread(json.loads, raw)
-        else:
-            value = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise GatewayError(ErrorCode.INVALID_JSON, "The body is not valid JSON.") from None
-    if not isinstance(value, dict):
-        raise GatewayError(ErrorCode.INVALID_JSON, "The body must be a JSON object.")
-    return value
-
-
-def parse_chat_body(data: dict[str, Any]) -> ChatCompletionRequest | VQARequest:
-    """The chat endpoint takes OpenAI's format, or the simple shape when there are no messages."""
-    if "messages" in data:
-        return _validate(ChatCompletionRequest, data)
-    if "prompt" in data or "image" in data:
-        return _validate(VQARequest, data)
-    raise GatewayError(
-        ErrorCode.MISSING_MESSAGES,
-        "The request needs 'messages' (chat format) or 'image' and 'prompt' (simple format).",
-        param="messages",
-    )
-
-
-def parse_vqa_body(data: dict[str, Any]) -> VQARequest:
-    return _validate(VQARequest, data)
-
-
-def _validate(model: type[_M], data: dict[str, Any]) -> _M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _from_pydantic(exc.errors(include_url=False, include_input=False), data) from None
-
-
-# --- pydantic errors -> our codes and messages ---------------------------------------------
-
-_FIELD_CODES: Final = {
-    "max_tokens": ErrorCode.INVALID_MAX_TOKENS,
-    "max_completion_tokens": ErrorCode.INVALID_MAX_TOKENS,
-    "temperature": ErrorCode.INVALID_TEMPERATURE,
-    "top_p": ErrorCode.INVALID_TOP_P,
-}
-_MISSING_CODES: Final = {
-    "messages": ErrorCode.MISSING_MESSAGES,
-    "prompt": ErrorCode.MISSING_PROMPT,
-    "image": ErrorCode.MISSING_IMAGE,
-    "model": ErrorCode.MISSING_MODEL,
-}
-_EMPTY_TYPES: Final = frozenset({"missing", "too_short", "string_too_short"})
-_TYPE_NAMES: Final = {
-    "string_type": "a string",
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "bool_type": "a boolean",
-    "list_type": "an array",
-    "dict_type": "an object",
-    "model_type": "an object",
-    "model_attributes_type": "an object",
-}
-
-
-def _from_pydantic(errors: list[ErrorDetails], data: dict[str, Any]) -> GatewayError:
-    located = [(_param_path(e["loc"], data), e) for e in errors]
-    # Report on the first failing field and, within it, the most specific location: for
-    # `content` (string or parts), an error inside a part beats "not a string".
-    root = located[0][0][:1]
-    same_root = [item for item in located if item[0][:1] == root]
-    path, first = max(same_root, key=lambda item: len(item[0]))
-    name = path[0] if path and isinstance(path[0], str) else ""
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        code = ErrorCode.UNSUPPORTED_PARAMETER
-    elif name in _FIELD_CODES:
-        code = _FIELD_CODES[name]
-    elif kind in _EMPTY_TYPES and len(path) == 1 and name in _MISSING_CODES:
-        code = _MISSING_CODES[name]
-    else:
-        code = ErrorCode.INVALID_REQUEST
-    param = _format_path(path)
-    # Union members fail one by one; when they all fail at the same place, say so once.
-    same_place = sum(1 for other, _ in located if other == path)
-    description = "has an invalid type or value" if same_place > 1 else _describe(first)
-    return GatewayError(code, f"'{param}' {description}.", param=param or None)
-
-
-def _describe(error: ErrorDetails) -> str:
-    kind = error["type"]
-    ctx: dict[str, Any] = dict(error.get("ctx") or {})
-    if kind == "missing":
-        return "is required"
-    if kind == "extra_forbidden":
-        return "is not a supported parameter"
-    if kind in _TYPE_NAMES:
-        return f"must be {_TYPE_NAMES[kind]}"
-    if kind == "finite_number":
-        return "must be a finite number"
-    if kind == "greater_than":
-        return f"must be greater than {ctx.get('gt')}"
-    if kind == "greater_than_equal":
-        return f"must be at least {ctx.get('ge')}"
-    if kind == "less_than":
-        return f"must be less than {ctx.get('lt')}"
-    if kind == "less_than_equal":
-        return f"must be at most {ctx.get('le')}"
-    if kind == "too_short":
-        return f"must have at least {ctx.get('min_length')} item(s)"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} item(s)"
-    if kind == "string_too_short":
-        return "must not be empty"
-    if kind == "literal_error":
-        return f"must be {ctx.get('expected')}"
-    if kind == "union_tag_invalid":
-        return f"has an unknown 'type'; expected {ctx.get('expected_tags')}"
-    if kind == "union_tag_not_found":
-        return "needs a 'type' field"
-    return "is invalid"
-
-
-def _param_path(loc: tuple[int | str, ...], data: object) -> list[int | str]:
-    """The location in the request, without the union-member labels pydantic inserts.
-
-    Walks the location through the actual input: a step that is a key (or index) of the
-    current value is part of the path; anything else is a label and is skipped.
-    """
-    path: list[int | str] = []
-    current: object = data
-    for index, step in enumerate(loc):
-        last = index == len(loc) - 1
-        in_dict = isinstance(current, dict) and isinstance(step, str) and step in current
-        in_list = isinstance(current, list) and isinstance(step, int) and 0 <= step < len(current)
-        if in_dict or in_list:
-            path.append(step)
-            current = current[step]  # type: ignore[index]
-        elif last and isinstance(current, dict):
-            path.append(step)  # a missing or unknown key: name it
-    return path
-
-
-def _format_path(path: list[int | str]) -> str:
-    out = ""
-    for step in path:
-        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else str(step))
-    return out
 
 
 # --- typed request -> prepared request -----------------------------------------------------

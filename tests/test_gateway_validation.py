@@ -8,15 +8,9 @@ from typing import Any
 import pytest
 
 from gateway.errors import ERROR_TABLE, ErrorCode, GatewayError
+from gateway.parsing import check_content_type, parse_chat_body, parse_json_object, parse_vqa_body
 from gateway.protocol import ChatCompletionRequest, ErrorResponse, VQARequest
-from gateway.validation import (
-    check_content_type,
-    parse_chat_body,
-    parse_json_object,
-    parse_vqa_body,
-    prepare_chat,
-    prepare_vqa,
-)
+from gateway.validation import prepare_chat, prepare_vqa
 from tests.gateway_fixtures import (
     MARKER,
     MODEL,

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import GatewayError
 from gateway.interaction_log import CLIENT_GONE
+from gateway.parsing import parse_chat_body, parse_vqa_body
 from gateway.pipeline import RequestContext
 from gateway.protocol import ChatCompletionRequest, VQARequest
 from gateway.routes.common import (
@@ -19,7 +20,6 @@ from gateway.routes.common import (
 )
 from gateway.routes.deps import ContextDep, Services, ServicesDep
 from gateway.routes.sse import ProxyStreamResponse
-from gateway.validation import parse_chat_body, parse_vqa_body
 
 router = APIRouter(tags=["inference"])
 # hit | miss | coalesced | bypass: how the answer cache took part (gateway/caching.py).
