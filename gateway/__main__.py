@@ -7,53 +7,15 @@ validated here, before the port is bound.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
-import logging
 import sys
-from types import FrameType
 
 import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.http_protocol import JsonErrorHttpToolsProtocol
-
-log = logging.getLogger("gateway")
-
-
-class DrainingServer(uvicorn.Server):
-    """Uvicorn, plus readiness that fails the moment SIGTERM (or SIGINT) arrives.
-
-    ``app.state.draining`` turns /readyz into a 503 at once; after ``drain_delay_s`` (time
-    for Nginx or Kubernetes to notice) uvicorn's own shutdown starts: it stops accepting,
-    lets in-flight requests and streams finish up to its graceful timeout, then runs the
-    lifespan's shutdown, which flushes the interaction log.
-    """
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_delay_s: float) -> None:
-        super().__init__(config)
-        self._app = app
-        self._drain_delay_s = drain_delay_s
-
-    def _stop(self, sig: int) -> None:
-        super().handle_exit(sig, None)
-        self._captured_signals.clear()
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        first = not getattr(self._app.state, "draining", False)
-        self._app.state.draining = True
-        if first and self._drain_delay_s > 0 and not self.should_exit:
-            log.warning("signal %d: draining; stopping in %.1f s", sig, self._drain_delay_s)
-            asyncio.get_running_loop().call_later(self._drain_delay_s, self._stop, sig)
-            return
-        log.warning("signal %d: draining", sig)
-        super().handle_exit(sig, frame)
-        # Uvicorn re-raises captured signals after its graceful shutdown, which would end
-        # the process with status 143; a completed drain is a clean exit (status 0).
-        self._captured_signals.clear()
+from gateway.server import DrainingServer, JsonErrorHttpToolsProtocol
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.config import Settings
 from gateway.db.engine import create_log_engine
 from gateway.errors import ErrorCode, GatewayError, error_headers
-from gateway.interaction_log import draft_of
+from gateway.interactions.draft import draft_of
 from gateway.metrics import Metrics
 from gateway.ratelimit import (
     ConcurrencyLimiter,

@@ -11,24 +11,24 @@ from redis.asyncio import Redis
 from gateway import __version__
 from gateway.admission import AdmissionMiddleware, AdmissionSlot, open_admission
 from gateway.breaker import CircuitBreaker
-from gateway.cache import AnswerCache
-from gateway.caching import CacheStage
-from gateway.coalesce import Coalescer
+from gateway.cache.coalesce import Coalescer
+from gateway.cache.stage import CacheStage
+from gateway.cache.store import AnswerCache
 from gateway.config import Settings
 from gateway.db.engine import create_log_engine
 from gateway.errors import install_error_handlers
-from gateway.interaction_log import InteractionLogMiddleware, RecordSink
 from gateway.interactions import InteractionLogMetrics, InteractionWriter
+from gateway.interactions.middleware import InteractionLogMiddleware, RecordSink
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from gateway.moderation import Moderator, open_moderator
 from gateway.pipeline import CHAT_PATH, Pipeline
-from gateway.pool import WorkerPool
 from gateway.remote_images import open_fetcher
 from gateway.routes import build_router
 from gateway.routes.deps import Services
 from gateway.routes.openapi import openapi_builder
-from gateway.upstream import Upstream, create_session
+from gateway.upstream.pool import WorkerPool
+from gateway.upstream.proxy import Upstream, create_session
 
 DESCRIPTION = (
     "OpenAI-compatible image+text API in front of vLLM workers serving Qwen3-VL. "

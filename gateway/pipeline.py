@@ -20,14 +20,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.admission import Admission
-from gateway.cache import CachedAnswer, CacheDirectives
-from gateway.caching import BYPASS, NO_CACHE, CachePlan, CacheStage, Lookup, answer_from_completion
+from gateway.answers import CachedAnswer, answer_from_completion
+from gateway.cache.replay import completion_json, completion_sse
+from gateway.cache.stage import (
+    BYPASS,
+    NO_CACHE,
+    CachePlan,
+    CacheStage,
+    Lookup,
+)
+from gateway.cache.store import CacheDirectives
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
-from gateway.interaction_log import InteractionDraft
+from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
 from gateway.moderation import Moderator, completion_text
-from gateway.pool import WorkerPool
 from gateway.protocol import (
     ChatCompletionRequest,
     TextPart,
@@ -36,10 +43,10 @@ from gateway.protocol import (
 )
 from gateway.ratelimit import estimate_tokens
 from gateway.remote_images import RemoteImageFetcher
-from gateway.replay import completion_json, completion_sse
 from gateway.streams import ChunkStream, RecordingStream, ReplayStream
-from gateway.upstream import Upstream
-from gateway.validation import PreparedRequest, prepare_chat, prepare_vqa
+from gateway.upstream.pool import WorkerPool
+from gateway.upstream.proxy import Upstream
+from gateway.validation.prepare import PreparedRequest, prepare_chat, prepare_vqa
 
 CHAT_PATH = "/v1/chat/completions"
 

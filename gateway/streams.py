@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, Self
 
-from gateway.cache import CachedAnswer
+from gateway.answers import CachedAnswer
 
 _DONE: Final = b"[DONE]"
 _COMPLETE_REASONS: Final = frozenset({"stop", "length"})

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from importlib import resources
 
-from gateway.interaction_log import InteractionDraft
+from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
 from gateway.moderation import Moderator, load_policy
 from gateway.moderation.normalize import variants

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from gateway.cache import CachedAnswer, CacheDirectives
-from gateway.cache_key import canonical_request, derive_key, is_deterministic
-from gateway.replay import completion_json, completion_sse
+from gateway.answers import CachedAnswer
+from gateway.cache.keys import derive_key, is_deterministic
+from gateway.cache.replay import completion_json, completion_sse
+from gateway.cache.store import CacheDirectives
+from gateway.validation.prepare import canonical_request
 
 
 def _payload(text: str = "Is this real leather?", **params: Any) -> dict[str, Any]:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from gateway.answers import CachedAnswer
 from gateway.breaker import CircuitBreaker
-from gateway.cache import AnswerCache, CachedAnswer, CacheUnavailable
-from gateway.coalesce import Alone, Coalescer, Joined, Lead, Stored
+from gateway.cache.coalesce import Alone, Coalescer, Joined, Lead, Stored
+from gateway.cache.store import AnswerCache, CacheUnavailable
 from tests.redis_fixtures import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)

@@ -1,4 +1,4 @@
-"""gateway.protocol, gateway.validation and gateway.errors, without any server."""
+"""gateway.protocol, gateway.validation.prepare and gateway.errors, without any server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ from typing import Any
 import pytest
 
 from gateway.errors import ERROR_TABLE, ErrorCode, GatewayError
-from gateway.parsing import check_content_type, parse_chat_body, parse_json_object, parse_vqa_body
 from gateway.protocol import ChatCompletionRequest, ErrorResponse, VQARequest
-from gateway.validation import prepare_chat, prepare_vqa
+from gateway.validation.parse import (
+    check_content_type,
+    parse_chat_body,
+    parse_json_object,
+    parse_vqa_body,
+)
+from gateway.validation.prepare import prepare_chat, prepare_vqa
 from tests.gateway_fixtures import (
     MARKER,
     MODEL,

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.config import Settings
 from gateway.metrics import Metrics
-from gateway.pool import WorkerPool
+from gateway.upstream.pool import WorkerPool
 from tests.gateway_fixtures import FakeWorker, chat_body, gateway_settings, run_gateway, serve
 
 pytest_plugins = ["tests.gateway_fixtures"]

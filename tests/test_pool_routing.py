@@ -19,8 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.interactions.settings import InteractionLogSettings
-from gateway.pool import parse_load
 from gateway.protocol import ErrorResponse
+from gateway.upstream.pool import parse_load
 from localstack.fault_proxy import FaultProxy
 from tests.gateway_fixtures import (
     FakeWorker,

@@ -21,11 +21,11 @@ from typing import Any, Final
 from redis.asyncio import Redis
 
 from gateway.breaker import BreakerOpen, CircuitBreaker
-from gateway.cache import REDIS_FAILURES
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.moderation.normalize import normalize
 from gateway.moderation.settings import ModerationSettings
+from gateway.redis_errors import REDIS_FAILURES
 
 # (body, request id, affinity key) -> the worker's 200 body; raises GatewayError.
 AskWorker = Callable[[bytes, str, str], Awaitable[bytes]]

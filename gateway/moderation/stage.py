@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from gateway.errors import ErrorCode, GatewayError
-from gateway.interaction_log import InteractionDraft
+from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
 from gateway.moderation.images import ImageCheckFailed, ImageVerdicts, image_parts
 from gateway.moderation.policy import Policy, Violation
@@ -27,7 +27,7 @@ from gateway.moderation.settings import ModerationSettings
 from gateway.streams import AnswerRecorder
 
 if TYPE_CHECKING:  # validation imports the settings, which import this package's settings
-    from gateway.validation import PreparedRequest
+    from gateway.validation.prepare import PreparedRequest
 
 PASS: Final = "pass"
 IMAGE_BLOCKED: Final = "blocked:image"

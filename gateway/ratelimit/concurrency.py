@@ -23,7 +23,8 @@ from redis.asyncio import Redis
 
 from gateway.background import cancel_task
 from gateway.breaker import CircuitBreaker
-from gateway.ratelimit.windows import REDIS_FAILURES, LimiterUnavailable, guarded
+from gateway.ratelimit.windows import LimiterUnavailable, guarded
+from gateway.redis_errors import REDIS_FAILURES
 
 log = logging.getLogger("gateway.ratelimit")
 

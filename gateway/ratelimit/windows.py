@@ -16,20 +16,19 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.breaker import BreakerOpen, CircuitBreaker
+from gateway.redis_errors import REDIS_FAILURES
 
 T = TypeVar("T")
 LimitKind = Literal["requests", "tokens", "concurrent"]
 # What counts as "Redis failed": the breaker opens on these.
-REDIS_FAILURES: Final = (RedisError, OSError, TimeoutError)
 
 
 class LimiterUnavailable(Exception):

@@ -8,8 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import GatewayError
-from gateway.interaction_log import CLIENT_GONE
-from gateway.parsing import parse_chat_body, parse_vqa_body
+from gateway.interactions.draft import CLIENT_GONE
 from gateway.pipeline import RequestContext
 from gateway.protocol import ChatCompletionRequest, VQARequest
 from gateway.routes.common import (
@@ -20,6 +19,7 @@ from gateway.routes.common import (
 )
 from gateway.routes.deps import ContextDep, Services, ServicesDep
 from gateway.routes.sse import ProxyStreamResponse
+from gateway.validation.parse import parse_chat_body, parse_vqa_body
 
 router = APIRouter(tags=["inference"])
 # hit | miss | coalesced | bypass: how the answer cache took part (gateway/caching.py).

@@ -9,8 +9,8 @@ from typing import Any, Final, TypeVar
 from fastapi import Request
 from starlette.types import Receive
 
-from gateway.parsing import check_content_type, parse_json_object
 from gateway.protocol import ErrorResponse
+from gateway.validation.parse import check_content_type, parse_json_object
 
 T = TypeVar("T")
 

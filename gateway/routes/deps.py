@@ -9,12 +9,12 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from gateway.admission import admission_of
-from gateway.cache import CacheDirectives
+from gateway.cache.store import CacheDirectives
 from gateway.config import Settings
-from gateway.interaction_log import InteractionDraft, draft_of
+from gateway.interactions.draft import InteractionDraft, draft_of
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, RequestContext
-from gateway.upstream import WorkerPool
+from gateway.upstream.pool import WorkerPool
 
 
 @dataclass(frozen=True, slots=True)

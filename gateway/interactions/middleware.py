@@ -13,53 +13,18 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.db.models import REQUEST_ID_BYTES
-from gateway.images import ImageInfo
-from gateway.interactions import InteractionRecord, InteractionWriter
-from gateway.interactions.records import CacheOutcome, Shape
+from gateway.interactions.draft import CLIENT_GONE, STATE_KEY, InteractionDraft
+from gateway.interactions.records import InteractionRecord
+from gateway.interactions.writer import InteractionWriter
 
 LOGGED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/vqa"})
-STATE_KEY: Final = "interaction"
-CLIENT_GONE: Final = "client_disconnected"
 # Error bodies are small; a larger body is an answer, not an error, and is not parsed.
 _ERROR_BODY_LIMIT: Final = 16 * 1024
-
-
-@dataclass(slots=True)
-class InteractionDraft:
-    """What the stages learn about a request, filled in as it goes."""
-
-    shape: Shape = "chat"
-    stream: bool = False
-    model: str | None = None
-    prompt: str | None = None
-    images: tuple[ImageInfo, ...] = ()
-    cache: CacheOutcome | None = None
-    answer: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    ttft_ms: float | None = None
-    worker_id: str | None = None
-    error_type: str | None = None
-    error_code: str | None = None
-    moderation: str | None = None
-    api_key_id: str | None = None
-    upstream_attempts: int | None = None
-
-    def fail(self, error_type: str, error_code: str) -> None:
-        if self.error_code is None:
-            self.error_type, self.error_code = error_type, error_code
-
-
-def draft_of(state: object) -> InteractionDraft | None:
-    """The draft in a request's state (None outside the logged routes)."""
-    value = state.get(STATE_KEY) if isinstance(state, dict) else getattr(state, STATE_KEY, None)
-    return value if isinstance(value, InteractionDraft) else None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

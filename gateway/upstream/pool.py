@@ -41,11 +41,11 @@ import aiohttp
 from gateway.background import cancel_task
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import Settings
-from gateway.discovery import DnsDiscovery, Resolve, resolve_addresses
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
+from gateway.upstream.discovery import DnsDiscovery, Resolve, resolve_addresses
 
-log = logging.getLogger("gateway.pool")
+log = logging.getLogger("gateway.upstream.pool")
 
 # How often a healthy worker's model list is refreshed (it changes only on restart).
 _MODELS_REFRESH_S = 30.0

@@ -33,9 +33,11 @@ from typing import Final
 
 from redis.asyncio import Redis
 
+from gateway.answers import CachedAnswer
 from gateway.background import cancel_task
 from gateway.breaker import BreakerOpen, CircuitBreaker
-from gateway.cache import REDIS_FAILURES, AnswerCache, CachedAnswer, CacheUnavailable
+from gateway.cache.store import AnswerCache, CacheUnavailable
+from gateway.redis_errors import REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""Talking to the workers: the pool (health, choice) and the forwarding/streaming proxy.
+"""Forwarding to the workers: one deadline, retries before the first byte, streaming.
 
 Client library: aiohttp, chosen by measurement against httpx 0.28 (both on uvloop, this
 2-core machine, a Starlette/uvicorn fake worker): 16 concurrent SSE streams x 2000 chunks
 in 0.09-0.11 s vs 0.51-0.78 s; median delay of a chunk sent every 5 ms 0.11 ms vs
 0.23 ms; small JSON POSTs at concurrency 16: 5.8k-7.7k req/s vs 0.7k req/s.
 
-The pool (gateway/pool.py) chooses a worker for each attempt. Here: a failed attempt
+The pool (pool.py) chooses a worker for each attempt. Here: a failed attempt
 before any byte reached the client (connect error, a broken connection, a 503) is retried
 on another worker, at most ``upstream_retries`` times with a little jitter, within the
 request's one deadline; every attempt's outcome feeds that worker's circuit breaker.
@@ -27,11 +27,9 @@ from gateway.breaker import BreakerOpen
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
-from gateway.pool import Worker, WorkerPool, auth_headers
+from gateway.upstream.pool import Worker, WorkerPool, auth_headers
 
-__all__ = ["Upstream", "UpstreamStream", "Worker", "WorkerPool", "create_session"]
-
-log = logging.getLogger("gateway.upstream")
+log = logging.getLogger("gateway.upstream.proxy")
 
 # Upper bound on a worker's error body we read and on the message we pass on.
 _ERROR_BODY_LIMIT = 64 * 1024

@@ -12,18 +12,18 @@ X-Cache says hit, miss, coalesced or bypass (the cache was not consulted).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.cache import AnswerCache, CachedAnswer, CacheDirectives, CacheUnavailable
-from gateway.cache_key import derive_key, is_deterministic
-from gateway.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
+from gateway.answers import CachedAnswer
+from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
+from gateway.cache.keys import derive_key, is_deterministic
+from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
 from gateway.interactions.records import CacheOutcome
 from gateway.metrics import Metrics
-from gateway.validation import PreparedRequest
+from gateway.validation.prepare import PreparedRequest
 
 HIT: Final[CacheOutcome] = "hit"
 MISS: Final[CacheOutcome] = "miss"
@@ -46,24 +46,6 @@ class Lookup:
     outcome: CacheOutcome
     answer: CachedAnswer | None = None
     lead: Lead | None = None
-
-
-def answer_from_completion(body: bytes) -> CachedAnswer | None:
-    """The cacheable part of a worker's non-streamed answer; None if it is not complete."""
-    try:
-        completion = json.loads(body)
-        choice = completion["choices"][0]
-        content = choice["message"]["content"]
-        finish = choice["finish_reason"]
-        usage = completion["usage"]
-        prompt, generated = usage["prompt_tokens"], usage["completion_tokens"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-    if finish not in ("stop", "length") or not isinstance(content, str):
-        return None
-    if not isinstance(prompt, int) or not isinstance(generated, int):
-        return None
-    return CachedAnswer(content, finish, prompt, generated)
 
 
 class CacheStage:

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from gateway.cache import CachedAnswer
+from gateway.answers import CachedAnswer
 
 
 def _dumps(value: dict[str, Any]) -> bytes:

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
-log = logging.getLogger("gateway.discovery")
+log = logging.getLogger("gateway.upstream.discovery")
 
 # (host, port) -> the addresses the name has now.
 Resolve = Callable[[str, int], Awaitable[list[str]]]

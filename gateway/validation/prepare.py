@@ -8,13 +8,13 @@ Error messages are built from our own limits, never from the offending value.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from pydantic_core import PydanticSerializationError, to_json
 
-from gateway.cache_key import canonical_request
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import (
@@ -39,6 +39,8 @@ _T = TypeVar("_T")
 # Requests whose images total more base64 than this are checked and encoded in a thread:
 # decoding, hashing and re-encoding megabytes would hold the event loop for milliseconds.
 THREAD_THRESHOLD_CHARS: Final = 32 * 1024
+# Fields that shape the response (JSON or SSE) but not the answer itself.
+_SHAPE_ONLY_FIELDS: Final = frozenset({"stream", "stream_options"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +265,25 @@ def worker_body(payload: dict[str, Any], image_uuids: list[str] | None) -> bytes
         return to_json(payload)
     except PydanticSerializationError:
         raise _not_unicode() from None  # a lone surrogate, which UTF-8 cannot carry
+
+
+def canonical_request(payload: Mapping[str, Any], image_digests: Sequence[str]) -> bytes:
+    """The request as the key sees it: images as digests, shape-only fields dropped."""
+    digests = iter(image_digests)
+    view = {k: v for k, v in payload.items() if k not in _SHAPE_ONLY_FIELDS}
+    messages = []
+    for message in view.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "image_url":
+                    part = {**part, "image_url": {"url": f"sha256:{next(digests)}"}}
+                parts.append(part)
+            message = {**message, "content": parts}
+        messages.append(message)
+    view["messages"] = messages
+    return json.dumps(view, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _prepared(

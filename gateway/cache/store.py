@@ -1,6 +1,6 @@
 """The answer cache: which requests are cacheable, their key, and get/put in Redis.
 
-Key derivation (gateway/cache_key.py)
+Key derivation (gateway/cache/keys.py)
 -------------------------------------
 A key is sha256 over length-prefixed fields (8-byte big-endian length, then the
 bytes), so no two different field lists can produce the same byte stream:
@@ -38,16 +38,14 @@ with short socket timeouts, and a failed or skipped call is a cache bypass.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from gateway.answers import CachedAnswer
 from gateway.breaker import BreakerOpen, CircuitBreaker
-
-REDIS_FAILURES: Final = (RedisError, OSError, TimeoutError)
+from gateway.redis_errors import REDIS_FAILURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,33 +59,6 @@ class CacheDirectives:
     def from_header(cls, value: str | None) -> CacheDirectives:
         tokens = {t.strip().lower().split("=", 1)[0] for t in (value or "").split(",")}
         return cls(read="no-cache" not in tokens, write="no-store" not in tokens)
-
-
-@dataclass(frozen=True, slots=True)
-class CachedAnswer:
-    content: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-    def encode(self) -> bytes:
-        return json.dumps(
-            [self.content, self.finish_reason, self.prompt_tokens, self.completion_tokens],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> CachedAnswer | None:
-        try:
-            content, finish, prompt, completion = json.loads(raw)
-        except (ValueError, TypeError):
-            return None  # written by another format version: treat as a miss
-        if not (isinstance(content, str) and isinstance(finish, str)):
-            return None
-        if not (isinstance(prompt, int) and isinstance(completion, int)):
-            return None
-        return cls(content, finish, prompt, completion)
 
 
 class AnswerCache:

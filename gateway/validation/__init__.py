@@ -1,0 +1,1 @@
+"""Validation: bytes -> a typed request (parse.py) -> the body a worker receives (prepare.py)."""
