@@ -6,29 +6,26 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 
 from gateway import __version__
 from gateway.admission import AdmissionMiddleware, AdmissionSlot, open_admission
-from gateway.breaker import CircuitBreaker
-from gateway.cache.coalesce import Coalescer
-from gateway.cache.stage import CacheStage
-from gateway.cache.store import AnswerCache
+from gateway.cache.stage import open_cache_stage
+from gateway.cache.store import open_redis
 from gateway.config import Settings
-from gateway.db.engine import create_log_engine
 from gateway.errors import install_error_handlers
-from gateway.interactions import InteractionLogMetrics, InteractionWriter
+from gateway.interactions import open_interaction_writer
 from gateway.interactions.middleware import InteractionLogMiddleware, RecordSink
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from gateway.moderation import Moderator, open_moderator
+from gateway.moderation import open_moderator
+from gateway.moderation.images import AskWorker
 from gateway.pipeline import CHAT_PATH, Pipeline
 from gateway.remote_images import open_fetcher
 from gateway.routes import build_router
 from gateway.routes.deps import Services
 from gateway.routes.openapi import openapi_builder
-from gateway.upstream.pool import WorkerPool
-from gateway.upstream.proxy import Upstream, create_session
+from gateway.upstream.pool import open_pool
+from gateway.upstream.proxy import Upstream, open_session
 
 DESCRIPTION = (
     "OpenAI-compatible image+text API in front of vLLM workers serving Qwen3-VL. "
@@ -37,82 +34,13 @@ DESCRIPTION = (
 )
 
 
-def _redis(
-    settings: Settings, metrics: Metrics, stack: AsyncExitStack
-) -> tuple[Redis, CircuitBreaker] | None:
-    """The request path's Redis client (closed by the exit stack) and its breaker, shared
-    by the answer cache and moderation's image verdicts; None when the cache is off."""
-    if not settings.cache_enabled:
-        return None
-    timeout = settings.redis_socket_timeout_s
-    redis = Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
-    stack.push_async_callback(redis.aclose)
-    breaker = CircuitBreaker(
-        settings.redis_breaker_open_s,
-        on_state_change=lambda state: metrics.cache_breaker_state.set(int(state)),
-    )
-    return redis, breaker
+def _ask_worker(upstream: Upstream) -> AskWorker:
+    """How moderation's image check asks the served model, through the same upstream."""
 
-
-async def _cache_stage(
-    settings: Settings,
-    metrics: Metrics,
-    pool: WorkerPool,
-    redis_and_breaker: tuple[Redis, CircuitBreaker] | None,
-    stack: AsyncExitStack,
-) -> CacheStage | None:
-    """Cache and coalescer; closed by the exit stack."""
-    if redis_and_breaker is None:
-        return None
-    redis, breaker = redis_and_breaker
-    timeout = settings.redis_socket_timeout_s
-    cache = AnswerCache(redis, breaker, settings.cache_ttl_s, settings.cache_max_value_bytes)
-    coalescer = None
-    if settings.coalesce_enabled:
-        # Its own client without a read timeout: the subscription waits for messages.
-        pubsub = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout)
-        stack.push_async_callback(pubsub.aclose)
-        coalescer = Coalescer(
-            redis, pubsub, breaker, cache, settings.cache_namespace,
-            settings.coalesce_lock_ttl_s, settings.coalesce_wait_timeout_s,
-        )  # fmt: skip
-        await coalescer.start()
-        stack.push_async_callback(coalescer.stop)
-    return CacheStage(cache, coalescer, settings, metrics, pool.model_root)
-
-
-async def _moderator(
-    settings: Settings,
-    metrics: Metrics,
-    upstream: Upstream,
-    redis_and_breaker: tuple[Redis, CircuitBreaker] | None,
-) -> Moderator | None:
     def ask(body: bytes, request_id: str, digest: str) -> Awaitable[bytes]:
         return upstream.post_json(CHAT_PATH, body, request_id, affinity_key=digest)
 
-    redis, breaker = redis_and_breaker or (None, None)
-    return await open_moderator(
-        settings.moderation, metrics, ask, redis, breaker, settings.cache_namespace
-    )
-
-
-async def _interaction_writer(
-    settings: Settings, metrics: Metrics, stack: AsyncExitStack
-) -> InteractionWriter:
-    log = settings.log
-    engine = None
-    if log.enabled:
-        engine = create_log_engine(
-            log.database_url.get_secret_value(), connect_timeout_s=log.connect_timeout_s
-        )
-        stack.push_async_callback(engine.dispose)
-    writer = InteractionWriter(engine, log, InteractionLogMetrics(metrics.registry))
-    await writer.start()
-    # Closed before the engine is disposed: the queue is written or spooled first.
-    stack.push_async_callback(writer.close)
-    return writer
+    return ask
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -124,24 +52,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         async with AsyncExitStack() as stack:
-            session = create_session(settings)
-            stack.push_async_callback(session.close)
-            sink.writer = await _interaction_writer(settings, metrics, stack)
+            session = open_session(settings, stack)
+            sink.writer = await open_interaction_writer(settings.log, metrics.registry, stack)
             admission.control = await open_admission(settings, metrics, stack)
-            pool = WorkerPool(session, settings, metrics)
+            pool = await open_pool(session, settings, metrics, stack)
             upstream = Upstream(session, pool, settings, metrics)
-            redis_and_breaker = _redis(settings, metrics, stack)
-            cache = await _cache_stage(settings, metrics, pool, redis_and_breaker, stack)
+            redis = open_redis(settings, metrics, stack)
+            cache = await open_cache_stage(settings, metrics, redis, pool.model_root, stack)
             remote_images = open_fetcher(
                 settings.remote_images, settings.max_body_bytes, metrics, stack
             )
-            moderator = await _moderator(settings, metrics, upstream, redis_and_breaker)
+            moderator = await open_moderator(
+                settings.moderation, metrics, _ask_worker(upstream), redis, settings.cache_namespace
+            )
             pipeline = Pipeline(settings, pool, upstream, metrics, cache, remote_images, moderator)
-            # One poll before serving, so a fresh replica knows its workers and models;
-            # bounded by the health timeout when they are down.
-            await pool.poll_once()
-            await pool.start()
-            stack.push_async_callback(pool.stop)
             yield {"services": Services(settings, metrics, pool, pipeline)}
 
     app = FastAPI(

@@ -16,8 +16,9 @@ stage fills in (ctx.draft).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gateway.admission import Admission
 from gateway.answers import CachedAnswer, answer_from_completion
@@ -37,7 +38,6 @@ from gateway.metrics import Metrics
 from gateway.moderation import Moderator, completion_text
 from gateway.protocol import (
     ChatCompletionRequest,
-    TextPart,
     VQARequest,
     VQAResponse,
 )
@@ -46,9 +46,11 @@ from gateway.remote_images import RemoteImageFetcher
 from gateway.streams import ChunkStream, RecordingStream, ReplayStream
 from gateway.upstream.pool import WorkerPool
 from gateway.upstream.proxy import Upstream
-from gateway.validation.prepare import PreparedRequest, prepare_chat, prepare_vqa
+from gateway.validation.prepare import PreparedRequest, prepare_chat, prepare_vqa, read_chat
 
 CHAT_PATH = "/v1/chat/completions"
+
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,20 +81,6 @@ class StreamedAnswer:
     cache: str
 
 
-def _chat_prompt(request: ChatCompletionRequest) -> str:
-    texts: list[str] = []
-    for message in request.messages:
-        if isinstance(message.content, str):
-            texts.append(message.content)
-        else:
-            texts += [part.text for part in message.content if isinstance(part, TextPart)]
-    return "\n".join(texts)
-
-
-def _completion_budget(request: ChatCompletionRequest, settings: Settings) -> int:
-    return request.max_tokens or request.max_completion_tokens or settings.default_max_tokens
-
-
 def _affinity_key(prepared: PreparedRequest) -> str | None:
     """The first image's digest: repeats of a photo go where its features are cached."""
     return prepared.images[0].sha256 if prepared.images else None
@@ -121,46 +109,29 @@ class Pipeline:
 
     async def chat(self, ctx: RequestContext, request: ChatCompletionRequest) -> Answer:
         """A non-streamed chat completion: the worker's JSON body, or a replayed one."""
-        self._admit(ctx, request.model)
-        prompt = _chat_prompt(request)
-        self._note_request(ctx, request.model, prompt, stream=False)
-        prepared = await prepare_chat(
-            request, self._settings, self._pool.model_ids(), self._remote_images
-        )
-        ctx.draft.images = prepared.images
-        await self._charge(ctx, prepared, prompt, _completion_budget(request, self._settings))
-        answer, cache = await self._answer(ctx, prepared, prompt, "messages")
+        prepared = await self._prepare_chat(ctx, request, stream=False)
+        answer, cache = await self._answer(ctx, prepared)
         return Answer(answer, cache)
 
     async def chat_stream(
         self, ctx: RequestContext, request: ChatCompletionRequest
     ) -> StreamedAnswer:
         """A streamed chat completion; returns once the worker's first chunk is in."""
-        self._admit(ctx, request.model)
-        prompt = _chat_prompt(request)
-        self._note_request(ctx, request.model, prompt, stream=True)
-        prepared = await prepare_chat(
-            request, self._settings, self._pool.model_ids(), self._remote_images
-        )
-        ctx.draft.images = prepared.images
-        await self._charge(ctx, prepared, prompt, _completion_budget(request, self._settings))
-        await self._moderate(ctx, prepared, prompt, "messages")
+        prepared = await self._prepare_chat(ctx, request, stream=True)
+        await self._moderate(ctx, prepared)
         plan, lookup = await self._lookup(ctx, prepared)
         if lookup.answer is not None:
             await self._serve_stored(ctx, plan, lookup.answer)
             events = completion_sse(lookup.answer, prepared.model, prepared.client_wants_usage)
             return StreamedAnswer(ReplayStream(events), lookup.outcome)
-        try:
-            upstream = await self._upstream.open_stream(
-                CHAT_PATH,
-                prepared.body,
-                ctx.request_id,
-                self._note_worker(ctx),
-                affinity_key=_affinity_key(prepared),
-            )
-        except BaseException:
-            await self._complete(plan, lookup, None)
-            raise
+        worker = self._upstream.open_stream(
+            CHAT_PATH,
+            prepared.body,
+            ctx.request_id,
+            self._note_worker(ctx),
+            affinity_key=_affinity_key(prepared),
+        )
+        upstream = await self._forward(plan, lookup, worker)
         self._metrics.ttft.labels(ctx.route).observe(time.perf_counter() - ctx.started)
         ctx.draft.ttft_ms = (time.perf_counter() - ctx.started) * 1000
 
@@ -184,15 +155,28 @@ class Pipeline:
         )
         ctx.draft.model = prepared.model
         ctx.draft.images = prepared.images
-        budget = request.max_tokens or self._settings.default_max_tokens
-        await self._charge(ctx, prepared, request.prompt, budget)
-        body, cache = await self._answer(ctx, prepared, request.prompt, "prompt")
+        await self._charge(ctx, prepared)
+        body, cache = await self._answer(ctx, prepared)
         answer = answer_from_completion(body)
         if answer is None:
             raise GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's answer was malformed.")
         return VQAResponse(text=answer.content), cache
 
     # -- stages -------------------------------------------------------------------------------
+
+    async def _prepare_chat(
+        self, ctx: RequestContext, request: ChatCompletionRequest, stream: bool
+    ) -> PreparedRequest:
+        """Model permission, validation and tokens per minute: what both chat forms share."""
+        self._admit(ctx, request.model)
+        content = read_chat(request)
+        self._note_request(ctx, request.model, content.prompt, stream)
+        prepared = await prepare_chat(
+            request, self._settings, self._pool.model_ids(), self._remote_images, content
+        )
+        ctx.draft.images = prepared.images
+        await self._charge(ctx, prepared)
+        return prepared
 
     @staticmethod
     def _admit(ctx: RequestContext, model: str | None) -> None:
@@ -204,9 +188,7 @@ class Pipeline:
             ctx.admission.check_model(model)
 
     @staticmethod
-    async def _charge(
-        ctx: RequestContext, prepared: PreparedRequest, prompt: str, budget: int
-    ) -> None:
+    async def _charge(ctx: RequestContext, prepared: PreparedRequest) -> None:
         """The resolved model's permission, then tokens per minute (429 when over): the
         estimate needs the validated images' sizes. Cache hits are charged too: the limit
         is what the key may ask for, whoever answers it."""
@@ -214,14 +196,16 @@ class Pipeline:
             return
         ctx.admission.check_model(prepared.model)
         sizes = [(image.width, image.height) for image in prepared.images]
-        await ctx.admission.charge_tokens(estimate_tokens(prompt, sizes, budget))
+        await ctx.admission.charge_tokens(
+            estimate_tokens(prepared.prompt, sizes, prepared.token_budget)
+        )
 
-    async def _moderate(
-        self, ctx: RequestContext, prepared: PreparedRequest, prompt: str, param: str
-    ) -> None:
+    async def _moderate(self, ctx: RequestContext, prepared: PreparedRequest) -> None:
         """Content policy on prompt and images (400 content_policy_violation)."""
         if self._moderator is not None:
-            await self._moderator.check_request(ctx.draft, ctx.request_id, prompt, prepared, param)
+            await self._moderator.check_request(
+                ctx.draft, ctx.request_id, prepared.prompt, prepared, prepared.prompt_param
+            )
 
     async def _moderate_answer(self, ctx: RequestContext, text: str | None) -> None:
         """Content policy on an answer, fresh or cached, before the client sees it."""
@@ -257,35 +241,39 @@ class Pipeline:
         if self._cache is not None:
             await self._cache.complete(plan, lookup, answer)
 
-    async def _answer(
-        self, ctx: RequestContext, prepared: PreparedRequest, prompt: str, param: str
-    ) -> tuple[bytes, str]:
-        await self._moderate(ctx, prepared, prompt, param)
+    async def _forward(self, plan: CachePlan, lookup: Lookup, call: Awaitable[_R]) -> _R:
+        """Await the worker; on any failure (cancellation included) release the cache plan,
+        so a coalescing leader's waiters are told to ask for themselves."""
+        try:
+            return await call
+        except BaseException:
+            await self._complete(plan, lookup, None)
+            raise
+
+    async def _answer(self, ctx: RequestContext, prepared: PreparedRequest) -> tuple[bytes, str]:
+        await self._moderate(ctx, prepared)
         plan, lookup = await self._lookup(ctx, prepared)
         if lookup.answer is not None:
             await self._serve_stored(ctx, plan, lookup.answer)
             return completion_json(lookup.answer, prepared.model), lookup.outcome
-        try:
-            body = await self._upstream.post_json(
-                CHAT_PATH,
-                prepared.body,
-                ctx.request_id,
-                self._note_worker(ctx),
-                affinity_key=_affinity_key(prepared),
-            )
-        except BaseException:
-            await self._complete(plan, lookup, None)
-            raise
+        worker = self._upstream.post_json(
+            CHAT_PATH,
+            prepared.body,
+            ctx.request_id,
+            self._note_worker(ctx),
+            affinity_key=_affinity_key(prepared),
+        )
+        body = await self._forward(plan, lookup, worker)
         answer = answer_from_completion(body)
         if answer is not None:
             self._note_answer(ctx, answer)
-        try:
-            await self._moderate_answer(ctx, answer.content if answer else completion_text(body))
-        except BaseException:
-            # Never cached; a coalescing leader's waiters are told to ask for themselves
-            # (their own answer check refuses it again).
-            await self._complete(plan, lookup, None)
-            raise
+        # A refused answer is never cached; a coalescing leader's waiters are told to ask
+        # for themselves (their own answer check refuses it again).
+        await self._forward(
+            plan,
+            lookup,
+            self._moderate_answer(ctx, answer.content if answer else completion_text(body)),
+        )
         await self._complete(plan, lookup, answer)
         return body, lookup.outcome
 

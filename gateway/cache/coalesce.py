@@ -37,7 +37,7 @@ from gateway.answers import CachedAnswer
 from gateway.background import cancel_task
 from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.cache.store import AnswerCache, CacheUnavailable
-from gateway.redis_errors import REDIS_FAILURES
+from gateway.redis_link import REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
 

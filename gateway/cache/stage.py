@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Final
+
+from redis.asyncio import Redis
 
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
@@ -23,6 +26,7 @@ from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
 from gateway.interactions.records import CacheOutcome
 from gateway.metrics import Metrics
+from gateway.redis_link import RedisLink
 from gateway.validation.prepare import PreparedRequest
 
 HIT: Final[CacheOutcome] = "hit"
@@ -143,3 +147,32 @@ class CacheStage:
     def _count(self, lookup: Lookup) -> Lookup:
         self._metrics.cache_requests.labels(lookup.outcome).inc()
         return lookup
+
+
+async def open_cache_stage(
+    settings: Settings,
+    metrics: Metrics,
+    redis: RedisLink | None,
+    model_root: Callable[[str], str],
+    stack: AsyncExitStack,
+) -> CacheStage | None:
+    """The answer cache and, when on, the coalescer; None without Redis (the cache is off).
+    Closed by ``stack``."""
+    if redis is None:
+        return None
+    timeout = settings.redis_socket_timeout_s
+    cache = AnswerCache(
+        redis.client, redis.breaker, settings.cache_ttl_s, settings.cache_max_value_bytes
+    )
+    coalescer = None
+    if settings.coalesce_enabled:
+        # Its own client without a read timeout: the subscription waits for messages.
+        pubsub = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout)
+        stack.push_async_callback(pubsub.aclose)
+        coalescer = Coalescer(
+            redis.client, pubsub, redis.breaker, cache, settings.cache_namespace,
+            settings.coalesce_lock_ttl_s, settings.coalesce_wait_timeout_s,
+        )  # fmt: skip
+        await coalescer.start()
+        stack.push_async_callback(coalescer.stop)
+    return CacheStage(cache, coalescer, settings, metrics, model_root)

@@ -38,6 +38,7 @@ with short socket timeouts, and a failed or skipped call is a cache bypass.
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,9 @@ from redis.asyncio import Redis
 
 from gateway.answers import CachedAnswer
 from gateway.breaker import BreakerOpen, CircuitBreaker
-from gateway.redis_errors import REDIS_FAILURES
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.redis_link import REDIS_FAILURES, RedisLink
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +116,20 @@ class AnswerCache:
 
 class CacheUnavailable(Exception):
     """Redis could not be used for this call; the request goes on without the cache."""
+
+
+def open_redis(settings: Settings, metrics: Metrics, stack: AsyncExitStack) -> RedisLink | None:
+    """The request path's Redis client (closed by ``stack``) and its breaker, shared by the
+    answer cache and moderation's image verdicts; None when the cache is off."""
+    if not settings.cache_enabled:
+        return None
+    timeout = settings.redis_socket_timeout_s
+    redis = Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    stack.push_async_callback(redis.aclose)
+    breaker = CircuitBreaker(
+        settings.redis_breaker_open_s,
+        on_state_change=lambda state: metrics.cache_breaker_state.set(int(state)),
+    )
+    return RedisLink(redis, breaker)

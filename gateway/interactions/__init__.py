@@ -6,6 +6,11 @@ See ``writer.py`` for the failure handling and ``spool.py`` for the spool's guar
 Ops CLI: ``python -m gateway.interactions --help``.
 """
 
+from contextlib import AsyncExitStack
+
+from prometheus_client import CollectorRegistry
+
+from gateway.db.engine import create_log_engine
 from gateway.interactions.metrics import InteractionLogMetrics
 from gateway.interactions.records import (
     CacheOutcome,
@@ -26,4 +31,22 @@ __all__ = [
     "InteractionWriter",
     "LoggedImage",
     "Shape",
+    "open_interaction_writer",
 ]
+
+
+async def open_interaction_writer(
+    settings: InteractionLogSettings, registry: CollectorRegistry, stack: AsyncExitStack
+) -> InteractionWriter:
+    """The started writer (and its engine when the log is on), closed by ``stack``: the
+    queue is written or spooled before the engine is disposed."""
+    engine = None
+    if settings.enabled:
+        engine = create_log_engine(
+            settings.database_url.get_secret_value(), connect_timeout_s=settings.connect_timeout_s
+        )
+        stack.push_async_callback(engine.dispose)
+    writer = InteractionWriter(engine, settings, InteractionLogMetrics(registry))
+    await writer.start()
+    stack.push_async_callback(writer.close)
+    return writer

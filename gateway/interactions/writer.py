@@ -38,33 +38,24 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.interactions.database import LogDatabase
 from gateway.interactions.metrics import InteractionLogMetrics
 from gateway.interactions.records import (
     InteractionRecord,
     Row,
     RowPolicy,
-    estimated_size,
-    image_rows,
     minimal_row,
-    row_params,
-    sanitize_row,
     to_row,
 )
 from gateway.interactions.settings import InteractionLogSettings
 from gateway.interactions.spool import Spool, SpoolError, SpoolFull
 from gateway.interactions.statements import (
-    MAX_STATEMENT_BYTES,
     DatabaseUnavailable,
-    describe,
-    image_insert_sql,
-    insert_sql,
-    is_outage,
 )
 
 log = logging.getLogger("gateway.interactions")
@@ -90,7 +81,6 @@ class InteractionWriter:
         self.enabled = settings.enabled
         if self.enabled and engine is None:
             raise ValueError("an enabled interaction writer needs a database engine")
-        self._engine = engine
         self._on_durable = on_durable
         self._policy = RowPolicy(
             prompt_max_chars=settings.prompt_max_chars,
@@ -100,6 +90,7 @@ class InteractionWriter:
         self._spool = Spool(
             Path(settings.spool_path), settings.spool_max_bytes, fsync=settings.spool_fsync
         )
+        self._db = None if engine is None else LogDatabase(engine, settings, metrics, self._spool)
         self._buf: deque[InteractionRecord] = deque()
         self._oldest_at = 0.0
         self._wake = asyncio.Event()
@@ -268,7 +259,7 @@ class InteractionWriter:
             return
         now = time.monotonic()
         if not self._db_up and not self._buf and now >= self._next_probe_at:
-            if await self._ping():
+            if await self._database().ping():
                 self._mark_up()
             else:
                 self._mark_down("probe failed")
@@ -325,102 +316,11 @@ class InteractionWriter:
                 self.metrics.poisoned.inc()
         return rows
 
-    # --- MySQL ---------------------------------------------------------------------------
-    async def _insert(self, rows: Sequence[Row]) -> None:
-        assert self._engine is not None
-        params = tuple(chain.from_iterable(row_params(row) for row in rows))
-        images = [image for row in rows for image in image_rows(row)]
-        async with asyncio.timeout(self.settings.write_timeout_s):
-            async with self._engine.begin() as conn:
-                await conn.exec_driver_sql(insert_sql(len(rows)), params)
-                if images:
-                    await conn.exec_driver_sql(
-                        image_insert_sql(len(images)), tuple(chain.from_iterable(images))
-                    )
-
-    async def _ping(self) -> bool:
-        assert self._engine is not None
-        try:
-            async with asyncio.timeout(self.settings.connect_timeout_s + 1.0):
-                async with self._engine.connect() as conn:
-                    await conn.exec_driver_sql("SELECT 1")
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            return False
-        return True
-
-    async def _raise_if_outage(self, exc: Exception) -> None:
-        if is_outage(exc) or not await self._ping():
-            raise DatabaseUnavailable(describe(exc)) from exc
-
-    async def _write(self, rows: Sequence[Row]) -> int:
-        """Insert rows, isolating poison by bisection; return how many rows went in as poison.
-
-        Raises DatabaseUnavailable when MySQL is down (rows before it may be in: the caller
-        spools them all, and the replay's idempotence absorbs the overlap).
-        """
-        for part in self._split(rows):
-            try:
-                await self._insert(part)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await self._raise_if_outage(exc)
-                error = exc
-            if len(part) == 1:
-                await self._write_poisoned(part[0], error)
-            else:
-                middle = len(part) // 2
-                await self._write(part[:middle])
-                await self._write(part[middle:])
-        return len(rows)
-
-    @staticmethod
-    def _split(rows: Sequence[Row]) -> list[Sequence[Row]]:
-        parts: list[Sequence[Row]] = []
-        start, size = 0, 0
-        for index, row in enumerate(rows):
-            row_size = estimated_size(row)
-            if index > start and size + row_size > MAX_STATEMENT_BYTES:
-                parts.append(rows[start:index])
-                start, size = index, 0
-            size += row_size
-        if start < len(rows):
-            parts.append(rows[start:])
-        return parts
-
-    async def _write_poisoned(self, row: Row, error: Exception) -> None:
-        reason = describe(error)
-        for candidate in (sanitize_row(row, reason), minimal_row(row, reason)):
-            try:
-                await self._insert([candidate])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await self._raise_if_outage(exc)
-                continue
-            self.metrics.poisoned.inc()
-            log.warning(
-                "interaction %r refused by MySQL (%s): stored sanitized, poisoned=1",
-                candidate["request_id"],
-                reason,
-            )
-            return
-        await asyncio.to_thread(self._spool.reject, row, reason)
-        self.metrics.dropped.labels("rejected").inc()
-        log.error(
-            "interaction %r refused even in minimal form: kept in %s",
-            row.get("request_id"),
-            self._spool.rejected_path,
-        )
-
     async def _deliver(self, rows: list[Row]) -> None:
         if self._db_up or time.monotonic() >= self._next_probe_at:
             started = time.perf_counter()
             try:
-                await self._write(rows)
+                await self._database().write(rows)
             except DatabaseUnavailable as exc:
                 self._mark_down(str(exc))
             else:
@@ -450,6 +350,10 @@ class InteractionWriter:
         self._db_up = True
         self._retry_delay = 0.0
         self.metrics.db_up.set(1)
+
+    def _database(self) -> LogDatabase:
+        assert self._db is not None, "only an enabled writer writes"
+        return self._db
 
     # --- spool ---------------------------------------------------------------------------
     async def _spool_rows(self, rows: list[Row], reason: str) -> None:
@@ -502,7 +406,7 @@ class InteractionWriter:
             log.warning("interaction spool %s: %d unreadable lines skipped", path, chunk.corrupt)
         if chunk.rows:
             try:
-                await self._write(chunk.rows)
+                await self._database().write(chunk.rows)
             except DatabaseUnavailable as exc:
                 self._mark_down(str(exc))
                 return

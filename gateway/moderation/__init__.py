@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
-
-from gateway.breaker import CircuitBreaker
 from gateway.metrics import Metrics
 from gateway.moderation.images import AskWorker, ImageVerdicts
 from gateway.moderation.policy import Policy, PolicyError, Violation, load_policy
 from gateway.moderation.settings import ModerationSettings
 from gateway.moderation.stage import AnswerGuard, Moderator, completion_text
+from gateway.redis_link import RedisLink
 
 __all__ = [
     "AnswerGuard",
@@ -34,12 +32,11 @@ async def open_moderator(
     settings: ModerationSettings,
     metrics: Metrics,
     ask: AskWorker,
-    redis: Redis | None,
-    breaker: CircuitBreaker | None,
+    redis: RedisLink | None,
     namespace: str,
 ) -> Moderator | None:
     """The moderation stage, or None when moderation is off. ``redis`` (the answer
-    cache's client and breaker) holds image verdicts; without it every new request's
+    cache's link) holds image verdicts; without it every new request's
     images are asked about again."""
     if not settings.enabled:
         return None
@@ -54,5 +51,6 @@ async def open_moderator(
     if settings.image_check:
         if redis is None:
             logger.warning("moderation image check without Redis: verdicts are not cached")
-        images = ImageVerdicts(settings, ask, metrics, redis, breaker, namespace)
+        client, breaker = redis or (None, None)
+        images = ImageVerdicts(settings, ask, metrics, client, breaker, namespace)
     return Moderator(settings, policy, metrics, images)

@@ -25,7 +25,7 @@ from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.moderation.normalize import normalize
 from gateway.moderation.settings import ModerationSettings
-from gateway.redis_errors import REDIS_FAILURES
+from gateway.redis_link import REDIS_FAILURES
 
 # (body, request id, affinity key) -> the worker's 200 body; raises GatewayError.
 AskWorker = Callable[[bytes, str, str], Awaitable[bytes]]

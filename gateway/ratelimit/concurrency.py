@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from gateway.background import cancel_task
 from gateway.breaker import CircuitBreaker
 from gateway.ratelimit.windows import LimiterUnavailable, guarded
-from gateway.redis_errors import REDIS_FAILURES
+from gateway.redis_link import REDIS_FAILURES
 
 log = logging.getLogger("gateway.ratelimit")
 

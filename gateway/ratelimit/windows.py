@@ -24,7 +24,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
 
 from gateway.breaker import BreakerOpen, CircuitBreaker
-from gateway.redis_errors import REDIS_FAILURES
+from gateway.redis_link import REDIS_FAILURES
 
 T = TypeVar("T")
 LimitKind = Literal["requests", "tokens", "concurrent"]

@@ -33,6 +33,7 @@ import itertools
 import logging
 import time
 from collections.abc import Collection
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -353,3 +354,16 @@ class WorkerPool:
         worker.healthy = healthy
         if worker in self.workers:  # not for one discovery has dropped meanwhile
             self.metrics.worker_healthy.labels(worker.url).set(1 if healthy else 0)
+
+
+async def open_pool(
+    session: aiohttp.ClientSession, settings: Settings, metrics: Metrics, stack: AsyncExitStack
+) -> WorkerPool:
+    """The worker pool, polled once before the replica serves (so a fresh replica knows its
+    workers and models; bounded by the health timeout when they are down), then kept
+    current in the background until ``stack`` closes."""
+    pool = WorkerPool(session, settings, metrics)
+    await pool.poll_once()
+    await pool.start()
+    stack.push_async_callback(pool.stop)
+    return pool

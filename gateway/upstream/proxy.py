@@ -18,6 +18,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import Self, TypeVar
 
@@ -38,8 +39,8 @@ _ERROR_MESSAGE_LIMIT = 1000
 T = TypeVar("T")
 
 
-def create_session(settings: Settings) -> aiohttp.ClientSession:
-    """The one shared client (connection pool) for all upstream traffic; owned by the lifespan."""
+def open_session(settings: Settings, stack: AsyncExitStack) -> aiohttp.ClientSession:
+    """The one shared client (connection pool) for all upstream traffic; closed by ``stack``."""
     connector = aiohttp.TCPConnector(
         limit=settings.upstream_max_connections,
         limit_per_host=0,
@@ -48,7 +49,9 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     # Per-request deadlines are applied by the callers; the session only bounds the socket
     # connect, so that a refused or unroutable worker fails fast.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+    session = aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+    stack.push_async_callback(session.close)
+    return session
 
 
 class _WorkerFailed(Exception):

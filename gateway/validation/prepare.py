@@ -51,7 +51,13 @@ class PreparedRequest:
     stream: bool
     body: bytes  # the JSON the worker receives
     images: tuple[ImageInfo, ...]
+    # The request's text, as moderation, the token estimate and the log see it.
+    prompt: str
     prompt_chars: int
+    # The answer's token limit the worker applies (what the token estimate charges).
+    token_budget: int
+    # Where the text sits in the client's request, for error params: "messages" or "prompt".
+    prompt_param: str
     # The request as cache keys see it: images as digests, shape-only fields dropped.
     canonical: bytes
     temperature: float | None
@@ -59,6 +65,14 @@ class PreparedRequest:
     # Streams always ask the worker for usage (the cache and the log need it); this says
     # whether the client asked for it too, or the usage event is dropped on the way.
     client_wants_usage: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    prompt: str
+    chars: int
+    token_budget: int
+    param: str
 
 
 # --- typed request -> prepared request -----------------------------------------------------
@@ -122,17 +136,42 @@ def _check_one(
     return check_image(reference, limits, allow_bare_base64=bare_base64, param=param)
 
 
-async def prepare_chat(
+@dataclass(frozen=True, slots=True)
+class ChatContent:
+    """What one walk over the messages finds: the prompt text, its size, and the images."""
+
+    prompt: str
+    chars: int
+    images: list[tuple[ImagePart, str]]  # the part and its param path
+
+
+def read_chat(request: ChatCompletionRequest) -> ChatContent:
+    """Walk the messages once; the checks and the interaction log both use the result."""
+    texts: list[str] = []
+    chars = 0
+    images: list[tuple[ImagePart, str]] = []
+    for i, message in enumerate(request.messages):
+        if isinstance(message.content, str):
+            texts.append(message.content)
+            chars += len(message.content)
+            continue
+        for j, part in enumerate(message.content):
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+                chars += len(part.text)
+            else:
+                images.append((part, f"messages[{i}].content[{j}].image_url.url"))
+    return ChatContent("\n".join(texts), chars, images)
+
+
+def _check_chat_limits(
     request: ChatCompletionRequest,
+    content: ChatContent,
     settings: Settings,
     known_models: frozenset[str],
-    fetcher: RemoteImageFetcher | None = None,
-) -> PreparedRequest:
-    """Check a chat request against the limits; the returned body is what the worker gets.
-
-    The request's image URLs are replaced in place by their checked data URIs; http(s)
-    URLs are fetched by ``fetcher`` (None: remote images are off, and refused).
-    """
+) -> None:
+    """The cheap checks, before any image is decoded: model, token limits, stream options,
+    prompt size and image count."""
     _check_model(request.model, known_models)
     _check_max_tokens(request.max_tokens, "max_tokens", settings)
     _check_max_tokens(request.max_completion_tokens, "max_completion_tokens", settings)
@@ -149,29 +188,23 @@ async def prepare_chat(
             "'stream_options' is only allowed with 'stream': true.",
             param="stream_options",
         )
-    chars = 0
-    images: list[tuple[ImagePart, str]] = []
-    for i, message in enumerate(request.messages):
-        if isinstance(message.content, str):
-            chars += len(message.content)
-            continue
-        for j, part in enumerate(message.content):
-            if isinstance(part, TextPart):
-                chars += len(part.text)
-            else:
-                images.append((part, f"messages[{i}].content[{j}].image_url.url"))
-    _check_prompt(chars, settings, "messages")
-    _check_image_count(len(images), settings, "messages")
-    if request.max_tokens is None and request.max_completion_tokens is None:
-        request.max_tokens = settings.default_max_tokens  # never forward an unbounded request
-    wants_usage = bool(request.stream_options and request.stream_options.include_usage)
-    if request.stream:
-        request.stream_options = StreamOptions(include_usage=True)
+    _check_prompt(content.chars, settings, "messages")
+    _check_image_count(len(content.images), settings, "messages")
+
+
+async def _chat_image_checks(
+    images: list[tuple[ImagePart, str]],
+    settings: Settings,
+    fetcher: RemoteImageFetcher | None,
+) -> tuple[Callable[[], list[CheckedImage]], int]:
+    """Fetch remote images, then return the checks still to run and the bytes they cover.
+
+    Inline images are checked before any fetch goes out, so a request refused for one of
+    them sends nothing out; the rest is left to the caller's one thread hop."""
     limits = _limits(settings)
     references = [(part.image_url.url, p) for part, p in images]
     early: dict[int, CheckedImage] = {}
     if fetcher is not None and any(is_remote_url(ref) for ref, _ in references):
-        # Inline images first: a request refused for one of them sends nothing out.
         inline = [(i, ref, p) for i, (ref, p) in enumerate(references) if not is_remote_url(ref)]
         early = await _run_sized(
             sum(len(ref) for _, ref, _ in inline),
@@ -181,20 +214,50 @@ async def prepare_chat(
         )
     fetched = await fetch_remote_references(references, fetcher)
 
-    def finish() -> PreparedRequest:
-        checked = [
+    def check() -> list[CheckedImage]:
+        return [
             early.get(i) or _check_one(ref, data, limits, p, bare_base64=False)
             for i, ((ref, p), data) in enumerate(zip(references, fetched, strict=True))
         ]
-        for (part, _), image in zip(images, checked, strict=True):
+
+    unchecked = sum(len(ref) for i, (ref, _) in enumerate(references) if i not in early)
+    return check, unchecked + sum(len(data or b"") for data in fetched)
+
+
+async def prepare_chat(
+    request: ChatCompletionRequest,
+    settings: Settings,
+    known_models: frozenset[str],
+    fetcher: RemoteImageFetcher | None = None,
+    content: ChatContent | None = None,
+) -> PreparedRequest:
+    """Check a chat request against the limits; the returned body is what the worker gets.
+
+    ``content`` is the request's ``read_chat`` when the caller already has it. The
+    request's image URLs are replaced in place by their checked data URIs; http(s) URLs
+    are fetched by ``fetcher`` (None: remote images are off, and refused).
+    """
+    content = content if content is not None else read_chat(request)
+    _check_chat_limits(request, content, settings, known_models)
+    if request.max_tokens is None and request.max_completion_tokens is None:
+        request.max_tokens = settings.default_max_tokens  # never forward an unbounded request
+    budget = request.max_tokens or request.max_completion_tokens or settings.default_max_tokens
+    wants_usage = bool(request.stream_options and request.stream_options.include_usage)
+    if request.stream:
+        request.stream_options = StreamOptions(include_usage=True)
+    text = _Text(content.prompt, content.chars, budget, "messages")
+    check_images, size = await _chat_image_checks(content.images, settings, fetcher)
+
+    def finish() -> PreparedRequest:
+        checked = check_images()
+        for (part, _), image in zip(content.images, checked, strict=True):
             part.image_url.url = image.data_uri
         payload = request.model_dump(exclude_none=True)
         return _prepared(
-            request.model, request.stream, payload, checked, chars, wants_usage, settings
+            request.model, request.stream, payload, checked, text, wants_usage, settings
         )
 
-    unchecked = sum(len(ref) for i, (ref, _) in enumerate(references) if i not in early)
-    return await _run_sized(unchecked + sum(len(data or b"") for data in fetched), finish)
+    return await _run_sized(size, finish)
 
 
 async def prepare_vqa(
@@ -230,7 +293,8 @@ async def prepare_vqa(
             "temperature": 0,
             "stream": False,
         }
-        return _prepared(model, False, payload, [image], len(request.prompt), False, settings)
+        text = _Text(request.prompt, len(request.prompt), payload["max_tokens"], "prompt")
+        return _prepared(model, False, payload, [image], text, False, settings)
 
     return await _run_sized(len(request.image) + len(fetched or b""), finish)
 
@@ -291,7 +355,7 @@ def _prepared(
     stream: bool,
     payload: dict[str, Any],
     images: list[CheckedImage],
-    chars: int,
+    text: _Text,
     client_wants_usage: bool,
     settings: Settings,
 ) -> PreparedRequest:
@@ -302,7 +366,10 @@ def _prepared(
         stream=stream,
         body=worker_body(payload, digests if settings.worker_image_uuids else None),
         images=infos,
-        prompt_chars=chars,
+        prompt=text.prompt,
+        prompt_chars=text.chars,
+        token_budget=text.token_budget,
+        prompt_param=text.param,
         canonical=canonical_request(payload, digests),
         temperature=payload.get("temperature"),
         seed=payload.get("seed"),
