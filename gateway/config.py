@@ -32,7 +32,7 @@ class Settings(BaseSettings):
 
     # Workers. GATEWAY_WORKER_URLS is a comma-separated list, e.g. "http://a:8100,http://b:8100".
     worker_urls: Annotated[tuple[str, ...], NoDecode] = ("http://127.0.0.1:8100",)
-    # Discovery (gateway/discovery.py): names whose every DNS address is a worker, e.g. a
+    # Discovery (gateway/upstream/discovery.py): names whose every DNS address is a worker, e.g. a
     # Kubernetes headless service "http://vllm-workers.ns.svc.cluster.local:8000",
     # resolved every discovery_interval_s. With names set, worker_urls may be empty.
     worker_dns: Annotated[tuple[str, ...], NoDecode] = ()
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     stream_idle_timeout_s: float = Field(default=60.0, gt=0)
     upstream_max_connections: int = Field(default=512, gt=0)
 
-    # Answer cache and request coalescing in Redis (gateway/cache.py, gateway/coalesce.py).
+    # Answer cache and request coalescing in Redis (gateway/cache/).
     cache_enabled: bool = True
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Keys are "<namespace>:v<format>:answer:<sha256>": one Redis can serve several stacks.
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     # health poll; the choice of worker prefers the least loaded.
     load_poll_enabled: bool = True
 
-    # Worker pool (gateway/pool.py). Passive ejection: this many consecutive failed
+    # Worker pool (gateway/upstream/pool.py). Passive ejection: this many consecutive failed
     # exchanges (connect errors, 503s, broken connections before the first byte) open the
     # worker's breaker for worker_breaker_open_s, then one real request probes it.
     worker_breaker_failures: int = Field(default=3, ge=1)

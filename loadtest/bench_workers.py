@@ -2,7 +2,7 @@
 
 Two cpu-tiny workers, each pinned to its own core (``WORKER_CPU_THREADS_BIND`` 0 and 1),
 and two gateways: one that knows worker A only, one that knows A and B (least-loaded
-choice with image affinity, gateway/pool.py). The answer cache is off, so every request
+choice with image affinity, gateway/upstream/pool.py). The answer cache is off, so every request
 reaches a worker. Each round runs both setups (alternating which goes first) with a
 closed loop of chat requests carrying a 640×480 product photo; the throughput ratio
 (2 workers over 1) is taken within a round, then summarised as median (min–max).

@@ -2,7 +2,8 @@
 
 The pipeline builds an ``InteractionRecord`` per request and calls ``writer.submit(record)``;
 everything else (batching, poison rows, the spool, replay) happens in the writer's task.
-See ``writer.py`` for the failure handling and ``spool.py`` for the spool's guarantees.
+See ``writer.py`` and ``database.py`` for the failure handling and ``spool.py`` for the
+spool's guarantees.
 Ops CLI: ``python -m gateway.interactions --help``.
 """
 

@@ -22,7 +22,7 @@ from gateway.routes.sse import ProxyStreamResponse
 from gateway.validation.parse import parse_chat_body, parse_vqa_body
 
 router = APIRouter(tags=["inference"])
-# hit | miss | coalesced | bypass: how the answer cache took part (gateway/caching.py).
+# hit | miss | coalesced | bypass: how the answer cache took part (gateway/cache/stage.py).
 X_CACHE: Final = "X-Cache"
 
 _ERRORS: Final = error_responses(400, 401, 403, 404, 408, 413, 415, 429, 502, 503, 504)

@@ -1,7 +1,7 @@
 """The worker pool: health, load, passive ejection, and the choice of worker for a request.
 
 Built from a static list (``GATEWAY_WORKER_URLS``) plus the workers DNS names lead to
-(``GATEWAY_WORKER_DNS``, gateway/discovery.py), looked up again every
+(``GATEWAY_WORKER_DNS``, discovery.py), looked up again every
 ``discovery_interval_s``: workers that appear are health-checked before they get traffic,
 workers that disappear get none (their open streams finish). A background task polls
 every worker:

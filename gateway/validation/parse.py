@@ -2,7 +2,7 @@
 
 Error messages are built from the error kind and our own limits, never from the
 offending value, so nothing from the payload is echoed back. The typed request is then
-checked against the limits and prepared for a worker in gateway/validation.py.
+checked against the limits and prepared for a worker in prepare.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Validate: a typed request (gateway/parsing.py) -> the body a worker will receive.
+"""Prepare: a typed request (parse.py) -> the body a worker will receive.
 
 Everything here runs before any byte goes to a worker. Cheap checks come first (model,
 token and prompt limits, image count) and the image checks, which decode base64, last.
