@@ -1,0 +1,1 @@
+"""Deployment artefacts: Prometheus and Alertmanager configuration, alert rules, dashboards."""

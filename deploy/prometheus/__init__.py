@@ -1,0 +1,1 @@
+"""Prometheus for vlm-serve: scrape configuration (config.py), rules (rules/), their tests."""

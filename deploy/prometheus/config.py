@@ -1,0 +1,118 @@
+"""prometheus.yml for a local stack: gateways, workers (with their pool), exporters.
+
+python -m deploy.prometheus.config OUT --gateway 127.0.0.1:8001 \
+    --worker 127.0.0.1:8100 --worker canary=127.0.0.1:8101 \
+    --nginx-exporter 127.0.0.1:9113 --alertmanager 127.0.0.1:9093
+
+Job names are what the rules and dashboards select on: gateway, vllm-worker, nginx,
+redis, mysql. A worker given as POOL=ADDRESS carries label pool=POOL (default
+"stable"). The output is JSON, which is YAML too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploy.prometheus.check import rule_files
+
+DEFAULT_POOL = "stable"
+
+
+@dataclass
+class Targets:
+    gateways: list[str]
+    workers: list[tuple[str, str]]  # (address, pool)
+    nginx_exporter: str | None = None
+    redis_exporter: str | None = None
+    mysqld_exporter: str | None = None
+    alertmanagers: list[str] = field(default_factory=list)
+
+
+def parse_worker(spec: str) -> tuple[str, str]:
+    """ "ADDRESS" or "POOL=ADDRESS" -> (address, pool)."""
+    pool, sep, address = spec.rpartition("=")
+    return (address, pool) if sep else (spec, DEFAULT_POOL)
+
+
+def _job(name: str, targets: list[str], **labels: str) -> dict[str, Any]:
+    group: dict[str, Any] = {"targets": targets}
+    if labels:
+        group["labels"] = labels
+    return {"job_name": name, "static_configs": [group]}
+
+
+def render(
+    targets: Targets,
+    scrape_interval: str = "15s",
+    evaluation_interval: str = "15s",
+    rules: list[Path] | None = None,
+) -> dict[str, Any]:
+    jobs = [_job("gateway", targets.gateways)]
+    pools: dict[str, list[str]] = {}
+    for address, pool in targets.workers:
+        pools.setdefault(pool, []).append(address)
+    worker_job: dict[str, Any] = {
+        "job_name": "vllm-worker",
+        "static_configs": [
+            {"targets": addresses, "labels": {"pool": pool}} for pool, addresses in pools.items()
+        ],
+    }
+    jobs.append(worker_job)
+    exporters: tuple[tuple[str, str | None], ...] = (
+        ("nginx", targets.nginx_exporter),
+        ("redis", targets.redis_exporter),
+        ("mysql", targets.mysqld_exporter),
+    )
+    for name, exporter in exporters:
+        if exporter:
+            jobs.append(_job(name, [exporter]))
+    config: dict[str, Any] = {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "scrape_timeout": scrape_interval,
+            "evaluation_interval": evaluation_interval,
+        },
+        "rule_files": [
+            str(path.resolve()) for path in (rules if rules is not None else rule_files())
+        ],
+        "scrape_configs": jobs,
+    }
+    if targets.alertmanagers:
+        config["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": targets.alertmanagers}]}]
+        }
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--gateway", action="append", default=[])
+    parser.add_argument("--worker", action="append", default=[], help="ADDRESS or POOL=ADDRESS")
+    parser.add_argument("--nginx-exporter")
+    parser.add_argument("--redis-exporter")
+    parser.add_argument("--mysqld-exporter")
+    parser.add_argument("--alertmanager", action="append", default=[])
+    parser.add_argument("--scrape-interval", default="15s")
+    parser.add_argument("--evaluation-interval", default="15s")
+    args = parser.parse_args(argv)
+    targets = Targets(
+        gateways=args.gateway,
+        workers=[parse_worker(spec) for spec in args.worker],
+        nginx_exporter=args.nginx_exporter,
+        redis_exporter=args.redis_exporter,
+        mysqld_exporter=args.mysqld_exporter,
+        alertmanagers=args.alertmanager,
+    )
+    config = render(targets, args.scrape_interval, args.evaluation_interval)
+    args.out.write_text(json.dumps(config, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
