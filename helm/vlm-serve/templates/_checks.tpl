@@ -1,0 +1,58 @@
+{{/*
+Refusals: values that would install a stack that loses requests, corrupts a model cache
+or cannot start. Each one stops the render with a message saying what to change.
+*/}}
+{{- define "vlm-serve.checks" -}}
+{{- /* helm checks Chart.yaml's kubeVersion; libraries that render charts may not. */ -}}
+{{- if not (semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "Kubernetes %s is older than this chart's kubeVersion (>= 1.29)" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- if and (eq .Values.workers.modelStorage.mode "image") (not (semverCompare ">=1.31.0-0" .Capabilities.KubeVersion.Version)) -}}
+{{- fail "workers.modelStorage.mode image needs Kubernetes >= 1.31 (image volumes, behind the ImageVolume feature gate)" -}}
+{{- end -}}
+{{- $g := .Values.gateway -}}
+{{- $need := add $g.drain.preStopSeconds $g.drain.drainDelaySeconds $g.drain.gracefulTimeoutSeconds $g.drain.logCloseTimeoutSeconds -}}
+{{- if lt (int $g.terminationGracePeriodSeconds) (int $need) -}}
+{{- fail (printf "gateway.terminationGracePeriodSeconds (%d) is shorter than preStopSeconds + drainDelaySeconds + gracefulTimeoutSeconds + logCloseTimeoutSeconds (%d + %d + %d + %d = %d): Kubernetes would kill gateways in the middle of streams or before the interaction log is flushed" (int $g.terminationGracePeriodSeconds) (int $g.drain.preStopSeconds) (int $g.drain.drainDelaySeconds) (int $g.drain.gracefulTimeoutSeconds) (int $g.drain.logCloseTimeoutSeconds) (int $need)) -}}
+{{- end -}}
+{{- $w := .Values.workers -}}
+{{- $wneed := add $w.drain.preStopSeconds $w.drain.shutdownTimeoutSeconds -}}
+{{- if lt (int $w.terminationGracePeriodSeconds) (int $wneed) -}}
+{{- fail (printf "workers.terminationGracePeriodSeconds (%d) is shorter than drain.preStopSeconds + drain.shutdownTimeoutSeconds (%d + %d = %d): running generations would be cut off" (int $w.terminationGracePeriodSeconds) (int $w.drain.preStopSeconds) (int $w.drain.shutdownTimeoutSeconds) (int $wneed)) -}}
+{{- end -}}
+{{- $seen := add $g.discoveryIntervalSeconds $g.healthIntervalSeconds -}}
+{{- if lt (int $w.drain.preStopSeconds) (int $seen) -}}
+{{- fail (printf "workers.drain.preStopSeconds (%d) is shorter than gateway.discoveryIntervalSeconds + gateway.healthIntervalSeconds (%d): gateways would still send new requests to a stopping worker" (int $w.drain.preStopSeconds) (int $seen)) -}}
+{{- end -}}
+{{- $root := . -}}
+{{- $pods := 0 -}}
+{{- $enabled := 0 -}}
+{{- range $name, $pool := $w.pools -}}
+{{- if $pool.enabled -}}
+{{- $enabled = add1 $enabled -}}
+{{- $pods = add $pods (include "vlm-serve.poolMaxPods" (dict "root" $root "pool" $pool)) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq (int $enabled) 0 -}}
+{{- fail "workers.pools: enable at least one pool" -}}
+{{- end -}}
+{{- $ms := $w.modelStorage -}}
+{{- $modes := list -}}
+{{- if eq $ms.mode "pvc" }}{{ $modes = $ms.pvc.accessModes }}{{ end -}}
+{{- if eq $ms.mode "existingClaim" }}{{ $modes = $ms.existingClaim.accessModes }}{{ end -}}
+{{- if and $modes (gt (int $pods) 1) (not (has "ReadWriteMany" $modes)) (not (has "ReadOnlyMany" $modes)) -}}
+{{- fail (printf "workers.modelStorage: a %s volume cannot be shared by %d worker pods (the replicas of every enabled pool, KEDA's maximum included): use ReadWriteMany or ReadOnlyMany, hostPath or an image volume" (join "," $modes) (int $pods)) -}}
+{{- end -}}
+{{- if and (eq $ms.mode "existingClaim") (not $ms.existingClaim.name) -}}
+{{- fail "workers.modelStorage.existingClaim.name is required in existingClaim mode" -}}
+{{- end -}}
+{{- if and (eq $ms.mode "image") (not $ms.image.reference) -}}
+{{- fail "workers.modelStorage.image.reference is required in image mode" -}}
+{{- end -}}
+{{- if and (not .Values.database.existingSecret) (not .Values.bundled.mariadb.enabled) -}}
+{{- fail "database.existingSecret is required (a Secret holding the mysql:// URL); bundled.mariadb is for development only" -}}
+{{- end -}}
+{{- if and (not .Values.redis.existingSecret) (not .Values.redis.url) (not .Values.bundled.redis.enabled) -}}
+{{- fail "redis.url or redis.existingSecret is required; bundled.redis is for development only" -}}
+{{- end -}}
+{{- end -}}
