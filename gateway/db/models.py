@@ -65,6 +65,7 @@ class Interaction(Base):
         Index("ix_interactions_received_at", "received_at_ms"),
         Index("ix_interactions_key_time", "api_key_id", "received_at_ms"),
         Index("ix_interactions_status_time", "status_code", "received_at_ms"),
+        Index("ix_interactions_end_user_time", "end_user_sha256", "received_at_ms"),
         TABLE_OPTIONS,
     )
 
@@ -111,6 +112,16 @@ class Interaction(Base):
     moderation: Mapped[str | None] = mapped_column(String(64))
     # Worker attempts the request made (retries on other workers count); None: no worker.
     upstream_attempts: Mapped[int | None] = mapped_column(SMALLINT(unsigned=True))
+    # Structured outputs, tools, n, logprobs and the bookkeeping fields SDKs send: the
+    # response_format type, the JSON schema's name and SHA-256, the end user's id as an
+    # HMAC (never the id), the client's metadata, the non-default options, the tool calls.
+    response_format: Mapped[str | None] = mapped_column(String(16))
+    schema_name: Mapped[str | None] = mapped_column(String(64))
+    schema_sha256: Mapped[str | None] = mapped_column(String(64))
+    end_user_sha256: Mapped[str | None] = mapped_column(String(64))
+    request_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    request_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # Bookkeeping: poisoned rows were refused by MySQL as submitted and stored sanitized.
     poisoned: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("0"))
     poison_error: Mapped[str | None] = mapped_column(String(255))
