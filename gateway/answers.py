@@ -53,3 +53,80 @@ def answer_from_completion(body: bytes) -> CachedAnswer | None:
     if not isinstance(prompt, int) or not isinstance(generated, int):
         return None
     return CachedAnswer(content, finish, prompt, generated)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    """One tool call of an answer, as the log keeps it."""
+
+    choice: int
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionSummary:
+    """Every choice of an answer (n > 1) and its tool calls: what moderation checks and
+    the log records, whether or not the answer is cacheable."""
+
+    texts: dict[int, str]
+    tool_calls: tuple[ToolCallRecord, ...] = ()
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def text(self) -> str | None:
+        """The answer's text: one choice as it is, several each under its index."""
+        if not self.texts:
+            return None
+        if set(self.texts) == {0}:
+            return self.texts[0]
+        return "\n\n".join(f"[{i}] {text}" for i, text in sorted(self.texts.items()))
+
+    def checked_texts(self) -> list[str]:
+        """Each choice's text and each tool call's arguments, checked one by one."""
+        return [*self.texts.values(), *(f"{c.name} {c.arguments}" for c in self.tool_calls)]
+
+    def logged_tool_calls(self) -> list[dict[str, object]] | None:
+        if not self.tool_calls:
+            return None
+        return [{"choice": c.choice, "name": c.name, "arguments": c.arguments}
+                for c in self.tool_calls]  # fmt: skip
+
+
+def summary_from_completion(body: bytes) -> CompletionSummary | None:
+    """The texts, tool calls and usage of a worker's non-streamed answer, however partial."""
+    try:
+        completion = json.loads(body)
+        choices = completion["choices"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(choices, list):
+        return None
+    texts: dict[int, str] = {}
+    calls: list[ToolCallRecord] = []
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", position)
+        index = index if isinstance(index, int) else position
+        message = choice.get("message") or {}
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            texts[index] = content
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                name, arguments = function.get("name"), function.get("arguments")
+                calls.append(ToolCallRecord(index, str(name or ""), str(arguments or "")))
+    usage = completion.get("usage") if isinstance(completion, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+    prompt, generated = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return CompletionSummary(
+        texts,
+        tuple(calls),
+        prompt if isinstance(prompt, int) else None,
+        generated if isinstance(generated, int) else None,
+    )

@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     max_tokens_cap: int = Field(default=2048, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
     max_prompt_chars: int = Field(default=16_000, gt=0)
+    # Choices per request (n); OpenAI allows 128, each one is a full generation here.
+    max_choices: int = Field(default=4, ge=1, le=128)
+    # Tools per request (OpenAI's limit is 128) and the bounds of every JSON schema
+    # (response_format and each tool's parameters; gateway/validation/schema_bounds.py).
+    max_tools: int = Field(default=128, ge=0, le=128)
+    max_schema_bytes: int = Field(default=32 * 1024, gt=0)
+    max_schema_depth: int = Field(default=10, ge=1, le=64)
+    max_schema_branches: int = Field(default=64, ge=0)
+    max_schema_pattern_chars: int = Field(default=256, ge=0)
     # Decode every image fully (in a thread) so truncated or corrupt files get a 400 here
     # rather than an error from the worker. Costs gateway CPU; the header checks stay on.
     verify_image_decode: bool = True

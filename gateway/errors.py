@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = "invalid_image"
     IMAGE_TOO_LARGE = "image_too_large"
     CONTENT_POLICY_VIOLATION = "content_policy_violation"
+    INVALID_JSON_SCHEMA = "invalid_json_schema"
     # other client errors
     MISSING_API_KEY = "missing_api_key"
     INVALID_API_KEY = "invalid_api_key"
@@ -118,6 +119,8 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     ErrorCode.IMAGE_TOO_LARGE: ErrorKind(400, _INVALID),
     # A prompt, image or answer the content policy refuses (gateway/moderation/).
     ErrorCode.CONTENT_POLICY_VIOLATION: ErrorKind(400, _INVALID),
+    # A response_format or tool schema over our bounds (gateway/validation/schema_bounds.py).
+    ErrorCode.INVALID_JSON_SCHEMA: ErrorKind(400, _INVALID),
     # 401: no usable key (missing, malformed, unknown, revoked); 403: a valid key asked
     # for a model it may not use; 429: over one of the key's limits.
     ErrorCode.MISSING_API_KEY: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),

@@ -120,7 +120,7 @@ class Metrics:
         )
         self.cache_stores = Counter(
             "gateway_cache_stores",
-            "Answers offered to the cache, by result (stored, too_large, failed).",
+            "Answers offered to the cache, by result (stored, too_large, not_json, failed).",
             ["result"],
             registry=r,
         )

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.admission import Admission
-from gateway.answers import CachedAnswer, answer_from_completion
+from gateway.answers import (
+    CachedAnswer,
+    CompletionSummary,
+    answer_from_completion,
+    summary_from_completion,
+)
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.stage import (
     BYPASS,
@@ -35,7 +40,7 @@ from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
-from gateway.moderation import Moderator, completion_text
+from gateway.moderation import Moderator
 from gateway.protocol import (
     ChatCompletionRequest,
     VQARequest,
@@ -138,6 +143,7 @@ class Pipeline:
         async def on_end(answer: CachedAnswer | None) -> None:
             if answer is not None:
                 self._note_answer(ctx, answer)
+            self._note_summary(ctx, stream.recorder.summary())
             await self._complete(plan, lookup, answer)
 
         guard = None
@@ -175,6 +181,7 @@ class Pipeline:
             request, self._settings, self._pool.model_ids(), self._remote_images, content
         )
         ctx.draft.images = prepared.images
+        self._note_features(ctx, prepared)
         await self._charge(ctx, prepared)
         return prepared
 
@@ -196,15 +203,22 @@ class Pipeline:
             return
         ctx.admission.check_model(prepared.model)
         sizes = [(image.width, image.height) for image in prepared.images]
+        features = prepared.features
+        # Schemas and tool definitions are read by the model too; n choices are n answers.
+        text = prepared.prompt
+        if features.extra_text:
+            text = f"{text}\n{features.extra_text}"
         await ctx.admission.charge_tokens(
-            estimate_tokens(prepared.prompt, sizes, prepared.token_budget)
+            estimate_tokens(text, sizes, prepared.token_budget * features.choices)
         )
 
     async def _moderate(self, ctx: RequestContext, prepared: PreparedRequest) -> None:
         """Content policy on prompt and images (400 content_policy_violation)."""
         if self._moderator is not None:
+            extra = prepared.features.extra_text  # schemas, tools, earlier tool calls
+            prompt = f"{prepared.prompt}\n{extra}" if extra else prepared.prompt
             await self._moderator.check_request(
-                ctx.draft, ctx.request_id, prepared.prompt, prepared, prepared.prompt_param
+                ctx.draft, ctx.request_id, prompt, prepared, prepared.prompt_param
             )
 
     async def _moderate_answer(self, ctx: RequestContext, text: str | None) -> None:
@@ -267,13 +281,14 @@ class Pipeline:
         answer = answer_from_completion(body)
         if answer is not None:
             self._note_answer(ctx, answer)
+        summary = summary_from_completion(body)
+        if summary is not None:
+            self._note_summary(ctx, summary)
         # A refused answer is never cached; a coalescing leader's waiters are told to ask
-        # for themselves (their own answer check refuses it again).
-        await self._forward(
-            plan,
-            lookup,
-            self._moderate_answer(ctx, answer.content if answer else completion_text(body)),
-        )
+        # for themselves (their own answer check refuses it again). Every choice and tool
+        # call is checked, each on its own.
+        for text in summary.checked_texts() if summary is not None else ():
+            await self._forward(plan, lookup, self._moderate_answer(ctx, text))
         await self._complete(plan, lookup, answer)
         return body, lookup.outcome
 
@@ -291,6 +306,26 @@ class Pipeline:
             answer.prompt_tokens,
             answer.completion_tokens,
         )
+
+    @staticmethod
+    def _note_summary(ctx: RequestContext, summary: CompletionSummary) -> None:
+        """Every choice (n > 1) and tool call; choice 0 alone is what the cache keeps."""
+        draft = ctx.draft
+        if summary.text is not None:
+            draft.answer = summary.text
+        draft.tool_calls = summary.logged_tool_calls()
+        if summary.completion_tokens is not None:
+            draft.prompt_tokens = summary.prompt_tokens
+            draft.completion_tokens = summary.completion_tokens
+
+    @staticmethod
+    def _note_features(ctx: RequestContext, prepared: PreparedRequest) -> None:
+        features, draft = prepared.features, ctx.draft
+        draft.response_format = features.response_format
+        draft.schema_name, draft.schema_sha256 = features.schema_name, features.schema_sha256
+        draft.end_user_sha256 = features.end_user_sha256
+        draft.request_metadata = features.metadata
+        draft.request_options = features.options
 
     @staticmethod
     def _note_worker(ctx: RequestContext) -> Callable[[str], None]:

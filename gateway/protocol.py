@@ -8,7 +8,7 @@ come from the worker and are modelled loosely (extra fields allowed) for the Ope
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,14 +49,89 @@ StopString = Annotated[str, Field(min_length=1)]
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+# OpenAI's pattern for function and schema names.
+Name = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+# A JSON schema as the client sent it: key order is kept (it is the order the grammar
+# emits properties in); its bounds are checked in gateway/validation/features.py.
+JsonSchema = dict[str, Any]
+
+
+class ToolCallFunction(_Strict):
+    name: Name
+    arguments: str
+
+
+class ToolCall(_Strict):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    role: Literal["system", "user", "assistant", "tool"]
+    # None only on an assistant message that carries tool_calls.
+    content: str | list[ContentPart] | None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=128)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
 
 
 class StreamOptions(_Strict):
     include_usage: bool | None = None
+
+
+class ResponseFormatText(_Strict):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(_Strict):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(_Strict):
+    name: Name
+    description: str | None = Field(default=None, max_length=1024)
+    # "schema" would shadow BaseModel.schema: the attribute is json_schema, the key "schema".
+    json_schema: JsonSchema | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class ResponseFormatJsonSchema(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema,
+    Field(discriminator="type"),
+]
+
+
+class FunctionDefinition(_Strict):
+    name: Name
+    description: str | None = Field(default=None, max_length=1024)
+    parameters: JsonSchema | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: Name
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+MetadataKey = Annotated[str, Field(max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
 
 
 class ChatCompletionRequest(_Strict):
@@ -73,9 +148,24 @@ class ChatCompletionRequest(_Strict):
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     # vLLM refuses empty stop strings: refuse them here, before the worker.
     stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
-    n: Literal[1] | None = None
+    # Bounded by GATEWAY_MAX_CHOICES (default 4) in validation; 128 is OpenAI's own cap.
+    n: int | None = Field(default=None, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # Bookkeeping that SDKs send: accepted within OpenAI's bounds, recorded in the log,
+    # never forwarded to a worker and never part of the cache key.
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=64)
+    prompt_cache_key: str | None = Field(default=None, max_length=64)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=16)
+    store: bool | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     # vLLM extensions that benchmark and load clients send (vLLM's own `bench serve`
     # sets ignore_eos). Harmless: the answer is still bounded by max_tokens.
     ignore_eos: bool | None = None
@@ -108,6 +198,7 @@ class VQAResponse(BaseModel):
 class ResponseMessage(_Loose):
     role: str
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatCompletionChoice(_Loose):

@@ -86,11 +86,13 @@ class Profile:
     structured_outputs: str = '{"backend": "xgrammar", "disable_any_whitespace": true}'
     # vLLM's tool-call parser ("" = tools off); Qwen3-VL emits Hermes-style <tool_call>.
     tool_call_parser: str = "hermes"
-    # "parameter": every tool's arguments follow its parameters schema, as if the client
-    # had sent strict: true. vLLM's default ("auto") constrains only the <tool_call>
-    # envelope for tools without strict, so any JSON value passes as arguments (the
-    # random-weight model answers a named tool_choice with `false`).
-    tool_strict_level: str = "parameter"
+    # False sets VLLM_ENFORCE_STRICT_TOOL_CALLING=0: a named or "required" tool_choice is
+    # then decoded with the tool's parameters as a plain JSON schema (disable_any_whitespace
+    # applies, the arguments always match). vLLM's default (xgrammar structural tags)
+    # leaves a tool without "strict": true free to send any JSON value as its arguments
+    # (the tiny model answered `false`), and with "strict" its tag grammar still lets the
+    # model emit whitespace until max_tokens, so the call never parses.
+    structural_tool_tags: bool = False
 
 
 PROFILES: dict[str, Profile] = {
@@ -237,8 +239,7 @@ def server_args(profile: Profile, host: str, port: int) -> list[str]:
     if profile.structured_outputs:
         args += ["--structured-outputs-config", profile.structured_outputs]
     if profile.tool_call_parser:
-        args += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_call_parser,
-                 "--tool-strict-level", profile.tool_strict_level]  # fmt: skip
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_call_parser]
     return args
 
 
@@ -258,6 +259,8 @@ def server_env(profile: Profile, api_key: str | None) -> dict[str, str]:
         # process vLLM spawns.
         "PYTHONPATH": str(REPO_ROOT / "worker" / "boot"),
     }
+    if not profile.structural_tool_tags:
+        env["VLLM_ENFORCE_STRICT_TOOL_CALLING"] = "0"
     if profile.device == "cpu":
         env["VLLM_CPU_OMP_THREADS_BIND"] = profile.cpu_threads_bind
         env["VLLM_CPU_KVCACHE_SPACE"] = str(profile.cpu_kvcache_gib or 1)

@@ -12,6 +12,7 @@ X-Cache says hit, miss, coalesced or bypass (the cache was not consulted).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ class CachePlan:
     key: str | None  # None: not cacheable, or the cache is off
     read: bool
     write: bool
+    # Structured outputs: only an answer that parses as JSON is stored (a truncated or
+    # malformed one is served as it is, never replayed).
+    json_answer: bool = False
 
 
 NO_CACHE: Final = CachePlan(None, read=False, write=False)
@@ -76,6 +80,9 @@ class CacheStage:
         )
         if not deterministic or not (directives.read or directives.write):
             return NO_CACHE
+        if prepared.features.cache_bypass is not None:
+            # logprobs, n > 1 and tool calls are not in the stored answer's shape.
+            return NO_CACHE
         revision = f"{self._settings.model_revision}|{self._model_root(prepared.model)}"
         key = derive_key(
             self._settings.cache_namespace,
@@ -84,7 +91,9 @@ class CacheStage:
             prepared.canonical,
             [image.sha256 for image in prepared.images],
         )
-        return CachePlan(key, directives.read, directives.write)
+        return CachePlan(
+            key, directives.read, directives.write, json_answer=prepared.features.structured
+        )
 
     async def lookup(self, plan: CachePlan) -> Lookup:
         if plan.key is None or not plan.read:
@@ -120,6 +129,9 @@ class CacheStage:
         if storable and answer is not None and not self._cache.fits(answer):
             self._metrics.cache_stores.labels("too_large").inc()
             storable = False
+        if storable and answer is not None and plan.json_answer and not _parses(answer.content):
+            self._metrics.cache_stores.labels("not_json").inc()
+            storable = False
         if lookup.lead is not None and self._coalescer is not None:
             ttl = self._cache.ttl_seconds if storable else None
             await self._coalescer.finish(lookup.lead, answer, ttl)
@@ -147,6 +159,14 @@ class CacheStage:
     def _count(self, lookup: Lookup) -> Lookup:
         self._metrics.cache_requests.labels(lookup.outcome).inc()
         return lookup
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def open_cache_stage(

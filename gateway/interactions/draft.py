@@ -8,7 +8,7 @@ InteractionRecord when the response ends.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from gateway.images import ImageInfo
 from gateway.interactions.records import CacheOutcome, Shape
@@ -37,6 +37,15 @@ class InteractionDraft:
     moderation: str | None = None
     api_key_id: str | None = None
     upstream_attempts: int | None = None
+    # Structured outputs, tools, n, logprobs and the bookkeeping fields SDKs send
+    # (gateway/validation/features.py); the answer's tool calls.
+    response_format: str | None = None
+    schema_name: str | None = None
+    schema_sha256: str | None = None
+    end_user_sha256: str | None = None
+    request_metadata: dict[str, str] | None = None
+    request_options: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
     def fail(self, error_type: str, error_code: str) -> None:
         if self.error_code is None:

@@ -121,6 +121,13 @@ class InteractionLogMiddleware:
             moderation=draft.moderation,
             api_key_id=draft.api_key_id,
             upstream_attempts=draft.upstream_attempts,
+            response_format=draft.response_format,
+            schema_name=draft.schema_name,
+            schema_sha256=draft.schema_sha256,
+            end_user_sha256=draft.end_user_sha256,
+            request_metadata=draft.request_metadata,
+            request_options=draft.request_options,
+            tool_calls=draft.tool_calls,
         )
 
 

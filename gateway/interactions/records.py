@@ -99,6 +99,16 @@ class InteractionRecord:
     completion_tokens: int | None = None
     moderation: str | None = None
     upstream_attempts: int | None = None
+    # response_format type, the JSON schema's name and SHA-256 (of its compact text, key
+    # order kept); the end user's id as HMAC-SHA256; metadata as sent; the non-default
+    # feature and bookkeeping options (n, logprobs, tools, store, ...); the tool calls.
+    response_format: str | None = None
+    schema_name: str | None = None
+    schema_sha256: str | None = None
+    end_user_sha256: str | None = None
+    request_metadata: Mapping[str, str] | None = None
+    request_options: Mapping[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +202,13 @@ def to_row(record: InteractionRecord, policy: RowPolicy) -> Row:
         "completion_tokens": record.completion_tokens,
         "moderation": record.moderation,
         "upstream_attempts": record.upstream_attempts,
+        "response_format": record.response_format,
+        "schema_name": record.schema_name,
+        "schema_sha256": record.schema_sha256,
+        "end_user_sha256": record.end_user_sha256,
+        "request_metadata": dict(record.request_metadata) if record.request_metadata else None,
+        "request_options": dict(record.request_options) if record.request_options else None,
+        "tool_calls": record.tool_calls,
         "poisoned": 0,
         "poison_error": None,
     }
@@ -253,6 +270,7 @@ COLUMN_SPECS: Final[dict[str, ColumnSpec]] = {
     if column.name not in _SKIPPED
 }
 COLUMNS: Final[tuple[str, ...]] = tuple(COLUMN_SPECS)
+JSON_COLUMNS: Final = frozenset(n for n, spec in COLUMN_SPECS.items() if spec.kind == "json")
 _MINIMAL: Final = ("request_id", "received_at_ms", "endpoint", "shape", "status_code")
 
 
@@ -366,7 +384,7 @@ def row_params(row: Mapping[str, Any]) -> tuple[Any, ...]:
         value = row.get(name)
         if value is None and not COLUMN_SPECS[name].nullable:
             value = COLUMN_SPECS[name].default
-        elif name == "images" and value is not None:
+        elif name in JSON_COLUMNS and value is not None:
             value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         values.append(value)
     return tuple(values)
@@ -382,4 +400,7 @@ def estimated_size(row: Mapping[str, Any]) -> int:
     images = row.get("images")
     if isinstance(images, list):
         size += 160 * len(images)
+    for name in ("request_metadata", "request_options", "tool_calls"):
+        if row.get(name) is not None:
+            size += 4 * len(json.dumps(row[name], ensure_ascii=False, default=str))
     return size

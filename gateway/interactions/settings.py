@@ -64,6 +64,10 @@ class InteractionLogSettings(BaseSettings):
     answer_max_chars: int = Field(default=8000, ge=0, le=MAX_TEXT_CHARS)
     # Client IP: "full" as seen, "truncated" (IPv4 /24, IPv6 /48: 203.0.113.0), "none".
     client_ip: IpMode = "truncated"
+    # The end-user id a client sends (safety_identifier, else user) is logged only as
+    # HMAC-SHA256 under this secret: the same shopper gets the same hash on every replica,
+    # and the log never holds the id itself. Unset: the id is not logged at all.
+    end_user_hash_secret: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
+from gateway.moderation.escapes import decode_json_escapes
 from gateway.moderation.images import ImageCheckFailed, ImageVerdicts, image_parts
 from gateway.moderation.policy import Policy, Violation
 from gateway.moderation.settings import ModerationSettings
@@ -106,7 +107,11 @@ class Moderator:
     def violation(self, stage: str, text: str) -> Violation | None:
         started = time.perf_counter()
         try:
-            return self._policy.violation(text)
+            found = self._policy.violation(text)
+            decoded = decode_json_escapes(text)
+            if found is None and decoded != text:  # JSON text: what its strings spell
+                found = self._policy.violation(decoded)
+            return found
         finally:
             self._metrics.moderation_check_duration.labels(stage).observe(
                 time.perf_counter() - started
@@ -169,35 +174,38 @@ class Moderator:
 class AnswerGuard:
     """Checks a streamed answer as it arrives (RecordingStream calls it once per chunk,
     before the chunk's events are forwarded, so the event that completes a forbidden
-    term is never sent). Each check covers the new text plus ``overlap`` characters
-    before it; when the stream's end arrives, an answer longer than one window is
+    term is never sent). Each choice (n > 1) is checked on its own, its tool-call
+    arguments with it. Each check covers the new text plus ``overlap`` characters
+    before it; when the stream's end arrives, a choice longer than one window is
     checked whole once more, for patterns that span more than the overlap."""
 
     def __init__(self, moderator: Moderator, draft: InteractionDraft, overlap: int) -> None:
         self._moderator = moderator
         self._draft = draft
         self._overlap = overlap
-        self._seen_parts = 0
-        self._windows = 0
-        self._tail = ""
+        self._seen: dict[int, int] = {}  # per choice: pieces already checked
+        self._windows: dict[int, int] = {}
+        self._tails: dict[int, str] = {}
         self._finished = False
 
     def __call__(self, recorder: AnswerRecorder) -> None:
-        parts = recorder.parts
-        if len(parts) > self._seen_parts:
-            window = self._tail + "".join(parts[self._seen_parts :])
-            self._seen_parts = len(parts)
-            self._windows += 1
-            self._check(window, parts)
-            self._tail = window[-self._overlap :]
+        for index, parts in recorder.texts.items():
+            seen = self._seen.get(index, 0)
+            if len(parts) > seen:
+                window = self._tails.get(index, "") + "".join(parts[seen:])
+                self._seen[index] = len(parts)
+                self._windows[index] = self._windows.get(index, 0) + 1
+                self._check(window, recorder)
+                self._tails[index] = window[-self._overlap :]
         if recorder.done and not self._finished:
             self._finished = True
-            if self._windows > 1:
-                self._check("".join(parts), parts)
+            for index, parts in recorder.texts.items():
+                if self._windows.get(index, 0) > 1:
+                    self._check("".join(parts), recorder)
             self._moderator.count("answer", _NONE, PASS)
 
-    def _check(self, text: str, parts: list[str]) -> None:
+    def _check(self, text: str, recorder: AnswerRecorder) -> None:
         violation = self._moderator.violation("answer", text)
         if violation is not None:
-            self._draft.answer = "".join(parts)
+            self._draft.answer = recorder.summary().text
             raise self._moderator.blocked(self._draft, "answer", violation, None)

@@ -8,6 +8,7 @@ Error messages are built from our own limits, never from the offending value.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,13 @@ from gateway.protocol import (
     VQARequest,
 )
 from gateway.remote_images import RemoteImageFetcher, fetch_remote_references
+from gateway.validation.features import (
+    NO_FEATURES,
+    Features,
+    key_view,
+    read_features,
+    worker_payload,
+)
 
 _T = TypeVar("_T")
 
@@ -65,6 +73,8 @@ class PreparedRequest:
     # Streams always ask the worker for usage (the cache and the log need it); this says
     # whether the client asked for it too, or the usage event is dropped on the way.
     client_wants_usage: bool
+    # Structured outputs, tools, logprobs, n and bookkeeping (validation/features.py).
+    features: Features = NO_FEATURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +161,8 @@ def read_chat(request: ChatCompletionRequest) -> ChatContent:
     chars = 0
     images: list[tuple[ImagePart, str]] = []
     for i, message in enumerate(request.messages):
+        if message.content is None:  # an assistant message with tool_calls only
+            continue
         if isinstance(message.content, str):
             texts.append(message.content)
             chars += len(message.content)
@@ -239,6 +251,7 @@ async def prepare_chat(
     """
     content = content if content is not None else read_chat(request)
     _check_chat_limits(request, content, settings, known_models)
+    features = read_features(request, settings)
     if request.max_tokens is None and request.max_completion_tokens is None:
         request.max_tokens = settings.default_max_tokens  # never forward an unbounded request
     budget = request.max_tokens or request.max_completion_tokens or settings.default_max_tokens
@@ -252,10 +265,15 @@ async def prepare_chat(
         checked = check_images()
         for (part, _), image in zip(content.images, checked, strict=True):
             part.image_url.url = image.data_uri
-        payload = request.model_dump(exclude_none=True)
-        return _prepared(
+        payload = worker_payload(request)
+        prepared = _prepared(
             request.model, request.stream, payload, checked, text, wants_usage, settings
         )
+        if features.uuid_salt is not None and settings.worker_image_uuids:
+            uuids = [f"{image.sha256}.{features.uuid_salt}" for image in prepared.images]
+            body = worker_body(payload, uuids)
+            return dataclasses.replace(prepared, features=features, body=body)
+        return dataclasses.replace(prepared, features=features)
 
     return await _run_sized(size, finish)
 
@@ -334,7 +352,7 @@ def worker_body(payload: dict[str, Any], image_uuids: list[str] | None) -> bytes
 def canonical_request(payload: Mapping[str, Any], image_digests: Sequence[str]) -> bytes:
     """The request as the key sees it: images as digests, shape-only fields dropped."""
     digests = iter(image_digests)
-    view = {k: v for k, v in payload.items() if k not in _SHAPE_ONLY_FIELDS}
+    view = {k: v for k, v in key_view(dict(payload)).items() if k not in _SHAPE_ONLY_FIELDS}
     messages = []
     for message in view.get("messages", []):
         content = message.get("content")
