@@ -77,7 +77,10 @@ class Spool:
         self._lock_fd = -1
         self._active_bytes = 0
         self._sealed_bytes = 0
-        self._dirty = False
+        # Appends made, and appends an fsync has covered: dirty while they differ. An fsync
+        # that fails covers nothing, so the next sync() tries again.
+        self._appends = 0
+        self._synced = 0
 
     # --- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
@@ -107,11 +110,13 @@ class Spool:
     def close(self) -> None:
         with self._mutex:
             if self._fd >= 0:
-                if self._dirty and self.fsync_enabled:
-                    os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
-                self._dirty = False
+                try:
+                    if self.dirty and self.fsync_enabled:
+                        os.fsync(self._fd)
+                        self._synced = self._appends
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = -1
@@ -131,7 +136,27 @@ class Spool:
 
     @property
     def dirty(self) -> bool:
-        return self._dirty
+        """Appended rows no successful fsync has covered yet (never with fsync off)."""
+        return self.fsync_enabled and self._appends != self._synced
+
+    def oldest_age_s(self, cursor: tuple[Path, int] | None = None) -> float:
+        """Seconds since the oldest record still waiting here arrived (0: spool empty).
+
+        Read from the first row left to replay (``cursor``: the replay's file and offset),
+        so the alert on records older than N minutes needs no bookkeeping per row."""
+        files = [*self.sealed_files(), *([self.path] if self._active_bytes else [])]
+        for path in files:
+            offset = cursor[1] if cursor is not None and cursor[0] == path else 0
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    line = f.readline()
+                received = json.loads(line)["received_at_ms"] if line.strip() else None
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # removed meanwhile, or a torn line: look at the next file
+            if isinstance(received, int):
+                return max(0.0, time.time() - received / 1000)
+        return 0.0
 
     # --- writing -----------------------------------------------------------------------
     def append(self, rows: Iterable[Mapping[str, Any]], *, sync: bool) -> int:
@@ -147,24 +172,23 @@ class Spool:
                 written = os.write(self._fd, view)
                 view = view[written:]
             self._active_bytes += len(data)
-            self._dirty = True
-            fd = -1
-            if sync and self.fsync_enabled:
-                fd = os.dup(self._fd)
-                self._dirty = False
-        if fd >= 0:
-            self._fsync_dup(fd)
+            self._appends += 1
+        if sync:
+            self.sync()
         return len(data)
 
     def sync(self) -> None:
-        """fsync what was appended so far (without holding the lock during the fsync)."""
+        """fsync what was appended so far (without holding the lock during the fsync).
+
+        Raises OSError when the fsync fails; the rows stay dirty (not durable)."""
         with self._mutex:
-            if self._fd < 0 or not self._dirty or not self.fsync_enabled:
-                self._dirty = False
+            if self._fd < 0 or not self.dirty:
                 return
             fd = os.dup(self._fd)
-            self._dirty = False
+            covered = self._appends
         self._fsync_dup(fd)
+        with self._mutex:
+            self._synced = max(self._synced, covered)
 
     @staticmethod
     def _fsync_dup(fd: int) -> None:
@@ -190,20 +214,27 @@ class Spool:
         return sorted(self.path.parent.glob(self.path.name + ".*.replay"))
 
     def rotate(self) -> Path | None:
-        """Seal the active file for replay and start a new one; None when it is empty."""
+        """Seal the active file for replay and start a new one; None when it is empty.
+
+        The sealed file is fsynced after the lock is released: submit() appends under the
+        same lock on the event loop, and must never wait for the disk."""
         with self._mutex:
             if self._fd < 0 or self._active_bytes == 0:
                 return None
-            if self.fsync_enabled:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            old = self._fd
+            covered = self._appends
             sealed = self.path.with_name(f"{self.path.name}.{time.time_ns():020d}.replay")
             os.replace(self.path, sealed)
             self._sealed_bytes += self._active_bytes
-            self._dirty = False
-            self._fd = self._open_active()
-            return sealed
+            self._fd = self._open_active()  # a new, empty active file
+        try:
+            if self.fsync_enabled:
+                os.fsync(old)
+        finally:
+            os.close(old)
+        with self._mutex:
+            self._synced = max(self._synced, covered)
+        return sealed
 
     def read_chunk(self, path: Path, offset: int, max_rows: int) -> Chunk:
         chunk = Chunk(next_offset=offset)

@@ -85,7 +85,7 @@ class ImageVerdicts:
         self._redis = redis
         self._breaker = breaker
         self._namespace = namespace
-        self._in_flight: dict[str, asyncio.Future[bool | None]] = {}
+        self._in_flight: dict[str, asyncio.Task[bool | None]] = {}
 
     def key(self, model: str, digest: str) -> str:
         question = hashlib.sha256(f"{model}\0{self._settings.image_question}".encode())
@@ -96,19 +96,17 @@ class ImageVerdicts:
     async def flagged(self, model: str, digest: str, part: dict[str, Any], request_id: str) -> bool:
         """Whether the image breaks the policy; raises ImageCheckFailed."""
         key = self.key(model, digest)
-        shared = self._in_flight.get(key)
-        if shared is not None:
+        check = self._in_flight.get(key)
+        if check is not None:
             self._metrics.moderation_image_verdicts.labels("shared").inc()
-            verdict = await asyncio.shield(shared)
         else:
-            future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-            self._in_flight[key] = future
-            verdict = None
-            try:
-                verdict = await self._verdict(key, model, digest, part, request_id)
-            finally:
-                del self._in_flight[key]
-                future.set_result(verdict)
+            # The check runs in a task of its own, not in the request that started it: that
+            # request may be cancelled (its client left) while others wait for the verdict,
+            # and only a real failure may count as "no verdict" for them.
+            check = asyncio.ensure_future(self._verdict(key, model, digest, part, request_id))
+            self._in_flight[key] = check
+            check.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        verdict = await asyncio.shield(check)
         if verdict is None:
             raise ImageCheckFailed("no verdict")
         return verdict

@@ -44,6 +44,7 @@ from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
+from gateway.upstream.bodies import read_limited
 from gateway.upstream.discovery import DnsDiscovery, Resolve, resolve_addresses
 
 log = logging.getLogger("gateway.upstream.pool")
@@ -314,7 +315,7 @@ class WorkerPool:
         ) as response:
             if response.status != 200:
                 return
-            raw = await response.content.read(_METRICS_BODY_LIMIT)
+            raw = await read_limited(response, _METRICS_BODY_LIMIT)
         load = parse_load(raw.decode("utf-8", "replace"))
         if load is None:
             return

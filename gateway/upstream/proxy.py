@@ -28,6 +28,7 @@ from gateway.breaker import BreakerOpen
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
+from gateway.upstream.bodies import read_limited
 from gateway.upstream.pool import Worker, WorkerPool, auth_headers
 
 log = logging.getLogger("gateway.upstream.proxy")
@@ -161,6 +162,17 @@ class UpstreamStream:
             self._response.close()
         self._ended()
 
+    def discard(self) -> None:
+        """Close a stream no caller took: the attempt's own bookkeeping (the worker's
+        in-flight count) was already undone by the caller that gave up on it."""
+        self._on_end = None
+        self.close()
+
+
+def _dispose_result(dispose: Callable[[T], None], task: asyncio.Future[T]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        dispose(task.result())
+
 
 class Upstream:
     """Forwards validated requests to a worker chosen by the pool."""
@@ -190,6 +202,7 @@ class Upstream:
         on_worker: Callable[[str], None] | None,
         attempt: Callable[[Worker], Awaitable[T]],
         keep_in_flight: bool = False,
+        dispose: Callable[[T], None] | None = None,
     ) -> T:
         """Run ``attempt`` on a chosen worker, retrying retryable failures elsewhere.
 
@@ -213,7 +226,7 @@ class Upstream:
             worker.in_flight += 1
             handed_over = False
             try:
-                result = await self._watched(worker, attempt)
+                result = await self._watched(worker, attempt, dispose)
                 handed_over = keep_in_flight
                 return result
             except BreakerOpen:
@@ -235,9 +248,18 @@ class Upstream:
             )
         raise last
 
-    async def _watched(self, worker: Worker, attempt: Callable[[Worker], Awaitable[T]]) -> T:
+    async def _watched(
+        self,
+        worker: Worker,
+        attempt: Callable[[Worker], Awaitable[T]],
+        dispose: Callable[[T], None] | None = None,
+    ) -> T:
         """The attempt through the worker's breaker, abandoned (and made retryable) when a
-        health check fails before it has its answer: a hung worker never answers."""
+        health check fails before it has its answer: a hung worker never answers.
+
+        ``dispose`` gets a result nobody will take: a cancellation can land after the
+        attempt opened its stream (or while it finishes); left open, the worker would keep
+        generating and the connection would never return to the pool."""
         loop = asyncio.get_running_loop()
         down: asyncio.Future[None] = loop.create_future()
         worker.down_waiters.add(down)
@@ -248,6 +270,8 @@ class Upstream:
             await asyncio.wait((task, down), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
+            if dispose is not None:
+                task.add_done_callback(partial(_dispose_result, dispose))
             raise
         finally:
             worker.down_waiters.discard(down)
@@ -258,6 +282,8 @@ class Upstream:
                 return await task  # it may have finished (or failed) meanwhile
             except asyncio.CancelledError:
                 if not task.cancelled():
+                    if dispose is not None:
+                        task.add_done_callback(partial(_dispose_result, dispose))
                     raise  # we were cancelled ourselves
         else:
             return task.result()
@@ -343,7 +369,9 @@ class Upstream:
                 on_end=release,
             )
 
-        return await self._attempts(affinity_key, on_worker, attempt, keep_in_flight=True)
+        return await self._attempts(
+            affinity_key, on_worker, attempt, keep_in_flight=True, dispose=UpstreamStream.discard
+        )
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> GatewayError | _WorkerFailed:
         status = response.status
@@ -395,7 +423,7 @@ class Upstream:
 async def _read_worker_error(response: aiohttp.ClientResponse) -> tuple[str | None, str | None]:
     """The message and param of a worker's error body (vLLM's shapes, old and new)."""
     try:
-        raw = await response.content.read(_ERROR_BODY_LIMIT)
+        raw = await read_limited(response, _ERROR_BODY_LIMIT)
         payload = json.loads(raw)
     except (aiohttp.ClientError, ValueError):
         return None, None

@@ -176,6 +176,13 @@ def read_chat(request: ChatCompletionRequest) -> ChatContent:
     return ChatContent("\n".join(texts), chars, images)
 
 
+def answer_limit(request: ChatCompletionRequest, settings: Settings) -> int:
+    """The answer's token limit as vLLM applies it: max_completion_tokens takes precedence
+    over max_tokens. Charging and checking by any other order would let a request pay
+    for one token and get thousands."""
+    return request.max_completion_tokens or request.max_tokens or settings.default_max_tokens
+
+
 def _check_chat_limits(
     request: ChatCompletionRequest,
     content: ChatContent,
@@ -187,7 +194,7 @@ def _check_chat_limits(
     _check_model(request.model, known_models)
     _check_max_tokens(request.max_tokens, "max_tokens", settings)
     _check_max_tokens(request.max_completion_tokens, "max_completion_tokens", settings)
-    limit = request.max_tokens or request.max_completion_tokens or settings.default_max_tokens
+    limit = answer_limit(request, settings)
     if request.min_tokens is not None and request.min_tokens > limit:
         raise GatewayError(
             ErrorCode.INVALID_REQUEST,
@@ -254,7 +261,7 @@ async def prepare_chat(
     features = read_features(request, settings)
     if request.max_tokens is None and request.max_completion_tokens is None:
         request.max_tokens = settings.default_max_tokens  # never forward an unbounded request
-    budget = request.max_tokens or request.max_completion_tokens or settings.default_max_tokens
+    budget = answer_limit(request, settings)
     wants_usage = bool(request.stream_options and request.stream_options.include_usage)
     if request.stream:
         request.stream_options = StreamOptions(include_usage=True)
