@@ -1,26 +1,28 @@
-"""Shared fixtures: one real vLLM CPU worker (cpu-tiny) per test session.
+"""Shared fixtures: one real vLLM CPU worker (cpu-tiny) per test session, its database,
+and the in-process doubles: a scriptable fake worker and gateways in front of either.
 
 Set VLM_TEST_WORKER_URL to reuse a worker that is already running (faster
 local iterations); otherwise the session starts its own on a free port through
 the same launcher `make worker` uses, and stops it at the end.
+
+Helpers live in tests/support/, stand-ins in tests/doubles/; only fixtures live here.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 
 from gateway.db.migrate import upgrade
 from localstack.processes import StartError, start_worker
-from tests.mariadb_fixtures import shared_database
-from worker.profiles import REPO_ROOT
-
-LOG_DIR = REPO_ROOT / ".run" / "test-logs"
-TINY_MODEL_NAME = "qwen3-vl-tiny"
-WORKER_STARTUP_TIMEOUT_S = 600.0
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.mariadb import shared_database
+from tests.support.servers import run_gateway, serve
+from tests.support.worker import LOG_DIR, WORKER_STARTUP_TIMEOUT_S
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +60,31 @@ def gateway_process_env(log_database_url: str) -> dict[str, str]:
         "GATEWAY_CACHE_NAMESPACE": f"test-{uuid.uuid4().hex[:10]}",
         "GATEWAY_AUTH_ENABLED": "false",
     }
+
+
+@pytest.fixture(scope="session")
+async def fake_worker() -> AsyncIterator[FakeWorker]:
+    worker = FakeWorker()
+    async with serve(worker.app()) as url:
+        worker.url = url
+        yield worker
+
+
+@pytest.fixture(scope="session")
+async def fake_gateway(fake_worker: FakeWorker) -> AsyncIterator[str]:
+    """A gateway in front of the fake worker, with short timeouts."""
+    async with run_gateway(fake_worker.url, first_byte_timeout_s=1.0, total_timeout_s=2.0) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def gateway_url(worker_url: str) -> AsyncIterator[str]:
+    """A gateway in front of the real worker."""
+    async with run_gateway(worker_url) as url:
+        yield url
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client

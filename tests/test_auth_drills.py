@@ -14,11 +14,11 @@ import pytest
 from gateway.auth import generate_key
 from gateway.db.migrate import upgrade
 from gateway.protocol import ErrorResponse
-from tests.auth_fixtures import bearer, create_key, keyed_gateway
-from tests.gateway_fixtures import FakeWorker, chat_body, scrape
-from tests.mariadb_fixtures import PrivateMariaDB, running_private_mariadb
-
-pytest_plugins = ["tests.gateway_fixtures"]
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.auth import bearer, create_key, keyed_gateway
+from tests.support.mariadb import PrivateMariaDB, running_private_mariadb
+from tests.support.metrics import scrape
+from tests.support.requests import chat_body
 
 CHAT = "/v1/chat/completions"
 

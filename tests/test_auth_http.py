@@ -18,10 +18,11 @@ from pydantic import SecretStr
 from gateway.db.engine import create_sync_engine
 from gateway.interactions import InteractionLogSettings
 from gateway.protocol import ErrorResponse
-from tests.auth_fixtures import bearer, create_key, key_id, keyed_gateway, run_cli, secret_of
-from tests.gateway_fixtures import MODEL, FakeWorker, b64, chat_body, image_bytes, scrape
-
-pytest_plugins = ["tests.gateway_fixtures"]
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.auth import bearer, create_key, key_id, keyed_gateway, run_cli, secret_of
+from tests.support.images import b64, image_bytes
+from tests.support.metrics import scrape
+from tests.support.requests import MODEL, chat_body, vqa_body
 
 CHAT = "/v1/chat/completions"
 
@@ -141,7 +142,7 @@ async def test_a_key_limited_to_other_models_gets_403(
 ) -> None:
     other = create_key(log_database_url, "--models", "another-model")
     mine = create_key(log_database_url, "--models", f"{MODEL},another-model")
-    vqa = {"image": b64(image_bytes()), "prompt": "what is it?"}
+    vqa = vqa_body(b64(image_bytes()), "what is it?")
     async with keyed_gateway(fake_worker.url, log_database_url) as url:
         refused = await http.post(url + CHAT, json=chat_body(), headers=bearer(other))
         assert_error(refused, 403, "model_not_permitted", "permission_error")

@@ -20,10 +20,11 @@ import pytest
 from PIL import Image
 
 from localstack.processes import LocalProcess, start_gateway
-from tests.conftest import LOG_DIR, TINY_MODEL_NAME
-from tests.redis_fixtures import PrivateRedis
-from tests.sse import read_stream
-from tests.worker_metrics import finished_requests
+from tests.support.images import data_uri
+from tests.support.redis_server import PrivateRedis
+from tests.support.requests import image_chat_body, vqa_body
+from tests.support.sse import read_stream
+from tests.support.worker import LOG_DIR, finished_requests
 from worker.sample_image import png_bytes
 
 pytestmark = pytest.mark.engine
@@ -51,22 +52,8 @@ def _photo(seed: int, size: int = 48) -> bytes:
 
 
 def _chat(image: bytes, mime: str = "image/png", **extra: Any) -> dict[str, Any]:
-    uri = f"data:{mime};base64,{base64.b64encode(image).decode()}"
-    return {
-        "model": TINY_MODEL_NAME,
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": uri}},
-                    {"type": "text", "text": "Is this bag real leather?"},
-                ],
-            }
-        ],
-        "max_tokens": 6,
-        "temperature": 0,
-        **extra,
-    }
+    fields = {"max_tokens": 6, "temperature": 0, **extra}
+    return image_chat_body("Is this bag real leather?", data_uri(image, mime), **fields)
 
 
 async def _post(
@@ -115,7 +102,7 @@ async def test_sampled_requests_and_cache_control_bypass(
 async def test_same_photo_in_another_encoding_is_a_hit(gateways: list[str]) -> None:
     photo = _photo(4)
     bare = base64.b64encode(photo).decode()
-    simple = {"image": bare, "prompt": "What brand is it?", "max_tokens": 6}
+    simple = vqa_body(bare, "What brand is it?", max_tokens=6)
     assert (await _post(gateways[0], simple, "/v1/vqa")).headers["x-cache"] == "miss"
     # The same bytes as a data URI, declared JPEG, on the other endpoint: same key.
     as_uri = {**simple, "image": f"data:image/jpeg;base64,{bare}"}

@@ -12,24 +12,12 @@ from gateway.cache.keys import derive_key, is_deterministic
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.store import CacheDirectives
 from gateway.validation.prepare import canonical_request
+from tests.support.requests import image_chat_body
 
 
 def _payload(text: str = "Is this real leather?", **params: Any) -> dict[str, Any]:
-    return {
-        "model": "m",
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-                    {"type": "text", "text": text},
-                ],
-            }
-        ],
-        "max_tokens": 32,
-        "temperature": 0,
-        **params,
-    }
+    fields = {"max_tokens": 32, "temperature": 0, **params}
+    return image_chat_body(text, "data:image/png;base64,AAAA", model="m", **fields)
 
 
 def _key(payload: dict[str, Any], digests: tuple[str, ...] = ("d1",), **kw: str) -> str:

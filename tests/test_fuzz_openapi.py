@@ -5,7 +5,7 @@ and every inference request logged to MariaDB with no row dropped.
 The gateway is the real process (``python -m gateway``) with real Redis (a namespace of
 its own) and the real interaction log (this session's database); its worker is the echo
 double (localstack/echo_worker.py) so a thousand requests take seconds. The real engine
-is behind the same gateway in the end-to-end tests (test_gateway_worker, test_stack_nginx).
+is behind the same gateway in the end-to-end tests (test_pipeline_engine, test_stack_nginx).
 
 Stateful testing does not apply: the spec has no links (no operation creates a resource
 another one reads), and schemathesis reports that phase as not applicable.
@@ -33,8 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from localstack import echo_worker as echo_worker_process
 from localstack.processes import LocalProcess, start_gateway
-from tests.auth_fixtures import create_key
-from tests.conftest import LOG_DIR
+from tests.support.auth import create_key
+from tests.support.worker import LOG_DIR
 from worker.profiles import REPO_ROOT
 
 MIN_CASES = 1000
@@ -132,7 +132,7 @@ def _run_schemathesis(
     # Run outside the checkout: schemathesis keeps a cache folder in its working directory.
     env = {
         **os.environ,
-        "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks",
+        "SCHEMATHESIS_HOOKS": "tests.support.fuzz_hooks",
         "PYTHONPATH": str(REPO_ROOT),
         "NO_COLOR": "1",
     }

@@ -30,11 +30,11 @@ from sqlalchemy import inspect
 from gateway.db.engine import create_sync_engine
 from localstack import echo_worker
 from localstack.processes import LocalProcess, start_gateway, start_nginx
-from tests import hostile_images as img
-from tests.conftest import LOG_DIR
-from tests.mariadb_fixtures import logged_rows
+from tests.support import images as img
+from tests.support.mariadb import logged_rows
+from tests.support.requests import MODEL, chat_body, image_message, vqa_body
+from tests.support.worker import LOG_DIR
 
-MODEL = "qwen3-vl-tiny"
 GATEWAY_MAX_BODY = 256 * 1024
 NGINX_MAX_BODY = 1024 * 1024
 # Short, so the slow-body cases take seconds (the defaults are 30 s and 60 s).
@@ -137,14 +137,11 @@ def _json(value: Any) -> bytes:
 
 
 def chat(content: Any = "what is this?", model: str = MODEL, **extra: Any) -> bytes:
-    return _json({"model": model, "messages": [{"role": "user", "content": content}],
-                  "max_tokens": 4, **extra})  # fmt: skip
+    return _json(chat_body(content, model=model, **{"max_tokens": 4, **extra}))
 
 
 def with_image(data: bytes, mime: str = "image/png", count: int = 1) -> bytes:
-    uri = f"data:{mime};base64,{base64.b64encode(data).decode()}"
-    parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": uri}}] * count
-    return chat([*parts, {"type": "text", "text": "what is this?"}])
+    return chat(image_message("what is this?", *[img.data_uri(data, mime)] * count))
 
 
 def _raw_param(name: str, literal: str) -> bytes:
@@ -188,7 +185,7 @@ CASES = [
     Case("image-1x200", 200, None, with_image(img.picture("PNG", (1, 200)))),
     Case("too-many-images", 400, "too_many_images", with_image(PNG, count=3)),
     Case("vqa-bomb", 400, "image_too_large", path="/v1/vqa",
-         body=_json({"image": base64.b64encode(img.png_bomb()).decode(), "prompt": "hi"})),
+         body=_json(vqa_body(img.b64(img.png_bomb()), "hi"))),
     # sampling values
     Case("temperature-1e308", 400, "invalid_temperature", chat(temperature=1e308)),
     Case("temperature-negative", 400, "invalid_temperature", chat(temperature=-1)),
@@ -204,7 +201,7 @@ CASES = [
     Case("crlf-injection-request-id", 200, None, chat(),
          request_id=b"hostile-%s\r\nSet-Cookie: a=1"),
     # Control characters in a header value break HTTP itself: the HTTP parser refuses the
-    # request before the app (gateway/http_protocol.py answers in our shape), so no route
+    # request before the app (gateway/server.py answers in our shape), so no route
     # and no log row ever exist for it; through Nginx, the gateway's 400 is passed on.
     Case("ansi-user-agent", 400, "invalid_request", chat(), logged=False,
          headers=((b"User-Agent", ("app " + ESC).encode()),)),

@@ -37,7 +37,7 @@ from gateway.interactions import (
     InteractionWriter,
     LoggedImage,
 )
-from tests.mariadb_fixtures import PrivateMariaDB, running_private_mariadb
+from tests.support.mariadb import PrivateMariaDB, running_private_mariadb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTAGE_S = float(os.environ.get("VLM_DRILL_OUTAGE_S", "30"))

@@ -4,7 +4,6 @@ row in MariaDB with the right fields, for misses, hits, errors and rejected requ
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import uuid
 from collections.abc import Iterator
@@ -14,8 +13,10 @@ import httpx
 import pytest
 
 from localstack.processes import LocalProcess, start_gateway
-from tests.conftest import LOG_DIR, TINY_MODEL_NAME
-from tests.mariadb_fixtures import logged_rows
+from tests.support.images import data_uri
+from tests.support.mariadb import logged_rows
+from tests.support.requests import image_chat_body
+from tests.support.worker import LOG_DIR, TINY_MODEL_NAME
 from worker.sample_image import png_bytes
 
 pytestmark = pytest.mark.engine
@@ -35,22 +36,9 @@ def gateway(worker_url: str, gateway_process_env: dict[str, str]) -> Iterator[Lo
 
 
 def _body(photo_seed: int, **extra: Any) -> dict[str, Any]:
-    uri = "data:image/png;base64," + base64.b64encode(png_bytes(40, 40, seed=photo_seed)).decode()
-    return {
-        "model": TINY_MODEL_NAME,
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": uri}},
-                    {"type": "text", "text": "Is it leather?"},
-                ],
-            }
-        ],
-        "max_tokens": 5,
-        "temperature": 0,
-        **extra,
-    }
+    uri = data_uri(png_bytes(40, 40, seed=photo_seed))
+    fields = {"max_tokens": 5, "temperature": 0, **extra}
+    return image_chat_body("Is it leather?", uri, **fields)
 
 
 async def _send(url: str, request_id: str, **kwargs: Any) -> httpx.Response:

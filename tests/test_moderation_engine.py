@@ -3,19 +3,18 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from tests.conftest import TINY_MODEL_NAME
-from tests.gateway_fixtures import run_gateway
-from tests.worker_metrics import finished_requests
+from tests.support.images import data_uri
+from tests.support.requests import image_chat_body
+from tests.support.servers import run_gateway
+from tests.support.worker import finished_requests
 from worker.sample_image import png_bytes
 
 pytestmark = pytest.mark.engine
-pytest_plugins = ["tests.gateway_fixtures"]
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +24,8 @@ async def moderated_gateway(worker_url: str) -> AsyncIterator[str]:
 
 
 def _body(question: str) -> dict[str, object]:
-    uri = "data:image/png;base64," + base64.b64encode(png_bytes(48, 48, seed=61)).decode()
-    content = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": question}]
-    return {
-        "model": TINY_MODEL_NAME,
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": 4,
-        "temperature": 0,
-    }
+    uri = data_uri(png_bytes(48, 48, seed=61))
+    return image_chat_body(question, uri, max_tokens=4, temperature=0)
 
 
 async def test_a_refused_prompt_never_reaches_the_worker_and_a_clean_one_does(

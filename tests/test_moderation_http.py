@@ -28,18 +28,12 @@ from gateway.interactions import InteractionLogSettings
 from gateway.moderation import ModerationSettings
 from gateway.moderation.settings import DEFAULT_IMAGE_QUESTION
 from gateway.protocol import ErrorResponse
-from tests.gateway_fixtures import (
-    FakeWorker,
-    chat_body,
-    data_uri,
-    image_message,
-    run_gateway,
-    scrape,
-    total,
-)
-from tests.redis_fixtures import PrivateRedis
-
-pytest_plugins = ["tests.gateway_fixtures"]
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.images import data_uri
+from tests.support.metrics import scrape, total
+from tests.support.redis_server import PrivateRedis
+from tests.support.requests import chat_body, image_chat_body, vqa_body
+from tests.support.servers import run_gateway
 
 NAMESPACE = f"mod{uuid.uuid4().hex[:10]}"  # the text gateway's cache namespace
 
@@ -156,11 +150,11 @@ async def test_the_simple_shape_and_clean_prompts(
     gateway: str, fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient
 ) -> None:
     image = data_uri(_photo())
-    simple = await _post(gateway, {"image": image, "prompt": "这里有色情视频吗"}, "/v1/vqa")
+    simple = await _post(gateway, vqa_body(image, "这里有色情视频吗"), "/v1/vqa")
     assert _refused(simple)["param"] == "prompt"
     request_id = f"mod-{uuid.uuid4().hex}"
     clean = await _post(
-        gateway, chat_body(image_message("这个包是真皮的吗？", image)), request_id=request_id
+        gateway, image_chat_body("这个包是真皮的吗？", image), request_id=request_id
     )
     assert clean.status_code == 200
     (row,) = await _rows(log_database_url, request_id)
@@ -322,9 +316,7 @@ async def test_an_image_the_model_flags_is_refused(
     _, uri = _with_image(fake_worker, "fake:say:Yes.")
     prompt = _scripted(fake_worker, "A brown leather bag.")
     request_id = f"mod-{uuid.uuid4().hex}"
-    response = await _post(
-        image_gateway, chat_body(image_message(prompt, uri)), request_id=request_id
-    )
+    response = await _post(image_gateway, image_chat_body(prompt, uri), request_id=request_id)
     assert _refused(response)["param"] == "messages"
     assert _questions(fake_worker, uri) == 1
     assert _asked(fake_worker, prompt) == 0, "the question itself never reached the worker"
@@ -339,10 +331,10 @@ async def test_image_verdicts_are_cached_by_digest(
     before = await scrape(http, image_gateway)
     for question in ("这个包是真皮的吗？", "what brand is it?"):
         prompt = _scripted(fake_worker, f"About {question}: a leather bag.")
-        response = await _post(image_gateway, chat_body(image_message(prompt, uri)))
+        response = await _post(image_gateway, image_chat_body(prompt, uri))
         assert response.status_code == 200, response.text
     # The same bytes in the simple shape (bare base64): the same digest, no new question.
-    simple = {"image": uri.split(",", 1)[1], "prompt": _scripted(fake_worker, "A bag.")}
+    simple = vqa_body(uri.split(",", 1)[1], _scripted(fake_worker, "A bag."))
     assert (await _post(image_gateway, simple, "/v1/vqa")).status_code == 200
     assert _questions(fake_worker, uri) == 1
     after = await scrape(http, image_gateway)
@@ -357,7 +349,7 @@ async def test_concurrent_checks_of_one_image_share_one_question(
     image_gateway: str, fake_worker: FakeWorker
 ) -> None:
     _, uri = _with_image(fake_worker, "fake:sleepsay:0.3:no")
-    bodies = [chat_body(image_message(_scripted(fake_worker, "A bag."), uri)) for _ in range(3)]
+    bodies = [image_chat_body(_scripted(fake_worker, "A bag."), uri) for _ in range(3)]
     responses = await asyncio.gather(*(_post(image_gateway, body) for body in bodies))
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert _questions(fake_worker, uri) == 1
@@ -373,9 +365,7 @@ async def test_a_failed_image_check_lets_the_request_through_and_says_so(
     ids = [f"mod-{uuid.uuid4().hex}" for _ in range(2)]
     for request_id in ids:
         prompt = _scripted(fake_worker, "A leather bag.")
-        response = await _post(
-            image_gateway, chat_body(image_message(prompt, uri)), request_id=request_id
-        )
+        response = await _post(image_gateway, image_chat_body(prompt, uri), request_id=request_id)
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"] == "A leather bag."
     assert _questions(fake_worker, uri) == 2, "a failed check is not cached"
@@ -402,9 +392,7 @@ async def test_a_failed_image_check_refuses_the_request_when_failing_closed(
         log=_log(log_database_url, tmp_path),
         moderation=ModerationSettings(image_check=True, image_check_fail_closed=True),
     ) as gateway:
-        response = await _post(
-            gateway, chat_body(image_message(prompt, uri)), request_id=request_id
-        )
+        response = await _post(gateway, image_chat_body(prompt, uri), request_id=request_id)
     assert response.status_code == 503, response.text
     assert int(response.headers["retry-after"]) >= 1
     error = ErrorResponse.model_validate_json(response.content).error
@@ -423,9 +411,7 @@ async def test_an_unclear_image_answer_is_a_failed_check(
     _, uri = _with_image(fake_worker, "fake:say:a brown bag on a table")
     request_id = f"mod-{uuid.uuid4().hex}"
     prompt = _scripted(fake_worker, "A leather bag.")
-    response = await _post(
-        image_gateway, chat_body(image_message(prompt, uri)), request_id=request_id
-    )
+    response = await _post(image_gateway, image_chat_body(prompt, uri), request_id=request_id)
     assert response.status_code == 200
     (row,) = await _rows(log_database_url, request_id)
     assert row["moderation"] == "check_failed:image"
@@ -446,7 +432,7 @@ async def test_image_checks_go_on_without_redis(fake_worker: FakeWorker, tmp_pat
             _, uri = _with_image(fake_worker, "fake:say:no")
             for _ in range(2):
                 prompt = _scripted(fake_worker, "A leather bag.")
-                response = await _post(url, chat_body(image_message(prompt, uri)))
+                response = await _post(url, image_chat_body(prompt, uri))
                 assert response.status_code == 200, response.text
             assert _questions(fake_worker, uri) == 2
     finally:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import ImageLimits, check_image, decode_base64_strict, inspect_image
-from tests.hostile_images import picture
+from tests.support.images import picture
 
 LIMITS = ImageLimits(max_pixels=1_000_000, verify_decode=True)
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -19,18 +19,12 @@ from redis.asyncio import Redis
 from gateway.breaker import CircuitBreaker
 from gateway.protocol import ErrorResponse
 from gateway.ratelimit import ConcurrencyLimiter, RateLimitSettings
-from tests.auth_fixtures import bearer, create_key, key_id, keyed_gateway
-from tests.gateway_fixtures import (
-    FakeWorker,
-    chat_body,
-    data_uri,
-    image_bytes,
-    image_message,
-    scrape,
-)
-from tests.redis_fixtures import PrivateRedis
-
-pytest_plugins = ["tests.gateway_fixtures"]
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.auth import bearer, create_key, key_id, keyed_gateway
+from tests.support.images import data_uri, image_bytes
+from tests.support.metrics import scrape
+from tests.support.redis_server import PrivateRedis
+from tests.support.requests import chat_body, image_chat_body
 
 CHAT = "/v1/chat/completions"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
@@ -101,8 +95,7 @@ async def test_tokens_per_minute_count_images(
 ) -> None:
     key = create_key(log_database_url, "--tpm", "1200")
     # 960 x 960 is 30 x 30 = 900 image tokens; "what is it?" is 4; max_tokens 16: 920.
-    photo = chat_body(image_message("what is it?", data_uri(image_bytes(size=(960, 960)))),
-                      max_tokens=16)  # fmt: skip
+    photo = image_chat_body("what is it?", data_uri(image_bytes(size=(960, 960))), max_tokens=16)
     small = chat_body("hello", max_tokens=16)  # 2 + 16 = 18
     async with keyed_gateway(fake_worker.url, log_database_url) as url:
         ok = await http.post(url + CHAT, json=small, headers=bearer(key))

@@ -21,7 +21,7 @@ from gateway.metrics import Metrics
 from gateway.remote_images import RemoteImageFetcher, RemoteImageSettings, open_fetcher
 from gateway.remote_images.fetcher import create_fetch_session
 from gateway.remote_images.policy import host_allowed, is_blocked
-from tests.image_server import OTHER_PNG, PNG, ImageServer, make_certificates, running
+from tests.doubles.image_server import OTHER_PNG, PNG, ImageServer, make_certificates, running
 
 PARAM = "messages[0].content[0].image_url.url"
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)

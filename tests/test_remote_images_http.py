@@ -25,20 +25,14 @@ from gateway.db.engine import create_sync_engine
 from gateway.interactions import InteractionLogSettings
 from gateway.protocol import ErrorResponse
 from gateway.remote_images import RemoteImageSettings
-from tests.conftest import TINY_MODEL_NAME
-from tests.gateway_fixtures import (
-    MARKER,
-    FakeWorker,
-    chat_body,
-    data_uri,
-    image_message,
-    run_gateway,
-    scrape,
-    total,
-)
-from tests.image_server import PNG, ImageServer, running
-
-pytest_plugins = ["tests.gateway_fixtures"]
+from tests.doubles.fake_worker import FakeWorker
+from tests.doubles.image_server import PNG, ImageServer, running
+from tests.support.bad_requests import MARKER
+from tests.support.images import data_uri
+from tests.support.metrics import scrape, total
+from tests.support.requests import chat_body, image_chat_body, vqa_body
+from tests.support.servers import run_gateway
+from tests.support.worker import TINY_MODEL_NAME
 
 PARAM = "messages[0].content[0].image_url.url"
 
@@ -73,7 +67,7 @@ async def remote_gateway(fake_worker: FakeWorker, images: ImageServer) -> AsyncI
 
 
 def remote_chat(url: str, **extra: Any) -> dict[str, Any]:
-    return chat_body(image_message("what is this?", url), temperature=0, **extra)
+    return image_chat_body("what is this?", url, temperature=0, **extra)
 
 
 def assert_refused(response: httpx.Response, code: str, param: str = PARAM) -> None:
@@ -90,7 +84,7 @@ async def test_off_by_default(
     url = images.url(f"/image.png?{MARKER}")
     response = await http.post(f"{fake_gateway}/v1/chat/completions", json=remote_chat(url))
     assert_refused(response, "remote_image_url_unsupported")
-    simple = await http.post(f"{fake_gateway}/v1/vqa", json={"image": url, "prompt": "what?"})
+    simple = await http.post(f"{fake_gateway}/v1/vqa", json=vqa_body(url, "what?"))
     assert_refused(simple, "remote_image_url_unsupported", param="image")
     assert len(fake_worker.requests) == seen
     assert sum(images.hits.values()) == hits  # nothing was fetched
@@ -120,7 +114,7 @@ async def test_simple_shape_and_streams_take_urls(
     url = images.url("/hops/2")  # redirects within the allowed host are followed
     headers = {"Cache-Control": "no-cache"}
     simple = await http.post(
-        f"{remote_gateway}/v1/vqa", json={"image": url, "prompt": "what?"}, headers=headers
+        f"{remote_gateway}/v1/vqa", json=vqa_body(url, "what?"), headers=headers
     )
     assert simple.status_code == 200, simple.text
     sent = fake_worker.requests[-1][1]["messages"][0]["content"][0]["image_url"]["url"]
@@ -192,7 +186,7 @@ async def test_a_bad_inline_image_is_refused_before_any_fetch(
 ) -> None:
     hits = sum(images.hits.values())
     broken = "data:image/png;base64," + base64.b64encode(b"not a picture").decode()
-    body = chat_body(image_message("compare", images.url("/image.png"), broken), temperature=0)
+    body = image_chat_body("compare", images.url("/image.png"), broken, temperature=0)
     response = await http.post(f"{remote_gateway}/v1/chat/completions", json=body)
     assert response.status_code == 400, response.text
     assert ErrorResponse.model_validate_json(response.content).error.param == (
@@ -222,10 +216,8 @@ async def test_real_engine_answers_about_a_remote_image(
         flush_interval_s=0.1,
     )
     request_id = f"remote-{uuid.uuid4().hex}"
-    body = chat_body(
-        image_message("What is in this photo?", images.url("/image.png")),
-        model=TINY_MODEL_NAME,
-        max_tokens=5,
+    body = image_chat_body(
+        "What is in this photo?", images.url("/image.png"), model=TINY_MODEL_NAME, max_tokens=5
     )
     text_only = chat_body("What is in this photo?", model=TINY_MODEL_NAME, max_tokens=5)
     gateway = run_gateway(worker_url, remote_images=remote_settings(images), log=log)

@@ -18,9 +18,9 @@ import openai
 import pytest
 
 from localstack.processes import LocalProcess, start_gateway, start_nginx
-from tests.conftest import LOG_DIR, TINY_MODEL_NAME
-from tests.sse import assert_arrived_incrementally, read_stream
-from tests.worker_metrics import finished_requests
+from tests.support.requests import image_chat_body, vqa_body
+from tests.support.sse import assert_arrived_incrementally, read_stream
+from tests.support.worker import LOG_DIR, TINY_MODEL_NAME, finished_requests
 from worker.sample_image import png_bytes, png_data_uri
 
 pytestmark = pytest.mark.engine
@@ -57,21 +57,8 @@ def stack(stack_processes: Stack) -> str:
 
 
 def _chat(stream: bool = False, **extra: Any) -> dict[str, Any]:
-    return {
-        "model": TINY_MODEL_NAME,
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": png_data_uri(96, 64, seed=11)}},
-                    {"type": "text", "text": "Is this bag real leather?"},
-                ],
-            }
-        ],
-        "max_tokens": 8,
-        "stream": stream,
-        **extra,
-    }
+    fields = {"max_tokens": 8, "stream": stream, **extra}
+    return image_chat_body("Is this bag real leather?", png_data_uri(96, 64, seed=11), **fields)
 
 
 async def test_chat_completion_through_nginx(stack: str) -> None:
@@ -99,9 +86,7 @@ async def test_a_request_id_is_generated_when_absent(stack: str) -> None:
 async def test_simple_shape_on_both_endpoints(stack: str, path: str) -> None:
     image = base64.b64encode(png_bytes(64, 64, seed=5)).decode()
     async with httpx.AsyncClient(base_url=stack, timeout=60) as client:
-        response = await client.post(
-            path, json={"image": image, "prompt": "What brand is it?", "max_tokens": 8}
-        )
+        response = await client.post(path, json=vqa_body(image, "What brand is it?", max_tokens=8))
     assert response.status_code == 200
     assert set(response.json()) == {"text"}
     assert isinstance(response.json()["text"], str)

@@ -13,25 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TINY_MODEL_NAME
-from tests.sse import assert_arrived_incrementally, read_stream
-from tests.worker_metrics import metric_total
+from tests.support.requests import image_chat_body
+from tests.support.sse import assert_arrived_incrementally, read_stream
+from tests.support.worker import TINY_MODEL_NAME, metric_total
 from worker.sample_image import png_data_uri
 
 pytestmark = pytest.mark.engine
 
 
 def _chat(images: list[str], text: str, **extra: Any) -> dict[str, Any]:
-    content: list[dict[str, Any]] = [
-        {"type": "image_url", "image_url": {"url": uri}} for uri in images
-    ]
-    content.append({"type": "text", "text": text})
-    return {
-        "model": TINY_MODEL_NAME,
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": 8,
-        **extra,
-    }
+    return image_chat_body(text, *images, **{"max_tokens": 8, **extra})
 
 
 async def test_chat_completion_with_a_base64_png_returns_choices_and_usage(

@@ -1,5 +1,5 @@
 """Helpers for the API-key and rate-limit tests: keys made with the real CLI, gateways
-that require them. PYTEST_DONT_REWRITE (imported before pytest sees pytest_plugins)."""
+that require them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from gateway.auth import AuthSettings
 from gateway.auth.cli import main as keys_cli
 from gateway.ratelimit import RateLimitSettings
-from tests.gateway_fixtures import run_gateway
+from tests.support.servers import run_gateway
 
 
 def run_cli(database_url: str, *args: str) -> tuple[int, str]:

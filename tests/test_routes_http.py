@@ -13,22 +13,12 @@ import httpx
 import pytest
 
 from gateway.protocol import ErrorResponse
-from tests.gateway_fixtures import (
-    MARKER,
-    MODEL,
-    TEST_LIMITS,
-    BadCase,
-    FakeWorker,
-    b64,
-    bad_cases,
-    chat_body,
-    image_bytes,
-    run_gateway,
-    scrape,
-    total,
-)
-
-pytest_plugins = ["tests.gateway_fixtures"]
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.bad_requests import MARKER, BadCase, bad_cases
+from tests.support.images import b64, image_bytes
+from tests.support.metrics import scrape, total
+from tests.support.requests import MODEL, chat_body, vqa_body
+from tests.support.servers import TEST_LIMITS, run_gateway
 
 _REPRS = re.compile(r"Traceback|<class|object at 0x|pydantic|ValidationError|\{'|b'")
 
@@ -69,7 +59,7 @@ async def test_good_requests_reach_the_worker(
     assert chat.status_code == 200
     assert chat.json()["choices"][0]["message"]["content"] == "fake answer"
     for path in ("/v1/chat/completions", "/v1/vqa"):
-        simple = await http.post(fake_gateway + path, json={"image": png, "prompt": "what?"})
+        simple = await http.post(fake_gateway + path, json=vqa_body(png, "what?"))
         assert simple.status_code == 200
         assert simple.json() == {"text": "fake answer"}
     assert len(fake_worker.requests) == seen + 3

@@ -1,18 +1,36 @@
-"""Images a hostile caller would send, built locally with Pillow and zlib.
-
-Shared by the property test (tests/test_property_images.py) and the hostile-input matrix
-(tests/test_hostile_inputs.py).
+"""Image bytes for the tests, built locally with Pillow and zlib: valid pictures, their
+base64 and data-URI forms, header bombs, and what a hostile caller would send (shared by
+tests/test_property_images.py and the hostile-input matrix, tests/test_hostile_inputs.py).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
+from typing import Any
 
 from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), **save: Any) -> bytes:
+    image = Image.new("RGB", size, (180, 40, 40))
+    for x in range(0, size[0], 8):  # some structure, so encoders do real work
+        image.putpixel((x, x % size[1]), (0, 200, 0))
+    out = io.BytesIO()
+    image.save(out, fmt, **save)
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{b64(data)}"
 
 
 def picture(fmt: str = "PNG", size: tuple[int, int] = (32, 24)) -> bytes:
@@ -28,6 +46,25 @@ def picture(fmt: str = "PNG", size: tuple[int, int] = (32, 24)) -> bytes:
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
     crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but holds almost no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def jpeg_header_bomb(width: int, height: int) -> bytes:
+    """SOI, an APP0 segment, then a baseline SOF0 claiming width x height."""
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof0 = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + app0 + sof0 + b"\xff\xd9"
 
 
 def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:

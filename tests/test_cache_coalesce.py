@@ -1,7 +1,7 @@
 """The coalescer and the cache against a real Redis server.
 
 Normal behaviour uses the machine's Redis with a namespace of its own; drills
-that kill or freeze Redis use a private instance (tests/redis_fixtures.py).
+that kill or freeze Redis use a private instance (tests/support/redis_server.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from gateway.answers import CachedAnswer
 from gateway.breaker import CircuitBreaker
 from gateway.cache.coalesce import Alone, Coalescer, Joined, Lead, Stored
 from gateway.cache.store import AnswerCache, CacheUnavailable
-from tests.redis_fixtures import PrivateRedis
+from tests.support.redis_server import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
 

@@ -22,20 +22,12 @@ from gateway.interactions.settings import InteractionLogSettings
 from gateway.protocol import ErrorResponse
 from gateway.upstream.pool import parse_load
 from localstack.fault_proxy import FaultProxy
-from tests.gateway_fixtures import (
-    FakeWorker,
-    chat_body,
-    data_uri,
-    image_bytes,
-    image_message,
-    run_gateway,
-    scrape,
-    serve,
-    total,
-)
-from tests.mariadb_fixtures import logged_rows
-
-pytest_plugins = ["tests.gateway_fixtures"]
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.images import data_uri, image_bytes
+from tests.support.mariadb import logged_rows
+from tests.support.metrics import scrape, total
+from tests.support.requests import chat_body, image_chat_body
+from tests.support.servers import run_gateway, serve
 
 CHAT = "/v1/chat/completions"
 
@@ -79,7 +71,7 @@ def _code(response: httpx.Response) -> str | None:
 
 def _image_body(seed: int) -> dict[str, object]:
     png = image_bytes(size=(32 + seed, 32))
-    return chat_body(image_message("what is it?", data_uri(png)))
+    return image_chat_body("what is it?", data_uri(png))
 
 
 def test_parse_load_sums_label_sets() -> None:

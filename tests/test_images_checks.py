@@ -15,7 +15,7 @@ from gateway.images import (
     read_dimensions,
     sniff_format,
 )
-from tests.gateway_fixtures import b64, data_uri, image_bytes, jpeg_header_bomb, png_header_bomb
+from tests.support.images import b64, data_uri, image_bytes, jpeg_header_bomb, png_header_bomb
 
 LIMITS = ImageLimits(max_pixels=1_000_000, verify_decode=True)
 

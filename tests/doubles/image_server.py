@@ -1,7 +1,5 @@
 """A local image server for the remote-image tests: images, impostors, redirects, slow and
 oversized bodies, and a count of every request it received (to show what was never asked).
-
-PYTEST_DONT_REWRITE
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.gateway_fixtures import image_bytes
+from tests.support.images import image_bytes
 
 PNG = image_bytes("PNG", (40, 30))
 OTHER_PNG = image_bytes("PNG", (24, 24))

@@ -23,8 +23,9 @@ from localstack.processes import (
     start_gateway,
     start_worker,
 )
-from tests.conftest import LOG_DIR, TINY_MODEL_NAME, WORKER_STARTUP_TIMEOUT_S
-from tests.gateway_fixtures import scrape, total
+from tests.support.metrics import scrape, total
+from tests.support.requests import chat_body
+from tests.support.worker import LOG_DIR, WORKER_STARTUP_TIMEOUT_S
 
 pytestmark = pytest.mark.engine
 
@@ -39,14 +40,13 @@ DRILL_ENV = {
 
 
 def _body(stream: bool = False, tokens: int = 24) -> dict[str, Any]:
-    return {
-        "model": TINY_MODEL_NAME,
-        "messages": [{"role": "user", "content": "Describe a leather bag."}],
-        "max_tokens": tokens,
-        "min_tokens": tokens,
-        "ignore_eos": True,
-        "stream": stream,
-    }
+    return chat_body(
+        "Describe a leather bag.",
+        max_tokens=tokens,
+        min_tokens=tokens,
+        ignore_eos=True,
+        stream=stream,
+    )
 
 
 @pytest.fixture(scope="module")

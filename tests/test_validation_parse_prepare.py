@@ -16,16 +16,10 @@ from gateway.validation.parse import (
     parse_vqa_body,
 )
 from gateway.validation.prepare import prepare_chat, prepare_vqa
-from tests.gateway_fixtures import (
-    MARKER,
-    MODEL,
-    b64,
-    chat_body,
-    data_uri,
-    gateway_settings,
-    image_bytes,
-    image_message,
-)
+from tests.support.bad_requests import MARKER
+from tests.support.images import b64, data_uri, image_bytes
+from tests.support.requests import MODEL, chat_body, image_chat_body
+from tests.support.servers import gateway_settings
 
 SETTINGS = gateway_settings("http://127.0.0.1:1")
 KNOWN = frozenset({MODEL})
@@ -106,7 +100,7 @@ def test_shape_detection() -> None:
 
 def test_content_may_be_a_string_or_parts() -> None:
     uri = data_uri(image_bytes())
-    request = parse_chat_body(chat_body(image_message("what?", uri)))
+    request = parse_chat_body(image_chat_body("what?", uri))
     assert isinstance(request, ChatCompletionRequest)
     assert len(request.messages[0].content) == 2
 
@@ -124,10 +118,13 @@ def test_content_may_be_a_string_or_parts() -> None:
         ({"top_p": float("-inf")}, ErrorCode.INVALID_TOP_P, "top_p"),
         ({"top_p": 0}, ErrorCode.INVALID_TOP_P, "top_p"),
         ({"top_p": 1.0001}, ErrorCode.INVALID_TOP_P, "top_p"),
-        ({"n": 2}, ErrorCode.INVALID_REQUEST, "n"),
+        ({"n": 0}, ErrorCode.INVALID_REQUEST, "n"),
+        ({"n": 129}, ErrorCode.INVALID_REQUEST, "n"),
+        ({"top_logprobs": 21}, ErrorCode.INVALID_REQUEST, "top_logprobs"),
         ({"seed": 2**64}, ErrorCode.INVALID_REQUEST, "seed"),
         ({"stop": ["a", "b", "c", "d", "e"]}, ErrorCode.INVALID_REQUEST, "stop"),
-        ({"tools": []}, ErrorCode.UNSUPPORTED_PARAMETER, "tools"),
+        ({"chat_template": "x"}, ErrorCode.UNSUPPORTED_PARAMETER, "chat_template"),
+        ({"mm_processor_kwargs": {}}, ErrorCode.UNSUPPORTED_PARAMETER, "mm_processor_kwargs"),
         ({"stream": "yes"}, ErrorCode.INVALID_REQUEST, "stream"),
     ],
 )
@@ -195,7 +192,7 @@ def test_vqa_fields() -> None:
 
 async def test_prepared_chat_body_is_what_was_validated() -> None:
     png = image_bytes("PNG")
-    body = chat_body(image_message("what?", data_uri(png, "image/jpeg")), temperature=0.5)
+    body = image_chat_body("what?", data_uri(png, "image/jpeg"), temperature=0.5)
     parsed = parse_chat_body(body)
     assert isinstance(parsed, ChatCompletionRequest)
     prepared = await prepare_chat(parsed, SETTINGS, KNOWN)
@@ -271,11 +268,11 @@ async def test_large_requests_are_prepared_off_the_event_loop() -> None:
     large = data_uri(image_bytes("PNG", (900, 900), compress_level=0))
     assert len(large) > 32 * 1024
     small = data_uri(image_bytes("PNG", (10, 10)))
-    parsed = parse_chat_body(chat_body(image_message("x", small, large)))
+    parsed = parse_chat_body(image_chat_body("x", small, large))
     assert isinstance(parsed, ChatCompletionRequest)
     prepared = await prepare_chat(parsed, SETTINGS, KNOWN)
     assert [i.width for i in prepared.images] == [10, 900]
-    broken = parse_chat_body(chat_body(image_message("x", large, "data:image/png;base64,!!")))
+    broken = parse_chat_body(image_chat_body("x", large, "data:image/png;base64,!!"))
     assert isinstance(broken, ChatCompletionRequest)
     with pytest.raises(GatewayError) as caught:
         await prepare_chat(broken, SETTINGS, KNOWN)
@@ -287,7 +284,7 @@ async def test_limits_from_settings() -> None:
     cases = [
         (chat_body(max_tokens=SETTINGS.max_tokens_cap + 1), ErrorCode.INVALID_MAX_TOKENS),
         (chat_body("x" * (SETTINGS.max_prompt_chars + 1)), ErrorCode.PROMPT_TOO_LONG),
-        (chat_body(image_message("x", uri, uri, uri)), ErrorCode.TOO_MANY_IMAGES),
+        (image_chat_body("x", uri, uri, uri), ErrorCode.TOO_MANY_IMAGES),
         (chat_body(stream_options={"include_usage": True}), ErrorCode.INVALID_REQUEST),
         (chat_body(model="other"), ErrorCode.MODEL_NOT_FOUND),
     ]

@@ -1,4 +1,4 @@
-"""Schemathesis hooks for the fuzz run (loaded with SCHEMATHESIS_HOOKS=tests.fuzz_hooks).
+"""Schemathesis hooks for the fuzz run (SCHEMATHESIS_HOOKS=tests.support.fuzz_hooks).
 
 Generated from the spec alone, almost every body names a model the gateway does not serve
 or carries random text where base64 belongs, so the run would only ever meet the first

@@ -17,19 +17,11 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway_fixtures import (
-    MODEL,
-    b64,
-    bad_cases,
-    chat_body,
-    data_uri,
-    image_bytes,
-    image_message,
-    scrape,
-    total,
-)
+from tests.support.bad_requests import bad_cases
+from tests.support.images import b64, data_uri, image_bytes
+from tests.support.metrics import scrape, total
+from tests.support.requests import MODEL, chat_body, image_chat_body, vqa_body
 
-pytest_plugins = ["tests.gateway_fixtures"]
 pytestmark = pytest.mark.engine
 
 # With temperature 0 the tiny model answers this prompt without ever emitting an end token,
@@ -78,7 +70,7 @@ async def test_models_and_readiness(gateway_url: str, http: httpx.AsyncClient) -
 
 async def test_chat_completion_with_image(gateway_url: str, http: httpx.AsyncClient) -> None:
     png = image_bytes("PNG", (320, 240))
-    body = chat_body(image_message("What is in this picture?", data_uri(png)), max_tokens=8)
+    body = image_chat_body("What is in this picture?", data_uri(png), max_tokens=8)
     response = await http.post(
         f"{gateway_url}/v1/chat/completions", json=body, headers={"X-Request-ID": "it-chat-1"}
     )
@@ -101,7 +93,7 @@ async def test_simple_shape(
     path: str, image: str, gateway_url: str, http: httpx.AsyncClient
 ) -> None:
     response = await http.post(
-        gateway_url + path, json={"image": image, "prompt": "What brand?", "max_tokens": 5}
+        gateway_url + path, json=vqa_body(image, "What brand?", max_tokens=5)
     )
     assert response.status_code == 200, response.text
     answer = response.json()

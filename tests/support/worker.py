@@ -1,8 +1,16 @@
-"""Reading a real vLLM worker's own metrics: what tests count to know whether it was called."""
+"""The session's real vLLM worker (cpu-tiny, started by the worker_url fixture in
+tests/conftest.py): its served name, where test processes log, how long it may take to
+start, and reading its own metrics: what tests count to know whether it was called."""
 
 from __future__ import annotations
 
 import httpx
+
+from worker.profiles import REPO_ROOT
+
+LOG_DIR = REPO_ROOT / ".run" / "test-logs"
+TINY_MODEL_NAME = "qwen3-vl-tiny"
+WORKER_STARTUP_TIMEOUT_S = 600.0
 
 
 def metric_total(metrics_text: str, name: str) -> float:

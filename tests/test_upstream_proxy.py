@@ -11,18 +11,11 @@ import httpx
 import pytest
 
 from gateway.protocol import ErrorResponse
-from tests.gateway_fixtures import (
-    FakeWorker,
-    b64,
-    chat_body,
-    image_bytes,
-    run_gateway,
-    scrape,
-    serve,
-    total,
-)
-
-pytest_plugins = ["tests.gateway_fixtures"]
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.images import b64, image_bytes
+from tests.support.metrics import scrape, total
+from tests.support.requests import chat_body, vqa_body
+from tests.support.servers import run_gateway, serve
 
 
 def _error_code(response: httpx.Response) -> str | None:
@@ -64,9 +57,7 @@ async def test_worker_5xx_is_502(stream: bool, fake_gateway: str, http: httpx.As
 
 async def test_malformed_worker_answer_is_502(fake_gateway: str, http: httpx.AsyncClient) -> None:
     png = b64(image_bytes())
-    response = await http.post(
-        f"{fake_gateway}/v1/vqa", json={"image": png, "prompt": "fake:garbage"}
-    )
+    response = await http.post(f"{fake_gateway}/v1/vqa", json=vqa_body(png, "fake:garbage"))
     assert response.status_code == 502
 
 

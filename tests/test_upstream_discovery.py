@@ -10,9 +10,9 @@ import pytest
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.upstream.pool import WorkerPool
-from tests.gateway_fixtures import FakeWorker, chat_body, gateway_settings, run_gateway, serve
-
-pytest_plugins = ["tests.gateway_fixtures"]
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.requests import chat_body
+from tests.support.servers import gateway_settings, run_gateway, serve
 
 
 class ScriptedDns:
