@@ -1,0 +1,234 @@
+"""OpenAI API breadth without the engine (issue 17): schema bounds, what a worker receives
+and what the cache key sees, the feature checks, a stream recorded choice by choice, and
+answers that spell a forbidden term in JSON escapes (through a gateway in front of the
+fake worker)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.errors import ErrorCode, GatewayError
+from gateway.moderation.escapes import decode_json_escapes
+from gateway.streams import AnswerRecorder
+from gateway.validation.features import key_view, read_features, worker_payload
+from gateway.validation.parse import parse_chat_body
+from gateway.validation.prepare import canonical_request
+from gateway.validation.schema_bounds import SchemaLimits, check_schema
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.requests import chat_body
+from tests.support.servers import gateway_settings, run_gateway
+from tests.support.sse import read_stream
+
+LIMITS = SchemaLimits()
+SETTINGS = gateway_settings("http://127.0.0.1:9")
+
+
+def _refusal(schema: Any) -> str:
+    with pytest.raises(GatewayError) as caught:
+        check_schema(schema, "s", LIMITS)
+    assert (caught.value.status, caught.value.code) == (400, ErrorCode.INVALID_JSON_SCHEMA)
+    return caught.value.message
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/$defs/{name}"}
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        (_nested(11), "levels deep"),
+        ({"properties": {f"p{i}": {"type": "string"} for i in range(5001)}}, "larger than"),
+        ({"enum": list(range(1001))}, "enum values"),
+        ({"enum": ["x" * 300] * 51}, "characters of enum"),
+        ({"anyOf": [{"type": "string"}] * 65}, "branches"),
+        ({"type": "string", "pattern": "a" * 257}, "'pattern' longer"),
+        ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "combines 'pattern'"),
+        ({"$ref": "https://example.com/schema.json"}, "may only use '$ref'"),
+        ({"$ref": "#"}, "may only use '$ref'"),
+        ({"properties": {"a": _ref("missing")}}, "does not define"),
+        ({"$defs": {"a": _ref("b"), "b": {"items": _ref("a")}}, **_ref("a")}, "recursive"),
+        ({"properties": {"a": 3}}, "not an object or a boolean"),
+    ],
+)
+def test_schemas_over_the_bounds_are_refused(schema: Any, words: str) -> None:
+    assert words in _refusal(schema)
+
+
+def test_properties_count_over_every_level() -> None:
+    limits = SchemaLimits(max_properties=3)
+    schema: dict[str, Any] = {"properties": {"a": {"properties": {"b": {}, "c": {}}}, "d": {}}}
+    with pytest.raises(GatewayError, match="more than 3 properties"):
+        check_schema(schema, "s", limits)
+
+
+def test_a_shared_definition_is_not_recursion() -> None:
+    defs = {"money": {"type": "number"}, "price": {"properties": {"amount": _ref("money")}}}
+    schema = {"$defs": defs, "properties": {"a": _ref("price"), "b": _ref("money")}}
+    assert json.loads(check_schema(schema, "s", LIMITS)) == schema
+    assert check_schema(_nested(10), "s", LIMITS)
+
+
+def _schema_body(*order: str, **extra: Any) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {name: {"type": "string"} for name in order}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "facts", "schema": schema}}
+    return chat_body("Which material?", response_format=fmt, **extra)
+
+
+def _key(body: dict[str, Any]) -> bytes:
+    request = parse_chat_body(body)
+    assert not isinstance(request, dict)
+    return canonical_request(worker_payload(request), [])  # type: ignore[arg-type]
+
+
+def test_bookkeeping_and_explicit_defaults_leave_the_worker_body_and_the_key() -> None:
+    plain = chat_body("Is it leather?", temperature=0)
+    dressed = chat_body(
+        "Is it leather?", temperature=0, user="shopper-7", safety_identifier="h-1",
+        prompt_cache_key="gifts", metadata={"order": "A-17"}, store=True, service_tier="flex",
+        logprobs=False, top_logprobs=0, n=1, response_format={"type": "text"},
+        tool_choice="none", parallel_tool_calls=True,
+    )  # fmt: skip
+    request = parse_chat_body(dressed)
+    assert worker_payload(request) == worker_payload(parse_chat_body(plain))  # type: ignore[arg-type]
+    assert _key(dressed) == _key(plain)
+
+
+def test_the_key_keeps_a_schemas_property_order_and_the_worker_gets_it() -> None:
+    assert _key(_schema_body("material", "price")) != _key(_schema_body("price", "material"))
+    assert _key(_schema_body("material", "price")) == _key(_schema_body("material", "price"))
+    request = parse_chat_body(_schema_body("price", "material"))
+    payload = worker_payload(request)  # type: ignore[arg-type]
+    assert list(payload["response_format"]["json_schema"]["schema"]["properties"]) == [
+        "price",
+        "material",
+    ]
+    assert isinstance(key_view(payload)["response_format"]["json_schema"]["schema"], str)
+
+
+_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"n": 5, "temperature": 0.7}, "n"),
+        ({"n": 2, "temperature": 0}, "n"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [_TOOL], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+         "tool_choice.function.name"),
+        ({"tools": [_TOOL, _TOOL]}, "tools[1].function.name"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+         "response_format.json_schema.schema"),
+    ],
+)  # fmt: skip
+def test_feature_checks(extra: dict[str, Any], param: str) -> None:
+    request = parse_chat_body(chat_body("x", **extra))
+    with pytest.raises(GatewayError) as caught:
+        read_features(request, SETTINGS)  # type: ignore[arg-type]
+    assert (caught.value.status, caught.value.param) == (400, param)
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ({"role": "tool", "content": "42"}, "messages[1].tool_call_id"),
+        ({"role": "user", "content": "x", "tool_call_id": "c1"}, "messages[1].tool_call_id"),
+        ({"role": "assistant", "content": None}, "messages[1].content"),
+        ({"role": "user", "content": "x", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+         "messages[1].tool_calls"),
+    ],
+)  # fmt: skip
+def test_tool_messages_sit_where_openai_puts_them(message: dict[str, Any], param: str) -> None:
+    body = chat_body("x")
+    body["messages"].append(message)
+    with pytest.raises(GatewayError) as caught:
+        read_features(parse_chat_body(body), SETTINGS)  # type: ignore[arg-type]
+    assert caught.value.param == param
+
+
+def test_features_for_the_log_and_the_cache() -> None:
+    request = parse_chat_body(
+        _schema_body("a", logprobs=True, top_logprobs=3, metadata={"k": "v"}, user="u")
+    )
+    features = read_features(request, SETTINGS)  # type: ignore[arg-type]
+    assert (features.response_format, features.schema_name) == ("json_schema", "facts")
+    assert features.cache_bypass == "logprobs"
+    assert features.metadata == {"k": "v"}
+    assert features.options == {"logprobs": True, "top_logprobs": 3, "end_user_field": "user"}
+    assert features.end_user_sha256 is None  # no secret set: the id is not logged at all
+    assert '"a"' in features.extra_text  # the schema counts in the token estimate
+
+
+def test_the_recorder_keeps_each_choice_and_tool_call() -> None:
+    recorder = AnswerRecorder()
+    events = [
+        {"choices": [{"index": 1, "delta": {"content": "wo"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "one"}}]},
+        {"choices": [{"index": 1, "delta": {"content": "rld"}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"name": "lookup", "arguments": '{"q"'}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": ':"bag"}'}}]}, "finish_reason": "stop"}]},
+    ]  # fmt: skip
+    for event in events:
+        recorder.observe(json.dumps(event).encode())
+    summary = recorder.summary()
+    assert summary.texts == {0: "one", 1: "world"}
+    assert summary.text == "[0] one\n\n[1] world"
+    assert summary.logged_tool_calls() == [
+        {"choice": 0, "name": "lookup", "arguments": '{"q":"bag"}'}
+    ]
+    assert recorder.parts == ["one"]
+
+
+def test_json_escapes_are_decoded_for_the_policy() -> None:
+    assert decode_json_escapes(r'{"a":"\u8272\u60c5 \ud83d\ude00\n"}') == '{"a":"色情 😀\n"}'
+    assert decode_json_escapes("plain") == "plain"
+
+
+# --- through a gateway: answers that hide a term in escapes ----------------------------------
+
+ESCAPED = r'{"note":"\u8272\u60c5\u7247"}'  # "色情片", spelled in JSON escapes
+
+
+@pytest.fixture(scope="module")
+async def gateway(fake_worker: FakeWorker) -> AsyncIterator[str]:
+    async with run_gateway(fake_worker.url) as url:
+        yield url
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_term_in_json_escapes_is_refused(
+    gateway: str, fake_worker: FakeWorker, stream: bool
+) -> None:
+    prompt = f"escaped {uuid.uuid4().hex}"
+    fake_worker.scripts[prompt] = f"fake:say:{ESCAPED}"
+    body = chat_body(prompt, stream=stream, response_format={"type": "json_object"})
+    if stream:
+        events = (await read_stream(gateway, body)).events
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "content_policy_violation"
+        sent = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-2])
+        assert ESCAPED.startswith(sent)
+        assert sent != ESCAPED, "the chunk that completes the escaped term is never sent"
+        return
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(gateway + "/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "content_policy_violation"
