@@ -62,6 +62,8 @@ def _ref(name: str) -> dict[str, str]:
         ({"properties": {"a": _ref("missing")}}, "does not define"),
         ({"$defs": {"a": _ref("b"), "b": {"items": _ref("a")}}, **_ref("a")}, "recursive"),
         ({"properties": {"a": 3}}, "not an object or a boolean"),
+        # Raw nesting a serializer could not take (Python's recursion limit): refused.
+        (json.loads('{"a":' * 900 + "1" + "}" * 900), "levels deep"),
     ],
 )
 def test_schemas_over_the_bounds_are_refused(schema: Any, words: str) -> None:
@@ -73,6 +75,12 @@ def test_properties_count_over_every_level() -> None:
     schema: dict[str, Any] = {"properties": {"a": {"properties": {"b": {}, "c": {}}}, "d": {}}}
     with pytest.raises(GatewayError, match="more than 3 properties"):
         check_schema(schema, "s", limits)
+
+
+def test_malformed_keywords_are_left_to_the_grammar_backend() -> None:
+    # Its 400 comes back to the client (test_openai_features_engine); never a 500 here.
+    for schema in ({"properties": 5}, {"anyOf": 3}, {"$defs": 3}, {"enum": "x"}):
+        assert check_schema(schema, "s", LIMITS)
 
 
 def test_a_shared_definition_is_not_recursion() -> None:

@@ -65,6 +65,11 @@ def _subschemas(node: dict[str, Any]) -> Iterator[tuple[str, Any]]:
 def check_schema(schema: Any, param: str, limits: SchemaLimits) -> str:
     """Refuse a schema over the bounds (400 invalid_json_schema); return its serialized
     form (compact, key order kept) for the digest."""
+    # Raw JSON nesting first, without recursion: serializing a value nested a thousand
+    # levels deep would hit Python's recursion limit. A schema level is two or three
+    # JSON levels ("properties" -> name -> subschema).
+    if _json_depth(schema) > 4 * limits.max_depth + 4:
+        raise _refuse(param, f"is nested more than {limits.max_depth} levels deep")
     text = serialized(schema)
     if len(text.encode("utf-8", "surrogatepass")) > limits.max_bytes:
         raise _refuse(param, f"is larger than {limits.max_bytes} bytes")
@@ -81,7 +86,8 @@ def check_schema(schema: Any, param: str, limits: SchemaLimits) -> str:
             raise _refuse(param, "contains a subschema that is not an object or a boolean")
         if depth > limits.max_depth:
             raise _refuse(param, f"is nested more than {limits.max_depth} levels deep")
-        properties += len(node.get("properties") or {})
+        if isinstance(node.get("properties"), dict):
+            properties += len(node["properties"])
         enum = node.get("enum")
         if isinstance(enum, list):
             enum_values += len(enum)
@@ -113,6 +119,19 @@ def check_schema(schema: Any, param: str, limits: SchemaLimits) -> str:
         raise _refuse(param, f"has more than {limits.max_branches} anyOf/oneOf/allOf branches")
     _check_refs(refs, defined, param)
     return text
+
+
+def _json_depth(value: Any) -> int:
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _ref_target(ref: object, param: str) -> str:
