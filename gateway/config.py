@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_tokens_cap: int = Field(default=2048, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)
     max_prompt_chars: int = Field(default=16_000, gt=0)
+    # image_url.detail "low": larger images are scaled down to this many pixels (sides on
+    # Qwen3-VL's 32-pixel grid): 512 x 512 = 256 image tokens (gateway/validation/detail.py).
+    image_low_detail_pixels: int = Field(default=512 * 512, ge=32 * 32)
     # Choices per request (n); OpenAI allows 128, each one is a full generation here.
     max_choices: int = Field(default=4, ge=1, le=128)
     # Tools per request (OpenAI's limit is 128) and the bounds of every JSON schema

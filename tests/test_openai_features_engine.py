@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,8 +19,11 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageFunctionToolCall
+from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from gateway.ratelimit.estimate import image_tokens
+from gateway.validation.detail import low_detail_size
 from localstack.processes import LocalProcess, start_gateway
 from tests.support.images import data_uri
 from tests.support.mariadb import logged_rows
@@ -393,3 +397,33 @@ async def test_a_tool_result_conversation_is_accepted(client: openai.AsyncOpenAI
         model=MODEL, messages=messages, tools=[_TOOL], max_tokens=4,
     )  # fmt: skip
     assert completion.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+# --- image detail -----------------------------------------------------------------------------
+
+
+def _gradient_jpeg(width: int, height: int) -> bytes:
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+async def test_detail_low_costs_the_gateways_pixel_budget(gateway: LocalProcess) -> None:
+    uri = data_uri(_gradient_jpeg(1024, 768), "image/jpeg")
+    question = f"Which colour? {uuid.uuid4().hex}"
+    tokens: dict[str, int] = {}
+    caches = []
+    for detail in ("high", "low", "low"):
+        part = {"type": "image_url", "image_url": {"url": uri, "detail": detail}}
+        content = [part, {"type": "text", "text": question}]
+        body = {"model": MODEL, "messages": [{"role": "user", "content": content}],
+                "temperature": 0, "max_tokens": 4}  # fmt: skip
+        response = await _post(gateway.url, body)
+        assert response.status_code == 200, response.text
+        tokens[detail] = response.json()["usage"]["prompt_tokens"]
+        caches.append(response.headers["x-cache"])
+    assert caches == ["miss", "miss", "hit"]
+    # 512 x 512 pixels by default: 1024 x 768 shrinks to 576 x 416 on the 32-pixel grid.
+    assert low_detail_size(1024, 768, 512 * 512) == (576, 416)
+    assert tokens["high"] - tokens["low"] == image_tokens(1024, 768) - image_tokens(576, 416)

@@ -34,6 +34,7 @@ from gateway.protocol import (
     VQARequest,
 )
 from gateway.remote_images import RemoteImageFetcher, fetch_remote_references
+from gateway.validation.detail import apply_detail
 from gateway.validation.features import (
     NO_FEATURES,
     Features,
@@ -269,7 +270,11 @@ async def prepare_chat(
     check_images, size = await _chat_image_checks(content.images, settings, fetcher)
 
     def finish() -> PreparedRequest:
-        checked = check_images()
+        limits, budget = _limits(settings), settings.image_low_detail_pixels
+        checked = [
+            apply_detail(image, part.image_url.detail, budget, limits, param)
+            for (part, param), image in zip(content.images, check_images(), strict=True)
+        ]
         for (part, _), image in zip(content.images, checked, strict=True):
             part.image_url.url = image.data_uri
         payload = worker_payload(request)
