@@ -81,7 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
     app.add_middleware(AdmissionMiddleware, slot=admission, metrics=metrics)
-    app.add_middleware(InteractionLogMiddleware, sink=sink)
+    app.add_middleware(
+        InteractionLogMiddleware, sink=sink, trusted_proxies=settings.log.trusted_proxies
+    )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(build_router())

@@ -72,7 +72,10 @@ def create_log_engine(
         max_overflow=0,
         pool_pre_ping=True,
         pool_recycle=3600,
-        connect_args={"connect_timeout": max(1, round(connect_timeout_s))},
+        # client_flag 0 drops the FOUND_ROWS flag SQLAlchemy's MySQL dialects add: an
+        # INSERT's affected rows then count only rows really inserted, so the writer can
+        # count an ON DUPLICATE KEY no-op instead of losing a row silently.
+        connect_args={"connect_timeout": max(1, round(connect_timeout_s)), "client_flag": 0},
     )
     event.listen(engine.sync_engine, "connect", _strict_session)
     return engine

@@ -53,16 +53,21 @@ class LogDatabase:
         self._metrics = metrics
         self._spool = spool  # its rejected file keeps rows MySQL refuses in every form
 
-    async def insert(self, rows: Sequence[Row]) -> None:
+    async def insert(self, rows: Sequence[Row]) -> int:
+        """Insert rows in one transaction; return how many were already there (a no-op).
+
+        The engine's connections do not ask for found rows (gateway/db/engine.py), so the
+        affected-row count is the rows really inserted."""
         params = tuple(chain.from_iterable(row_params(row) for row in rows))
         images = [image for row in rows for image in image_rows(row)]
         async with asyncio.timeout(self._settings.write_timeout_s):
             async with self._engine.begin() as conn:
-                await conn.exec_driver_sql(insert_sql(len(rows)), params)
+                result = await conn.exec_driver_sql(insert_sql(len(rows)), params)
                 if images:
                     await conn.exec_driver_sql(
                         image_insert_sql(len(images)), tuple(chain.from_iterable(images))
                     )
+        return max(0, len(rows) - max(0, result.rowcount))
 
     async def ping(self) -> bool:
         try:
@@ -80,14 +85,16 @@ class LogDatabase:
             raise DatabaseUnavailable(describe(exc)) from exc
 
     async def write(self, rows: Sequence[Row]) -> int:
-        """Insert rows, isolating poison by bisection; return how many rows went in as poison.
+        """Insert rows, isolating poison by bisection; return how many of them MySQL
+        already held (a replay of rows written before, or a key collision: never silent).
 
         Raises DatabaseUnavailable when MySQL is down (rows before it may be in: the caller
         spools them all, and the replay's idempotence absorbs the overlap).
         """
+        duplicates = 0
         for part in self._split(rows):
             try:
-                await self.insert(part)
+                duplicates += await self.insert(part)
                 continue
             except asyncio.CancelledError:
                 raise
@@ -95,12 +102,12 @@ class LogDatabase:
                 await self._raise_if_outage(exc)
                 error = exc
             if len(part) == 1:
-                await self._write_poisoned(part[0], error)
+                duplicates += await self._write_poisoned(part[0], error)
             else:
                 middle = len(part) // 2
-                await self.write(part[:middle])
-                await self.write(part[middle:])
-        return len(rows)
+                duplicates += await self.write(part[:middle])
+                duplicates += await self.write(part[middle:])
+        return duplicates
 
     @staticmethod
     def _split(rows: Sequence[Row]) -> list[Sequence[Row]]:
@@ -116,11 +123,11 @@ class LogDatabase:
             parts.append(rows[start:])
         return parts
 
-    async def _write_poisoned(self, row: Row, error: Exception) -> None:
+    async def _write_poisoned(self, row: Row, error: Exception) -> int:
         reason = describe(error)
         for candidate in (sanitize_row(row, reason), minimal_row(row, reason)):
             try:
-                await self.insert([candidate])
+                duplicates = await self.insert([candidate])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -132,7 +139,7 @@ class LogDatabase:
                 candidate["request_id"],
                 reason,
             )
-            return
+            return duplicates
         await asyncio.to_thread(self._spool.reject, row, reason)
         self._metrics.dropped.labels("rejected").inc()
         log.error(
@@ -140,3 +147,4 @@ class LogDatabase:
             row.get("request_id"),
             self._spool.rejected_path,
         )
+        return 0

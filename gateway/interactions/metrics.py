@@ -52,6 +52,14 @@ class InteractionLogMetrics:
             ["reason"],
             registry=r,
         )
+        self.duplicates = Counter(
+            "gateway_interactions_duplicates",
+            "Rows MySQL already held, so their INSERT was a no-op, by path. On replay after a "
+            "crash or a write time-out that landed, expected; on the direct path, a key "
+            "collision that would have merged two interactions: investigate.",
+            ["path"],
+            registry=r,
+        )
         self.spool_corrupt_lines = Counter(
             "gateway_interactions_spool_corrupt_lines",
             "Spool lines that could not be parsed on replay (a torn write at a crash).",
@@ -95,3 +103,4 @@ class InteractionLogMetrics:
             self.dropped.labels(reason)
         for path in WRITE_PATHS:
             self.written.labels(path)
+            self.duplicates.labels(path)

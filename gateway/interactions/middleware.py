@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,13 +36,23 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _client_ip(scope: Scope) -> str | None:
-    # Behind our Nginx the peer is Nginx itself; it passes the client in X-Real-IP.
-    real = _header(scope, b"x-real-ip")
-    if real:
-        return real
+def client_ip(scope: Scope, trusted: Sequence[IPv4Network | IPv6Network]) -> str | None:
+    """The client's address: the peer's, or X-Real-IP when the peer is a trusted proxy
+    (behind our Nginx the peer is Nginx itself; it passes the client in X-Real-IP)."""
     client = scope.get("client")
-    return str(client[0]) if client else None
+    peer = str(client[0]) if client else None
+    real = _header(scope, b"x-real-ip")
+    if real and peer is not None and _is_trusted(peer, trusted):
+        return real
+    return peer
+
+
+def _is_trusted(peer: str, trusted: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        address = ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
 
 
 class RecordSink:
@@ -59,9 +71,15 @@ class RecordSink:
 
 
 class InteractionLogMiddleware:
-    def __init__(self, app: ASGIApp, sink: RecordSink) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        sink: RecordSink,
+        trusted_proxies: Sequence[IPv4Network | IPv6Network] = (),
+    ) -> None:
         self.app = app
         self.sink = sink
+        self.trusted_proxies = trusted_proxies  # peers whose X-Real-IP is believed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in LOGGED_PATHS:
@@ -106,7 +124,7 @@ class InteractionLogMiddleware:
             status_code=status,
             stream=draft.stream,
             ttft_ms=draft.ttft_ms,
-            client_ip=_client_ip(scope),
+            client_ip=client_ip(scope, self.trusted_proxies),
             user_agent=_header(scope, b"user-agent"),
             model=draft.model,
             prompt=draft.prompt,
@@ -138,7 +156,9 @@ def log_key(request_id: str) -> str:
     second interaction); the log's key is unique, so reuse would merge two rows into
     one. On-call finds a request's rows by prefix: WHERE request_id LIKE 'ID.%'.
     """
-    return f"{request_id[: REQUEST_ID_BYTES - 9]}.{secrets.token_hex(4)}"
+    # 128 random bits: a collision is out of reach (with 32 bits, about 116 rows per
+    # million requests that reuse one id were merged into others without an error).
+    return f"{request_id[: REQUEST_ID_BYTES - 33]}.{secrets.token_hex(16)}"
 
 
 def _note_error_body(draft: InteractionDraft, body: bytes) -> None:

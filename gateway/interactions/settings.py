@@ -5,11 +5,12 @@ Times are in seconds, sizes in bytes, caps in characters.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 IpMode = Literal["full", "truncated", "none"]
@@ -64,6 +65,13 @@ class InteractionLogSettings(BaseSettings):
     answer_max_chars: int = Field(default=8000, ge=0, le=MAX_TEXT_CHARS)
     # Client IP: "full" as seen, "truncated" (IPv4 /24, IPv6 /48: 203.0.113.0), "none".
     client_ip: IpMode = "truncated"
+    # Peers whose X-Real-IP header names the client (our Nginx), as addresses or networks,
+    # comma-separated. From any other peer the header is ignored: a client could otherwise
+    # write any address into the log. Behind Nginx in another pod, list the pods' network.
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = (
+        ip_network("127.0.0.0/8"),
+        ip_network("::1/128"),
+    )
     # The end-user id a client sends (safety_identifier, else user) is logged only as
     # HMAC-SHA256 under this secret: the same shopper gets the same hash on every replica,
     # and the log never holds the id itself. Unset: the id is not logged at all.
@@ -80,6 +88,15 @@ class InteractionLogSettings(BaseSettings):
             raise ValueError("database_url must be a mysql:// (or mariadb://) URL")
         if not url.database:
             raise ValueError("database_url must name a database")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return tuple(ip_network(str(part), strict=False) for part in value)
         return value
 
     @model_validator(mode="after")

@@ -320,7 +320,7 @@ class InteractionWriter:
         if self._db_up or time.monotonic() >= self._next_probe_at:
             started = time.perf_counter()
             try:
-                await self._database().write(rows)
+                duplicates = await self._database().write(rows)
             except DatabaseUnavailable as exc:
                 self._mark_down(str(exc))
             else:
@@ -328,6 +328,7 @@ class InteractionWriter:
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 self.metrics.batch_rows.observe(len(rows))
                 self.metrics.written.labels("direct").inc(len(rows))
+                self.metrics.duplicates.labels("direct").inc(duplicates)
                 self._durable([row["request_id"] for row in rows])
                 return
         await self._spool_rows(rows, "shutdown" if self._closing else "db_unavailable")
@@ -406,11 +407,12 @@ class InteractionWriter:
             log.warning("interaction spool %s: %d unreadable lines skipped", path, chunk.corrupt)
         if chunk.rows:
             try:
-                await self._database().write(chunk.rows)
+                duplicates = await self._database().write(chunk.rows)
             except DatabaseUnavailable as exc:
                 self._mark_down(str(exc))
                 return
             self.metrics.written.labels("replay").inc(len(chunk.rows))
+            self.metrics.duplicates.labels("replay").inc(duplicates)
             self.replayed_rows += len(chunk.rows)
         if chunk.eof:
             await asyncio.to_thread(self._spool.remove, path)
