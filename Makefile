@@ -136,7 +136,7 @@ helm-tools: $(VENV)/.installed $(HELM_VENV)/.installed $(TOOLS)/.helm-installed 
 helm-sync: ## copy the alert rules and the nginx template into the chart (files/)
 	deploy/helm-sync.sh
 
-helm-check: helm-tools ## every chart test: render, schema, lint, validation, policy, the rendered stack
+helm-check: install services helm-tools ## chart, images and compose tests: render, schema, lint, validation, policy, the rendered stack
 	$(PY) -m pytest -q tests/test_helm_*.py tests/test_images_*.py
 
 # --- benchmarks -----------------------------------------------------------------------------

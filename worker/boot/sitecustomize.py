@@ -26,6 +26,10 @@ _SCHEMAS = {
 def define_missing_torchvision_ops() -> None:
     import torch
 
+    if torch.version.cuda is not None:
+        # CUDA torch (the GPU image): torchvision's own ops load and register these names;
+        # defining them first would clash.
+        return
     for name, schema in _SCHEMAS.items():
         if not hasattr(torch.ops.torchvision, name):
             torch.library.define(f"torchvision::{name}", schema)
