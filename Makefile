@@ -136,7 +136,7 @@ helm-tools: $(VENV)/.installed $(HELM_VENV)/.installed $(TOOLS)/.helm-installed 
 helm-sync: ## copy the alert rules and the nginx template into the chart (files/)
 	deploy/helm-sync.sh
 
-helm-check: install services helm-tools ## chart, images and compose tests: render, schema, lint, validation, policy, the rendered stack
+helm-check: helm-tools ## every chart test: render, schema, lint, validation, policy, the rendered stack
 	$(PY) -m pytest -q tests/test_helm_*.py tests/test_images_*.py
 
 # --- benchmarks -----------------------------------------------------------------------------
@@ -157,6 +157,7 @@ bench: install services ## every benchmark in one run, then loadtest/results/REP
 	mkdir -p loadtest/results
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway | tee loadtest/results/bench-gateway.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway_cpu | tee loadtest/results/bench-gateway-cpu.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_anchors | tee loadtest/results/bench-anchors.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_cache | tee loadtest/results/bench-cache.txt
 	$(PY) -m loadtest.bench_interactions | tee loadtest/results/bench-interactions.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_replicas | tee loadtest/results/bench-replicas.txt

@@ -36,6 +36,16 @@ Files and their schemas
   <= 5. Optional ``"ratios": {endpoint: {"throughput_ratio": Stat,
   "added_median_ttft_ms": Stat}}`` (per-round pairs) takes precedence when present.
 
+``bench-anchors.json`` (``loadtest/bench_anchors.py``, issue 16): section "Against the
+anchors"::
+
+    {"machine", "workload", "rounds", "date", "targets",
+     "miss": {"summary": {ENDPOINT: {"request_throughput": Stat, "median_ttft_ms": Stat, ...}},
+              "ratios": {ENDPOINT: {"throughput_ratio": Stat, "added_median_ttft_ms": Stat}}},
+     "hit": {"endpoints": {ENDPOINT: {"throughput_rps": Stat, "median_latency_ms": Stat,
+                                      "outcomes": {str: int}, "share_of_ceiling": Stat}},
+             "log_on_over_off": Stat}}
+
 ``bench-cache.json`` (cache work, issue 4): section "Answer cache and coalescing"::
 
     {"machine", "workload", "rounds",
@@ -95,6 +105,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadtest.report_anchors import anchors_section
 from loadtest.report_sections import (
     cache_section,
     gateway_section,
@@ -133,6 +144,19 @@ SECTIONS: tuple[SectionSpec, ...] = (
         (
             ("Gateway throughput / direct (issue 3)", "≥ 0.950"),
             ("Added median TTFT through Nginx + gateway (issue 3)", "≤ 5 ms"),
+        ),
+    ),
+    SectionSpec(
+        "anchors",
+        "Against the anchors: vLLM's router, LiteLLM, Nginx",
+        "bench-anchors.json",
+        "make bench (loadtest/bench_anchors.py)",
+        anchors_section,
+        (
+            ("Misses: Nginx + 2 gateways, throughput / direct ≥ vllm-router's (issue 16)", "—"),
+            ("Misses: added median TTFT ≤ vllm-router's (issue 16)", "—"),
+            ("Hits: Nginx + 2 gateways / static Nginx (issue 16)", "≥ 0.35"),
+            ("Hits: interaction log on / off (issue 16)", "≥ 0.95"),
         ),
     ),
     SectionSpec(

@@ -46,8 +46,12 @@ class BenchConfig:
         )
 
 
-def run_vllm_bench(base_url: str, config: BenchConfig, seed: int) -> dict[str, Any]:
-    """One benchmark run; returns vLLM's result JSON (throughputs, latency percentiles)."""
+def run_vllm_bench(
+    base_url: str, config: BenchConfig, seed: int, api_key: str | None = None
+) -> dict[str, Any]:
+    """One benchmark run; returns vLLM's result JSON (throughputs, latency percentiles).
+
+    ``api_key`` goes out as ``Authorization: Bearer`` (vLLM's client reads OPENAI_API_KEY)."""
     with tempfile.TemporaryDirectory() as result_dir:
         cmd = [
             str(WORKER_PYTHON), "-m", "worker.bench_serve",
@@ -73,6 +77,9 @@ def run_vllm_bench(base_url: str, config: BenchConfig, seed: int) -> dict[str, A
             "--save-result", "--result-dir", result_dir, "--result-filename", "result.json",
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "worker" / "boot")}
+        env.pop("OPENAI_API_KEY", None)
+        if api_key:
+            env["OPENAI_API_KEY"] = api_key
         completed = subprocess.run(
             cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False
         )
