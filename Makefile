@@ -15,7 +15,7 @@ PROFILE ?= cpu-tiny
 WORKER_PORT ?= 8100
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest report up down services worker-lock clean lock helm-tools helm-check helm-sync
+.PHONY: help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest loadtest-publish report up down services worker-lock clean lock helm-tools helm-check helm-sync
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -148,7 +148,7 @@ LOADTEST_DURATION ?= 60s
 LOADTEST_USERS ?= 16
 LOADTEST_ARGS ?=
 
-loadtest: up ## Locust against the local stack; CSV + HTML in loadtest/results/locust/; fails on thresholds
+loadtest: up ## Locust against the local stack; CSV + HTML in loadtest/runs/locust/ (ignored); fails on thresholds
 	LOADTEST_API_KEY=$${LOADTEST_API_KEY:-$$(cat $(RUN_DIR)/demo-api-key 2>/dev/null)} \
 	$(PY) -m loadtest.run_locust --host $(LOADTEST_HOST) --duration $(LOADTEST_DURATION) \
 	  --users $(LOADTEST_USERS) --max-error-rate 0.01 --max-p95-ms 10000 $(LOADTEST_ARGS)
@@ -164,6 +164,14 @@ bench: install services ## every benchmark in one run, then loadtest/results/REP
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_workers | tee loadtest/results/bench-workers.txt
 	$(PY) -m loadtest.bench_moderation | tee loadtest/results/bench-moderation.txt
 	$(PY) -m loadtest.bench_ratelimit | tee loadtest/results/bench-ratelimit.txt
+	$(PY) -m loadtest.report
+
+# The one command that changes the committed load-test figures: the last `make loadtest`
+# run's CSV and summary (loadtest/runs/locust/) into loadtest/results/locust/, then REPORT.md.
+loadtest-publish: $(VENV)/.installed ## copy the last make loadtest run into loadtest/results/ and rebuild REPORT.md
+	test -f loadtest/runs/locust/summary.json || { echo "no run yet: make loadtest first" >&2; exit 1; }
+	mkdir -p loadtest/results/locust
+	cp loadtest/runs/locust/summary.json loadtest/runs/locust/locust_*.csv loadtest/results/locust/
 	$(PY) -m loadtest.report
 
 report: $(VENV)/.installed ## REPORT.md from the benchmark JSON already in loadtest/results

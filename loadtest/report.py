@@ -206,7 +206,7 @@ SECTIONS: tuple[SectionSpec, ...] = (
         "locust",
         "Load test (Locust)",
         "locust/summary.json",
-        "make loadtest (loadtest/run_locust.py)",
+        "make loadtest, then make loadtest-publish (loadtest/run_locust.py)",
         locust_section,
     ),
 )

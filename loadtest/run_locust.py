@@ -2,7 +2,7 @@
 
     .venv/bin/python -m loadtest.run_locust --host http://127.0.0.1:8080 --duration 60s \\
         [--users 16] [--spawn-rate 4] [--max-error-rate 0.01] [--max-p95-ms 20000] \\
-        [--max-ttft-p95-ms MS] [--out loadtest/results/locust] [--ready-path /readyz] \\
+        [--max-ttft-p95-ms MS] [--out loadtest/runs/locust] [--ready-path /readyz] \\
         [any option of loadtest/locustfile.py or of Locust, e.g. --repeat-share 0.5]
 
 It waits until ``GET {host}{ready-path}`` answers 200, runs ``loadtest/locustfile.py``
@@ -41,7 +41,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
-DEFAULT_OUT = REPO_ROOT / "loadtest" / "results" / "locust"
+# Runs write to an ignored folder, so running the load test leaves the tree clean; the
+# committed report (loadtest/results/locust/) is refreshed on purpose: make loadtest-publish.
+DEFAULT_OUT = REPO_ROOT / "loadtest" / "runs" / "locust"
 CSV_PREFIX = "locust"
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 
