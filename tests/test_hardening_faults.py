@@ -363,3 +363,19 @@ async def test_a_final_event_without_its_blank_line_still_reaches_the_client() -
     sent = b"".join([chunk async for chunk in stream])
     assert sent.endswith(b"data: [DONE]\n\n")
     assert stream.recorder.done
+
+
+# --- a worker discovery drops leaves no metric series behind --------------------------------
+
+
+async def test_a_worker_that_leaves_the_pool_leaves_no_metric_series() -> None:
+    gone, kept = "http://127.0.0.1:9", "http://127.0.0.1:10"
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as session:
+        pool = WorkerPool(session, gateway_settings(gone, kept), metrics)
+        for worker in pool.workers:
+            worker.healthy = True
+        chosen = {pool.choose(f"photo-{n}").url for n in range(64)}  # affinity spreads them
+        assert gone in chosen
+        pool._set_workers([kept])
+    assert f'worker="{gone}"' not in metrics.render()[0].decode()

@@ -58,6 +58,10 @@ _WAITING = "vllm:num_requests_waiting"
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 
 
+# Every reason choose() counts a choice under: a worker that leaves takes its series along.
+CHOICE_REASONS = ("least_loaded", "affinity", "affinity_overflow")
+
+
 def auth_headers(settings: Settings) -> dict[str, str]:
     if settings.worker_api_key is None:
         return {}
@@ -149,6 +153,9 @@ class WorkerPool:
             for kind in ("running", "waiting", "kv_cache_usage"):
                 with contextlib.suppress(KeyError):
                     self.metrics.worker_load.remove(url, kind)
+            for reason in CHOICE_REASONS:
+                with contextlib.suppress(KeyError):
+                    self.metrics.worker_choices.remove(url, reason)
         workers = []
         for url in wanted:
             worker = current.get(url)
