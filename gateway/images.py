@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import io
 import re
-from base64 import b64encode
+from base64 import b64decode, b64encode
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -20,18 +20,25 @@ from PIL import Image
 
 from gateway.errors import ErrorCode, GatewayError
 
-ImageFormat = Literal["jpeg", "png", "webp"]
+# GIF is accepted and flattened to its first frame, as PNG, before a worker sees it.
+ImageFormat = Literal["jpeg", "png", "webp", "gif"]
 
 # Declared MIME types we accept in data URIs. The bytes decide the real format.
 ALLOWED_MIME_TYPES: Final[frozenset[str]] = frozenset(
-    {"image/jpeg", "image/jpg", "image/png", "image/webp"}
+    {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif"}
 )
 FORMAT_MIME: Final[dict[ImageFormat, str]] = {
     "jpeg": "image/jpeg",
     "png": "image/png",
     "webp": "image/webp",
+    "gif": "image/gif",
 }
-_PILLOW_FORMAT: Final[dict[ImageFormat, str]] = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_PILLOW_FORMAT: Final[dict[ImageFormat, str]] = {
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "webp": "WEBP",
+    "gif": "GIF",
+}
 
 _DATA_URI = re.compile(r"data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<payload>.*)", re.DOTALL)
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
@@ -146,6 +153,8 @@ def sniff_format(data: bytes) -> ImageFormat | None:
         return "png"
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
     return None
 
 
@@ -155,6 +164,11 @@ def read_dimensions(data: bytes, fmt: ImageFormat) -> tuple[int, int] | None:
         size = _png_size(data)
     elif fmt == "jpeg":
         size = _jpeg_size(data)
+    elif fmt == "gif":
+        # The logical screen; Pillow reports the same size, and the checks compare them.
+        size = None
+        if len(data) >= 10:
+            size = (int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little"))
     else:
         size = _webp_size(data)
     if size is None or size[0] <= 0 or size[1] <= 0:
@@ -256,7 +270,9 @@ def inspect_image(data: bytes, limits: ImageLimits, param: str | None) -> ImageI
     """Real format from the bytes, dimensions from the header, then the optional decode."""
     fmt = sniff_format(data)
     if fmt is None:
-        raise _fail(ErrorCode.INVALID_IMAGE, "The image is not a JPEG, PNG or WebP file.", param)
+        raise _fail(
+            ErrorCode.INVALID_IMAGE, "The image is not a JPEG, PNG, WebP or GIF file.", param
+        )
     size = read_dimensions(data, fmt)
     if size is None:
         raise _fail(ErrorCode.INVALID_IMAGE, "The image header is malformed.", param)
@@ -283,6 +299,23 @@ def inspect_image(data: bytes, limits: ImageLimits, param: str | None) -> ImageI
         size_bytes=len(data),
         sha256=image_digest(data),
     )
+
+
+def first_frame_png(image: CheckedImage, limits: ImageLimits, param: str | None) -> CheckedImage:
+    """A GIF as the worker gets it: its first frame, as PNG (what vLLM would read of it
+    anyway; the worker never parses GIF, and the digest is of what the model sees)."""
+    if image.info.format != "gif":
+        return image
+    data = b64decode(image.data_uri.split(",", 1)[1])
+    out = io.BytesIO()
+    try:
+        with Image.open(io.BytesIO(data), formats=["GIF"]) as gif:
+            if gif.size != (image.info.width, image.info.height):
+                raise ValueError("header and decoder disagree")
+            gif.convert("RGBA" if "transparency" in gif.info else "RGB").save(out, "PNG")
+    except Exception:  # Pillow raises many types for corrupt input; all mean "not decodable"
+        raise _fail(ErrorCode.INVALID_IMAGE, "The image could not be decoded.", param) from None
+    return check_image_bytes(out.getvalue(), limits, param=param)
 
 
 def image_digest(data: bytes) -> str:

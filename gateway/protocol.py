@@ -34,7 +34,8 @@ class TextPart(_Strict):
 
 class ImageURL(_Strict):
     url: str = Field(
-        description="A data:image/(jpeg|png|webp);base64,... URI, or an http(s) URL on a "
+        description="A data:image/(jpeg|png|webp|gif);base64,... URI (a GIF's first frame "
+        "is used), or an http(s) URL on a "
         "host the server allows (GATEWAY_REMOTE_IMAGES_*; off by default)."
     )
     detail: Literal["auto", "low", "high"] | None = None

@@ -104,7 +104,7 @@ def test_strict_base64(payload: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "mime", ["image/gif", "image/svg+xml", "text/plain", "application/octet-stream", ""]
+    "mime", ["image/bmp", "image/svg+xml", "text/plain", "application/octet-stream", ""]
 )
 def test_mime_allow_list(mime: str) -> None:
     assert _code(data_uri(image_bytes("PNG"), mime)) is ErrorCode.UNSUPPORTED_IMAGE_TYPE
@@ -130,7 +130,7 @@ def test_other_references_refused(reference: str) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        image_bytes("GIF"),
+        image_bytes("GIF")[:20],  # header only
         image_bytes("BMP"),
         b"hello world, not an image at all",
         image_bytes("PNG")[:8],  # signature only

@@ -5,6 +5,8 @@ fake worker)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -12,20 +14,25 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from gateway.errors import ErrorCode, GatewayError
+from gateway.images import ImageLimits, check_image, first_frame_png
 from gateway.moderation.escapes import decode_json_escapes
 from gateway.streams import AnswerRecorder
+from gateway.validation.detail import apply_detail, low_detail_size
 from gateway.validation.features import key_view, read_features, worker_payload
 from gateway.validation.parse import parse_chat_body
 from gateway.validation.prepare import canonical_request
 from gateway.validation.schema_bounds import SchemaLimits, check_schema
 from tests.doubles.fake_worker import FakeWorker
+from tests.support.images import data_uri
 from tests.support.requests import chat_body
 from tests.support.servers import gateway_settings, run_gateway
 from tests.support.sse import read_stream
 
 LIMITS = SchemaLimits()
+IMAGE_LIMITS = ImageLimits(max_pixels=4096 * 4096, verify_decode=True)
 SETTINGS = gateway_settings("http://127.0.0.1:9")
 
 
@@ -240,3 +247,41 @@ async def test_a_term_in_json_escapes_is_refused(
         response = await client.post(gateway + "/v1/chat/completions", json=body)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "content_policy_violation"
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ((250, 0, 0), (0, 0, 250))]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=50)
+    return out.getvalue()
+
+
+def test_a_gif_reaches_the_worker_as_its_first_frame_in_png() -> None:
+    gif = _animated_gif()
+    checked = check_image(data_uri(gif, "image/gif"), IMAGE_LIMITS)
+    assert checked.info.format == "gif"
+    flat = first_frame_png(checked, IMAGE_LIMITS, "image")
+    assert flat.data_uri.startswith("data:image/png;base64,")
+    assert (flat.info.format, flat.info.width, flat.info.height) == ("png", 40, 30)
+    png = base64.b64decode(flat.data_uri.split(",", 1)[1])
+    with Image.open(io.BytesIO(png)) as image:
+        red, _, blue = image.convert("RGB").getpixel((5, 5))  # type: ignore[misc]
+    assert red > 200 > blue  # the first frame, not the second
+    assert flat.info.sha256 != checked.info.sha256  # the digest is of what the model sees
+
+
+def test_detail_low_keeps_the_aspect_on_the_token_grid() -> None:
+    big = check_image(data_uri(_jpeg(1600, 1200), "image/jpeg"), IMAGE_LIMITS)
+    low = apply_detail(big, "low", 512 * 512, IMAGE_LIMITS, "image")
+    assert (low.info.width, low.info.height) == low_detail_size(1600, 1200, 512 * 512)
+    assert low.info.width % 32 == low.info.height % 32 == 0
+    assert low.info.pixels <= 512 * 512
+    assert apply_detail(big, "high", 512 * 512, IMAGE_LIMITS, "image") is big
+    small = check_image(data_uri(_jpeg(320, 240), "image/jpeg"), IMAGE_LIMITS)
+    assert apply_detail(small, "low", 512 * 512, IMAGE_LIMITS, "image") is small
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((width, height)).save(out, "JPEG")
+    return out.getvalue()

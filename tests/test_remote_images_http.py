@@ -132,7 +132,7 @@ async def test_simple_shape_and_streams_take_urls(
 @pytest.mark.parametrize(
     ("path", "code"),
     [
-        ("/gif-as-png", "invalid_image"),
+        ("/bmp-as-png", "invalid_image"),
         ("/svg-as-png", "invalid_image"),
         ("/text-as-png", "invalid_image"),
         ("/large", "remote_image_too_large"),

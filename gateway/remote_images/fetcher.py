@@ -72,7 +72,7 @@ def create_fetch_session(
         auto_decompress=False,
         headers={
             "User-Agent": USER_AGENT,
-            "Accept": "image/jpeg, image/png, image/webp",
+            "Accept": "image/jpeg, image/png, image/webp, image/gif",
             "Accept-Encoding": "identity",
         },
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s),

@@ -24,6 +24,7 @@ from gateway.images import (
     ImageLimits,
     check_image,
     check_image_bytes,
+    first_frame_png,
     is_remote_url,
 )
 from gateway.protocol import (
@@ -143,8 +144,10 @@ def _check_one(
     reference: str, data: bytes | None, limits: ImageLimits, param: str, bare_base64: bool
 ) -> CheckedImage:
     if data is not None:
-        return check_image_bytes(data, limits, param=param)
-    return check_image(reference, limits, allow_bare_base64=bare_base64, param=param)
+        checked = check_image_bytes(data, limits, param=param)
+    else:
+        checked = check_image(reference, limits, allow_bare_base64=bare_base64, param=param)
+    return first_frame_png(checked, limits, param)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from tests.support.images import image_bytes
 
 PNG = image_bytes("PNG", (40, 30))
 OTHER_PNG = image_bytes("PNG", (24, 24))
-GIF = image_bytes("GIF", (40, 30))
+BMP = image_bytes("BMP", (40, 30))
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
 LARGE_BYTES = 300_000  # the body of /large and /large-chunked
 
@@ -44,7 +44,7 @@ class ImageServer:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._count])
         app.router.add_get("/image.png", self._bytes(self.png))
-        app.router.add_get("/gif-as-png", self._bytes(GIF))
+        app.router.add_get("/bmp-as-png", self._bytes(BMP))
         app.router.add_get("/svg-as-png", self._bytes(SVG))
         app.router.add_get("/text-as-png", self._bytes(b"hello, not an image"))
         app.router.add_get("/large", self._bytes(b"\x00" * LARGE_BYTES))

@@ -30,7 +30,7 @@ def _json(value: Any) -> bytes:
 def bad_cases() -> list[BadCase]:
     """Every invalid input the gateway must refuse before anything reaches a worker."""
     png = image_bytes("PNG")
-    gif = image_bytes("GIF")
+    bmp = image_bytes("BMP")
     text = f"what is this? {MARKER}"
     one = data_uri(png)
 
@@ -110,8 +110,8 @@ def bad_cases() -> list[BadCase]:
         chat(
             400,
             "unsupported_image_type",
-            "mime-gif",
-            content=with_image(data_uri(gif, "image/gif")),
+            "mime-bmp",
+            content=with_image(data_uri(bmp, "image/bmp")),
         ),
         chat(
             400,
@@ -135,7 +135,7 @@ def bad_cases() -> list[BadCase]:
             400, "invalid_image", "not-an-image", content=with_image(data_uri(MARKER.encode() * 20))
         ),
         chat(
-            400, "invalid_image", "gif-declared-png", content=with_image(data_uri(gif, "image/png"))
+            400, "invalid_image", "bmp-declared-png", content=with_image(data_uri(bmp, "image/png"))
         ),
         chat(
             400,
