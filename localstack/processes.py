@@ -191,8 +191,10 @@ def start_nginx(
     ready_path: str = "/readyz",
     timeout_s: float = 30.0,
     client_body_timeout_s: int = 30,
+    status_port: int | None = None,
 ) -> LocalProcess:
-    """Nginx from our template in front of upstreams ("127.0.0.1:PORT"), in the foreground."""
+    """Nginx from our template in front of upstreams ("127.0.0.1:PORT"), in the foreground;
+    with ``status_port``, stub_status on a port of its own (for the Prometheus exporter)."""
     port = port or free_port()
     conf_dir = run_dir.resolve() / f"nginx-{port}"  # nginx resolves relative paths elsewhere
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -202,6 +204,7 @@ def start_nginx(
         render(
             f"127.0.0.1:{port}", upstreams, conf_dir, conf_dir, max_body_bytes, read_timeout_s,
             client_body_timeout_s=client_body_timeout_s,
+            status_listen=f"127.0.0.1:{status_port}" if status_port else None,
         )
     )  # fmt: skip
     error_log = conf_dir / "nginx-error.log"

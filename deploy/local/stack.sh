@@ -15,6 +15,7 @@ GATEWAY_REPLICAS=${GATEWAY_REPLICAS:-2}
 GATEWAY_BASE_PORT=${GATEWAY_BASE_PORT:-8001}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8080}
+NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-8089}  # stub_status only, loopback (make observe scrapes it)
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-900}
 # One limit for both hops: Nginx refuses what the gateway would refuse.
 export GATEWAY_MAX_BODY_BYTES=${GATEWAY_MAX_BODY_BYTES:-16777216}
@@ -125,7 +126,7 @@ up() {
   done
 
   .venv/bin/python nginx/render.py "$RUN_DIR/nginx.conf" --listen "$HOST:$PORT" "${upstreams[@]}" \
-    --run-dir "$RUN_DIR/nginx" --log-dir "$LOG_DIR" \
+    --run-dir "$RUN_DIR/nginx" --log-dir "$LOG_DIR" --status-listen "127.0.0.1:$NGINX_STATUS_PORT" \
     --max-body-bytes "$GATEWAY_MAX_BODY_BYTES" --read-timeout "$((${GATEWAY_TOTAL_TIMEOUT_S%.*} + 10))"
   nginx -t -q -c "$RUN_DIR/nginx.conf" -e "$LOG_DIR/nginx-error.log"
   if running nginx; then

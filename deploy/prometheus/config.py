@@ -5,8 +5,8 @@ python -m deploy.prometheus.config OUT --gateway 127.0.0.1:8001 \
     --nginx-exporter 127.0.0.1:9113 --alertmanager 127.0.0.1:9093
 
 Job names are what the rules and dashboards select on: gateway, vllm-worker, nginx,
-redis, mysql. A worker given as POOL=ADDRESS carries label pool=POOL (default
-"stable"). The output is JSON, which is YAML too.
+redis, mysql. A worker given as POOL=ADDRESS carries label pool=POOL (default "default",
+as the gateway labels a worker outside any named pool). The output is JSON, which is YAML.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from deploy.prometheus.check import rule_files
 
-DEFAULT_POOL = "stable"
+DEFAULT_POOL = "default"
 
 
 @dataclass

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# `make observe`: Prometheus and Alertmanager (Debian packages) with the shipped rules and
+# example config, and the Nginx, Redis and MySQL exporters, next to `make up`, all on
+# loopback ports. Every process is recorded in $RUN_DIR/pids/obs-*.pid; `down` (run by
+# `make down`) stops exactly those.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+RUN_DIR=${RUN_DIR:-.run}
+[[ $RUN_DIR = /* ]] || RUN_DIR=$PWD/$RUN_DIR
+LOG_DIR=$RUN_DIR/logs
+PID_DIR=$RUN_DIR/pids
+OBS_DIR=$RUN_DIR/observe
+# What `make up` runs (same defaults as deploy/local/stack.sh).
+WORKER_PORT=${WORKER_PORT:-8100}
+WORKERS=${WORKERS:-2}
+GATEWAY_REPLICAS=${GATEWAY_REPLICAS:-2}
+GATEWAY_BASE_PORT=${GATEWAY_BASE_PORT:-8001}
+NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-8089}
+# The observers' own ports.
+PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
+ALERTMANAGER_PORT=${ALERTMANAGER_PORT:-9093}
+NGINX_EXPORTER_PORT=${NGINX_EXPORTER_PORT:-9113}
+REDIS_EXPORTER_PORT=${REDIS_EXPORTER_PORT:-9121}
+MYSQLD_EXPORTER_PORT=${MYSQLD_EXPORTER_PORT:-9104}
+SCRAPE_INTERVAL=${SCRAPE_INTERVAL:-5s}
+REDIS_ADDR=${REDIS_ADDR:-redis://127.0.0.1:6379}
+MYSQL_DSN=${MYSQL_DSN:-root:@(127.0.0.1:3306)/}
+
+mkdir -p "$LOG_DIR" "$PID_DIR" "$OBS_DIR"
+
+running() {
+  local pidfile=$PID_DIR/$1.pid
+  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+start() {  # name, command...: in the background, in its own process group
+  local name=$1; shift
+  if running "$name"; then
+    echo "  $name already running (pid $(cat "$PID_DIR/$name.pid"))"
+    return
+  fi
+  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$PID_DIR/$name.pid"
+  echo "  started $name (pid $!), log $LOG_DIR/$name.log"
+}
+
+stop() {
+  local pidfile=$PID_DIR/$1.pid
+  [[ -f $pidfile ]] || return 0
+  local pid; pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    echo "  stopped $1 (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+wait_http() {  # url: until it answers 200 (30 s)
+  for _ in $(seq 60); do curl -sf -o /dev/null "$1" && return 0; sleep 0.5; done
+  echo "timed out waiting for $1" >&2; return 1
+}
+
+up() {
+  echo "starting Prometheus, Alertmanager and the exporters (logs in $LOG_DIR)"
+  local targets=()
+  for i in $(seq 0 $((GATEWAY_REPLICAS - 1))); do
+    targets+=(--gateway "127.0.0.1:$((GATEWAY_BASE_PORT + i))")
+  done
+  for i in $(seq 0 $((WORKERS - 1))); do
+    targets+=(--worker "127.0.0.1:$((WORKER_PORT + i))")
+  done
+  .venv/bin/python -m deploy.prometheus.config "$OBS_DIR/prometheus.yml" "${targets[@]}" \
+    --nginx-exporter "127.0.0.1:$NGINX_EXPORTER_PORT" \
+    --redis-exporter "127.0.0.1:$REDIS_EXPORTER_PORT" \
+    --mysqld-exporter "127.0.0.1:$MYSQLD_EXPORTER_PORT" \
+    --alertmanager "127.0.0.1:$ALERTMANAGER_PORT" \
+    --scrape-interval "$SCRAPE_INTERVAL" --evaluation-interval "$SCRAPE_INTERVAL"
+  promtool check config "$OBS_DIR/prometheus.yml" >/dev/null
+  amtool check-config deploy/alertmanager/alertmanager.yml >/dev/null
+
+  # It exits when Nginx is not up yet; with retries it waits for `make up` instead.
+  start obs-nginx-exporter prometheus-nginx-exporter \
+    -nginx.scrape-uri "http://127.0.0.1:$NGINX_STATUS_PORT/stub_status" \
+    -nginx.retries 100000 -nginx.retry-interval 2s \
+    -web.listen-address "127.0.0.1:$NGINX_EXPORTER_PORT"
+  start obs-redis-exporter prometheus-redis-exporter -redis.addr "$REDIS_ADDR" \
+    -web.listen-address "127.0.0.1:$REDIS_EXPORTER_PORT"
+  start obs-mysqld-exporter env DATA_SOURCE_NAME="$MYSQL_DSN" prometheus-mysqld-exporter \
+    --web.listen-address="127.0.0.1:$MYSQLD_EXPORTER_PORT" --collect.slave_status
+  # --cluster.listen-address= : a single Alertmanager, no gossip port on 0.0.0.0.
+  start obs-alertmanager prometheus-alertmanager \
+    --config.file="$PWD/deploy/alertmanager/alertmanager.yml" \
+    --storage.path="$OBS_DIR/alertmanager" \
+    --web.listen-address="127.0.0.1:$ALERTMANAGER_PORT" --cluster.listen-address=
+  start obs-prometheus prometheus --config.file="$OBS_DIR/prometheus.yml" \
+    --storage.tsdb.path="$OBS_DIR/prometheus" \
+    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --web.enable-lifecycle
+
+  wait_http "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
+  wait_http "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready"
+  echo "Prometheus:   http://127.0.0.1:$PROMETHEUS_PORT  (rules: deploy/prometheus/rules/, targets: /targets)"
+  echo "Alertmanager: http://127.0.0.1:$ALERTMANAGER_PORT  (config: deploy/alertmanager/alertmanager.yml)"
+  echo "Exporters:    nginx :$NGINX_EXPORTER_PORT, redis :$REDIS_EXPORTER_PORT, mysqld :$MYSQLD_EXPORTER_PORT"
+  echo "Dashboards:   import deploy/dashboards/json/*.json into a Grafana with this Prometheus"
+}
+
+down() {
+  for name in obs-prometheus obs-alertmanager obs-nginx-exporter obs-redis-exporter \
+      obs-mysqld-exporter; do
+    stop "$name"
+  done
+  return 0
+}
+
+case ${1:-} in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
