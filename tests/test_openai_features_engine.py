@@ -308,16 +308,21 @@ async def test_n_choices_sampled_and_refused_greedy(
         assert body["param"] == "n"
 
 
-async def test_n_choices_stream_each_by_index(client: openai.AsyncOpenAI) -> None:
+async def test_n_choices_stream_each_by_index(
+    client: openai.AsyncOpenAI, log_database_url: str
+) -> None:
+    request_id = f"n-stream-{uuid.uuid4().hex}"
     stream = await client.chat.completions.create(
         model=MODEL, messages=_messages("Style?", 12), temperature=0.8, max_tokens=6, n=2,
-        stream=True,
+        stream=True, extra_headers={"X-Request-ID": request_id},
     )  # fmt: skip
     texts: dict[int, str] = {}
     async for chunk in stream:
         for choice in chunk.choices:
             texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
     assert sorted(texts) == [0, 1]
+    (row,) = await asyncio.to_thread(logged_rows, log_database_url, request_id)
+    assert row["answer"] == f"[0] {texts[0]}\n\n[1] {texts[1]}"
 
 
 # --- tools ------------------------------------------------------------------------------------
@@ -361,10 +366,14 @@ async def test_named_tool_choice_returns_arguments_that_validate(
     ]
 
 
-async def test_named_tool_choice_streamed(client: openai.AsyncOpenAI) -> None:
+async def test_named_tool_choice_streamed(
+    client: openai.AsyncOpenAI, log_database_url: str
+) -> None:
+    request_id = f"tool-stream-{uuid.uuid4().hex}"
     stream = await client.chat.completions.create(
         model=MODEL, messages=_messages("What is it made of?", 14), temperature=0,
         max_tokens=64, tools=[_TOOL], tool_choice=_NAMED, stream=True,
+        extra_headers={"X-Request-ID": request_id},
     )  # fmt: skip
     name, arguments = "", ""
     async for chunk in stream:
@@ -375,6 +384,11 @@ async def test_named_tool_choice_streamed(client: openai.AsyncOpenAI) -> None:
                     arguments += call.function.arguments or ""
     assert name == "record_material"
     assert json.loads(arguments)["material"] in ("leather", "canvas")
+    # The streamed deltas are recorded: the log row holds the assembled call.
+    (row,) = await asyncio.to_thread(logged_rows, log_database_url, request_id)
+    assert json.loads(row["tool_calls"]) == [
+        {"choice": 0, "name": "record_material", "arguments": arguments}
+    ]
 
 
 async def test_a_tool_result_conversation_is_accepted(client: openai.AsyncOpenAI) -> None:

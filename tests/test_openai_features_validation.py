@@ -15,10 +15,16 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import ImageLimits, check_image, first_frame_png
+from gateway.interactions.draft import InteractionDraft
+from gateway.metrics import Metrics
+from gateway.moderation import ModerationSettings, Moderator
 from gateway.moderation.escapes import decode_json_escapes
+from gateway.moderation.policy import load_policy
+from gateway.ratelimit.estimate import text_tokens
 from gateway.streams import AnswerRecorder
 from gateway.validation.detail import apply_detail, low_detail_size
 from gateway.validation.features import key_view, read_features, worker_payload
@@ -26,6 +32,7 @@ from gateway.validation.parse import parse_chat_body
 from gateway.validation.prepare import canonical_request
 from gateway.validation.schema_bounds import SchemaLimits, check_schema
 from tests.doubles.fake_worker import FakeWorker
+from tests.support.auth import bearer, create_key, keyed_gateway
 from tests.support.images import data_uri
 from tests.support.requests import chat_body
 from tests.support.servers import gateway_settings, run_gateway
@@ -285,3 +292,57 @@ def _jpeg(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.linear_gradient("L").resize((width, height)).save(out, "JPEG")
     return out.getvalue()
+
+
+# --- what a key is charged, and tool-call arguments under the content policy ----------------
+
+
+async def test_tokens_per_minute_charge_every_choice_and_the_schema(
+    fake_worker: FakeWorker, log_database_url: str
+) -> None:
+    key = create_key(log_database_url, "--tpm", "100000")
+    remaining = 100_000
+    schema_body = _schema_body("material", "price", max_tokens=16)
+    schema_text = json.dumps(
+        schema_body["response_format"]["json_schema"]["schema"], separators=(",", ":")
+    )
+    async with keyed_gateway(fake_worker.url, log_database_url) as url:
+
+        async def charged(body: dict[str, Any]) -> int:
+            nonlocal remaining
+            async with httpx.AsyncClient(timeout=30) as client:
+                response = await client.post(
+                    url + "/v1/chat/completions", json=body, headers=bearer(key)
+                )
+            assert response.status_code == 200, response.text
+            now = int(response.headers["x-ratelimit-remaining-tokens"])
+            cost, remaining = remaining - now, now
+            return cost
+
+        # "hello" is 2 text tokens; max_tokens is charged once per choice.
+        assert await charged(chat_body("hello", max_tokens=16, temperature=0.7)) == 2 + 16
+        assert await charged(chat_body("hello", max_tokens=16, temperature=0.7, n=3)) == 2 + 48
+        # The schema is read by the model too: it counts as text.
+        expected = text_tokens("Which material?\n" + schema_text) + 16
+        assert await charged(schema_body) == expected
+
+
+def test_tool_call_arguments_are_moderated_in_a_stream() -> None:
+    moderator = Moderator(ModerationSettings(), load_policy(), Metrics(CollectorRegistry()))
+    draft = InteractionDraft()
+    guard = moderator.stream_guard(draft)
+    recorder = AnswerRecorder()
+    for piece in ('{"note": "', r"\u8272"):  # the term is not complete yet
+        _observe_arguments(recorder, piece)
+        guard(recorder)
+    _observe_arguments(recorder, r"\u60c5")
+    with pytest.raises(GatewayError) as caught:
+        guard(recorder)
+    assert caught.value.code == ErrorCode.CONTENT_POLICY_VIOLATION
+    assert draft.moderation == "blocked:answer:sexual"
+
+
+def _observe_arguments(recorder: AnswerRecorder, piece: str) -> None:
+    call = {"index": 0, "function": {"name": "note", "arguments": piece}}
+    event = {"choices": [{"index": 1, "delta": {"tool_calls": [call]}}]}
+    recorder.observe(json.dumps(event).encode())
