@@ -162,7 +162,7 @@ class AdmissionControl:
             window = await self._windows.hit_locally(kind, key.key_id, limit, cost)
         admission.windows[kind] = window
         if not window.allowed:
-            self._refuse(kind, retry_after_s(window, cost), window.limit, cost)
+            self._refuse(kind, retry_after_s(window, cost), window.limit, cost, key.key_id)
 
     async def _charge_requests(self, admission: Admission) -> None:
         await self._charge(admission, "requests", 1)
@@ -183,7 +183,7 @@ class AdmissionControl:
                 return
             lease, _ = self._concurrency.acquire_locally(key.key_id, limit)
         if lease is None:
-            self._refuse("concurrent", 1, limit, 1)
+            self._refuse("concurrent", 1, limit, 1, key.key_id)
         admission.lease = lease
 
     async def release(self, admission: Admission) -> None:
@@ -200,7 +200,9 @@ class AdmissionControl:
                 retry_after_s=max(1, round(self._settings.breaker_open_s)),
             )
 
-    def _refuse(self, kind: LimitKind, retry_after: int, limit: int, cost: int) -> None:
+    def _refuse(
+        self, kind: LimitKind, retry_after: int, limit: int, cost: int, key_id: str
+    ) -> None:
         self._metrics.rate_limited.labels(kind).inc()
         if kind == "concurrent":
             message = f"Too many concurrent requests for this API key (limit {limit})."
@@ -221,6 +223,7 @@ class AdmissionSlot:
         self.control: AdmissionControl | None = None
 
 
+        self._metrics.key_rate_limited.labels(self._metrics.key_label(key_id), kind).inc()
 class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, slot: AdmissionSlot, metrics: Metrics) -> None:
         self.app = app
@@ -265,6 +268,10 @@ class AdmissionMiddleware:
             draft.api_key_id = admission.key.key_id  # the public id, never the key
 
     async def _refuse(self, send: Send, error: GatewayError, admission: Admission) -> None:
+            finally:
+                if admission.key is not None:  # authenticated, refused for a limit or not
+                    key = self.metrics.key_label(admission.key.key_id)
+                    self.metrics.key_requests.labels(key).inc()
         self.metrics.errors.labels(error.code.value).inc()
         body = error.body()
         headers = [

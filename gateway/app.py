@@ -82,7 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(AdmissionMiddleware, slot=admission, metrics=metrics)
     app.add_middleware(
-        InteractionLogMiddleware, sink=sink, trusted_proxies=settings.log.trusted_proxies
+        InteractionLogMiddleware,
+        sink=sink,
+        metrics=metrics,
+        trusted_proxies=settings.log.trusted_proxies,
     )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -6,6 +6,8 @@ build several apps side by side and each /metrics shows only its own app.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -33,6 +35,18 @@ _MODERATION_BUCKETS = (
 
 _IMAGE_BYTES_BUCKETS = tuple(float(2**n) for n in range(12, 26, 2))  # 4 KiB .. 16 MiB
 
+# Worker pools (canary rollouts): a worker outside any named pool is in "default".
+DEFAULT_POOL = "default"
+WORKER_OUTCOMES = ("ok", "rejected", "error")
+# Per-key series stay bounded: a replica labels at most this many key ids.
+MAX_KEY_LABELS = 100
+OTHER_KEYS = "other"
+LIMIT_KINDS = ("requests", "tokens", "concurrent")
+UPSTREAM_ERROR_KINDS = (
+    "connect", "disconnect", "timeout", "status_4xx", "status_5xx", "protocol", "ejected",
+)  # fmt: skip
+RETRY_CAUSES = ("connect", "disconnect", "status_503", "ejected")
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -56,8 +70,9 @@ class Metrics:
         )
         self.ttft = Histogram(
             "gateway_time_to_first_token_seconds",
-            "Streamed requests: time from request start to the worker's first chunk.",
-            ["route"],
+            "Streamed requests: time from request start to the first chunk (the worker's, or "
+            "a replay's), by route and answer-cache outcome.",
+            ["route", "cache"],
             buckets=_TTFT_BUCKETS,
             registry=r,
         )
@@ -216,6 +231,77 @@ class Metrics:
             "The rate limiter's Redis breaker: 0 closed, 1 open (Redis skipped), 2 half-open.",
             registry=r,
         )
+
+        self._add_on_call_metrics(r)
+
+    def _add_on_call_metrics(self, r: CollectorRegistry) -> None:
+        """What the dashboards and alerts in deploy/ read besides the series above."""
+        self.inference_duration = Histogram(
+            "gateway_inference_duration_seconds",
+            "Inference requests (chat, vqa), start to last byte, by route and answer-cache "
+            "outcome (hit, miss, coalesced, bypass; none when refused before the cache).",
+            ["route", "cache"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "gateway_inter_token_seconds",
+            "Streamed answers: time between consecutive chunks sent to the client.",
+            ["route"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.worker_requests = Counter(
+            "gateway_worker_requests",
+            "Attempts sent to each worker, by pool and outcome (ok; rejected: the worker's "
+            "4xx; error: 5xx, broken, timed out or unreachable).",
+            ["worker", "pool", "outcome"],
+            registry=r,
+        )
+        self.key_requests = Counter(
+            "gateway_key_requests",
+            f"Authenticated requests (429s included) per API key id: the first "
+            f"{MAX_KEY_LABELS} ids a replica sees; later ones count as key={OTHER_KEYS!r}.",
+            ["key"],
+            registry=r,
+        )
+        self.key_rate_limited = Counter(
+            "gateway_key_rate_limited",
+            "Requests refused with 429 per API key id (bounded as gateway_key_requests) and "
+            "limit (requests, tokens, concurrent).",
+            ["key", "limit"],
+            registry=r,
+        )
+        self._key_labels: set[str] = set()
+        # Series that only move when something goes wrong are exported at 0 from the start,
+        # so panels and alerts see 0, not "no data", on a healthy stack.
+        for limit in LIMIT_KINDS:
+            self.rate_limiter_errors.labels(limit)
+            self.rate_limited.labels(limit)
+        for kind in UPSTREAM_ERROR_KINDS:
+            self.upstream_errors.labels(kind)
+        for cause in RETRY_CAUSES:
+            self.upstream_retries.labels(cause)
+        for operation in ("get", "put", "delete"):
+            self.cache_errors.labels(operation)
+
+    def key_label(self, key_id: str) -> str:
+        """The key's own label while fewer than MAX_KEY_LABELS are in use, else "other"."""
+        if key_id in self._key_labels:
+            return key_id
+        if len(self._key_labels) < MAX_KEY_LABELS:
+            self._key_labels.add(key_id)
+            return key_id
+        return OTHER_KEYS
+
+    def worker_joined(self, worker: str, pool: str = DEFAULT_POOL) -> None:
+        for outcome in WORKER_OUTCOMES:
+            self.worker_requests.labels(worker, pool, outcome)
+
+    def worker_left(self, worker: str, pool: str = DEFAULT_POOL) -> None:
+        for outcome in WORKER_OUTCOMES:
+            with contextlib.suppress(KeyError):
+                self.worker_requests.remove(worker, pool, outcome)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

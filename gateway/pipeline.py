@@ -48,7 +48,7 @@ from gateway.protocol import (
 )
 from gateway.ratelimit import estimate_tokens
 from gateway.remote_images import RemoteImageFetcher
-from gateway.streams import ChunkStream, RecordingStream, ReplayStream
+from gateway.streams import ChunkStream, GapTimer, RecordingStream, ReplayStream
 from gateway.upstream.pool import WorkerPool
 from gateway.upstream.proxy import Upstream
 from gateway.validation.prepare import PreparedRequest, prepare_chat, prepare_vqa, read_chat
@@ -135,9 +135,10 @@ class Pipeline:
             ctx.request_id,
             self._note_worker(ctx),
             affinity_key=_affinity_key(prepared),
+            self._observe_ttft(ctx, lookup.outcome)
         )
         upstream = await self._forward(plan, lookup, worker)
-        self._metrics.ttft.labels(ctx.route).observe(time.perf_counter() - ctx.started)
+        self._observe_ttft(ctx, lookup.outcome)
         ctx.draft.ttft_ms = (time.perf_counter() - ctx.started) * 1000
 
         async def on_end(answer: CachedAnswer | None) -> None:
@@ -150,7 +151,11 @@ class Pipeline:
         if self._moderator is not None and self._moderator.checks_answers:
             guard = self._moderator.stream_guard(ctx.draft)
         stream = RecordingStream(upstream, prepared.client_wants_usage, on_end, guard)
-        return StreamedAnswer(stream, lookup.outcome)
+        gaps = self._metrics.inter_token.labels(ctx.route)
+        return StreamedAnswer(GapTimer(stream, gaps.observe), lookup.outcome)
+
+    def _observe_ttft(self, ctx: RequestContext, cache: str) -> None:
+        self._metrics.ttft.labels(ctx.route, cache).observe(time.perf_counter() - ctx.started)
 
     async def vqa(self, ctx: RequestContext, request: VQARequest) -> tuple[VQAResponse, str]:
         """The simple shape: one image and a prompt in, the answer's text out."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, Self
 
@@ -187,3 +188,28 @@ class RecordingStream:
 
 async def _run(awaitable: Awaitable[None]) -> None:
     await awaitable
+
+
+class GapTimer:
+    """Passes a stream on, reporting the time between consecutive chunks (inter-token
+    latency as the client sees it); the wait for the first chunk is TTFT, not a gap."""
+
+    def __init__(self, inner: ChunkStream, observe: Callable[[float], None]) -> None:
+        self._inner = inner
+        self._chunks = inner.__aiter__()
+        self._observe = observe
+        self._last: float | None = None
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._chunks.__anext__()
+        now = time.perf_counter()
+        if self._last is not None:
+            self._observe(now - self._last)
+        self._last = now
+        return chunk
+
+    def close(self) -> None:
+        self._inner.close()

@@ -75,6 +75,11 @@ class InteractionLogMetrics:
             "Bytes in the local spool waiting for replay (active and rotated files).",
             registry=r,
         )
+        self.spool_oldest_age = Gauge(
+            "gateway_interactions_spool_oldest_age_seconds",
+            "Age of the oldest spooled record not yet in MySQL (0 when the spool is empty).",
+            registry=r,
+        )
         self.spool_max_bytes = Gauge(
             "gateway_interactions_spool_max_bytes",
             "The spool's size limit; past it new records are dropped.",

@@ -23,6 +23,7 @@ from gateway.db.models import REQUEST_ID_BYTES
 from gateway.interactions.draft import CLIENT_GONE, STATE_KEY, InteractionDraft
 from gateway.interactions.records import InteractionRecord
 from gateway.interactions.writer import InteractionWriter
+from gateway.metrics import Metrics
 
 LOGGED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/vqa"})
 # Error bodies are small; a larger body is an answer, not an error, and is not parsed.
@@ -75,10 +76,12 @@ class InteractionLogMiddleware:
         self,
         app: ASGIApp,
         sink: RecordSink,
+        metrics: Metrics | None = None,
         trusted_proxies: Sequence[IPv4Network | IPv6Network] = (),
     ) -> None:
         self.app = app
         self.sink = sink
+        self.metrics = metrics
         self.trusted_proxies = trusted_proxies  # peers whose X-Real-IP is believed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,6 +89,7 @@ class InteractionLogMiddleware:
             await self.app(scope, receive, send)
             return
         received_ms = time.time_ns() // 1_000_000
+        started = time.perf_counter()
         draft = InteractionDraft(shape="vqa" if scope["path"] == "/v1/vqa" else "chat")
         scope.setdefault("state", {})[STATE_KEY] = draft
         status = 500
@@ -110,6 +114,11 @@ class InteractionLogMiddleware:
             elif not finished:
                 draft.fail("client_error", CLIENT_GONE)
             self.sink.submit(self._record(scope, draft, status, received_ms))
+            if self.metrics is not None:
+                # The one place that knows both the end of the answer and its cache outcome.
+                self.metrics.inference_duration.labels(
+                    scope["path"], draft.cache or "none"
+                ).observe(time.perf_counter() - started)
 
     def _record(
         self, scope: Scope, draft: InteractionDraft, status: int, received_ms: int

@@ -110,6 +110,7 @@ class InteractionWriter:
         self.replayed_rows = 0
         metrics.queue_depth.set_function(lambda: len(self._buf))
         metrics.spool_bytes.set_function(lambda: self._spool.bytes)
+        metrics.spool_oldest_age.set_function(lambda: self._spool.oldest_age_s(self._replay_cursor))
         metrics.spool_max_bytes.set(settings.spool_max_bytes)
         metrics.db_up.set(1)
 

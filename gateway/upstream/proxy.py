@@ -228,10 +228,16 @@ class Upstream:
             try:
                 result = await self._watched(worker, attempt, dispose)
                 handed_over = keep_in_flight
+                self._note_attempt(worker, "ok")
                 return result
             except BreakerOpen:
                 continue  # another request is probing this worker: try the next one
+            except GatewayError as error:  # not retryable: the worker's 4xx, or its 5xx
+                rejected = error.code is ErrorCode.UPSTREAM_REJECTED
+                self._note_attempt(worker, "rejected" if rejected else "error")
+                raise
             except _WorkerFailed as exc:
+                self._note_attempt(worker, "error")
                 if exc.cause is None:
                     raise exc.error from None
                 last = exc.error
@@ -247,6 +253,9 @@ class Upstream:
                 retry_after_s=self._settings.retry_after_s,
             )
         raise last
+
+    def _note_attempt(self, worker: Worker, outcome: str) -> None:
+        self._metrics.worker_requests.labels(worker.url, worker.pool, outcome).inc()
 
     async def _watched(
         self,
