@@ -49,8 +49,9 @@ def cmd_create(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
         conn.execute(
             text(
                 "INSERT INTO api_keys (key_id, name, key_hash, created_at, requests_per_minute,"
-                " tokens_per_minute, max_concurrent, allowed_models) VALUES (:key_id, :name,"
-                " :key_hash, :created_at, :rpm, :tpm, :concurrent, :models)"
+                " tokens_per_minute, max_concurrent, allowed_models, cache_scope) VALUES"
+                " (:key_id, :name, :key_hash, :created_at, :rpm, :tpm, :concurrent, :models,"
+                " :cache_scope)"
             ),
             {
                 "key_id": new.key_id,
@@ -61,6 +62,7 @@ def cmd_create(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
                 "tpm": args.tpm,
                 "concurrent": args.concurrent,
                 "models": None if models is None else json.dumps(models),
+                "cache_scope": args.cache,
             },
         )
     print(f"created key {new.key_id} ({args.name}); it is shown only this once:", file=sys.stderr)
@@ -146,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tpm", type=_positive, help="tokens per minute (default: gateway's)")
     p.add_argument("--concurrent", type=_positive, help="concurrent requests")
     p.add_argument("--models", help="comma-separated model ids it may use (default: all)")
+    p.add_argument(
+        "--cache",
+        choices=("shared", "key"),
+        default="shared",
+        help="answer cache and coalescing shared with other keys (default), or the key's own",
+    )
     p = sub.add_parser("list", help="every key: public id, name, dates, limits (never a key)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = sub.add_parser("revoke", help="revoke a key by its public id")

@@ -32,7 +32,7 @@ FailureReason = Literal["missing", "malformed", "unknown", "revoked", "wrong_sec
 
 _COLUMNS: Final = (
     "key_id, name, key_hash, revoked_at IS NOT NULL AS revoked, requests_per_minute, "
-    "tokens_per_minute, max_concurrent, allowed_models"
+    "tokens_per_minute, max_concurrent, allowed_models, cache_scope"
 )
 _ALL_KEYS: Final = text(f"SELECT {_COLUMNS} FROM api_keys")
 _ONE_KEY: Final = text(f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = :key_id")
@@ -52,6 +52,8 @@ class KeyRecord:
     tokens_per_minute: int | None
     max_concurrent: int | None
     allowed_models: frozenset[str] | None
+    # True: the key's cached answers and coalesced generations are its own.
+    private_cache: bool = False
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -80,6 +82,7 @@ def _record(row: Any) -> KeyRecord:
         tokens_per_minute=row.tokens_per_minute,
         max_concurrent=row.max_concurrent,
         allowed_models=None if models is None else frozenset(str(m) for m in models),
+        private_cache=row.cache_scope == "key",
     )
 
 

@@ -73,7 +73,11 @@ class CacheStage:
         # part of the key, so a new checkpoint behind the same name never replays old answers.
         self._model_root = model_root
 
-    def plan(self, prepared: PreparedRequest, directives: CacheDirectives) -> CachePlan:
+    def plan(
+        self, prepared: PreparedRequest, directives: CacheDirectives, scope: str | None = None
+    ) -> CachePlan:
+        """``scope`` (an API key's id, for a key whose cache is its own) is part of the key,
+        so its answers and generations are shared with no other key."""
         deterministic = is_deterministic(
             {"temperature": prepared.temperature, "seed": prepared.seed},
             self._settings.cache_seeded_requests,
@@ -84,6 +88,8 @@ class CacheStage:
             # logprobs, n > 1 and tool calls are not in the stored answer's shape.
             return NO_CACHE
         revision = f"{self._settings.model_revision}|{self._model_root(prepared.model)}"
+        if scope is not None:
+            revision += f"|key:{scope}"
         key = derive_key(
             self._settings.cache_namespace,
             prepared.model,

@@ -175,3 +175,6 @@ class ApiKey(Base):
     max_concurrent: Mapped[int | None] = mapped_column(INTEGER(unsigned=True))
     # Model ids the key may use (403 for others); None: every model.
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    # "shared": identical requests of every key share cached answers and generations;
+    # "key": the key's cache and coalescing are its own (X-Cache tells no one else's asks).
+    cache_scope: Mapped[str] = mapped_column(String(8), nullable=False, server_default="shared")
