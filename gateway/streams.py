@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, Self
 
-from gateway.answers import CachedAnswer
+from gateway.answers import CachedAnswer, CompletionSummary, ToolCallRecord
 
 _DONE: Final = b"[DONE]"
 _COMPLETE_REASONS: Final = frozenset({"stop", "length"})
@@ -51,7 +51,13 @@ class AnswerRecorder:
     """Accumulates an OpenAI chat completion stream event by event."""
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.parts: list[str] = []  # choice 0's content: what the cache stores
+        # Per choice index (n > 1): its content pieces and its tool-call argument pieces,
+        # in arrival order; moderation reads these, each choice on its own.
+        self.texts: dict[int, list[str]] = {}
+        self.contents: dict[int, list[str]] = {}  # content pieces only, per choice
+        # (choice, tool-call index) -> [name, arguments so far]
+        self.calls: dict[tuple[int, int], list[str]] = {}
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.done = False
@@ -78,13 +84,52 @@ class AnswerRecorder:
         choices = event.get("choices")
         if not choices:
             return usage is None
-        choice = choices[0]
-        content = (choice.get("delta") or {}).get("content")
-        if isinstance(content, str):
-            self.parts.append(content)
-        if choice.get("finish_reason"):
-            self.finish_reason = str(choice["finish_reason"])
+        for choice in choices:
+            if isinstance(choice, dict):
+                self._observe_choice(choice)
         return True
+
+    def _observe_choice(self, choice: dict[str, Any]) -> None:
+        index = choice.get("index", 0)
+        index = index if isinstance(index, int) else 0
+        delta = choice.get("delta") or {}
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str):
+            self.texts.setdefault(index, []).append(content)
+            self.contents.setdefault(index, []).append(content)
+            if index == 0:
+                self.parts.append(content)
+        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict):
+                continue
+            position = call.get("index", 0)
+            record = self.calls.setdefault((index, position if isinstance(position, int) else 0),
+                                           ["", ""])  # fmt: skip
+            if isinstance(function.get("name"), str):
+                record[0] += function["name"]
+            if isinstance(function.get("arguments"), str):
+                record[1] += function["arguments"]
+                self.texts.setdefault(index, []).append(function["arguments"])
+        if choice.get("finish_reason") and index == 0:
+            self.finish_reason = str(choice["finish_reason"])
+
+    def summary(self) -> CompletionSummary:
+        """Every choice's text and tool call so far, for moderation and the log."""
+        usage = self.usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        texts = {i: "".join(parts) for i, parts in self.contents.items()}
+        calls = tuple(
+            ToolCallRecord(choice, name, arguments)
+            for (choice, _), (name, arguments) in sorted(self.calls.items())
+        )
+        return CompletionSummary(
+            texts,
+            calls,
+            prompt if isinstance(prompt, int) else None,
+            completion if isinstance(completion, int) else None,
+        )
 
     def answer(self) -> CachedAnswer | None:
         """The complete answer, or None for a broken, failed or cut-off stream."""
