@@ -42,7 +42,7 @@ async def main() -> None:
     redis = Redis.from_url(REDIS_URL, socket_timeout=1.0)
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     breaker = CircuitBreaker(5.0)
-    windows = WindowLimiter(redis, REDIS_URL, namespace, breaker)
+    windows = WindowLimiter(redis, namespace, breaker)
     leases = ConcurrencyLimiter(redis, namespace, breaker, lease_ttl_s=30)
     try:
         for round_ in range(ROUNDS):

@@ -23,7 +23,8 @@ from redis.asyncio import Redis
 
 from gateway.background import cancel_task
 from gateway.breaker import CircuitBreaker
-from gateway.ratelimit.windows import LimiterUnavailable, guarded
+from gateway.ratelimit.scripts import ADMIT, WINDOW_MS, window_keys
+from gateway.ratelimit.windows import LimiterUnavailable, Window, guarded, window_from_reply
 from gateway.redis_link import REDIS_FAILURES
 
 log = logging.getLogger("gateway.ratelimit")
@@ -64,6 +65,8 @@ class ConcurrencyLimiter:
         self._local_leases: dict[str, str] = {}  # lease id -> key id, for local slots
         self._local_in_use: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
+        self._namespace = namespace
+        self._admit = redis.register_script(ADMIT)
 
     async def acquire(self, key_id: str, limit: int) -> tuple[str | None, int]:
         """(lease id, slots in use); the lease is None when the key has no free slot."""
@@ -78,6 +81,30 @@ class ConcurrencyLimiter:
             return None, limit
         self._leases[lease] = key
         return lease, in_use
+
+    async def admit(
+        self, key_id: str, slots: int, requests_per_minute: int
+    ) -> tuple[str | None, Window | None]:
+        """A slot and one request unit in one round trip: (lease, requests window).
+
+        (None, None): no free slot, and no request unit used; (None, window): refused for
+        requests per minute, and no slot taken; (lease, window): admitted."""
+        lease = secrets.token_hex(8)
+        key = self._prefix + key_id
+        keys = [key, *window_keys(self._namespace, "requests", key_id)]
+        args: list[str | int] = [WINDOW_MS, requests_per_minute, slots, self._ttl_ms, lease]
+
+        async def run() -> list[int]:
+            return list(await self._admit(keys=keys, args=args))
+
+        reply = await guarded(self._breaker, run)
+        if int(reply[0]) < 0:
+            return None, None
+        window = window_from_reply("requests", requests_per_minute, reply)
+        if not window.allowed:
+            return None, window
+        self._leases[lease] = key
+        return lease, window
 
     def acquire_locally(self, key_id: str, limit: int) -> tuple[str | None, int]:
         """As ``acquire``, counting only this replica's requests (Redis unavailable)."""

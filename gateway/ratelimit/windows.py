@@ -1,10 +1,12 @@
-"""Requests and tokens per minute per key, with the ``limits`` library on Redis.
+"""Requests and tokens per minute per key: sliding window counters in Redis.
 
 The sliding window counter: two counters per key and limit (this minute's and the last
-one's, weighted by how much of the last is still inside the window), updated by one Lua
-script per hit. Its memory and cost do not grow with the amount charged, which matters for
-tokens: a moving window stores one list entry per unit, thousands per image request.
-Redis' own TTLs keep the time, so replicas with skewed clocks still agree.
+one's, weighted by how much of the last is still inside the window), charged by one Lua
+script per hit that also returns the figures for the headers (scripts.py; the ``limits``
+library's algorithm, in one round trip instead of two). Its memory and cost do not grow
+with the amount charged, which matters for tokens: a moving window stores one list entry
+per unit, thousands per image request. Redis' own TTLs keep the time, so replicas with
+skewed clocks still agree.
 
 While Redis cannot be asked and the limiter fails open, ``hit_locally`` applies the same
 limits in this replica's memory: a key then gets at most its limit per replica, not none.
@@ -19,11 +21,12 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from redis.asyncio import Redis
 
 from gateway.breaker import BreakerOpen, CircuitBreaker
+from gateway.ratelimit.scripts import CHARGE, WINDOW_MS, window_keys
 from gateway.redis_link import REDIS_FAILURES
 
 T = TypeVar("T")
@@ -54,24 +57,37 @@ async def guarded(breaker: CircuitBreaker, operation: Callable[[], Awaitable[T]]
         raise LimiterUnavailable from None
 
 
+def window_from_reply(kind: LimitKind, limit: int, reply: list[int]) -> Window:
+    """A charge script's {allowed, previous, its ttl ms, current, its ttl ms} as a Window;
+    remaining and reset as limits computes them (reset: when the next counted unit
+    leaves the window)."""
+    allowed, prev, prev_ttl_ms, cur, cur_ttl_ms = (int(v) for v in reply)
+    remaining = max(0, limit - math.floor(prev * prev_ttl_ms / WINDOW_MS + cur))
+    expiry = WINDOW_MS / 1000
+    reset = math.inf
+    if prev:
+        reset = (prev_ttl_ms / 1000) % (expiry / prev)
+    if cur:
+        reset = min(reset, (cur_ttl_ms / 1000) % expiry)
+    return Window(kind, bool(allowed), limit, remaining, 0.0 if math.isinf(reset) else reset)
+
+
 class WindowLimiter:
-    def __init__(self, redis: Redis, redis_url: str, namespace: str, breaker: CircuitBreaker):
-        storage = RedisStorage(
-            "async+" + redis_url,
-            implementation="redispy",
-            key_prefix=f"{namespace}:ratelimit",
-            # Our own client's pool: its timeouts apply, and the lifespan closes it.
-            connection_pool=redis.connection_pool,  # type: ignore[arg-type]
-        )
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+    def __init__(self, redis: Redis, namespace: str, breaker: CircuitBreaker):
+        self._charge = redis.register_script(CHARGE)
+        self._namespace = namespace
         self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._breaker = breaker
 
     async def hit(self, kind: LimitKind, key_id: str, limit: int, cost: int = 1) -> Window:
         """Charge ``cost`` against the key's per-minute ``limit`` (nothing when refused)."""
-        return await guarded(
-            self._breaker, lambda: _hit_and_look(self._limiter, kind, key_id, limit, cost)
-        )
+        keys = window_keys(self._namespace, kind, key_id)
+
+        async def run() -> Window:
+            reply = await self._charge(keys=keys, args=[WINDOW_MS, limit, cost])
+            return window_from_reply(kind, limit, reply)
+
+        return await guarded(self._breaker, run)
 
     async def hit_locally(self, kind: LimitKind, key_id: str, limit: int, cost: int = 1) -> Window:
         """The same charge against this replica's own counters (Redis unavailable)."""
