@@ -4,12 +4,21 @@ On 2 cores every millisecond the gateway spends is taken from the engine, so its
 request, not its latency, is what limits "throughput through the gateway / direct". The
 worker here is the echo double (``localstack/echo_worker.py``): it answers at once, so
 the gateway process's CPU time (user + system, from /proc) over N requests is the
-gateway's own work. The answer cache is off, so every request is validated, forwarded
-and logged to MariaDB. Each variant turns one stage off, to show what it costs.
+gateway's own work.
+
+Miss variants: the answer cache off, so every request is validated, forwarded and logged
+to MariaDB; each variant turns one stage off, to show what it costs. Hit variants: the
+cache on and the same request every time (after a warm-up that stores it), so each
+request is a lookup and a replay; "+ key" adds a real API key with its rate limits
+(Redis) and concurrency lease, as in production.
 
     python -m loadtest.bench_gateway_cpu
 
-Environment: ``BENCH_ROUNDS`` (3), ``BENCH_CPU_REQUESTS`` (2000), ``BENCH_CONCURRENCY`` (8).
+A/B between gateway code trees (copies of the repository, e.g. before and after a
+change), alternating within each round: ``BENCH_TREES=before=/tmp/a,after=/tmp/b``.
+
+Environment: ``BENCH_ROUNDS`` (3), ``BENCH_CPU_REQUESTS`` (2000), ``BENCH_CONCURRENCY`` (8),
+``BENCH_VARIANTS`` (comma-separated names; default all), ``BENCH_DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +38,39 @@ from loadtest.bench_worker import machine_description
 from loadtest.photos import photo
 from loadtest.workload import chat_body
 from localstack import echo_worker
-from localstack.processes import NO_AUTH, LocalProcess, start_gateway
+from localstack.processes import (
+    GATEWAY_PYTHON,
+    LocalProcess,
+    free_port,
+    wait_http_ok,
+)
+from worker.profiles import REPO_ROOT
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 REQUESTS = int(os.environ.get("BENCH_CPU_REQUESTS", "2000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "8"))
-VARIANTS: dict[str, dict[str, str]] = {
-    "defaults": {},
-    "full image decode off": {"GATEWAY_VERIFY_IMAGE_DECODE": "false"},
-    "moderation off": {"GATEWAY_MODERATION_ENABLED": "false"},
-    "interaction log off": {"GATEWAY_LOG_ENABLED": "false"},
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "mysql://vlm:vlm@127.0.0.1:3306/vlm_bench")
+NO_CACHE = {"GATEWAY_CACHE_ENABLED": "false"}
+NO_AUTH = {"GATEWAY_AUTH_ENABLED": "false"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    env: dict[str, str] = field(default_factory=dict)
+    hit: bool = False  # the same request again and again, answered from the cache
+    key: bool = False  # a real API key, rate limits and the concurrency lease on
+
+
+VARIANTS: dict[str, Variant] = {
+    "miss": Variant({**NO_CACHE, **NO_AUTH}),
+    "miss, decode check off": Variant(
+        {**NO_CACHE, **NO_AUTH, "GATEWAY_VERIFY_IMAGE_DECODE": "false"}
+    ),
+    "miss, moderation off": Variant({**NO_CACHE, **NO_AUTH, "GATEWAY_MODERATION_ENABLED": "false"}),
+    "miss, log off": Variant({**NO_CACHE, **NO_AUTH, "GATEWAY_LOG_ENABLED": "false"}),
+    "miss + key": Variant(NO_CACHE, key=True),
+    "hit": Variant(NO_AUTH, hit=True),
+    "hit + key": Variant({}, hit=True, key=True),
 }
 
 
@@ -45,11 +79,13 @@ def _cpu_seconds(process: LocalProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _send(url: str, payload: bytes, count: int) -> int:
+async def _send(url: str, payload: bytes, count: int, key: str | None) -> int:
     """``count`` requests, CONCURRENCY at a time; returns how many got 200."""
     ok = 0
     slots = asyncio.Semaphore(CONCURRENCY)
     headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     async with aiohttp.ClientSession() as session:
 
         async def one() -> None:
@@ -65,48 +101,97 @@ async def _send(url: str, payload: bytes, count: int) -> int:
     return ok
 
 
-def _measure(gateway: LocalProcess, payload: bytes) -> float:
+def _measure(gateway: LocalProcess, payload: bytes, key: str | None) -> float:
     """Gateway CPU milliseconds per request over REQUESTS requests (after a warm-up)."""
-    asyncio.run(_send(gateway.url, payload, 200))
+    asyncio.run(_send(gateway.url, payload, 200, key))
     before = _cpu_seconds(gateway)
-    ok = asyncio.run(_send(gateway.url, payload, REQUESTS))
+    ok = asyncio.run(_send(gateway.url, payload, REQUESTS, key))
     if ok != REQUESTS:
-        raise RuntimeError(f"{REQUESTS - ok} of {REQUESTS} requests failed")
+        raise RuntimeError(f"{REQUESTS - ok} of {REQUESTS} requests failed:\n{gateway.log_tail()}")
     return (_cpu_seconds(gateway) - before) * 1000 / REQUESTS
 
 
+def start_gateway_in(
+    tree: Path, worker_url: str, run_dir: Path, env: dict[str, str]
+) -> LocalProcess:
+    """``python -m gateway`` from ``tree`` (its own gateway/ comes first on sys.path)."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "GATEWAY_WORKER_URLS": worker_url,
+        "GATEWAY_LOG_SPOOL_PATH": str(run_dir.resolve() / f"spool-{port}.jsonl"),
+        "GATEWAY_LOG_DATABASE_URL": DATABASE_URL,
+        **env,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / f"gateway-{port}.log"
+    cmd = [str(GATEWAY_PYTHON), "-m", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            cmd, cwd=tree, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    gateway = LocalProcess(f"gateway-{port}", process, port, log_path)
+    wait_http_ok(gateway, "/readyz", 60)
+    return gateway
+
+
+def _trees() -> dict[str, Path]:
+    spec = os.environ.get("BENCH_TREES", "")
+    if not spec:
+        return {"": REPO_ROOT}
+    return {name: Path(path) for name, path in (part.split("=", 1) for part in spec.split(","))}
+
+
 def main() -> None:
+    from loadtest.bench_anchors import create_bench_key  # a database of its own
+
     run_dir = Path(os.environ.get("RUN_DIR", ".run")) / "bench-gateway-cpu"
+    chosen = [n.strip() for n in os.environ.get("BENCH_VARIANTS", "").split(",") if n.strip()]
+    variants = {name: VARIANTS[name] for name in chosen} if chosen else VARIANTS
+    trees = _trees()
     body: dict[str, Any] = chat_body(
         "qwen3-vl-tiny", [photo(7, "listing", "bag")], "Is this bag real leather?",
-        max_tokens=32, temperature=0.7, stream=False,
+        max_tokens=32, temperature=0, stream=False,
     )  # fmt: skip
     payload = json.dumps(body).encode()
+    key = create_bench_key() if any(v.key for v in variants.values()) else None
     print(f"machine: {machine_description()}")
     print(
         f"gateway CPU per request: {REQUESTS} chat requests (640x480 JPEG, {len(payload):,} "
-        f"bytes), {CONCURRENCY} at a time, cache off, echo worker; median of {ROUNDS} rounds"
+        f"bytes), {CONCURRENCY} at a time, echo worker; median of {ROUNDS} rounds"
     )
     worker = echo_worker.start(run_dir)
-    base_env = {**NO_AUTH, "GATEWAY_CACHE_ENABLED": "false"}
-    results: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    results: dict[str, list[float]] = {}
     try:
-        for _ in range(ROUNDS):
-            for name, env in VARIANTS.items():
-                gateway = start_gateway([worker.url], run_dir, env={**base_env, **env})
-                try:
-                    results[name].append(_measure(gateway, payload))
-                finally:
-                    gateway.stop()
+        for round_index in range(ROUNDS):
+            order = list(trees.items())
+            order = order[round_index % len(order) :] + order[: round_index % len(order)]
+            for name, variant in variants.items():
+                for tree_name, tree in order:
+                    env = {
+                        **variant.env,
+                        "GATEWAY_CACHE_NAMESPACE": f"cpu{os.getpid()}{round_index}",
+                    }
+                    gateway = start_gateway_in(tree, worker.url, run_dir, env)
+                    try:
+                        figure = _measure(gateway, payload, key if variant.key else None)
+                    finally:
+                        gateway.stop()
+                    label = f"{name} [{tree_name}]" if tree_name else name
+                    results.setdefault(label, []).append(figure)
+                    print(
+                        f"  round {round_index + 1}/{ROUNDS} {label:<36} {figure:.3f} ms",
+                        flush=True,
+                    )
     finally:
         worker.stop()
-    defaults = statistics.median(results["defaults"])
-    print(f"{'variant':<24} {'CPU ms/request':>15} {'(min-max)':>14} {'saves':>8}")
-    for name, values in results.items():
+    base = statistics.median(results.get("miss", [float("nan")]))
+    print(f"{'variant':<36} {'CPU ms/request':>15} {'(min-max)':>14} {'vs miss':>8}")
+    for label, values in results.items():
         median = statistics.median(values)
-        saves = "" if name == "defaults" else f"{defaults - median:+.2f}"
-        spread = f"({min(values):.2f}-{max(values):.2f})"
-        print(f"{name:<24} {median:>15.2f} {spread:>14} {saves:>8}")
+        delta = "" if label == "miss" else f"{median - base:+.2f}"
+        spread = f"({min(values):.3f}-{max(values):.3f})"
+        print(f"{label:<36} {median:>15.3f} {spread:>14} {delta:>8}")
 
 
 if __name__ == "__main__":
