@@ -91,13 +91,6 @@ def _affinity_key(prepared: PreparedRequest) -> str | None:
     return prepared.images[0].sha256 if prepared.images else None
 
 
-def _cache_scope(ctx: RequestContext) -> str | None:
-    """The key's id when its cache is its own: X-Cache then tells no key what another
-    one asked about the same photo."""
-    key = ctx.admission.key if ctx.admission is not None else None
-    return key.key_id if key is not None and key.private_cache else None
-
-
 class Pipeline:
     def __init__(
         self,
@@ -135,6 +128,7 @@ class Pipeline:
         if lookup.answer is not None:
             await self._serve_stored(ctx, plan, lookup.answer)
             events = completion_sse(lookup.answer, prepared.model, prepared.client_wants_usage)
+            self._observe_ttft(ctx, lookup.outcome)
             return StreamedAnswer(ReplayStream(events), lookup.outcome)
         worker = self._upstream.open_stream(
             CHAT_PATH,
@@ -142,7 +136,6 @@ class Pipeline:
             ctx.request_id,
             self._note_worker(ctx),
             affinity_key=_affinity_key(prepared),
-            self._observe_ttft(ctx, lookup.outcome)
         )
         upstream = await self._forward(plan, lookup, worker)
         self._observe_ttft(ctx, lookup.outcome)
@@ -258,7 +251,7 @@ class Pipeline:
             plan, lookup = NO_CACHE, Lookup(BYPASS)
             self._metrics.cache_requests.labels("bypass").inc()
         else:
-            plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx))
+            plan = self._cache.plan(prepared, ctx.directives)
             lookup = await self._cache.lookup(plan)
         ctx.draft.cache = lookup.outcome
         return plan, lookup

@@ -72,10 +72,10 @@ def auth_headers(settings: Settings) -> dict[str, str]:
 class Worker:
     url: str
     breaker: CircuitBreaker
+    pool: str = DEFAULT_POOL  # the named pool it serves in (canary rollouts)
     healthy: bool = False
     models: tuple[dict[str, Any], ...] = ()
     models_fetched_at: float = 0.0
-    pool: str = DEFAULT_POOL  # the named pool it serves in (canary rollouts)
     # Load as the worker last reported it (None: never read).
     running: float = 0.0
     waiting: float = 0.0
@@ -139,34 +139,25 @@ class WorkerPool:
     _discovered_at: float = field(init=False, default=float("-inf"))
 
     def __post_init__(self) -> None:
-        specs = self.settings.pools()
-        self._picker = WeightedRoundRobin({spec.name: spec.weight for spec in specs})
-        self._static = [(url, spec.name) for spec in specs for url in spec.urls]
-        self._set_workers(self._static)
-        self._discoveries = [
-            (spec.name, DnsDiscovery(spec.dns, self.resolve)) for spec in specs if spec.dns
-        ]
+        self._set_workers(self.settings.worker_urls)
+        if self.settings.worker_dns:
+            self._discovery = DnsDiscovery(self.settings.worker_dns, self.resolve)
 
-    def _set_workers(self, members: Collection[str | tuple[str, str]]) -> None:
-        """The pool becomes exactly ``members`` (URLs, or (URL, pool name) pairs), keeping the
-        state of workers it already had."""
-        wanted: dict[str, str] = {}
-        for member in members:
-            url, pool = (member, DEFAULT_POOL) if isinstance(member, str) else member
-            wanted.setdefault(url, pool)
+    def _set_workers(self, urls: Collection[str]) -> None:
+        """The pool becomes exactly ``urls``, keeping the state of workers it already had."""
         current = {w.url: w for w in self.workers}
         wanted = list(dict.fromkeys(urls))
         for url in current.keys() - set(wanted):
             log.info("worker %s left the pool", url)
             for gauge in (self.metrics.worker_healthy, self.metrics.worker_breaker_state):
                 gauge.remove(url)
+            self.metrics.worker_left(url, current[url].pool)
             for kind in ("running", "waiting", "kv_cache_usage"):
                 with contextlib.suppress(KeyError):
                     self.metrics.worker_load.remove(url, kind)
             for reason in CHOICE_REASONS:
                 with contextlib.suppress(KeyError):
                     self.metrics.worker_choices.remove(url, reason)
-            self.metrics.worker_left(url, current[url].pool)
         workers = []
         for url in wanted:
             worker = current.get(url)
@@ -174,20 +165,20 @@ class WorkerPool:
                 worker = self._new_worker(url)
                 self.metrics.worker_healthy.labels(url).set(0)
                 self.metrics.worker_breaker_state.labels(url).set(0)
+                self.metrics.worker_joined(url, worker.pool)
                 log.info("worker %s joined the pool", url)
             workers.append(worker)
         self.workers = workers
 
     async def discover(self) -> None:
         """Look the DNS names up again and follow their answers."""
-                self.metrics.worker_joined(url, worker.pool)
         if self._discovery is None:
             return
         self._discovered_at = time.monotonic()
         found = await self._discovery.urls()
         self._set_workers([*self.settings.worker_urls, *found])
 
-    def _new_worker(self, url: str, pool: str = DEFAULT_POOL) -> Worker:
+    def _new_worker(self, url: str) -> Worker:
         def on_state(state: BreakerState) -> None:
             self.metrics.worker_breaker_state.labels(url).set(int(state))
             if state is BreakerState.OPEN:
@@ -217,7 +208,6 @@ class WorkerPool:
         Retry-After), OVERLOADED when ``admit`` and every available worker's waiting queue
         is over ``admission_max_waiting``.
         """
-        pool: str | None = None,
         candidates = [w for w in self.workers if w.available and w not in exclude]
         if not candidates and not any(w.available for w in self.workers):
             # Every health check failed: try the workers not ejected by their breakers. A
@@ -269,26 +259,6 @@ class WorkerPool:
     def healthy_count(self) -> int:
         return sum(1 for w in self.workers if w.available)
 
-    def pick_pool(self) -> str | None:
-        """The pool for the next request, by weight among pools with an available worker;
-        None with a single pool (or none available: choose() then decides)."""
-        if len(self._picker.names) < 2:
-            return None
-        return self._picker.pick({w.pool for w in self.workers if w.available})
-
-    def _in_one_pool(self, candidates: list[Worker], pool: str | None) -> list[Worker]:
-        if len(self._picker.names) < 2:
-            return candidates
-        pools = {w.pool for w in candidates}
-        if pool not in pools:
-            # The planned pool has nothing left to offer (or none was planned): another
-            # pool, by weight, rather than a failed request.
-            pool = self._picker.pick(pools)
-        return [w for w in candidates if w.pool == pool]
-
-    def pool_of(self, url: str) -> str | None:
-        return next((w.pool for w in self.workers if w.url == url), None)
-
     def model_cards(self) -> list[dict[str, Any]]:
         """Models listed by the workers (healthy ones first), one card per model id."""
         cards: dict[str, dict[str, Any]] = {}
@@ -297,16 +267,13 @@ class WorkerPool:
                 cards.setdefault(str(card.get("id")), card)
         return list(cards.values())
 
-    def model_root(self, model: str, pool: str | None = None) -> str:
-        """What the workers (of ``pool``, when given) serve under a model name (vLLM's
-        `root`: checkpoint path or hub id), healthy workers first; empty when none has
-        said. Part of every cache key: BF16, FP8 and AWQ builds under one name never share
-        answers."""
-        for worker in sorted(self.workers, key=lambda w: not w.healthy):
-            if pool is None or worker.pool == pool:
-                root = worker.roots.get(model)
-                if root:
-                    return root
+    def model_root(self, model: str) -> str:
+        """What the workers serve under a model name (vLLM's `root`: checkpoint path or
+        hub id); empty when no worker has said."""
+        for worker in self.workers:
+            for card in worker.models:
+                if card.get("id") == model:
+                    return str(card.get("root") or "")
         return ""
 
     def model_ids(self) -> frozenset[str]:
