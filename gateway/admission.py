@@ -137,8 +137,27 @@ class AdmissionControl:
             ) from None
         # The slot first: a request refused for concurrency uses no request unit (a refused
         # request unit's slot is given back by the middleware, which always releases).
-        await self._take_slot(admission)
-        await self._charge_requests(admission)
+        # Both in one Redis round trip; while Redis cannot be asked, each on its own, in
+        # this replica's memory or not at all, as configured.
+        key = admission.key
+        if key is None or self._windows is None or self._concurrency is None:
+            return
+        slots = self._limit(key, "concurrent")
+        try:
+            lease, window = await self._concurrency.admit(
+                key.key_id, slots, self._limit(key, "requests")
+            )
+        except LimiterUnavailable:
+            await self._take_slot(admission)
+            await self._charge_requests(admission)
+            return
+        if window is None:
+            self._refuse("concurrent", 1, slots, 1, key.key_id)
+        else:
+            admission.windows["requests"] = window
+            if lease is None:
+                self._refuse("requests", retry_after_s(window, 1), window.limit, 1, key.key_id)
+            admission.lease = lease
 
     def _limit(self, key: KeyRecord, kind: LimitKind) -> int:
         defaults = self._settings
@@ -322,7 +341,7 @@ async def open_admission(
         on_state_change=lambda state: metrics.rate_limiter_breaker_state.set(int(state)),
     )
     namespace = settings.cache_namespace
-    windows = WindowLimiter(redis, redis_url, namespace, breaker)
+    windows = WindowLimiter(redis, namespace, breaker)
     concurrency = ConcurrencyLimiter(redis, namespace, breaker, limits.lease_ttl_s)
     await concurrency.start()
     stack.push_async_callback(concurrency.stop)
