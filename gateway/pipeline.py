@@ -91,6 +91,13 @@ def _affinity_key(prepared: PreparedRequest) -> str | None:
     return prepared.images[0].sha256 if prepared.images else None
 
 
+def _cache_scope(ctx: RequestContext) -> str | None:
+    """The key's id when its cache is its own: X-Cache then tells no key what another
+    one asked about the same photo."""
+    key = ctx.admission.key if ctx.admission is not None else None
+    return key.key_id if key is not None and key.private_cache else None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -251,7 +258,7 @@ class Pipeline:
             plan, lookup = NO_CACHE, Lookup(BYPASS)
             self._metrics.cache_requests.labels("bypass").inc()
         else:
-            plan = self._cache.plan(prepared, ctx.directives)
+            plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx))
             lookup = await self._cache.lookup(plan)
         ctx.draft.cache = lookup.outcome
         return plan, lookup
