@@ -15,7 +15,7 @@ PROFILE ?= cpu-tiny
 WORKER_PORT ?= 8100
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest loadtest-publish report up down services worker-lock clean lock helm-tools helm-check helm-sync
+.PHONY: observe observe-tools help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest loadtest-publish report up down services worker-lock clean lock helm-tools helm-check helm-sync
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -83,7 +83,8 @@ services: ## start the machine's Redis and MariaDB when they are down
 up: install services ## start the stack in the background and wait until it is ready
 	RUN_DIR=$(RUN_DIR) deploy/local/stack.sh up
 
-down: ## stop exactly what `make up` started
+down: ## stop exactly what `make up` (and `make observe`) started
+	RUN_DIR=$(RUN_DIR) deploy/local/observe.sh down
 	RUN_DIR=$(RUN_DIR) deploy/local/stack.sh down
 
 # --- quality --------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint install services helm-tools ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)
+test: lint install services helm-tools observe-tools ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed ## tests that need no engine
@@ -138,6 +139,23 @@ helm-sync: ## copy the alert rules and the nginx template into the chart (files/
 
 helm-check: helm-tools ## every chart test: render, schema, lint, validation, policy, the rendered stack
 	$(PY) -m pytest -q tests/test_helm_*.py tests/test_images_*.py
+
+# --- on call: Prometheus, Alertmanager and the exporters (Debian packages) -------------------
+OBSERVE_PACKAGES := prometheus prometheus-alertmanager prometheus-nginx-exporter \
+  prometheus-redis-exporter prometheus-mysqld-exporter
+
+.tools/.observe-installed:
+	@command -v promtool >/dev/null && command -v amtool >/dev/null && \
+	  command -v prometheus-alertmanager >/dev/null && command -v prometheus-nginx-exporter >/dev/null && \
+	  command -v prometheus-redis-exporter >/dev/null && command -v prometheus-mysqld-exporter >/dev/null || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	      --no-install-recommends $(OBSERVE_PACKAGES) >/dev/null; }
+	mkdir -p $(@D) && touch $@
+
+observe-tools: .tools/.observe-installed ## Prometheus, Alertmanager, promtool, amtool and the exporters
+
+observe: $(VENV)/.installed observe-tools ## Prometheus + Alertmanager + exporters next to `make up`; prints URLs
+	RUN_DIR=$(RUN_DIR) deploy/local/observe.sh up
 
 # --- benchmarks -----------------------------------------------------------------------------
 bench-worker: install ## vLLM's own benchmark client against one cpu-tiny worker
