@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # guards a gateway reached without Nginx.
     body_read_timeout_s: float = Field(default=60.0, gt=0)
     max_images: int = Field(default=2, ge=0)
+    # Messages per request (OpenAI's limit) and content parts per message: counted before
+    # the typed validation, whose cost grows with both (gateway/validation/bounds.py).
+    max_messages: int = Field(default=2048, gt=0)
+    max_content_parts: int = Field(default=256, gt=0)
     max_image_pixels: int = Field(default=4096 * 4096, gt=0, le=PILLOW_MAX_IMAGE_PIXELS)
     max_tokens_cap: int = Field(default=2048, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)

@@ -221,7 +221,9 @@ class Pipeline:
         if features.extra_text:
             text = f"{text}\n{features.extra_text}"
         await ctx.admission.charge_tokens(
-            estimate_tokens(text, sizes, prepared.token_budget * features.choices)
+            estimate_tokens(
+                text, sizes, prepared.token_budget * features.choices, prepared.messages
+            )
         )
 
     async def _moderate(self, ctx: RequestContext, prepared: PreparedRequest) -> None:

@@ -19,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 IMAGE_TOKEN_SIDE = 32  # patch 16 x spatial merge 2
+# Qwen's chat template wraps each message as "<|im_start|>{role}\n...<|im_end|>\n": five
+# tokens even around an empty text, so 300,000 empty messages are not free.
+MESSAGE_OVERHEAD_TOKENS = 5
 TEXT_BYTES_PER_TOKEN = 3
 
 
@@ -37,7 +40,10 @@ def text_tokens(text: str) -> int:
     return -(-size // TEXT_BYTES_PER_TOKEN)
 
 
-def estimate_tokens(text: str, image_sizes: Iterable[tuple[int, int]], max_tokens: int) -> int:
-    """The request's cost: text, images (width, height) and the completion budget."""
+def estimate_tokens(
+    text: str, image_sizes: Iterable[tuple[int, int]], max_tokens: int, messages: int = 1
+) -> int:
+    """The request's cost: text, images (width, height), each message's template tokens
+    and the completion budget."""
     images = sum(image_tokens(width, height) for width, height in image_sizes)
-    return text_tokens(text) + images + max_tokens
+    return text_tokens(text) + images + MESSAGE_OVERHEAD_TOKENS * messages + max_tokens

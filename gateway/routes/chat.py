@@ -19,7 +19,7 @@ from gateway.routes.common import (
 )
 from gateway.routes.deps import ContextDep, Services, ServicesDep
 from gateway.routes.sse import ProxyStreamResponse
-from gateway.validation.parse import parse_chat_body, parse_vqa_body
+from gateway.validation.parse import check_content_type, parse_chat_request, parse_vqa_body
 
 router = APIRouter(tags=["inference"])
 # hit | miss | coalesced | bypass: how the answer cache took part (gateway/cache/stage.py).
@@ -82,7 +82,8 @@ def _body(*models: type[Any]) -> dict[str, Any]:
     openapi_extra=_body(ChatCompletionRequest, VQARequest),
 )
 async def chat_completions(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
-    parsed = parse_chat_body(await read_json(request))
+    check_content_type(request.headers.get("content-type"))
+    parsed = await parse_chat_request(await request.body(), services.settings)
     if isinstance(parsed, VQARequest):
         return await _vqa(request, services, ctx, parsed)
     if parsed.stream:

@@ -7,7 +7,6 @@ Error messages are built from our own limits, never from the offending value.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ from gateway.protocol import (
     VQARequest,
 )
 from gateway.remote_images import RemoteImageFetcher, fetch_remote_references
+from gateway.validation.bounds import MESSAGE_OVERHEAD_CHARS, heavy_work, off_loop_if
 from gateway.validation.detail import apply_detail
 from gateway.validation.features import (
     NO_FEATURES,
@@ -46,9 +46,6 @@ from gateway.validation.features import (
 
 _T = TypeVar("_T")
 
-# Requests whose images total more base64 than this are checked and encoded in a thread:
-# decoding, hashing and re-encoding megabytes would hold the event loop for milliseconds.
-THREAD_THRESHOLD_CHARS: Final = 32 * 1024
 # Fields that shape the response (JSON or SSE) but not the answer itself.
 _SHAPE_ONLY_FIELDS: Final = frozenset({"stream", "stream_options"})
 
@@ -77,6 +74,8 @@ class PreparedRequest:
     client_wants_usage: bool
     # Structured outputs, tools, logprobs, n and bookkeeping (validation/features.py).
     features: Features = NO_FEATURES
+    # Messages in the request: each costs template tokens in the estimate (bounds.py).
+    messages: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +129,6 @@ def _limits(settings: Settings) -> ImageLimits:
     return ImageLimits(
         max_pixels=settings.max_image_pixels, verify_decode=settings.verify_image_decode
     )
-
-
-async def _run_sized(size: int, work: Callable[[], _T]) -> _T:
-    """Run the CPU-bound tail (base64, hashing, decoding, JSON encoding) off the event loop
-    when the payload is large enough for it to hold the loop for more than a moment."""
-    if size > THREAD_THRESHOLD_CHARS:
-        return await asyncio.to_thread(work)
-    return work()
 
 
 def _check_one(
@@ -211,7 +202,9 @@ def _check_chat_limits(
             "'stream_options' is only allowed with 'stream': true.",
             param="stream_options",
         )
-    _check_prompt(content.chars, settings, "messages")
+    # Each message counts its template overhead too: an empty message is not free.
+    overhead = MESSAGE_OVERHEAD_CHARS * len(request.messages)
+    _check_prompt(content.chars + overhead, settings, "messages")
     _check_image_count(len(content.images), settings, "messages")
 
 
@@ -219,8 +212,9 @@ async def _chat_image_checks(
     images: list[tuple[ImagePart, str]],
     settings: Settings,
     fetcher: RemoteImageFetcher | None,
-) -> tuple[Callable[[], list[CheckedImage]], int]:
-    """Fetch remote images, then return the checks still to run and the bytes they cover.
+) -> tuple[Callable[[], list[CheckedImage]], bool]:
+    """Fetch remote images, then return the checks still to run and whether they are
+    heavy enough for a thread (by base64 size and by the pixels the headers declare).
 
     Inline images are checked before any fetch goes out, so a request refused for one of
     them sends nothing out; the rest is left to the caller's one thread hop."""
@@ -229,8 +223,8 @@ async def _chat_image_checks(
     early: dict[int, CheckedImage] = {}
     if fetcher is not None and any(is_remote_url(ref) for ref, _ in references):
         inline = [(i, ref, p) for i, (ref, p) in enumerate(references) if not is_remote_url(ref)]
-        early = await _run_sized(
-            sum(len(ref) for _, ref, _ in inline),
+        early = await off_loop_if(
+            heavy_work(references=[ref for _, ref, _ in inline]),
             lambda: {
                 i: _check_one(ref, None, limits, p, bare_base64=False) for i, ref, p in inline
             },
@@ -243,8 +237,11 @@ async def _chat_image_checks(
             for i, ((ref, p), data) in enumerate(zip(references, fetched, strict=True))
         ]
 
-    unchecked = sum(len(ref) for i, (ref, _) in enumerate(references) if i not in early)
-    return check, unchecked + sum(len(data or b"") for data in fetched)
+    unchecked = [i for i in range(len(references)) if i not in early]
+    heavy = heavy_work(
+        references=[references[i][0] for i in unchecked], fetched=[fetched[i] for i in unchecked]
+    )
+    return check, heavy
 
 
 async def prepare_chat(
@@ -270,7 +267,10 @@ async def prepare_chat(
     if request.stream:
         request.stream_options = StreamOptions(include_usage=True)
     text = _Text(content.prompt, content.chars, budget, "messages")
-    check_images, size = await _chat_image_checks(content.images, settings, fetcher)
+    check_images, heavy = await _chat_image_checks(content.images, settings, fetcher)
+    # Validation was done in a thread for a large body (parse.py); what remains grows with
+    # the messages (model_dump, encoding, the canonical key) and the images.
+    heavy = heavy or heavy_work(messages=len(request.messages), text_chars=content.chars)
 
     def finish() -> PreparedRequest:
         limits, budget = _limits(settings), settings.image_low_detail_pixels
@@ -287,10 +287,12 @@ async def prepare_chat(
         if features.uuid_salt is not None and settings.worker_image_uuids:
             uuids = [f"{image.sha256}.{features.uuid_salt}" for image in prepared.images]
             body = worker_body(payload, uuids)
-            return dataclasses.replace(prepared, features=features, body=body)
-        return dataclasses.replace(prepared, features=features)
+            return dataclasses.replace(
+                prepared, features=features, body=body, messages=len(request.messages)
+            )
+        return dataclasses.replace(prepared, features=features, messages=len(request.messages))
 
-    return await _run_sized(size, finish)
+    return await off_loop_if(heavy, finish)
 
 
 async def prepare_vqa(
@@ -329,7 +331,7 @@ async def prepare_vqa(
         text = _Text(request.prompt, len(request.prompt), payload["max_tokens"], "prompt")
         return _prepared(model, False, payload, [image], text, False, settings)
 
-    return await _run_sized(len(request.image) + len(fetched or b""), finish)
+    return await off_loop_if(heavy_work(references=[request.image], fetched=[fetched]), finish)
 
 
 def _not_unicode() -> GatewayError:

@@ -1,0 +1,140 @@
+"""Issue 15, section 1: one request cannot stall a replica.
+
+Message and part counts are bounded before the typed validation, every message costs an
+overhead in the prompt and token limits, and the work that grows with a body runs in a
+thread, chosen by the pixels an image declares rather than by its base64 length.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from gateway.protocol import ChatCompletionRequest
+from gateway.ratelimit import estimate_tokens
+from gateway.validation import bounds, parse, prepare
+from gateway.validation.bounds import heavy_work
+from gateway.validation.parse import parse_chat_request
+from gateway.validation.prepare import prepare_chat
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.images import data_uri, image_bytes
+from tests.support.requests import MODEL, chat_body, image_chat_body
+from tests.support.servers import gateway_settings, run_gateway
+
+CHAT = "/v1/chat/completions"
+# The production limits (tests/support/servers.py lowers the body and prompt limits).
+PRODUCTION = {"max_body_bytes": 16 * 1024 * 1024, "max_prompt_chars": 16_000}
+SETTINGS = gateway_settings("http://127.0.0.1:1", **PRODUCTION)
+
+
+def _empty_messages(count: int) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": ""}] * count}
+
+
+def palette_png(side: int = 4096) -> bytes:
+    """A few KB of PNG that decodes to side x side pixels."""
+    out = io.BytesIO()
+    Image.new("P", (side, side), 0).save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+async def test_a_flood_of_empty_messages_is_refused_before_any_worker(
+    fake_worker: FakeWorker, http: httpx.AsyncClient
+) -> None:
+    async with run_gateway(fake_worker.url, **PRODUCTION) as url:
+        before = len(fake_worker.requests)
+        for count, code, param in (
+            (300_000, "invalid_request", "messages"),  # over max_messages
+            (2_000, "prompt_too_long", "messages"),  # under it: the overhead counts
+        ):
+            response = await http.post(url + CHAT, json=_empty_messages(count))
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert (error["code"], error["param"]) == (code, param)
+        parts = [{"type": "text", "text": ""}] * 1000
+        response = await http.post(url + CHAT, json=chat_body(parts))
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "messages[0].content"
+        assert len(fake_worker.requests) == before
+        ok = await http.post(url + CHAT, json=_empty_messages(10))
+        assert ok.status_code == 200, ok.text
+
+
+def test_the_bounds_are_settings() -> None:
+    settings = gateway_settings("http://127.0.0.1:1", max_messages=3, max_content_parts=2)
+    with pytest.raises(Exception, match="4 messages; the limit is 3"):
+        bounds.check_counts(_empty_messages(4), settings)
+    with pytest.raises(Exception, match="3 content parts; the limit is 2"):
+        bounds.check_counts(chat_body([{"type": "text", "text": "a"}] * 3), settings)
+    bounds.check_counts(_empty_messages(3), settings)
+
+
+def test_every_message_costs_tokens_in_the_estimate() -> None:
+    assert estimate_tokens("", [], 1, messages=1000) - estimate_tokens("", [], 1) >= 999 * 5
+
+
+async def test_the_charged_estimate_counts_the_messages() -> None:
+    parsed = await parse_chat_request(json.dumps(_empty_messages(500)).encode(), SETTINGS)
+    assert isinstance(parsed, ChatCompletionRequest)
+    prepared = await prepare_chat(parsed, SETTINGS, frozenset({MODEL}))
+    assert prepared.messages == 500
+
+
+# --- the thread is chosen by the work, not by the base64 length -------------------------------
+
+
+def test_a_small_file_of_many_pixels_is_heavy_work() -> None:
+    small_but_huge = data_uri(palette_png())
+    assert len(small_but_huge) < 32 * 1024  # the old threshold kept it on the loop
+    assert heavy_work(references=[small_but_huge])
+    assert not heavy_work(references=[data_uri(image_bytes())])
+    assert not heavy_work(messages=1, text_chars=100)
+    assert heavy_work(messages=1000)
+
+
+async def test_a_many_pixel_image_is_decoded_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str] = []
+    real = prepare._check_one
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prepare, "_check_one", recording)
+    settings = gateway_settings(
+        "http://127.0.0.1:1", verify_image_decode=False, max_image_pixels=4096 * 4096
+    )
+    body = image_chat_body("what is it?", data_uri(palette_png()))
+    parsed = await parse_chat_request(json.dumps(body).encode(), settings)
+    assert isinstance(parsed, ChatCompletionRequest)
+    await prepare_chat(parsed, settings, frozenset({MODEL}))
+    assert seen
+    assert all(name != threading.main_thread().name for name in seen)
+
+
+async def test_a_large_body_is_parsed_and_validated_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str] = []
+    real = parse.parse_chat_body
+
+    def recording(data: dict[str, Any]) -> Any:
+        seen.append(threading.current_thread().name)
+        return real(data)
+
+    monkeypatch.setattr(parse, "parse_chat_body", recording)
+    large = chat_body("x" * (100 * 1024))
+    await parse_chat_request(json.dumps(large).encode(), SETTINGS)
+    small = chat_body("is this bag real leather?")
+    await parse_chat_request(json.dumps(small).encode(), SETTINGS)
+    main = threading.main_thread().name
+    assert seen[0] != main  # large: in a thread
+    assert seen[1] == main  # small: a thread hop would cost more than the work
