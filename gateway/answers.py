@@ -16,43 +16,80 @@ class CachedAnswer:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    # Choices 1, 2, ... of an answer with n > 1: (content, finish_reason) each.
+    more: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def choices(self) -> list[tuple[str, str]]:
+        return [(self.content, self.finish_reason), *self.more]
+
+    @property
+    def text(self) -> str:
+        """The answer's text for the log: one choice as it is, several under their index."""
+        if not self.more:
+            return self.content
+        return "\n\n".join(f"[{i}] {text}" for i, (text, _) in enumerate(self.choices))
 
     def encode(self) -> bytes:
-        return json.dumps(
-            [self.content, self.finish_reason, self.prompt_tokens, self.completion_tokens],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ).encode()
+        fields: list[object] = [
+            self.content, self.finish_reason, self.prompt_tokens, self.completion_tokens
+        ]  # fmt: skip
+        if self.more:
+            fields.append([list(choice) for choice in self.more])
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> CachedAnswer | None:
         try:
-            content, finish, prompt, completion = json.loads(raw)
+            content, finish, prompt, completion, *rest = json.loads(raw)
         except (ValueError, TypeError):
             return None  # written by another format version: treat as a miss
         if not (isinstance(content, str) and isinstance(finish, str)):
             return None
         if not (isinstance(prompt, int) and isinstance(completion, int)):
             return None
-        return cls(content, finish, prompt, completion)
+        more: list[tuple[str, str]] = []
+        for choice in rest[0] if len(rest) == 1 and isinstance(rest[0], list) else ():
+            if not (isinstance(choice, list) and len(choice) == 2):
+                return None
+            if not all(isinstance(part, str) for part in choice):
+                return None
+            more.append((choice[0], choice[1]))
+        if len(rest) > 1 or (rest and not more):
+            return None
+        return cls(content, finish, prompt, completion, tuple(more))
 
 
 def answer_from_completion(body: bytes) -> CachedAnswer | None:
-    """The cacheable part of a worker's non-streamed answer; None if it is not complete."""
+    """The cacheable part of a worker's non-streamed answer (every choice, each complete
+    text without tool calls or logprobs); None if it is not complete."""
     try:
         completion = json.loads(body)
-        choice = completion["choices"][0]
-        content = choice["message"]["content"]
-        finish = choice["finish_reason"]
+        choices = sorted(completion["choices"], key=lambda choice: choice["index"])
+        texts = [_complete_text(choice) for choice in choices]
         usage = completion["usage"]
         prompt, generated = usage["prompt_tokens"], usage["completion_tokens"]
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
-    if finish not in ("stop", "length") or not isinstance(content, str):
+    if not texts or None in texts or [c["index"] for c in choices] != list(range(len(texts))):
         return None
     if not isinstance(prompt, int) or not isinstance(generated, int):
         return None
-    return CachedAnswer(content, finish, prompt, generated)
+    (content, finish), *more = [text for text in texts if text is not None]
+    return CachedAnswer(content, finish, prompt, generated, tuple(more))
+
+
+def _complete_text(choice: dict[str, object]) -> tuple[str, str] | None:
+    message = choice["message"]
+    content = message.get("content") if isinstance(message, dict) else None
+    finish = choice["finish_reason"]
+    if finish not in ("stop", "length") or not isinstance(content, str):
+        return None
+    if isinstance(message, dict) and message.get("tool_calls"):
+        return None
+    if choice.get("logprobs") is not None:
+        return None
+    return content, str(finish)
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,7 +247,8 @@ class Pipeline:
         policy may have changed since it was stored. One it refuses is evicted."""
         self._note_answer(ctx, answer)
         try:
-            await self._moderate_answer(ctx, answer.content)
+            for content, _ in answer.choices:  # n > 1: each choice on its own
+                await self._moderate_answer(ctx, content)
         except GatewayError:
             if self._cache is not None:
                 await self._cache.evict(plan)
@@ -315,7 +316,7 @@ class Pipeline:
     @staticmethod
     def _note_answer(ctx: RequestContext, answer: CachedAnswer) -> None:
         draft = ctx.draft
-        draft.answer = answer.content
+        draft.answer = answer.text
         draft.prompt_tokens, draft.completion_tokens = (
             answer.prompt_tokens,
             answer.completion_tokens,

@@ -58,6 +58,8 @@ class AnswerRecorder:
         self.contents: dict[int, list[str]] = {}  # content pieces only, per choice
         # (choice, tool-call index) -> [name, arguments so far]
         self.calls: dict[tuple[int, int], list[str]] = {}
+        self.finishes: dict[int, str] = {}  # per choice
+        self.logprobs = False  # a stream with logprobs is served, never stored
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.done = False
@@ -112,8 +114,12 @@ class AnswerRecorder:
             if isinstance(function.get("arguments"), str):
                 record[1] += function["arguments"]
                 self.texts.setdefault(index, []).append(function["arguments"])
-        if choice.get("finish_reason") and index == 0:
-            self.finish_reason = str(choice["finish_reason"])
+        if choice.get("logprobs"):
+            self.logprobs = True
+        if choice.get("finish_reason"):
+            self.finishes[index] = str(choice["finish_reason"])
+            if index == 0:
+                self.finish_reason = self.finishes[index]
 
     def summary(self) -> CompletionSummary:
         """Every choice's text and tool call so far, for moderation and the log."""
@@ -139,7 +145,16 @@ class AnswerRecorder:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return None
-        return CachedAnswer("".join(self.parts), self.finish_reason or "", prompt, completion)
+        if self.calls or self.logprobs or sorted(self.finishes) != list(range(len(self.finishes))):
+            return None
+        more = []
+        for index in range(1, len(self.finishes)):  # n > 1: every choice, each complete
+            if self.finishes[index] not in _COMPLETE_REASONS:
+                return None
+            more.append(("".join(self.contents.get(index, [])), self.finishes[index]))
+        return CachedAnswer(
+            "".join(self.parts), self.finish_reason or "", prompt, completion, tuple(more)
+        )
 
 
 class RecordingStream:

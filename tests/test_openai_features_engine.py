@@ -28,6 +28,7 @@ from localstack.processes import LocalProcess, start_gateway
 from tests.support.images import data_uri
 from tests.support.mariadb import logged_rows
 from tests.support.requests import MODEL, image_chat_body
+from tests.support.sse import read_stream
 from tests.support.worker import LOG_DIR, finished_requests
 from worker.sample_image import png_bytes
 
@@ -323,6 +324,33 @@ async def test_n_choices_stream_each_by_index(
     assert sorted(texts) == [0, 1]
     (row,) = await asyncio.to_thread(logged_rows, log_database_url, request_id)
     assert row["answer"] == f"[0] {texts[0]}\n\n[1] {texts[1]}"
+
+
+async def test_seeded_choices_are_cached_whole_and_replayed_as_a_stream(
+    gateway: LocalProcess,
+) -> None:
+    body = image_chat_body(
+        f"Style? {uuid.uuid4().hex}", _photo(16), temperature=0.8, seed=5, n=2, max_tokens=6
+    )
+    first, second = [await _post(gateway.url, body) for _ in range(2)]
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+
+    def choices(completion: dict[str, Any]) -> list[tuple[int, str, str]]:
+        return [
+            (c["index"], c["message"]["content"], c["finish_reason"]) for c in completion["choices"]
+        ]
+
+    assert choices(second.json()) == choices(first.json())
+    assert [index for index, _, _ in choices(first.json())] == [0, 1]
+    stream = await read_stream(gateway.url, {**body, "stream": True})
+    assert stream.headers["x-cache"] == "hit"
+    texts: dict[int, str] = {}
+    for event in stream.events[:-1]:
+        for choice in json.loads(event)["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + (
+                choice["delta"].get("content") or ""
+            )
+    assert texts == {index: content for index, content, _ in choices(first.json())}
 
 
 # --- tools ------------------------------------------------------------------------------------

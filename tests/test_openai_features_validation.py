@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from gateway.answers import CachedAnswer, answer_from_completion
+from gateway.cache.replay import completion_json, completion_sse
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import ImageLimits, check_image, first_frame_png
 from gateway.interactions.draft import InteractionDraft
@@ -300,31 +302,36 @@ def _jpeg(width: int, height: int) -> bytes:
 async def test_tokens_per_minute_charge_every_choice_and_the_schema(
     fake_worker: FakeWorker, log_database_url: str
 ) -> None:
-    key = create_key(log_database_url, "--tpm", "100000")
-    remaining = 100_000
     schema_body = _schema_body("material", "price", max_tokens=16)
     schema_text = json.dumps(
         schema_body["response_format"]["json_schema"]["schema"], separators=(",", ":")
     )
-    async with keyed_gateway(fake_worker.url, log_database_url) as url:
-
-        async def charged(body: dict[str, Any]) -> int:
-            nonlocal remaining
-            async with httpx.AsyncClient(timeout=30) as client:
-                response = await client.post(
-                    url + "/v1/chat/completions", json=body, headers=bearer(key)
-                )
+    bodies = {
+        "one": chat_body("hello", max_tokens=16, temperature=0.7),
+        "three": chat_body("hello", max_tokens=16, temperature=0.7, n=3),
+        "plain": chat_body("Which material?", max_tokens=16),
+        "schema": schema_body,
+    }
+    # A fresh key per request: its sliding window then holds that one charge exactly,
+    # wherever the minute's boundary falls.
+    keys = {name: create_key(log_database_url, "--tpm", "100000") for name in bodies}
+    cost: dict[str, int] = {}
+    async with (
+        keyed_gateway(fake_worker.url, log_database_url) as url,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        for name, body in bodies.items():
+            response = await client.post(
+                url + "/v1/chat/completions", json=body, headers=bearer(keys[name])
+            )
             assert response.status_code == 200, response.text
-            now = int(response.headers["x-ratelimit-remaining-tokens"])
-            cost, remaining = remaining - now, now
-            return cost
-
-        # "hello" is 2 text tokens; max_tokens is charged once per choice.
-        assert await charged(chat_body("hello", max_tokens=16, temperature=0.7)) == 2 + 16
-        assert await charged(chat_body("hello", max_tokens=16, temperature=0.7, n=3)) == 2 + 48
-        # The schema is read by the model too: it counts as text.
-        expected = text_tokens("Which material?\n" + schema_text) + 16
-        assert await charged(schema_body) == expected
+            cost[name] = 100_000 - int(response.headers["x-ratelimit-remaining-tokens"])
+    # Differences only, so the test holds whatever fixed costs a request has besides.
+    assert cost["three"] - cost["one"] == 2 * 16  # max_tokens is charged once per choice
+    # The schema is read by the model too: it counts as text.
+    assert cost["schema"] - cost["plain"] == text_tokens(
+        "Which material?\n" + schema_text
+    ) - text_tokens("Which material?")
 
 
 def test_tool_call_arguments_are_moderated_in_a_stream() -> None:
@@ -346,3 +353,45 @@ def _observe_arguments(recorder: AnswerRecorder, piece: str) -> None:
     call = {"index": 0, "function": {"name": "note", "arguments": piece}}
     event = {"choices": [{"index": 1, "delta": {"tool_calls": [call]}}]}
     recorder.observe(json.dumps(event).encode())
+
+
+# --- n > 1 in the cache: every choice stored and replayed -----------------------------------
+
+
+def test_an_answer_with_several_choices_round_trips_and_replays() -> None:
+    answer = CachedAnswer("cotton", "stop", 30, 9, (("真皮", "length"), ("", "stop")))
+    assert CachedAnswer.decode(answer.encode()) == answer
+    one = CachedAnswer("cotton", "stop", 30, 3)
+    assert CachedAnswer.decode(one.encode()) == one  # the one-choice format is unchanged
+    assert json.loads(one.encode()) == ["cotton", "stop", 30, 3]
+    assert CachedAnswer.decode(b'["a","stop",1,1,[["b"]]]') is None
+    body = json.loads(completion_json(answer, "m"))
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in body["choices"]] == [
+        (0, "cotton", "stop"),
+        (1, "真皮", "length"),
+        (2, "", "stop"),
+    ]
+    recorder = AnswerRecorder()
+    for event in completion_sse(answer, "m", include_usage=True):
+        recorder.observe(event.removeprefix(b"data: ").strip())
+    assert recorder.answer() == answer  # a replayed stream records as the stored answer
+    assert answer.text == "[0] cotton\n\n[1] 真皮\n\n[2] "
+
+
+def test_only_whole_text_answers_are_stored() -> None:
+    def body(*choices: dict[str, Any]) -> bytes:
+        usage = {"prompt_tokens": 3, "completion_tokens": 4}
+        return json.dumps({"choices": list(choices), "usage": usage}).encode()
+
+    def choice(index: int, **extra: Any) -> dict[str, Any]:
+        message = {"role": "assistant", "content": f"c{index}", **extra.pop("message", {})}
+        return {"index": index, "message": message, "finish_reason": "stop", **extra}
+
+    two = answer_from_completion(body(choice(1), choice(0)))
+    assert two is not None
+    assert two.choices == [("c0", "stop"), ("c1", "stop")]
+    assert answer_from_completion(body(choice(0), choice(2))) is None  # a choice missing
+    assert answer_from_completion(body(choice(0, logprobs={"content": []}))) is None
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    assert answer_from_completion(body(choice(0, message={"tool_calls": [call]}))) is None
+    assert answer_from_completion(body(choice(0, finish_reason="tool_calls"))) is None

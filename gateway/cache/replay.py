@@ -39,10 +39,11 @@ def completion_json(answer: CachedAnswer, model: str) -> bytes:
             "model": model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer.content},
-                    "finish_reason": answer.finish_reason,
+                    "index": index,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish,
                 }
+                for index, (content, finish) in enumerate(answer.choices)
             ],
             "usage": _usage(answer),
         }
@@ -58,15 +59,17 @@ def completion_sse(answer: CachedAnswer, model: str, include_usage: bool) -> lis
         "model": model,
     }
 
-    def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
-        choices = [{"index": 0, "delta": delta, "finish_reason": finish}]
-        return b"data: " + _dumps({**base, "choices": choices, **extra}) + b"\n\n"
+    def chunk(index: int, delta: dict[str, Any], finish: str | None) -> bytes:
+        choices = [{"index": index, "delta": delta, "finish_reason": finish}]
+        return b"data: " + _dumps({**base, "choices": choices}) + b"\n\n"
 
-    events = [
-        chunk({"role": "assistant", "content": ""}, None),
-        chunk({"content": answer.content}, None),
-        chunk({}, answer.finish_reason),
-    ]
+    events = []
+    for index, (content, finish) in enumerate(answer.choices):  # n > 1: one after another
+        events += [
+            chunk(index, {"role": "assistant", "content": ""}, None),
+            chunk(index, {"content": content}, None),
+            chunk(index, {}, finish),
+        ]
     if include_usage:
         events.append(
             b"data: " + _dumps({**base, "choices": [], "usage": _usage(answer)}) + b"\n\n"

@@ -85,7 +85,7 @@ class CacheStage:
         if not deterministic or not (directives.read or directives.write):
             return NO_CACHE
         if prepared.features.cache_bypass is not None:
-            # logprobs, n > 1 and tool calls are not in the stored answer's shape.
+            # logprobs and tool calls are not in the stored answer's shape.
             return NO_CACHE
         revision = f"{self._settings.model_revision}|{self._model_root(prepared.model)}"
         if scope is not None:
@@ -135,7 +135,12 @@ class CacheStage:
         if storable and answer is not None and not self._cache.fits(answer):
             self._metrics.cache_stores.labels("too_large").inc()
             storable = False
-        if storable and answer is not None and plan.json_answer and not _parses(answer.content):
+        if (
+            storable
+            and answer is not None
+            and plan.json_answer
+            and not all(_parses(content) for content, _ in answer.choices)
+        ):
             self._metrics.cache_stores.labels("not_json").inc()
             storable = False
         if lookup.lead is not None and self._coalescer is not None:

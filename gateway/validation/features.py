@@ -99,11 +99,11 @@ def read_features(request: ChatCompletionRequest, settings: Settings) -> Feature
     choices = _check_choices(request, settings)
     if request.top_logprobs and not request.logprobs:
         raise _invalid("top_logprobs", "requires 'logprobs': true")
+    # Logprobs and tool calls are not in a stored answer's shape: such requests bypass the
+    # cache. n > 1 is stored whole, every choice (it is cacheable when seeded).
     bypass = None
     if request.logprobs:
         bypass = "logprobs"
-    elif choices > 1:
-        bypass = "n"
     elif tool_names:
         bypass = "tools"
     salt = None
