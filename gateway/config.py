@@ -17,6 +17,7 @@ from gateway.interactions.settings import InteractionLogSettings
 from gateway.moderation.settings import ModerationSettings
 from gateway.ratelimit.settings import RateLimitSettings
 from gateway.remote_images.settings import RemoteImageSettings
+from gateway.upstream.settings import PoolSpec, parse_pools, single_pool
 
 # Pillow warns above this many pixels and refuses at twice as many; our own cap must stay
 # below it so that Pillow never sees an image we have not already sized up ourselves.
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
     # resolved every discovery_interval_s. With names set, worker_urls may be empty.
     worker_dns: Annotated[tuple[str, ...], NoDecode] = ()
     discovery_interval_s: float = Field(default=10.0, gt=0)
+    # Named pools with weights, for canary rollouts (gateway/upstream/settings.py): a JSON
+    # list replacing worker_urls and worker_dns, e.g. stable 95 and canary 5.
+    worker_pools: Annotated[tuple[PoolSpec, ...], NoDecode] = ()
     worker_api_key: SecretStr | None = None
     # Model used by the simple {"image","prompt"} shape; None: the first model the workers list.
     default_model: str | None = None
@@ -159,12 +163,27 @@ class Settings(BaseSettings):
             return urls
         return value
 
+    @field_validator("worker_pools", mode="before")
+    @classmethod
+    def _pools(cls, value: object) -> object:
+        return parse_pools(value)
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if not self.worker_urls and not self.worker_dns:
+        if self.worker_pools:
+            explicit_urls = "worker_urls" in self.model_fields_set and self.worker_urls
+            if explicit_urls or self.worker_dns:
+                raise ValueError(
+                    "worker_pools replaces worker_urls and worker_dns: set one or the other"
+                )
+        elif not self.worker_urls and not self.worker_dns:
             raise ValueError("at least one worker URL or worker DNS name is required")
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens must not exceed max_tokens_cap")
         if self.first_byte_timeout_s > self.total_timeout_s:
             raise ValueError("first_byte_timeout_s must not exceed total_timeout_s")
         return self
+
+    def pools(self) -> tuple[PoolSpec, ...]:
+        """The worker pools: GATEWAY_WORKER_POOLS, else the one pool of URLs and DNS names."""
+        return self.worker_pools or (single_pool(self.worker_urls, self.worker_dns),)

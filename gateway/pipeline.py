@@ -143,6 +143,7 @@ class Pipeline:
             ctx.request_id,
             self._note_worker(ctx),
             affinity_key=_affinity_key(prepared),
+            pool=plan.pool,
         )
         upstream = await self._forward(plan, lookup, worker)
         self._observe_ttft(ctx, lookup.outcome)
@@ -152,7 +153,7 @@ class Pipeline:
             if answer is not None:
                 self._note_answer(ctx, answer)
             self._note_summary(ctx, stream.recorder.summary())
-            await self._complete(plan, lookup, answer)
+            await self._complete(plan, lookup, self._storable(ctx, plan, answer))
 
         guard = None
         if self._moderator is not None and self._moderator.checks_answers:
@@ -261,10 +262,21 @@ class Pipeline:
             plan, lookup = NO_CACHE, Lookup(BYPASS)
             self._metrics.cache_requests.labels("bypass").inc()
         else:
-            plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx))
+            # The pool first: the key carries the checkpoint of the workers that will answer.
+            pool = self._pool.pick_pool()
+            plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx), pool)
+            ctx.draft.pool = pool  # a hit's row names the pool whose answer it replays
             lookup = await self._cache.lookup(plan)
         ctx.draft.cache = lookup.outcome
         return plan, lookup
+
+    @staticmethod
+    def _storable(
+        ctx: RequestContext, plan: CachePlan, answer: CachedAnswer | None
+    ) -> CachedAnswer | None:
+        """An answer from another pool than the key's (a retry moved it) is not stored:
+        its checkpoint may not be the one the key names."""
+        return None if plan.pool is not None and ctx.draft.pool != plan.pool else answer
 
     async def _complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
         if self._cache is not None:
@@ -291,6 +303,7 @@ class Pipeline:
             ctx.request_id,
             self._note_worker(ctx),
             affinity_key=_affinity_key(prepared),
+            pool=plan.pool,
         )
         body = await self._forward(plan, lookup, worker)
         answer = answer_from_completion(body)
@@ -304,7 +317,7 @@ class Pipeline:
         # call is checked, each on its own.
         for text in summary.checked_texts() if summary is not None else ():
             await self._forward(plan, lookup, self._moderate_answer(ctx, text))
-        await self._complete(plan, lookup, answer)
+        await self._complete(plan, lookup, self._storable(ctx, plan, answer))
         return body, lookup.outcome
 
     # -- the interaction draft ----------------------------------------------------------------
@@ -342,11 +355,12 @@ class Pipeline:
         draft.request_metadata = features.metadata
         draft.request_options = features.options
 
-    @staticmethod
-    def _note_worker(ctx: RequestContext) -> Callable[[str], None]:
+    def _note_worker(self, ctx: RequestContext) -> Callable[[str], None]:
         def note(worker_url: str) -> None:
-            # Called once per attempt: the row keeps the last worker and the attempt count.
+            # Called once per attempt: the row keeps the last worker, its pool and the
+            # attempt count.
             ctx.draft.worker_id = worker_url
+            ctx.draft.pool = self._pool.pool_of(worker_url)
             ctx.draft.upstream_attempts = (ctx.draft.upstream_attempts or 0) + 1
 
         return note

@@ -44,6 +44,9 @@ class CachePlan:
     # Structured outputs: only an answer that parses as JSON is stored (a truncated or
     # malformed one is served as it is, never replayed).
     json_answer: bool = False
+    # The worker pool the key's checkpoint is taken from (canary rollouts): the request is
+    # sent there, and an answer from another pool is not stored under this key.
+    pool: str | None = None
 
 
 NO_CACHE: Final = CachePlan(None, read=False, write=False)
@@ -63,7 +66,7 @@ class CacheStage:
         coalescer: Coalescer | None,
         settings: Settings,
         metrics: Metrics,
-        model_root: Callable[[str], str],
+        model_root: Callable[[str, str | None], str],
     ) -> None:
         self._cache = cache
         self._coalescer = coalescer
@@ -74,10 +77,15 @@ class CacheStage:
         self._model_root = model_root
 
     def plan(
-        self, prepared: PreparedRequest, directives: CacheDirectives, scope: str | None = None
+        self,
+        prepared: PreparedRequest,
+        directives: CacheDirectives,
+        scope: str | None = None,
+        pool: str | None = None,
     ) -> CachePlan:
         """``scope`` (an API key's id, for a key whose cache is its own) is part of the key,
-        so its answers and generations are shared with no other key."""
+        so its answers and generations are shared with no other key. ``pool``: the worker
+        pool the request goes to, whose checkpoint the key carries."""
         deterministic = is_deterministic(
             {"temperature": prepared.temperature, "seed": prepared.seed},
             self._settings.cache_seeded_requests,
@@ -87,7 +95,8 @@ class CacheStage:
         if prepared.features.cache_bypass is not None:
             # logprobs and tool calls are not in the stored answer's shape.
             return NO_CACHE
-        revision = f"{self._settings.model_revision}|{self._model_root(prepared.model)}"
+        checkpoint = self._model_root(prepared.model, pool)
+        revision = f"{self._settings.model_revision}|{checkpoint}"
         if scope is not None:
             revision += f"|key:{scope}"
         key = derive_key(
@@ -98,7 +107,11 @@ class CacheStage:
             [image.sha256 for image in prepared.images],
         )
         return CachePlan(
-            key, directives.read, directives.write, json_answer=prepared.features.structured
+            key,
+            directives.read,
+            directives.write,
+            json_answer=prepared.features.structured,
+            pool=pool,
         )
 
     async def lookup(self, plan: CachePlan) -> Lookup:
@@ -184,7 +197,7 @@ async def open_cache_stage(
     settings: Settings,
     metrics: Metrics,
     redis: RedisLink | None,
-    model_root: Callable[[str], str],
+    model_root: Callable[[str, str | None], str],
     stack: AsyncExitStack,
 ) -> CacheStage | None:
     """The answer cache and, when on, the coalescer; None without Redis (the cache is off).

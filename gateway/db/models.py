@@ -107,6 +107,8 @@ class Interaction(Base):
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(64))
     worker_id: Mapped[str | None] = mapped_column(String(255))
+    # The worker's pool (canary rollouts: "stable", "canary"; "default" without pools).
+    pool: Mapped[str | None] = mapped_column(String(32))
     prompt_tokens: Mapped[int | None] = mapped_column(INTEGER(unsigned=True))
     completion_tokens: Mapped[int | None] = mapped_column(INTEGER(unsigned=True))
     moderation: Mapped[str | None] = mapped_column(String(64))

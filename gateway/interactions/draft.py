@@ -32,6 +32,7 @@ class InteractionDraft:
     completion_tokens: int | None = None
     ttft_ms: float | None = None
     worker_id: str | None = None
+    pool: str | None = None  # the worker's pool (canary rollouts)
     error_type: str | None = None
     error_code: str | None = None
     moderation: str | None = None

@@ -143,6 +143,7 @@ class InteractionLogMiddleware:
             error_type=draft.error_type,
             error_code=draft.error_code,
             worker_id=draft.worker_id,
+            pool=draft.pool,
             prompt_tokens=draft.prompt_tokens,
             completion_tokens=draft.completion_tokens,
             moderation=draft.moderation,

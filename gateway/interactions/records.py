@@ -95,6 +95,7 @@ class InteractionRecord:
     error_type: str | None = None
     error_code: str | None = None
     worker_id: str | None = None
+    pool: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     moderation: str | None = None
@@ -198,6 +199,7 @@ def to_row(record: InteractionRecord, policy: RowPolicy) -> Row:
         "error_type": record.error_type,
         "error_code": record.error_code,
         "worker_id": record.worker_id,
+        "pool": record.pool,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "moderation": record.moderation,

@@ -3,8 +3,10 @@
 Built from a static list (``GATEWAY_WORKER_URLS``) plus the workers DNS names lead to
 (``GATEWAY_WORKER_DNS``, discovery.py), looked up again every
 ``discovery_interval_s``: workers that appear are health-checked before they get traffic,
-workers that disappear get none (their open streams finish). A background task polls
-every worker:
+workers that disappear get none (their open streams finish). With named pools
+(``GATEWAY_WORKER_POOLS``, a canary beside the stable build) each pool has its own URLs
+and names, and a request first gets a pool by weight (weights.py), then a worker in it.
+A background task polls every worker:
 ``/health`` (active health check), ``/v1/models`` (now and then), and ``/metrics`` for the
 load vLLM reports (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
 ``vllm:kv_cache_usage_perc``).
@@ -46,6 +48,7 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import DEFAULT_POOL, Metrics
 from gateway.upstream.bodies import read_limited
 from gateway.upstream.discovery import DnsDiscovery, Resolve, resolve_addresses
+from gateway.upstream.weights import WeightedRoundRobin
 
 log = logging.getLogger("gateway.upstream.pool")
 
@@ -75,6 +78,8 @@ class Worker:
     pool: str = DEFAULT_POOL  # the named pool it serves in (canary rollouts)
     healthy: bool = False
     models: tuple[dict[str, Any], ...] = ()
+    # Model id -> vLLM's `root` (checkpoint path or hub id): what answers under that name.
+    roots: dict[str, str] = field(default_factory=dict)
     models_fetched_at: float = 0.0
     # Load as the worker last reported it (None: never read).
     running: float = 0.0
@@ -135,19 +140,30 @@ class WorkerPool:
     workers: list[Worker] = field(init=False, default_factory=list)
     _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
-    _discovery: DnsDiscovery | None = field(init=False, default=None)
+    # (pool name, its DNS names' discovery), for every pool that has names.
+    _discoveries: list[tuple[str, DnsDiscovery]] = field(init=False, default_factory=list)
     _discovered_at: float = field(init=False, default=float("-inf"))
+    _picker: WeightedRoundRobin = field(init=False)
+    _static: list[tuple[str, str]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        self._set_workers(self.settings.worker_urls)
-        if self.settings.worker_dns:
-            self._discovery = DnsDiscovery(self.settings.worker_dns, self.resolve)
+        specs = self.settings.pools()
+        self._picker = WeightedRoundRobin({spec.name: spec.weight for spec in specs})
+        self._static = [(url, spec.name) for spec in specs for url in spec.urls]
+        self._set_workers(self._static)
+        self._discoveries = [
+            (spec.name, DnsDiscovery(spec.dns, self.resolve)) for spec in specs if spec.dns
+        ]
 
-    def _set_workers(self, urls: Collection[str]) -> None:
-        """The pool becomes exactly ``urls``, keeping the state of workers it already had."""
+    def _set_workers(self, members: Collection[str | tuple[str, str]]) -> None:
+        """The pool becomes exactly ``members`` (URLs, or (URL, pool name) pairs), keeping the
+        state of workers it already had."""
+        wanted: dict[str, str] = {}
+        for member in members:
+            url, pool = (member, DEFAULT_POOL) if isinstance(member, str) else member
+            wanted.setdefault(url, pool)
         current = {w.url: w for w in self.workers}
-        wanted = list(dict.fromkeys(urls))
-        for url in current.keys() - set(wanted):
+        for url in {u for u, w in current.items() if wanted.get(u) != w.pool}:
             log.info("worker %s left the pool", url)
             for gauge in (self.metrics.worker_healthy, self.metrics.worker_breaker_state):
                 gauge.remove(url)
@@ -159,10 +175,10 @@ class WorkerPool:
                 with contextlib.suppress(KeyError):
                     self.metrics.worker_choices.remove(url, reason)
         workers = []
-        for url in wanted:
+        for url, pool in wanted.items():
             worker = current.get(url)
-            if worker is None:
-                worker = self._new_worker(url)
+            if worker is None or worker.pool != pool:
+                worker = self._new_worker(url, pool)
                 self.metrics.worker_healthy.labels(url).set(0)
                 self.metrics.worker_breaker_state.labels(url).set(0)
                 self.metrics.worker_joined(url, worker.pool)
@@ -172,13 +188,15 @@ class WorkerPool:
 
     async def discover(self) -> None:
         """Look the DNS names up again and follow their answers."""
-        if self._discovery is None:
+        if not self._discoveries:
             return
         self._discovered_at = time.monotonic()
-        found = await self._discovery.urls()
-        self._set_workers([*self.settings.worker_urls, *found])
+        found = await asyncio.gather(*(discovery.urls() for _, discovery in self._discoveries))
+        pools = [pool for pool, _ in self._discoveries]
+        members = [(url, pool) for pool, urls in zip(pools, found, strict=True) for url in urls]
+        self._set_workers([*self._static, *members])
 
-    def _new_worker(self, url: str) -> Worker:
+    def _new_worker(self, url: str, pool: str = DEFAULT_POOL) -> Worker:
         def on_state(state: BreakerState) -> None:
             self.metrics.worker_breaker_state.labels(url).set(int(state))
             if state is BreakerState.OPEN:
@@ -191,7 +209,7 @@ class WorkerPool:
             failure_threshold=self.settings.worker_breaker_failures,
             on_state_change=on_state,
         )
-        return Worker(url, breaker)
+        return Worker(url, breaker, pool)
 
     # -- choice ------------------------------------------------------------------------------
 
@@ -201,8 +219,11 @@ class WorkerPool:
         exclude: Collection[Worker] = (),
         *,
         admit: bool = False,
+        pool: str | None = None,
     ) -> Worker:
-        """The worker for the next attempt of a request.
+        """The worker for the next attempt of a request, in ``pool`` when that pool has one
+        to offer (the pool its cache key was planned for), else in the pool that
+        ``pick_pool`` gives.
 
         Raises GatewayError: NO_HEALTHY_WORKER when no worker is available (fast, with
         Retry-After), OVERLOADED when ``admit`` and every available worker's waiting queue
@@ -224,6 +245,7 @@ class WorkerPool:
                 "No worker is available; retry shortly.",
                 retry_after_s=self.settings.retry_after_s,
             )
+        candidates = self._in_one_pool(candidates, pool)
         limit = self.settings.admission_max_waiting
         if admit and limit is not None and all(w.waiting > limit for w in candidates):
             raise GatewayError(
@@ -249,6 +271,26 @@ class WorkerPool:
         self.metrics.worker_choices.labels(best.url, choice).inc()
         return best
 
+    def pick_pool(self) -> str | None:
+        """The pool for the next request, by weight among pools with an available worker;
+        None with a single pool (or none available: choose() then decides)."""
+        if len(self._picker.names) < 2:
+            return None
+        return self._picker.pick({w.pool for w in self.workers if w.available})
+
+    def _in_one_pool(self, candidates: list[Worker], pool: str | None) -> list[Worker]:
+        if len(self._picker.names) < 2:
+            return candidates
+        pools = {w.pool for w in candidates}
+        if pool not in pools:
+            # The planned pool has nothing left to offer (or none was planned): another
+            # pool, by weight, rather than a failed request.
+            pool = self._picker.pick(pools)
+        return [w for w in candidates if w.pool == pool]
+
+    def pool_of(self, url: str) -> str | None:
+        return next((w.pool for w in self.workers if w.url == url), None)
+
     def mark_failed(self, worker: Worker) -> None:
         """A connection to the worker failed: skip it until its health check passes again."""
         self._set_health(worker, False)
@@ -267,13 +309,16 @@ class WorkerPool:
                 cards.setdefault(str(card.get("id")), card)
         return list(cards.values())
 
-    def model_root(self, model: str) -> str:
-        """What the workers serve under a model name (vLLM's `root`: checkpoint path or
-        hub id); empty when no worker has said."""
-        for worker in self.workers:
-            for card in worker.models:
-                if card.get("id") == model:
-                    return str(card.get("root") or "")
+    def model_root(self, model: str, pool: str | None = None) -> str:
+        """What the workers (of ``pool``, when given) serve under a model name (vLLM's
+        `root`: checkpoint path or hub id), healthy workers first; empty when none has
+        said. Part of every cache key: BF16, FP8 and AWQ builds under one name never share
+        answers."""
+        for worker in sorted(self.workers, key=lambda w: not w.healthy):
+            if pool is None or worker.pool == pool:
+                root = worker.roots.get(model)
+                if root:
+                    return root
         return ""
 
     def model_ids(self) -> frozenset[str]:
@@ -306,7 +351,7 @@ class WorkerPool:
                     healthy = response.status == 200
                 stale = time.monotonic() - worker.models_fetched_at > _MODELS_REFRESH_S
                 if healthy and (not worker.healthy or not worker.models or stale):
-                    worker.models = await self._fetch_models(worker)
+                    worker.models, worker.roots = await self._fetch_models(worker)
                     worker.models_fetched_at = time.monotonic()
                 if healthy and self.settings.load_poll_enabled:
                     await self._fetch_load(worker)
@@ -336,16 +381,21 @@ class WorkerPool:
         gauge.labels(worker.url, "waiting").set(worker.waiting)
         gauge.labels(worker.url, "kv_cache_usage").set(worker.kv_usage)
 
-    async def _fetch_models(self, worker: Worker) -> tuple[dict[str, Any], ...]:
+    async def _fetch_models(
+        self, worker: Worker
+    ) -> tuple[tuple[dict[str, Any], ...], dict[str, str]]:
+        """The worker's public model cards, and each model's checkpoint (vLLM's `root`)."""
         async with self.session.get(
             f"{worker.url}/v1/models", headers=auth_headers(self.settings)
         ) as response:
             if response.status != 200:
-                return worker.models
+                return worker.models, worker.roots
             payload = await response.json()
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
-            return worker.models
+            return worker.models, worker.roots
+        cards = [card for card in data if isinstance(card, dict) and "id" in card]
+        roots = {str(card["id"]): str(card.get("root") or "") for card in cards}
         # Keep the public fields only: vLLM's cards also carry local paths ("root").
         return tuple(
             {
@@ -355,9 +405,8 @@ class WorkerPool:
                 "owned_by": str(card.get("owned_by", "")),
                 "max_model_len": card.get("max_model_len"),
             }
-            for card in data
-            if isinstance(card, dict) and "id" in card
-        )
+            for card in cards
+        ), roots
 
     def _set_health(self, worker: Worker, healthy: bool) -> None:
         if worker.healthy != healthy:

@@ -14,7 +14,6 @@ request's one deadline; every attempt's outcome feeds that worker's circuit brea
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -28,14 +27,10 @@ from gateway.breaker import BreakerOpen
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
-from gateway.upstream.bodies import read_limited
+from gateway.upstream.bodies import read_worker_error as _read_worker_error
 from gateway.upstream.pool import Worker, WorkerPool, auth_headers
 
 log = logging.getLogger("gateway.upstream.proxy")
-
-# Upper bound on a worker's error body we read and on the message we pass on.
-_ERROR_BODY_LIMIT = 64 * 1024
-_ERROR_MESSAGE_LIMIT = 1000
 
 T = TypeVar("T")
 
@@ -203,8 +198,10 @@ class Upstream:
         attempt: Callable[[Worker], Awaitable[T]],
         keep_in_flight: bool = False,
         dispose: Callable[[T], None] | None = None,
+        pool: str | None = None,
     ) -> T:
-        """Run ``attempt`` on a chosen worker, retrying retryable failures elsewhere.
+        """Run ``attempt`` on a chosen worker (in ``pool`` while it has one to offer),
+        retrying retryable failures elsewhere.
 
         The first choice applies admission control; later ones only exclude the workers
         already tried. When no other worker is left, the last failure is raised.
@@ -213,7 +210,7 @@ class Upstream:
         last: GatewayError | None = None
         for n in range(self._settings.upstream_retries + 1):
             try:
-                worker = self._pool.choose(affinity_key, tried, admit=n == 0)
+                worker = self._pool.choose(affinity_key, tried, admit=n == 0, pool=pool)
             except GatewayError:
                 if last is not None:
                     raise last from None
@@ -311,6 +308,7 @@ class Upstream:
         request_id: str,
         on_worker: Callable[[str], None] | None = None,
         affinity_key: str | None = None,
+        pool: str | None = None,
     ) -> bytes:
         """Non-streaming exchange: the worker's 200 body, or a GatewayError."""
         deadline = asyncio.get_running_loop().time() + self._settings.total_timeout_s
@@ -327,7 +325,7 @@ class Upstream:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._transport_error(worker, exc) from None
 
-        return await self._attempts(affinity_key, on_worker, attempt)
+        return await self._attempts(affinity_key, on_worker, attempt, pool=pool)
 
     async def open_stream(
         self,
@@ -336,6 +334,7 @@ class Upstream:
         request_id: str,
         on_worker: Callable[[str], None] | None = None,
         affinity_key: str | None = None,
+        pool: str | None = None,
     ) -> UpstreamStream:
         """Start a streamed exchange and wait for its first chunk (first-byte timeout).
 
@@ -379,8 +378,9 @@ class Upstream:
             )
 
         return await self._attempts(
-            affinity_key, on_worker, attempt, keep_in_flight=True, dispose=UpstreamStream.discard
-        )
+            affinity_key, on_worker, attempt, keep_in_flight=True, dispose=UpstreamStream.discard,
+            pool=pool,
+        )  # fmt: skip
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> GatewayError | _WorkerFailed:
         status = response.status
@@ -427,23 +427,3 @@ class Upstream:
         self._metrics.upstream_errors.labels("protocol").inc()
         error = GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's answer was malformed.")
         return _WorkerFailed(error, None)
-
-
-async def _read_worker_error(response: aiohttp.ClientResponse) -> tuple[str | None, str | None]:
-    """The message and param of a worker's error body (vLLM's shapes, old and new)."""
-    try:
-        raw = await read_limited(response, _ERROR_BODY_LIMIT)
-        payload = json.loads(raw)
-    except (aiohttp.ClientError, ValueError):
-        return None, None
-    if not isinstance(payload, dict):
-        return None, None
-    detail = payload.get("error", payload)
-    if not isinstance(detail, dict):
-        return (str(detail)[:_ERROR_MESSAGE_LIMIT], None)
-    message = detail.get("message")
-    param = detail.get("param")
-    return (
-        str(message)[:_ERROR_MESSAGE_LIMIT] if message is not None else None,
-        str(param) if isinstance(param, str) else None,
-    )
