@@ -151,6 +151,23 @@ async def test_property_order_is_part_of_the_key(gateway: LocalProcess) -> None:
     assert contents[2] == contents[0]
 
 
+async def test_a_structured_answer_that_does_not_parse_is_served_never_cached(
+    gateway: LocalProcess,
+) -> None:
+    # json_object with 3 tokens cannot close its JSON (finish_reason "length"): the answer
+    # is served as it is, and the next identical request asks the worker again.
+    body = image_chat_body(
+        f"JSON please {uuid.uuid4().hex}", _photo(17), temperature=0, max_tokens=3,
+        response_format={"type": "json_object"},
+    )  # fmt: skip
+    first, second = [await _post(gateway.url, body) for _ in range(2)]
+    assert first.status_code == second.status_code == 200
+    content = first.json()["choices"][0]["message"]["content"]
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(content)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "miss")
+
+
 def _deep(levels: int) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "string"}
     for _ in range(levels):

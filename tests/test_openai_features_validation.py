@@ -39,6 +39,7 @@ from tests.support.images import data_uri
 from tests.support.requests import chat_body
 from tests.support.servers import gateway_settings, run_gateway
 from tests.support.sse import read_stream
+from worker.profiles import PROFILES, server_args, server_env
 
 LIMITS = SchemaLimits()
 IMAGE_LIMITS = ImageLimits(max_pixels=4096 * 4096, verify_decode=True)
@@ -395,3 +396,15 @@ def test_only_whole_text_answers_are_stored() -> None:
     call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     assert answer_from_completion(body(choice(0, message={"tool_calls": [call]}))) is None
     assert answer_from_completion(body(choice(0, finish_reason="tool_calls"))) is None
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_worker_profile_pins_the_grammar_backend_and_the_tool_parser(name: str) -> None:
+    profile = PROFILES[name]
+    args = server_args(profile, "127.0.0.1", 8100)
+    config = json.loads(args[args.index("--structured-outputs-config") + 1])
+    assert config == {"backend": "xgrammar", "disable_any_whitespace": True}
+    assert args[args.index("--tool-call-parser") + 1] == "hermes"
+    assert "--enable-auto-tool-choice" in args
+    # Named and required tool choices decode the tool's parameters as a JSON schema.
+    assert server_env(profile, None)["VLLM_ENFORCE_STRICT_TOOL_CALLING"] == "0"
