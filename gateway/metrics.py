@@ -258,6 +258,14 @@ class Metrics:
             ["worker", "pool", "outcome"],
             registry=r,
         )
+        self.pool_answer_seconds = Histogram(
+            "gateway_pool_answer_seconds",
+            "Successful worker attempts by pool (canary against stable): time to the whole "
+            "answer (non-streamed) or to the first chunk (streamed), by stream.",
+            ["pool", "stream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.key_requests = Counter(
             "gateway_key_requests",
             f"Authenticated requests (429s included) per API key id: the first "

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from gateway.config import Settings
+from gateway.metrics import DEFAULT_POOL
 from tests.test_helm_support import (
     KUBE_VERSIONS,
     MONITORING_API,
@@ -380,3 +382,21 @@ def test_keda_scales_each_pool_on_waiting_requests() -> None:
     # KEDA owns the replica count then.
     assert all("replicas" not in d["spec"] for d in find(objects, "Deployment")
                if "worker" in d["metadata"]["name"])  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", ["dev", "gpu-bf16", "canary"])
+def test_the_gateway_accepts_the_rendered_environment(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rendered GATEWAY_* values pass the gateway's own start-up validation."""
+    gateway = container(one(render(profile_values(profile)), "Deployment", "rel-vlm-serve-gateway"))
+    for name, value in env_of(gateway).items():
+        if isinstance(value, str):  # Secret references are checked elsewhere
+            monkeypatch.setenv(name, value)
+    pools = {p.name: (p.weight, p.dns) for p in Settings().pools()}
+    dns = "http://rel-vlm-serve-worker-{}.vlm.svc.cluster.local:8000"
+    if profile == "canary":
+        assert pools == {"stable": (95, (dns.format("stable"),)),
+                         "canary": (5, (dns.format("canary"),))}  # fmt: skip
+    else:
+        assert pools == {DEFAULT_POOL: (1, (dns.format("stable"),))}

@@ -161,6 +161,9 @@ async def test_canary_gets_its_share_its_own_cache_entries_and_its_log_rows(
     assert [s.rsplit(" ", 1)[1] for s in by_pool["canary"]] == ["1.0"]
     assert canary.url in by_pool["canary"][0]
     assert [s.rsplit(" ", 1)[1] for s in by_pool["stable"]] == ["1.0"]
+    # ...and so does the latency of their answers.
+    for pool in ("stable", "canary"):
+        assert f'gateway_pool_answer_seconds_count{{pool="{pool}",stream="false"}} 1.0' in metrics
     # Every row names its worker's pool (hits too: the pool the request was planned for).
     engine = create_sync_engine(log_database_url)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from functools import partial
@@ -222,10 +223,14 @@ class Upstream:
                 on_worker(worker.url)
             worker.in_flight += 1
             handed_over = False
+            started = time.perf_counter()
             try:
                 result = await self._watched(worker, attempt, dispose)
                 handed_over = keep_in_flight
                 self._note_attempt(worker, "ok")
+                self._metrics.pool_answer_seconds.labels(
+                    worker.pool, "true" if keep_in_flight else "false"
+                ).observe(time.perf_counter() - started)
                 return result
             except BreakerOpen:
                 continue  # another request is probing this worker: try the next one
