@@ -28,10 +28,11 @@ from gateway.breaker import BreakerOpen
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
-from gateway.upstream.bodies import read_worker_error as _read_worker_error
+from gateway.upstream.bodies import read_worker_error
 from gateway.upstream.pool import Worker, WorkerPool, auth_headers
 
 log = logging.getLogger("gateway.upstream.proxy")
+_read_worker_error = read_worker_error  # its old home (tests import it from here)
 
 T = TypeVar("T")
 
