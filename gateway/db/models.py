@@ -1,18 +1,19 @@
 """SQLAlchemy 2.0 models of the interaction log: one row per request, plus a digest lookup.
 
 ``interactions`` holds one row per request the gateway handled (answered, failed or
-rejected). ``request_id`` is unique and binary (VARBINARY: case- and trailing-space
-sensitive, no collation surprises), which is what makes every write idempotent: the writer
-inserts with ``ON DUPLICATE KEY UPDATE request_id = request_id``, so a replayed spool never
-duplicates a row. Text columns are utf8mb4 with a binary collation, stored verbatim.
+rejected). ``request_id`` is unique (with ``received_at_ms``, which a replay keeps) and
+binary (VARBINARY: case- and trailing-space sensitive, no collation surprises), which is
+what makes every write idempotent: the writer inserts with ``ON DUPLICATE KEY UPDATE
+request_id = request_id``, so a replayed spool never duplicates a row. Text columns are
+utf8mb4 with a binary collation, stored verbatim.
 
 Image digests: the full per-image facts (digest, bytes, width, height, format) live in the
 row's ``images`` JSON column. ``interaction_images`` is a narrow lookup table, one row per
 (request, image position), indexed by digest: "which requests sent this image?" and "most
 repeated images" become index range scans and a GROUP BY on a small table, for any number
 of images per request (a generated column over ``images[0]`` would only index the first).
-Its rows go in the same transaction as their parent and are deleted with it (ON DELETE
-CASCADE), so retention only has to delete from ``interactions``.
+Its rows go in the same transaction as their parent. Both tables are partitioned by day on
+``received_at_ms`` (gateway/db/partitions.py), so retention drops whole days from both.
 
 Indexes answer on-call's questions: by time (``received_at_ms``), by API key and time, by
 status and time, by image digest (lookup table).
@@ -27,7 +28,6 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Double,
-    ForeignKey,
     Index,
     String,
     UniqueConstraint,
@@ -61,7 +61,9 @@ class Interaction(Base):
 
     __tablename__ = "interactions"
     __table_args__ = (
-        UniqueConstraint("request_id", name="uq_interactions_request_id"),
+        # Partitioned by day on received_at_ms (migration 0006, gateway/db/partitions.py):
+        # every unique key holds the partition column.
+        UniqueConstraint("request_id", "received_at_ms", name="uq_interactions_request_id"),
         Index("ix_interactions_received_at", "received_at_ms"),
         Index("ix_interactions_key_time", "api_key_id", "received_at_ms"),
         Index("ix_interactions_status_time", "status_code", "received_at_ms"),
@@ -76,7 +78,7 @@ class Interaction(Base):
     client_ip: Mapped[str | None] = mapped_column(String(45))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     # Timing (epoch milliseconds; durations in milliseconds, fractional)
-    received_at_ms: Mapped[int] = mapped_column(BIGINT(unsigned=True), nullable=False)
+    received_at_ms: Mapped[int] = mapped_column(BIGINT(unsigned=True), primary_key=True)
     finished_at_ms: Mapped[int | None] = mapped_column(BIGINT(unsigned=True))
     latency_ms: Mapped[float | None] = mapped_column(Double)
     ttft_ms: Mapped[float | None] = mapped_column(Double)
@@ -141,18 +143,12 @@ class InteractionImage(Base):
         TABLE_OPTIONS,
     )
 
-    request_id: Mapped[bytes] = mapped_column(
-        VARBINARY(REQUEST_ID_BYTES),
-        ForeignKey(
-            "interactions.request_id",
-            name="fk_interaction_images_request",
-            ondelete="CASCADE",
-        ),
-        primary_key=True,
-    )
+    # No foreign key: partitioned tables allow none. Its days are dropped with the
+    # interactions' (same partition bounds), not by ON DELETE CASCADE.
+    request_id: Mapped[bytes] = mapped_column(VARBINARY(REQUEST_ID_BYTES), primary_key=True)
     position: Mapped[int] = mapped_column(SMALLINT(unsigned=True), primary_key=True)
     digest: Mapped[str] = mapped_column(String(128), nullable=False)
-    received_at_ms: Mapped[int] = mapped_column(BIGINT(unsigned=True), nullable=False)
+    received_at_ms: Mapped[int] = mapped_column(BIGINT(unsigned=True), primary_key=True)
 
 
 class ApiKey(Base):

@@ -1,9 +1,10 @@
 """Ops CLI of the interaction log: ``python -m gateway.interactions COMMAND``.
 
-Commands: migrate, create-db, tail, replay, spool, stats, top, retention. The database URL
-and spool path come from the same ``GATEWAY_LOG_*`` settings the gateway reads (``--url``
-overrides). Everything but ``replay`` uses PyMySQL; ``replay`` runs the gateway's own async
-writer so the spool goes through exactly the same insert, poison and idempotence rules.
+Commands: migrate, create-db, tail, replay, spool, stats, top, retention, partitions. The
+database URL and spool path come from the same ``GATEWAY_LOG_*`` settings the gateway reads
+(``--url`` overrides). Everything but ``replay`` uses PyMySQL; ``replay`` runs the gateway's
+own async writer so the spool goes through exactly the same insert, poison and idempotence
+rules.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from gateway.db import partitions
 from gateway.db.engine import create_database_if_missing, create_log_engine, create_sync_engine
 from gateway.db.migrate import current_revision, upgrade
 from gateway.interactions.metrics import InteractionLogMetrics
@@ -202,21 +204,50 @@ def cmd_retention(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
             ).one()
         print(f"would delete {count} rows received before {_when(cutoff)}", file=out)
         return 0
-    deleted = 0
-    while True:
-        with engine.begin() as conn:
-            # Small batches keep locks and undo short; image rows go by ON DELETE CASCADE.
-            result = conn.exec_driver_sql(
-                "DELETE FROM interactions WHERE received_at_ms < %s "
-                "ORDER BY received_at_ms LIMIT %s",
-                (cutoff, args.batch_size),
-            )
-        deleted += result.rowcount
-        if result.rowcount < args.batch_size:
-            break
-        if args.pause > 0:
-            time.sleep(args.pause)
-    print(f"deleted {deleted} rows received before {_when(cutoff)}", file=out)
+    with engine.connect() as conn:
+        # Whole days first (daily partitions, gateway/db/partitions.py): no row-by-row work.
+        dropped, days = (
+            partitions.drop_days(conn, cutoff) if partitions.is_partitioned(conn) else (0, [])
+        )
+        partitions.ensure_ahead(conn, _now_ms())
+    deleted = dropped
+    for table in partitions.TABLES[::-1]:  # what is left of the cutoff's day, images first
+        while True:
+            with engine.begin() as conn:
+                # Small batches keep locks and undo short.
+                result = conn.exec_driver_sql(
+                    f"DELETE FROM {table} WHERE received_at_ms < %s "
+                    "ORDER BY received_at_ms LIMIT %s",
+                    (cutoff, args.batch_size),
+                )
+            deleted += result.rowcount if table == "interactions" else 0
+            if result.rowcount < args.batch_size:
+                break
+            if args.pause > 0:
+                time.sleep(args.pause)
+    print(
+        f"deleted {deleted} rows received before {_when(cutoff)} "
+        f"({len(days)} daily partitions dropped)",
+        file=out,
+    )
+    return 0
+
+
+def cmd_partitions(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    """Daily partitions through today + --ahead days, then each partition's row count."""
+    with engine.connect() as conn:
+        if not partitions.is_partitioned(conn):
+            print("interactions is not partitioned (run: migrate)", file=out)
+            return 1
+        added = partitions.ensure_ahead(conn, _now_ms(), args.ahead)
+        counts = conn.exec_driver_sql(
+            "SELECT PARTITION_NAME, TABLE_ROWS FROM information_schema.PARTITIONS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'interactions' "
+            "ORDER BY PARTITION_ORDINAL_POSITION"
+        ).all()
+    for name, rows in counts:
+        print(f"{name:12} ~{rows} rows", file=out)
+    print(f"added {len(added)} daily partitions", file=out)
     return 0
 
 
@@ -300,11 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=int, default=24)
     p.add_argument("--limit", type=int, default=10)
 
-    p = sub.add_parser("retention", help="delete rows older than N days, in batches")
+    p = sub.add_parser(
+        "retention", help="drop days older than N days (then the rest of that day, in batches)"
+    )
     p.add_argument("--days", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=5000)
     p.add_argument("--pause", type=float, default=0.0, help="seconds between batches")
     p.add_argument("--dry-run", action="store_true")
+
+    p = sub.add_parser("partitions", help="daily partitions through --ahead days; row counts")
+    p.add_argument("--ahead", type=int, default=7)
     return parser
 
 
@@ -333,6 +369,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return cmd_stats(engine, args, out)
         if args.command == "top":
             return cmd_top(engine, args, out)
+        if args.command == "partitions":
+            return cmd_partitions(engine, args, out)
         return cmd_retention(engine, args, out)
     except KeyboardInterrupt:
         return 130
