@@ -178,6 +178,8 @@ bench: install services ## every benchmark in one run, then loadtest/results/REP
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_anchors | tee loadtest/results/bench-anchors.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_cache | tee loadtest/results/bench-cache.txt
 	$(PY) -m loadtest.bench_interactions | tee loadtest/results/bench-interactions.txt
+	# stats/top over 1 and 10 million rows, plain and daily-partitioned (minutes: not in make test)
+	$(PY) -m loadtest.bench_interactions_scale | tee loadtest/results/bench-interactions-scale.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_replicas | tee loadtest/results/bench-replicas.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_workers | tee loadtest/results/bench-workers.txt
 	$(PY) -m loadtest.bench_moderation | tee loadtest/results/bench-moderation.txt
