@@ -151,9 +151,9 @@ def _drive_load(stack: Stack) -> None:
         assert refused.status_code == 401
         statuses = [
             client.post("/v1/vqa", json=vqa, headers=bearer(stack.limited_key)).status_code
-            for _ in range(4)
+            for _ in range(6)
         ]
-        assert statuses.count(429) >= 2, statuses
+        assert statuses.count(429) >= 2, statuses  # 2 a minute, even across a window edge
 
 
 def _missing(stack: Stack) -> list[str]:
@@ -182,7 +182,8 @@ def test_every_panel_returns_data_then_a_killed_worker_pages(stack: Stack) -> No
 
     # Nothing pages on a healthy stack.
     assert not stack.webhook.firing("VlmWorkerDown")
-    assert not observers.query(stack.prometheus_url, 'ALERTS{alertname="VlmWorkerDown"}')
+    firing = 'ALERTS{alertname="VlmWorkerDown",alertstate="firing"}'
+    assert not observers.query(stack.prometheus_url, firing)
 
     signal_tree(stack.doomed_worker, signal.SIGKILL)
     deadline = time.monotonic() + 120
