@@ -9,7 +9,7 @@ import pytest
 
 from gateway.config import Settings
 from gateway.metrics import DEFAULT_POOL
-from tests.test_helm_support import (
+from tests.support.helm import (
     KUBE_VERSIONS,
     MONITORING_API,
     PROFILES,

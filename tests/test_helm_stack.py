@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from gateway.db.engine import create_sync_engine
 from localstack.processes import free_port
-from tests.test_helm_support import container, env_of, one, pod_spec, profile_values, render
+from tests.support.helm import container, env_of, one, pod_spec, profile_values, render
 from worker.profiles import REPO_ROOT
 
 GATEWAY_PY = str(REPO_ROOT / ".venv" / "bin" / "python")

@@ -3,7 +3,7 @@ the project's current ones: `make helm-sync` refreshes them."""
 
 from __future__ import annotations
 
-from tests.test_helm_support import CHART
+from tests.support.helm import CHART
 from worker.profiles import REPO_ROOT
 
 RULES = REPO_ROOT / "deploy" / "prometheus" / "rules"

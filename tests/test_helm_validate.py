@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_helm_support import (
+from tests.support.helm import (
     CHART,
     HELM_BIN,
     HELM_VENV_BIN,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from localstack.processes import LocalProcess, free_port, nginx_binary, start_gateway
-from tests.test_helm_support import tool_env
+from tests.support.helm import tool_env
 from worker.profiles import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "deploy" / "compose.yaml"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from localstack.processes import free_port
-from tests.test_helm_support import profile_values, render
+from tests.support.helm import profile_values, render
 from worker.profiles import PROFILES, REPO_ROOT
 
 IMAGES = REPO_ROOT / "deploy" / "images"

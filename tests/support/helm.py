@@ -1,6 +1,6 @@
 """Rendering the chart for the tests: Helm v4's own library (helm-python-sdk), no cluster.
 
-No tests here; tests/test_helm_*.py import these helpers. The tools `make helm-tools`
+Used by tests/test_helm_*.py and tests/test_images_*.py. The tools `make helm-tools`
 installs (the helm binary, kubernetes-validate, checkov, the CRD validators) are named
 here too, and KUBECONFIG always points at an empty file: nothing may reach a cluster.
 """
