@@ -102,10 +102,12 @@ class Settings(BaseSettings):
     redis_socket_timeout_s: float = Field(default=0.1, gt=0)
     redis_breaker_open_s: float = Field(default=5.0, gt=0)
     coalesce_enabled: bool = True
-    # A waiter gives up and calls a worker itself after this long.
-    coalesce_wait_timeout_s: float = Field(default=120.0, gt=0)
-    # The leader's lock outlives any generation we allow; a leader that dies frees it then.
-    coalesce_lock_ttl_s: float = Field(default=620.0, gt=0)
+    # A waiter gives up and calls a worker itself after this long: as long as a leader may
+    # take (total_timeout_s), since a lease its leader keeps renewing proves it is alive.
+    coalesce_wait_timeout_s: float = Field(default=600.0, gt=0)
+    # The leader's lease, renewed every third of it while it generates: when its replica
+    # dies, the waiters elect a new leader within this long (gateway/cache/coalesce.py).
+    coalesce_lease_s: float = Field(default=10.0, gt=0)
 
     # The interaction log (GATEWAY_LOG_*; see gateway/interactions/settings.py).
     log: InteractionLogSettings = Field(default_factory=InteractionLogSettings)

@@ -15,10 +15,11 @@ stage fills in (ctx.draft).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.admission import Admission
 from gateway.answers import (
@@ -96,6 +97,19 @@ def _cache_scope(ctx: RequestContext) -> str | None:
     one asked about the same photo."""
     key = ctx.admission.key if ctx.admission is not None else None
     return key.key_id if key is not None and key.private_cache else None
+
+
+# Generations that outlive their request (keep_going): referenced until done.
+_detached: set[asyncio.Task[Any]] = set()
+
+
+async def keep_going(work: Coroutine[Any, Any, _R]) -> _R:
+    """Await ``work``, which runs to its end even when the caller is cancelled."""
+    task = asyncio.ensure_future(work)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+    return await asyncio.shield(task)
 
 
 class Pipeline:
@@ -297,6 +311,17 @@ class Pipeline:
         if lookup.answer is not None:
             await self._serve_stored(ctx, plan, lookup.answer)
             return completion_json(lookup.answer, prepared.model), lookup.outcome
+        generation = self._generate(ctx, prepared, plan, lookup)
+        if lookup.lead is not None:
+            # A coalescing leader generates for its waiters too: its client leaving (common
+            # on mobile) does not stop it; the answer is stored and shared all the same.
+            return await keep_going(generation), lookup.outcome
+        return await generation, lookup.outcome
+
+    async def _generate(
+        self, ctx: RequestContext, prepared: PreparedRequest, plan: CachePlan, lookup: Lookup
+    ) -> bytes:
+        """Ask a worker, check its answer, store and share it: the worker's body."""
         worker = self._upstream.post_json(
             CHAT_PATH,
             prepared.body,
@@ -312,13 +337,21 @@ class Pipeline:
         summary = summary_from_completion(body)
         if summary is not None:
             self._note_summary(ctx, summary)
-        # A refused answer is never cached; a coalescing leader's waiters are told to ask
-        # for themselves (their own answer check refuses it again). Every choice and tool
-        # call is checked, each on its own.
-        for text in summary.checked_texts() if summary is not None else ():
-            await self._forward(plan, lookup, self._moderate_answer(ctx, text))
+        # A refused answer is never cached; a coalescing leader shares it with its waiters
+        # as it is (their own answer checks refuse it again, and nobody generates it twice).
+        # Every choice and tool call is checked, each on its own.
+        try:
+            for text in summary.checked_texts() if summary is not None else ():
+                await self._moderate_answer(ctx, text)
+        except GatewayError:
+            if self._cache is not None:
+                await self._cache.complete(plan, lookup, answer, refused=True)
+            raise
+        except BaseException:
+            await self._complete(plan, lookup, None)
+            raise
         await self._complete(plan, lookup, self._storable(ctx, plan, answer))
-        return body, lookup.outcome
+        return body
 
     # -- the interaction draft ----------------------------------------------------------------
 

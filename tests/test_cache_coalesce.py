@@ -38,7 +38,7 @@ class Replica:
         self.cache = AnswerCache(self.redis, self.breaker, ttl_seconds=60, max_value_bytes=4096)
         self.coalescer = Coalescer(
             self.redis, self.pubsub, self.breaker, self.cache, namespace,
-            lock_ttl_s=5.0, wait_timeout_s=wait_timeout_s, poll_interval_s=0.1,
+            lease_s=5.0, wait_timeout_s=wait_timeout_s, poll_interval_s=0.1,
         )  # fmt: skip
 
     async def __aenter__(self) -> Replica:
@@ -105,7 +105,7 @@ async def test_fifty_identical_requests_over_two_replicas_generate_once(
     assert await replicas[0].cache.get(key) == ANSWER, "the leader stored its answer"
 
 
-async def test_waiters_call_a_worker_themselves_when_the_leader_fails(
+async def test_waiters_elect_one_new_leader_when_the_leader_fails(
     replicas: tuple[Replica, Replica], namespace: str
 ) -> None:
     key = f"{namespace}:v1:answer:fails"
@@ -114,19 +114,26 @@ async def test_waiters_call_a_worker_themselves_when_the_leader_fails(
     waiters = [asyncio.create_task(replicas[i % 2].coalescer.acquire(key)) for i in range(4)]
     await asyncio.sleep(0.2)
     await replicas[0].coalescer.finish(leader, None, store_ttl_s=60)
+    await asyncio.wait(waiters, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    leads = [w.result() for w in waiters if w.done()]
+    assert len(leads) == 1  # one waiter leads; the others wait for it
+    assert isinstance(leads[0], Lead)
+    owner = replicas[0] if leads[0].key in replicas[0].coalescer._local_leaders else replicas[1]
+    await owner.coalescer.finish(leads[0], ANSWER, store_ttl_s=60)
     results = await asyncio.gather(*waiters)
-    assert all(isinstance(r, Alone) and r.reason == "leader failed" for r in results)
+    assert sum(isinstance(r, Joined) and r.answer == ANSWER for r in results) == 3
 
 
-async def test_a_leader_that_dies_is_detected_by_its_lock_expiring(namespace: str) -> None:
+async def test_a_leader_that_dies_is_replaced_when_its_lease_lapses(namespace: str) -> None:
     async with Replica("redis://127.0.0.1:6379/0", namespace) as replica:
         key = f"{namespace}:v1:answer:dead"
-        # A leader elsewhere took the lock and died: it never publishes or releases.
+        # A leader elsewhere took the lease and died: it never renews, publishes or releases.
         await replica.redis.set(f"{key}:lock", "dead-leader", px=300)
         started = asyncio.get_running_loop().time()
         result = await replica.coalescer.acquire(key)
-        assert isinstance(result, Alone)
+        assert isinstance(result, Lead)  # elected: the next leader
         assert asyncio.get_running_loop().time() - started < 2.0
+        await replica.coalescer.finish(result, None, store_ttl_s=None)
 
 
 async def test_a_waiter_gives_up_after_its_wait_timeout(namespace: str) -> None:

@@ -1,24 +1,36 @@
 """Identical in-flight requests share one generation, across every gateway replica.
 
-The first request for a key takes a Redis lock (SET NX PX) and becomes the
-leader; it calls a worker, stores the answer, then publishes it on the key's
-channel and releases the lock. Requests for the same key that arrive meanwhile,
-on any replica, wait: for the published answer, for the stored answer (checked
-in case the leader finished before they listened), or for the lock to vanish
-(the leader failed or died), whichever comes first. A waiter whose leader fails,
-or who waits past `wait_timeout_s`, calls a worker itself.
+The first request for a key takes a short Redis lease (SET NX PX ``lease_s``) and becomes
+the leader; it renews the lease while it generates, then stores the answer, publishes it
+on the key's channel and releases the lease, in one script. Requests for the same key
+that arrive meanwhile, on any replica, wait: for the published answer, or for the stored
+one (checked in case the leader finished before they listened).
+
+When the leader fails, the waiters elect exactly one new leader among themselves (the
+same SET NX: one of them wins, the others wait for it), instead of each calling a worker:
+one dropped phone among 50 identical requests costs one more generation, not 49. A
+failure is seen two ways: the leader's failure notice (it has no answer to share), or
+its lease lapsing (its replica died: SIGKILL, OOM, node loss; no notice ever comes), so
+waiters are answered within the lease plus one generation. A leader whose answer is
+refused by moderation publishes it without storing it: the waiters' own checks refuse it
+again, and nobody generates it twice. A waiter gives up (and calls a worker itself) only
+after ``max_elections`` failed leaders or ``wait_timeout_s``.
 
 Inside one replica, a second identical request joins the local leader's future
 directly, without a Redis round trip.
 
-Streaming waiters get the finished answer replayed as SSE once the leader is
-done, rather than a live fan-out of the leader's chunks: replaying is exact
-(the same chunks a cache hit gets), survives a leader on another replica, and
-needs no per-token pub/sub traffic. The cost is that a waiter's first token
-arrives when the leader's last one does.
+Streaming waiters get the finished answer replayed as SSE once the leader is done, rather
+than a live fan-out of the leader's chunks: replaying is exact (the same chunks a cache
+hit gets), survives a leader on another replica, and needs no per-token pub/sub traffic.
 
-Each replica keeps one pattern subscription for all keys (not one connection
-per waiter), owned by the lifespan through start() and stop().
+The answer key carries a Redis Cluster hash tag ("...:answer:{sha}"), so the answer and
+its lease live in one slot and the two-key scripts run on a cluster too.
+
+Each replica keeps one pattern subscription for all keys (not one connection per waiter),
+owned by the lifespan through start() and stop(). Its connection is silent between
+messages, so the listener pings it: a connection that does not answer within
+``keepalive_s`` is dropped and opened again (a half-open TCP connection would otherwise
+leave every waiter of the replica polling).
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from gateway.answers import CachedAnswer
 from gateway.background import cancel_task
@@ -42,16 +55,21 @@ from gateway.redis_link import REDIS_FAILURES
 logger = logging.getLogger(__name__)
 
 # One round trip for the lookup: the stored answer, else try to become the leader.
-# KEYS: answer, lock. ARGV: token, lock ttl (ms). Returns {1, answer} | {2} lead | {3} wait.
+# KEYS: answer, lease. ARGV: token, lease (ms). Returns {1, answer} | {2} lead | {3} wait.
 _LOOKUP_SCRIPT: Final = """
 local answer = redis.call('get', KEYS[1])
 if answer then return {1, answer} end
 if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {3}
 """
-# One round trip for the leader's end: store (ttl > 0), publish, release the lock if it
-# is still ours (after an expiry another leader may hold it).
-# KEYS: answer, lock. ARGV: value, ttl (s, 0: do not store), channel, payload, token.
+# The leader extends its lease while it still holds it. KEYS: lease. ARGV: token, ms.
+_RENEW_SCRIPT: Final = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+# One round trip for the leader's end: store (ttl > 0), publish, release the lease if it
+# is still ours (after a lapse another leader may hold it).
+# KEYS: answer, lease. ARGV: value, ttl (s, 0: do not store), channel, payload, token.
 _FINISH_SCRIPT: Final = """
 if ARGV[2] ~= '0' then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
 redis.call('publish', ARGV[3], ARGV[4])
@@ -63,6 +81,7 @@ REDIS_UNAVAILABLE: Final = "redis unavailable"
 
 
 def lock_key(key: str) -> str:
+    """The key's lease: same hash tag as the answer key, so the same cluster slot."""
     return f"{key}:lock"
 
 
@@ -91,11 +110,12 @@ class Lead:
     key: str
     token: str
     local: asyncio.Future[CachedAnswer | None] = field(repr=False)
+    renewal: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Alone:
-    """No coalescing for this request (Redis unavailable, leader failed, waited too long)."""
+    """No coalescing for this request (Redis unavailable, leaders failed, waited too long)."""
 
     reason: str
 
@@ -111,21 +131,27 @@ class Coalescer:
         breaker: CircuitBreaker,
         cache: AnswerCache,
         namespace: str,
-        lock_ttl_s: float,
+        lease_s: float,
         wait_timeout_s: float,
         poll_interval_s: float = 0.5,
+        max_elections: int = 3,
+        keepalive_s: float = 10.0,
     ) -> None:
         self._redis = redis
         self._pubsub_redis = pubsub_redis
         self._breaker = breaker
         self._cache = cache
         self._pattern = f"{namespace}:*:done"
-        self._lock_ttl_ms = int(lock_ttl_s * 1000)
+        self._lease_ms = max(1, int(lease_s * 1000))
         self._wait_timeout_s = wait_timeout_s
-        self._poll_interval_s = poll_interval_s
+        # A lapsed lease is noticed within this long; never slower than a third of it.
+        self._poll_interval_s = min(poll_interval_s, lease_s / 3)
+        self._max_elections = max_elections
+        self._keepalive_s = keepalive_s
         self._local_leaders: dict[str, asyncio.Future[CachedAnswer | None]] = {}
         self._waiters: dict[str, set[asyncio.Future[bytes]]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self.listener_reconnects = 0
 
     # -- lifespan -----------------------------------------------------------------------------
 
@@ -145,15 +171,35 @@ class Coalescer:
                 async with self._pubsub_redis.pubsub() as pubsub:
                     await pubsub.psubscribe(self._pattern)
                     backoff = 0.2
-                    async for message in pubsub.listen():
-                        if message.get("type") == "pmessage":
-                            self._deliver(message["channel"], message["data"])
+                    await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis gone: waiters fall back to polling meanwhile
+            except Exception as exc:  # Redis gone or silent: waiters poll meanwhile
+                self.listener_reconnects += 1
                 logger.warning("coalescing listener lost Redis (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Deliver messages; ping when the connection has been quiet for a while, and give
+        it up when even the ping gets no answer (a half-open connection never errors)."""
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=min(1.0, self._keepalive_s / 2))
+            now = loop.time()
+            if message is not None:
+                heard, pinged = now, False
+                if message.get("type") == "pmessage":
+                    self._deliver(message["channel"], message["data"])
+                continue
+            quiet = now - heard
+            if quiet > 2 * self._keepalive_s:
+                raise ConnectionError("the subscription's connection stopped answering")
+            if quiet > self._keepalive_s and not pinged:
+                await pubsub.ping()
+                pinged = True
 
     def _deliver(self, channel: bytes | str, data: bytes | str) -> None:
         name = channel.decode() if isinstance(channel, bytes) else channel
@@ -167,15 +213,18 @@ class Coalescer:
 
     async def acquire(self, key: str) -> Outcome:
         """The stored answer, or lead the computation of key's answer, or wait for the
-        one in flight."""
+        one in flight (electing a new leader when it fails)."""
+        return await self._acquire(key, elections=0)
+
+    async def _acquire(self, key: str, elections: int) -> Outcome:
         local = self._local_leaders.get(key)
         if local is not None:
-            return await self._join_local(local)
+            return await self._join_local(key, local, elections)
         token = secrets.token_hex(8)
         try:
             found = await self._breaker.call(
                 lambda: self._redis.eval(
-                    _LOOKUP_SCRIPT, 2, key, lock_key(key), token, self._lock_ttl_ms
+                    _LOOKUP_SCRIPT, 2, key, lock_key(key), token, self._lease_ms
                 ),
                 REDIS_FAILURES,
             )
@@ -183,26 +232,51 @@ class Coalescer:
             return Alone(REDIS_UNAVAILABLE)
         if found[0] == 1:
             stored = CachedAnswer.decode(found[1])
-            return Stored(stored) if stored is not None else Alone("unreadable answer")
+            if stored is None:
+                return Alone("unreadable answer")
+            return Stored(stored) if elections == 0 else Joined(stored)
         # Another request of this replica may have become leader while we awaited Redis.
         local = self._local_leaders.get(key)
         if found[0] == 2:
-            if local is not None:  # impossible while we hold the lock; be safe anyway
+            if local is not None:  # impossible while we hold the lease; be safe anyway
                 await self._finish_remote(key, token, None, None)
-                return await self._join_local(local)
-            future: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
-            self._local_leaders[key] = future
-            return Lead(key, token, future)
+                return await self._join_local(key, local, elections)
+            return self._lead(key, token)
         if local is not None:
-            return await self._join_local(local)
-        return await self._wait_remote(key)
+            return await self._join_local(key, local, elections)
+        return await self._wait_remote(key, elections)
+
+    def _lead(self, key: str, token: str) -> Lead:
+        future: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
+        self._local_leaders[key] = future
+        lead = Lead(key, token, future)
+        lead.renewal = asyncio.create_task(self._renew(lead), name="coalesce-lease")
+        return lead
+
+    async def _renew(self, lead: Lead) -> None:
+        """Keep the lease while the leader generates: a third of it between renewals, so
+        one slow round trip does not let it lapse."""
+        keys = lock_key(lead.key)
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            try:
+                held = await self._redis.eval(_RENEW_SCRIPT, 1, keys, lead.token, self._lease_ms)
+            except REDIS_FAILURES:
+                continue  # Redis is away: the waiters cannot see the lease either
+            if not held:
+                # Lapsed (Redis was unreachable longer than the lease) and maybe taken:
+                # generate on; the answer is still stored and published at the end.
+                logger.warning("coalescing lease of %s lost while generating", lead.key)
+                return
 
     async def finish(
         self, lead: Lead, answer: CachedAnswer | None, store_ttl_s: int | None
     ) -> None:
         """Store the leader's answer (when store_ttl_s is given), share it (None: it has
-        none) and release the lock, in one round trip: stored before published, so a
-        waiter that looks in the cache instead of listening finds it."""
+        none) and release the lease, in one round trip: stored before published, so a
+        waiter that looks in the cache instead of listening finds it. An answer shared
+        without store_ttl_s (refused, too large) reaches the waiters but not the cache."""
+        await cancel_task(lead.renewal)
         self._local_leaders.pop(lead.key, None)
         if not lead.local.done():
             lead.local.set_result(answer)
@@ -221,14 +295,24 @@ class Coalescer:
                 REDIS_FAILURES,
             )
 
-    async def _join_local(self, future: asyncio.Future[CachedAnswer | None]) -> Outcome:
+    async def _join_local(
+        self, key: str, future: asyncio.Future[CachedAnswer | None], elections: int
+    ) -> Outcome:
         try:
             answer = await asyncio.wait_for(asyncio.shield(future), self._wait_timeout_s)
         except TimeoutError:
             return Alone("waited too long")
-        return Joined(answer) if answer is not None else Alone("leader failed")
+        if answer is not None:
+            return Joined(answer)
+        return await self._elect(key, elections)
 
-    async def _wait_remote(self, key: str) -> Outcome:
+    async def _elect(self, key: str, elections: int) -> Outcome:
+        """The leader failed: try to become the next one (one waiter wins the lease)."""
+        if elections >= self._max_elections:
+            return Alone("leader failed")
+        return await self._acquire(key, elections + 1)
+
+    async def _wait_remote(self, key: str, elections: int) -> Outcome:
         published: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(key, set()).add(published)
         deadline = time.monotonic() + self._wait_timeout_s
@@ -249,20 +333,18 @@ class Coalescer:
                 )
                 if done:
                     answer = CachedAnswer.decode(published.result())
-                    return Joined(answer) if answer is not None else Alone("leader failed")
+                    if answer is not None:
+                        return Joined(answer)
+                    break  # the leader's failure notice
                 if not await self._lock_held(key):
-                    # Gone without publishing to us: one last look in the cache.
-                    try:
-                        stored = await self._cache.get(key)
-                    except CacheUnavailable:
-                        return Alone(REDIS_UNAVAILABLE)
-                    return Joined(stored) if stored is not None else Alone("leader failed")
+                    break  # the lease lapsed (the leader died) or it ended unseen
         finally:
             waiters = self._waiters.get(key)
             if waiters is not None:
                 waiters.discard(published)
                 if not waiters:
                     del self._waiters[key]
+        return await self._elect(key, elections)
 
     async def _lock_held(self, key: str) -> bool:
         try:

@@ -39,4 +39,6 @@ def derive_key(
     for field in fields:
         digest.update(len(field).to_bytes(8, "big"))
         digest.update(field)
-    return f"{namespace}:v{CACHE_FORMAT_VERSION}:answer:{digest.hexdigest()}"
+    # The digest is a Redis Cluster hash tag: the answer and its coalescing lease
+    # ("<key>:lock") share a slot, so the two-key scripts run on a cluster too.
+    return f"{namespace}:v{CACHE_FORMAT_VERSION}:answer:{{{digest.hexdigest()}}}"

@@ -138,13 +138,24 @@ class CacheStage:
             return self._count(Lookup(MISS))
         return self._count(Lookup(MISS, lead=outcome))
 
-    async def complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
-        """Store a complete answer (when allowed) and, for a leader, wake the waiters."""
-        # Shielded: a client that leaves must not leave waiters hanging on a held lock.
-        await asyncio.shield(self._complete(plan, lookup, answer))
+    async def complete(
+        self,
+        plan: CachePlan,
+        lookup: Lookup,
+        answer: CachedAnswer | None,
+        refused: bool = False,
+    ) -> None:
+        """Store a complete answer (when allowed) and, for a leader, wake the waiters.
 
-    async def _complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
-        storable = answer is not None and plan.key is not None and plan.write
+        ``refused``: moderation refused the answer; it is shared with the waiters (whose
+        own checks refuse it again) but never stored."""
+        # Shielded: a client that leaves must not leave waiters hanging on a held lease.
+        await asyncio.shield(self._complete(plan, lookup, answer, refused))
+
+    async def _complete(
+        self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None, refused: bool
+    ) -> None:
+        storable = answer is not None and plan.key is not None and plan.write and not refused
         if storable and answer is not None and not self._cache.fits(answer):
             self._metrics.cache_stores.labels("too_large").inc()
             storable = False
@@ -211,11 +222,14 @@ async def open_cache_stage(
     coalescer = None
     if settings.coalesce_enabled:
         # Its own client without a read timeout: the subscription waits for messages.
-        pubsub = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout)
+        # Keepalive: the subscription is idle between messages (the listener pings it too).
+        pubsub = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=timeout, socket_keepalive=True
+        )
         stack.push_async_callback(pubsub.aclose)
         coalescer = Coalescer(
             redis.client, pubsub, redis.breaker, cache, settings.cache_namespace,
-            settings.coalesce_lock_ttl_s, settings.coalesce_wait_timeout_s,
+            settings.coalesce_lease_s, settings.coalesce_wait_timeout_s,
         )  # fmt: skip
         await coalescer.start()
         stack.push_async_callback(coalescer.stop)

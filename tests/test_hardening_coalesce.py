@@ -1,0 +1,118 @@
+"""Issue 15, section 2: coalescing survives its leader (the coalescer against real Redis).
+
+The drills with gateway processes (SIGKILL of the leader's replica, the leader's client
+leaving) are in tests/test_hardening_drills.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from gateway.answers import CachedAnswer
+from gateway.breaker import CircuitBreaker
+from gateway.cache.coalesce import Coalescer, Joined, Lead, lock_key
+from gateway.cache.keys import derive_key
+from gateway.cache.store import AnswerCache
+from tests.support.redis_server import PrivateRedis
+
+ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+class Replica:
+    def __init__(self, url: str, namespace: str, lease_s: float, keepalive_s: float = 10.0):
+        self.redis = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.pubsub = Redis.from_url(url, socket_connect_timeout=0.5)
+        breaker = CircuitBreaker(open_seconds=1.0)
+        self.cache = AnswerCache(self.redis, breaker, ttl_seconds=60, max_value_bytes=4096)
+        self.coalescer = Coalescer(
+            self.redis, self.pubsub, breaker, self.cache, namespace,
+            lease_s=lease_s, wait_timeout_s=30.0, poll_interval_s=0.1, keepalive_s=keepalive_s,
+        )  # fmt: skip
+
+    async def __aenter__(self) -> Replica:
+        await self.coalescer.start()
+        await asyncio.sleep(0.05)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.coalescer.stop()
+        await self.redis.aclose()
+        await self.pubsub.aclose()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def replica(namespace: str) -> AsyncIterator[Replica]:
+    async with Replica(SHARED_REDIS, namespace, lease_s=0.3) as r:
+        yield r
+        keys = [k async for k in r.redis.scan_iter(f"{namespace}:*")]
+        if keys:
+            await r.redis.delete(*keys)
+
+
+async def test_a_leader_renews_its_lease_while_it_generates(
+    replica: Replica, namespace: str
+) -> None:
+    key = f"{namespace}:v1:answer:{{slow}}"
+    leader = await replica.coalescer.acquire(key)
+    assert isinstance(leader, Lead)
+    async with Replica(SHARED_REDIS, namespace, lease_s=0.3) as other:
+        waiter = asyncio.create_task(other.coalescer.acquire(key))
+        await asyncio.sleep(1.5)  # five leases: without renewal the waiter would lead
+        assert not waiter.done()
+        assert await replica.redis.exists(lock_key(key))
+        await replica.coalescer.finish(leader, ANSWER, store_ttl_s=60)
+        assert await waiter == Joined(ANSWER)
+
+
+async def test_a_refused_answer_is_shared_but_not_stored(replica: Replica, namespace: str) -> None:
+    key = f"{namespace}:v1:answer:{{refused}}"
+    leader = await replica.coalescer.acquire(key)
+    assert isinstance(leader, Lead)
+    async with Replica(SHARED_REDIS, namespace, lease_s=0.3) as other:
+        waiters = [asyncio.create_task(other.coalescer.acquire(key)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        await replica.coalescer.finish(leader, ANSWER, store_ttl_s=None)
+        assert await asyncio.gather(*waiters) == [Joined(ANSWER)] * 3
+    assert await replica.cache.get(key) is None
+
+
+def test_the_answer_and_its_lease_share_a_cluster_slot() -> None:
+    key = derive_key("vlm", "m", "1|root", b"{}", [])
+    assert key_slot(key.encode()) == key_slot(lock_key(key).encode())
+    assert "{" in key  # a hash tag, not the whole key
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_a_silent_subscription_is_dropped_and_opened_again(
+    private_redis: PrivateRedis,
+) -> None:
+    async with Replica(private_redis.url, "drill", lease_s=5.0, keepalive_s=0.3) as replica:
+        private_redis.freeze()  # a half-open connection: no error, no answer
+        try:
+            for _ in range(200):  # up to 20 s; expected within 2 x keepalive + a poll
+                if replica.coalescer.listener_reconnects:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            private_redis.thaw()
+        assert replica.coalescer.listener_reconnects >= 1
