@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -21,7 +22,8 @@ from starlette.responses import JSONResponse, Response
 from gateway.config import Settings
 from gateway.db.engine import create_sync_engine
 from gateway.interactions import InteractionLogSettings
-from gateway.metrics import DEFAULT_POOL
+from gateway.metrics import DEFAULT_POOL, Metrics
+from gateway.upstream.pool import WorkerPool
 from gateway.upstream.weights import WeightedRoundRobin
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.requests import MODEL, chat_body
@@ -192,3 +194,29 @@ async def test_a_planned_pool_without_workers_falls_back_to_another() -> None:
                 response = await http.post(url + CHAT, json=chat_body("hello"))
                 assert response.status_code == 200
     assert len(stable.requests) == 5
+
+
+async def test_each_pool_follows_its_own_dns_name() -> None:
+    """Two headless Services, one per pool: each name's addresses join their own pool."""
+    answers = {"w-stable.ns.svc": ["10.0.0.1", "10.0.0.2"], "w-canary.ns.svc": ["10.0.1.1"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return answers[host]
+
+    pools = _pools(
+        {"name": "stable", "weight": 95, "dns": ["http://w-stable.ns.svc:8000"]},
+        {"name": "canary", "weight": 5, "dns": ["http://w-canary.ns.svc:8000"]},
+    )
+    settings = _settings(worker_urls=(), worker_pools=pools)
+    async with aiohttp.ClientSession() as session:
+        pool = WorkerPool(session, settings, Metrics(), resolve=resolve)
+        await pool.discover()
+        assert sorted((w.url, w.pool) for w in pool.workers) == [
+            ("http://10.0.0.1:8000", "stable"),
+            ("http://10.0.0.2:8000", "stable"),
+            ("http://10.0.1.1:8000", "canary"),
+        ]
+        answers["w-canary.ns.svc"] = ["10.0.1.2"]  # the canary pod was replaced
+        await pool.discover()
+        assert pool.pool_of("http://10.0.1.2:8000") == "canary"
+        assert pool.pool_of("http://10.0.1.1:8000") is None
