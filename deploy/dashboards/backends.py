@@ -208,6 +208,18 @@ CANARY = Dashboard(
             unit="percentunit",
         ),
         Panel(
+            "Gateway answer latency p99 per pool",
+            "Successful worker attempts as the gateways timed them: the whole answer, or the "
+            "first chunk when streamed.",
+            (
+                q(
+                    p_quantile(0.99, "gateway_pool_answer_seconds", "pool, stream"),
+                    "{{pool}} stream={{stream}}",
+                ),
+            ),
+            unit="s",
+        ),
+        Panel(
             "Engine TTFT p99 per pool",
             "vLLM's own time to first token, by pool.",
             (q(p_quantile(0.99, "vllm:time_to_first_token_seconds", "pool"), "{{pool}}"),),
