@@ -220,3 +220,23 @@ async def test_each_pool_follows_its_own_dns_name() -> None:
         await pool.discover()
         assert pool.pool_of("http://10.0.1.2:8000") == "canary"
         assert pool.pool_of("http://10.0.1.1:8000") is None
+
+
+async def test_uncacheable_requests_keep_the_exact_shares() -> None:
+    """Sampled answers bypass the cache, yet each request is still one pick of the pools."""
+    stable, canary = RootedWorker(root="bf16"), RootedWorker(root="fp8")
+    async with serve(stable.app()) as stable.url, serve(canary.app()) as canary.url:
+        pools = _pools(
+            {"name": "stable", "weight": 3, "urls": [stable.url]},
+            {"name": "canary", "weight": 1, "urls": [canary.url]},
+        )
+        namespace = f"canary-{uuid.uuid4().hex[:10]}"
+        async with (
+            run_gateway(worker_pools=pools, cache_enabled=True, cache_namespace=namespace) as url,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+            for i in range(12):
+                body = chat_body(f"sampled {i}", temperature=0.7)
+                response = await http.post(url + CHAT, json=body)
+                assert response.headers["X-Cache"] == "bypass"
+    assert (len(stable.requests), len(canary.requests)) == (9, 3)

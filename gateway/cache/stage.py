@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from redis.asyncio import Redis
@@ -90,11 +90,14 @@ class CacheStage:
             {"temperature": prepared.temperature, "seed": prepared.seed},
             self._settings.cache_seeded_requests,
         )
+        # Not cacheable: still sent to the pool already picked (one pick per request keeps
+        # the pools' shares exact).
+        uncached = NO_CACHE if pool is None else replace(NO_CACHE, pool=pool)
         if not deterministic or not (directives.read or directives.write):
-            return NO_CACHE
+            return uncached
         if prepared.features.cache_bypass is not None:
             # logprobs and tool calls are not in the stored answer's shape.
-            return NO_CACHE
+            return uncached
         checkpoint = self._model_root(prepared.model, pool)
         revision = f"{self._settings.model_revision}|{checkpoint}"
         if scope is not None:
