@@ -408,3 +408,28 @@ def test_every_worker_profile_pins_the_grammar_backend_and_the_tool_parser(name:
     assert "--enable-auto-tool-choice" in args
     # Named and required tool choices decode the tool's parameters as a JSON schema.
     assert server_env(profile, None)["VLLM_ENFORCE_STRICT_TOOL_CALLING"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, "metadata"),
+        ({"safety_identifier": "s" * 65}, "safety_identifier"),
+        ({"prompt_cache_key": "p" * 65}, "prompt_cache_key"),
+        ({"user": "u" * 257}, "user"),
+        ({"service_tier": "bogus"}, "service_tier"),
+        ({"store": "yes"}, "store"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}},
+         "response_format.json_schema.name"),
+        ({"tools": [{"type": "function", "function": {"name": "x" * 65}}]},
+         "tools[0].function.name"),
+        ({"chat_template_kwargs": {}}, "chat_template_kwargs"),
+        ({"media_io_kwargs": {}}, "media_io_kwargs"),
+    ],
+)  # fmt: skip
+def test_openai_bounds_on_the_new_fields(extra: dict[str, Any], param: str) -> None:
+    with pytest.raises(GatewayError) as caught:
+        parse_chat_body(chat_body("x", **extra))
+    assert (caught.value.status, caught.value.param) == (400, param)

@@ -118,6 +118,8 @@ def _from_pydantic(errors: list[ErrorDetails], data: dict[str, Any]) -> GatewayE
     root = located[0][0][:1]
     same_root = [item for item in located if item[0][:1] == root]
     path, first = max(same_root, key=lambda item: len(item[0]))
+    if path[:1] == ["metadata"]:
+        path = path[:1]  # its keys are the client's: never echoed in a param
     name = path[0] if path and isinstance(path[0], str) else ""
     kind = first["type"]
     if kind == "extra_forbidden":
