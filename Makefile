@@ -134,10 +134,10 @@ $(TOOLS)/node/.installed:
 
 helm-tools: $(VENV)/.installed $(HELM_VENV)/.installed $(TOOLS)/.helm-installed $(TOOLS)/node/.installed ## what the chart checks need
 
-helm-sync: ## copy the alert rules and the nginx template into the chart (files/)
+helm-sync: ## refresh the chart's copies (alert rules, nginx template) and compose's prometheus.yml
 	deploy/helm-sync.sh
 
-helm-check: helm-tools ## every chart test: render, schema, lint, validation, policy, the rendered stack
+helm-check: install services helm-tools observe-tools ## chart, images and compose tests: render, schema, lint, validation, policy, the rendered stack
 	$(PY) -m pytest -q tests/test_helm_*.py tests/test_images_*.py
 
 # --- on call: Prometheus, Alertmanager and the exporters (Debian packages) -------------------
