@@ -436,6 +436,17 @@ async def test_named_tool_choice_streamed(
     ]
 
 
+async def test_required_tool_choice_without_parallel_calls(client: openai.AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model=MODEL, messages=_messages("What is it made of?", 18), temperature=0,
+        max_tokens=64, tools=[_TOOL], tool_choice="required", parallel_tool_calls=False,
+    )  # fmt: skip
+    (call,) = completion.choices[0].message.tool_calls or []  # exactly one call
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    assert call.function.name == "record_material"
+    assert json.loads(call.function.arguments)["material"] in ("leather", "canvas")
+
+
 async def test_a_tool_result_conversation_is_accepted(client: openai.AsyncOpenAI) -> None:
     messages: list[Any] = [
         *_messages("What is it made of?", 15),
