@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import orjson
+
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
@@ -41,7 +43,8 @@ class CachedAnswer:
     @classmethod
     def decode(cls, raw: bytes) -> CachedAnswer | None:
         try:
-            content, finish, prompt, completion, *rest = json.loads(raw)
+            # orjson: every hit decodes one; what encode() wrote always parses the same.
+            content, finish, prompt, completion, *rest = orjson.loads(raw)
         except (ValueError, TypeError):
             return None  # written by another format version: treat as a miss
         if not (isinstance(content, str) and isinstance(finish, str)):
