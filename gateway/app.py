@@ -26,6 +26,7 @@ from gateway.routes.deps import Services
 from gateway.routes.openapi import openapi_builder
 from gateway.upstream.pool import open_pool
 from gateway.upstream.proxy import Upstream, open_session
+from gateway.validation.offload import open_body_parser
 
 DESCRIPTION = (
     "OpenAI-compatible image+text API in front of vLLM workers serving Qwen3-VL. "
@@ -66,7 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.moderation, metrics, _ask_worker(upstream), redis, settings.cache_namespace
             )
             pipeline = Pipeline(settings, pool, upstream, metrics, cache, remote_images, moderator)
-            yield {"services": Services(settings, metrics, pool, pipeline)}
+            parser = open_body_parser(settings, stack)
+            yield {"services": Services(settings, metrics, pool, pipeline, parser)}
 
     app = FastAPI(
         title="Qwen3-VL gateway", version=__version__, description=DESCRIPTION, lifespan=lifespan

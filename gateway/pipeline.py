@@ -19,6 +19,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from gateway.admission import Admission
@@ -103,13 +104,26 @@ def _cache_scope(ctx: RequestContext) -> str | None:
 _detached: set[asyncio.Task[Any]] = set()
 
 
-async def keep_going(work: Coroutine[Any, Any, _R]) -> _R:
-    """Await ``work``, which runs to its end even when the caller is cancelled."""
+async def keep_going(
+    work: Coroutine[Any, Any, _R], orphan: Callable[[_R], None] | None = None
+) -> _R:
+    """Await ``work``, which runs to its end even when the caller is cancelled; then its
+    result goes to ``orphan`` (an opened stream must still be read or closed)."""
     task = asyncio.ensure_future(work)
     _detached.add(task)
     task.add_done_callback(_detached.discard)
     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
-    return await asyncio.shield(task)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if orphan is not None:
+            task.add_done_callback(partial(_hand_over, orphan))
+        raise
+
+
+def _hand_over(orphan: Callable[[_R], None], task: asyncio.Future[_R]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        orphan(task.result())
 
 
 class Pipeline:
@@ -159,20 +173,34 @@ class Pipeline:
             affinity_key=_affinity_key(prepared),
             pool=plan.pool,
         )
-        upstream = await self._forward(plan, lookup, worker)
-        self._observe_ttft(ctx, lookup.outcome)
-        ctx.draft.ttft_ms = (time.perf_counter() - ctx.started) * 1000
-
-        async def on_end(answer: CachedAnswer | None) -> None:
-            if answer is not None:
-                self._note_answer(ctx, answer)
-            self._note_summary(ctx, stream.recorder.summary())
-            await self._complete(plan, lookup, self._storable(ctx, plan, answer))
 
         guard = None
         if self._moderator is not None and self._moderator.checks_answers:
             guard = self._moderator.stream_guard(ctx.draft)
-        stream = RecordingStream(upstream, prepared.client_wants_usage, on_end, guard)
+        # A coalescing leader's generation outlives its client: opened and read to the end
+        # for the waiters even when the client leaves (before or after the first chunk).
+        leads = lookup.lead is not None
+
+        def record(upstream: ChunkStream) -> RecordingStream:
+            async def on_end(answer: CachedAnswer | None) -> None:
+                if answer is not None:
+                    self._note_answer(ctx, answer)
+                self._note_summary(ctx, recording.recorder.summary())
+                await self._complete(plan, lookup, self._storable(ctx, plan, answer))
+
+            recording = RecordingStream(
+                upstream, prepared.client_wants_usage, on_end, guard, finish_on_close=leads
+            )
+            return recording
+
+        opening = self._forward(plan, lookup, worker)
+        if leads:
+            upstream = await keep_going(opening, orphan=lambda opened: record(opened).close())
+        else:
+            upstream = await opening
+        self._observe_ttft(ctx, lookup.outcome)
+        ctx.draft.ttft_ms = (time.perf_counter() - ctx.started) * 1000
+        stream = record(upstream)
         gaps = self._metrics.inter_token.labels(ctx.route)
         return StreamedAnswer(GapTimer(stream, gaps.observe), lookup.outcome)
 

@@ -9,6 +9,7 @@ the client did not ask for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -173,8 +174,13 @@ class RecordingStream:
         forward_usage: bool,
         on_end: Callable[[CachedAnswer | None], Awaitable[None]],
         guard: Callable[[AnswerRecorder], None] | None = None,
+        finish_on_close: bool = False,
     ) -> None:
         self._guard = guard
+        # A coalescing leader's stream: closed before its end (the client left), it is
+        # read to the end in the background, so on_end stores and shares the answer.
+        self._finish_on_close = finish_on_close
+        self._finishing = False
         self._upstream = upstream
         self._chunks = upstream.__aiter__()
         self._forward_usage = forward_usage
@@ -206,6 +212,10 @@ class RecordingStream:
                 if out:
                     return out
                 raise
+            except asyncio.CancelledError:
+                if not self._finish_on_close:
+                    await self._end(None)
+                raise  # a leader's stream: close() reads on for the waiters
             except BaseException:
                 await self._end(None)
                 raise
@@ -238,12 +248,29 @@ class RecordingStream:
             await on_end(answer)
 
     def close(self) -> None:
+        if self._finish_on_close and self._on_end is not None:
+            if not self._finishing:
+                self._finishing = True
+                task = asyncio.get_running_loop().create_task(self._finish())
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+            return  # _finish ends it
         self._upstream.close()
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
             task = asyncio.get_running_loop().create_task(_run(on_end(None)))
             _background.add(task)
             task.add_done_callback(_background.discard)
+
+    async def _finish(self) -> None:
+        """Read the rest of the worker's answer for nobody but on_end."""
+        try:
+            with contextlib.suppress(Exception):
+                async for _ in self:
+                    pass
+        finally:
+            self._upstream.close()
+            await self._end(None)  # broke off (or cancelled): on_end(None) if not yet run
 
 
 async def _run(awaitable: Awaitable[None]) -> None:

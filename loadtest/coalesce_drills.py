@@ -4,9 +4,9 @@ a worker double whose generations take ``generation_s`` (localstack/slow_worker.
 * ``kill_the_leader``: a request leads on replica A; identical requests wait on replica
   B; A is SIGKILLed mid-generation. The waiters elect a new leader when A's lease lapses:
   answered within the lease plus one generation, with one extra worker request.
-* ``the_leader_hangs_up``: a request leads on replica A, identical requests wait on A and
-  B, and the leader's client disconnects mid-generation. The leader generates on: the
-  waiters get its answer, at no extra worker request.
+* ``the_leader_hangs_up``: a request leads on replica A (streamed or not), identical
+  requests wait on A and B, and the leader's client disconnects mid-generation. The
+  leader generates on: the waiters get its answer, at no extra worker request.
 
 tests/test_hardening_drills.py asserts on the figures; loadtest/bench_hardening.py prints
 them for ``make bench``.
@@ -101,13 +101,14 @@ async def stack(
                 process.stop()
 
 
-def _body(tag: str) -> dict[str, Any]:
+def _body(tag: str, stream: bool = False) -> dict[str, Any]:
     question = f"Is this bag real leather? ({tag})"
     return {
         "model": MODEL,
         "messages": [{"role": "user", "content": question}],
         "temperature": 0,
         "max_tokens": 8,
+        "stream": stream,  # not part of the cache key: streams and JSON coalesce together
     }
 
 
@@ -170,15 +171,21 @@ async def kill_the_leader(
 
 
 async def the_leader_hangs_up(
-    run_dir: Path, lease_s: float = 2.0, generation_s: float = 3.0, waiters: int = 8
+    run_dir: Path,
+    lease_s: float = 2.0,
+    generation_s: float = 3.0,
+    waiters: int = 8,
+    stream: bool = False,
 ) -> DrillResult:
+    """``stream``: the leader's request streams (its client leaves after the first chunks)."""
     async with (
         stack(run_dir, lease_s, generation_s) as (worker, first, second),
         httpx.AsyncClient(timeout=120) as client,
     ):
-        body = _body(uuid.uuid4().hex)
+        tag = uuid.uuid4().hex
+        body = _body(tag)
         before = await _asked(client, worker)
-        leader = asyncio.create_task(client.post(first.url + CHAT, json=body))
+        leader = asyncio.create_task(client.post(first.url + CHAT, json=_body(tag, stream)))
         await _until_asked(client, worker, before + 1)
         tasks = await _waiters(client, [first.url, second.url], body, waiters)
         leader.cancel()  # the leader's client hangs up mid-generation

@@ -10,15 +10,17 @@ GET /count answers how many chat completions it has been asked for, finished or 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from localstack.echo_worker import MODEL
@@ -42,7 +44,9 @@ def app(seconds: float) -> Starlette:
     async def chat(request: Request) -> Response:
         nonlocal asked
         asked += 1
-        await request.body()
+        body = json.loads(await request.body())
+        if body.get("stream"):
+            return StreamingResponse(_chunks(asked), media_type="text/event-stream")
         await asyncio.sleep(seconds)  # the generation
         return JSONResponse(
             {
@@ -60,6 +64,22 @@ def app(seconds: float) -> Starlette:
                 "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
             }
         )
+
+    async def _chunks(number: int) -> AsyncIterator[bytes]:
+        """The same answer in six pieces, spread over the generation."""
+        for piece in ("ans", "wer", " ", str(number), "", ""):
+            await asyncio.sleep(seconds / 6)
+            delta = {"content": piece} if piece else {}
+            chunk = {"object": "chat.completion.chunk", "model": MODEL,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        end = {"object": "chat.completion.chunk", "model": MODEL,
+               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}  # fmt: skip
+        counts = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        usage = {"object": "chat.completion.chunk", "model": MODEL, "choices": [], "usage": counts}
+        for event in (end, usage):
+            yield b"data: " + json.dumps(event).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
     return Starlette(
         routes=[

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from typing import Any
 
@@ -16,10 +17,12 @@ import httpx
 import pytest
 from PIL import Image
 
+from gateway.errors import ErrorCode, GatewayError
 from gateway.protocol import ChatCompletionRequest
 from gateway.ratelimit import estimate_tokens
 from gateway.validation import bounds, parse, prepare
 from gateway.validation.bounds import heavy_work
+from gateway.validation.offload import PROCESS_BODY_BYTES, BodyParser
 from gateway.validation.parse import parse_chat_request
 from gateway.validation.prepare import prepare_chat
 from tests.doubles.fake_worker import FakeWorker
@@ -35,6 +38,13 @@ SETTINGS = gateway_settings("http://127.0.0.1:1", **PRODUCTION)
 
 def _empty_messages(count: int) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": ""}] * count}
+
+
+def noise_png(side: int) -> bytes:
+    """A PNG that does not compress: about 3 bytes a pixel."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, "PNG")
+    return out.getvalue()
 
 
 def palette_png(side: int = 4096) -> bytes:
@@ -138,3 +148,23 @@ async def test_a_large_body_is_parsed_and_validated_off_the_event_loop(
     main = threading.main_thread().name
     assert seen[0] != main  # large: in a thread
     assert seen[1] == main  # small: a thread hop would cost more than the work
+
+
+# --- a very large body is parsed in a process of its own (the GIL would stall a thread) -----
+
+
+async def test_a_very_large_body_is_parsed_in_a_child_process() -> None:
+    parser = BodyParser(SETTINGS)
+    try:
+        with pytest.raises(GatewayError) as caught:
+            await parser.parse_chat(json.dumps(_empty_messages(300_000)).encode())
+        assert (caught.value.code, caught.value.param) == (ErrorCode.INVALID_REQUEST, "messages")
+        assert parser._executor is not None  # the child did the work
+        photo = data_uri(noise_png(700), "image/png")
+        body = json.dumps(image_chat_body("what is it?", photo)).encode()
+        assert len(body) > PROCESS_BODY_BYTES
+        parsed = await parser.parse_chat(body)
+        assert isinstance(parsed, ChatCompletionRequest)
+        assert parsed.messages[0].content[0].image_url.url == photo  # type: ignore[index,union-attr]
+    finally:
+        parser.close()

@@ -26,3 +26,11 @@ async def test_the_leaders_client_hanging_up_costs_no_worker_request(tmp_path: P
     assert result.answered == result.waiters
     assert result.extra_worker_requests == 0
     assert result.seconds_to_last_answer < result.generation_s + SLACK_S
+
+
+async def test_a_streaming_leaders_client_hanging_up_costs_no_worker_request(
+    tmp_path: Path,
+) -> None:
+    result = await the_leader_hangs_up(tmp_path, 2.0, 3.0, waiters=8, stream=True)
+    assert result.answered == result.waiters
+    assert result.extra_worker_requests == 0

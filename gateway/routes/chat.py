@@ -83,7 +83,11 @@ def _body(*models: type[Any]) -> dict[str, Any]:
 )
 async def chat_completions(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
     check_content_type(request.headers.get("content-type"))
-    parsed = await parse_chat_request(await request.body(), services.settings)
+    raw = await request.body()
+    if services.parser is not None:
+        parsed = await services.parser.parse_chat(raw)
+    else:
+        parsed = await parse_chat_request(raw, services.settings)
     if isinstance(parsed, VQARequest):
         return await _vqa(request, services, ctx, parsed)
     if parsed.stream:

@@ -15,6 +15,7 @@ from gateway.interactions.draft import InteractionDraft, draft_of
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, RequestContext
 from gateway.upstream.pool import WorkerPool
+from gateway.validation.offload import BodyParser
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,8 @@ class Services:
     metrics: Metrics
     pool: WorkerPool
     pipeline: Pipeline
+    # Parses very large bodies in a process of its own (validation/offload.py).
+    parser: BodyParser | None = None
 
 
 # Dependencies are async on purpose: FastAPI runs plain `def` dependencies in a thread

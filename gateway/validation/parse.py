@@ -47,16 +47,17 @@ async def parse_json_object(raw: bytes) -> dict[str, Any]:
     return await off_loop_if(len(raw) > THREAD_BODY_BYTES, lambda: load_json_object(raw))
 
 
+def parse_chat_sync(raw: bytes, settings: Settings) -> ChatCompletionRequest | VQARequest:
+    """The chat endpoint's body, typed: JSON, the message and part counts, validation."""
+    data = load_json_object(raw)
+    check_counts(data, settings)
+    return parse_chat_body(data)
+
+
 async def parse_chat_request(raw: bytes, settings: Settings) -> ChatCompletionRequest | VQARequest:
-    """The chat endpoint's body, typed: JSON, the message and part counts, validation, in
-    one thread hop when the body is large (their cost grows with it)."""
-
-    def parse() -> ChatCompletionRequest | VQARequest:
-        data = load_json_object(raw)
-        check_counts(data, settings)
-        return parse_chat_body(data)
-
-    return await off_loop_if(len(raw) > THREAD_BODY_BYTES, parse)
+    """parse_chat_sync, in one thread hop when the body is large (its cost grows with it;
+    a very large body goes to a process of its own: offload.py)."""
+    return await off_loop_if(len(raw) > THREAD_BODY_BYTES, lambda: parse_chat_sync(raw, settings))
 
 
 def parse_chat_body(data: dict[str, Any]) -> ChatCompletionRequest | VQARequest:
