@@ -12,6 +12,7 @@ Scrape and evaluation every second, so the whole run takes a couple of minutes.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import signal
 import time
 import uuid
@@ -91,6 +92,14 @@ def stack(worker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     "GATEWAY_CACHE_NAMESPACE": f"observe-{uuid.uuid4().hex[:8]}",
                     "GATEWAY_AUTH_ENABLED": "true",
                     "GATEWAY_AUTH_REFRESH_S": "0.5",
+                    # Named pools, as a canary rollout runs: the gateway's series carry them.
+                    "GATEWAY_WORKER_URLS": "",
+                    "GATEWAY_WORKER_POOLS": json.dumps(
+                        [
+                            {"name": "stable", "weight": 50, "urls": [worker_url]},
+                            {"name": "canary", "weight": 50, "urls": [doomed.url]},
+                        ]
+                    ),
                 },
             )
             processes.append(gateway)
@@ -182,6 +191,9 @@ def test_every_panel_returns_data_then_a_killed_worker_pages(stack: Stack) -> No
 
     # Nothing pages on a healthy stack.
     assert not stack.webhook.firing("VlmWorkerDown")
+    # The gateway labels its worker series with the pools it was given.
+    pools = observers.query(stack.prometheus_url, "sum by (pool) (gateway_worker_requests_total)")
+    assert {series["metric"]["pool"] for series in pools} == {"stable", "canary"}
     firing = 'ALERTS{alertname="VlmWorkerDown",alertstate="firing"}'
     assert not observers.query(stack.prometheus_url, firing)
 
