@@ -177,6 +177,8 @@ bench: install services ## every benchmark in one run, then loadtest/results/REP
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway_cpu | tee loadtest/results/bench-gateway-cpu.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_anchors | tee loadtest/results/bench-anchors.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_cache | tee loadtest/results/bench-cache.txt
+	# event-loop lag under the largest bodies the limits allow; coalescing drills (issue 15)
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_hardening | tee loadtest/results/bench-hardening.txt
 	$(PY) -m loadtest.bench_interactions | tee loadtest/results/bench-interactions.txt
 	# stats/top over 1 and 10 million rows, plain and daily-partitioned (minutes: not in make test)
 	$(PY) -m loadtest.bench_interactions_scale | tee loadtest/results/bench-interactions-scale.txt

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # the typed validation, whose cost grows with both (gateway/validation/bounds.py).
     max_messages: int = Field(default=2048, gt=0)
     max_content_parts: int = Field(default=256, gt=0)
+    # Bodies over 1 MB are parsed in a child process (gateway/validation/offload.py); start
+    # it with the replica, so its imports (seconds of CPU) do not land on the first such
+    # request. Off: started at the first one (tests that build many apps in one process).
+    parse_process_warm: bool = True
     max_image_pixels: int = Field(default=4096 * 4096, gt=0, le=PILLOW_MAX_IMAGE_PIXELS)
     max_tokens_cap: int = Field(default=2048, gt=0)
     default_max_tokens: int = Field(default=256, gt=0)

@@ -8,8 +8,9 @@ the message and part counts, validates it, and sends back the typed request or o
 only a body within the limits comes back, and that is cheap to unpickle (its bulk is one
 or two image strings). Smaller bodies take a thread or stay on the loop (parse.py).
 
-One child, started at the first large body (most replicas never see one), so these
-bodies queue for it instead of taking every core; it is replaced when it dies.
+One child, started with the replica (``GATEWAY_PARSE_PROCESS_WARM``; else at the first
+large body), so these bodies queue for it instead of taking every core; it is replaced
+when it dies.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ _Parsed = ChatCompletionRequest | VQARequest
 _Outcome = tuple[_Parsed | None, tuple[str, str, str | None] | None]
 
 
+def _ready() -> bool:
+    return True
+
+
 def _parse_in_child(raw: bytes, settings: Settings) -> _Outcome:
     try:
         return parse_chat_sync(raw, settings), None
@@ -49,6 +54,7 @@ class BodyParser:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._executor: ProcessPoolExecutor | None = None
+        self._warming: asyncio.Future[bool] | None = None
 
     async def parse_chat(self, raw: bytes) -> _Parsed:
         if len(raw) <= PROCESS_BODY_BYTES:
@@ -68,6 +74,11 @@ class BodyParser:
         assert parsed is not None
         return parsed
 
+    def warm(self) -> None:
+        """Start the child now, in the background (its imports take seconds of CPU)."""
+        self._warming = asyncio.get_running_loop().run_in_executor(self._child(), _ready)
+        self._warming.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     def _child(self) -> ProcessPoolExecutor:
         if self._executor is None:
             # spawn: a fork would copy the event loop's threads and sockets into the child.
@@ -85,4 +96,6 @@ def open_body_parser(settings: Settings, stack: AsyncExitStack) -> BodyParser:
     """The replica's body parser; its child process (if one started) ends with ``stack``."""
     parser = BodyParser(settings)
     stack.callback(parser.close)
+    if settings.parse_process_warm:
+        parser.warm()
     return parser

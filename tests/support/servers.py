@@ -66,6 +66,8 @@ def gateway_settings(*worker_urls: str, **overrides: Any) -> Settings:
         "log": InteractionLogSettings(enabled=False),
         # API keys and rate limits have tests of their own (test_auth_http, ...).
         "auth": AuthSettings(enabled=False),
+        # In-process apps are many and short-lived: no body-parser child until one is needed.
+        "parse_process_warm": False,
         **overrides,
     }
     return Settings(**values)
