@@ -1,8 +1,9 @@
 """What the per-key limits cost a request: the Redis work of one admission, timed.
 
-One admission is what the gateway does for a keyed request: requests-per-minute hit and
-window look, a concurrency lease, tokens-per-minute hit and look, the lease's release
-(the ``limits`` library's sliding-window scripts over redis-py, and our lease scripts).
+One admission is what the gateway does for a keyed request: the concurrency lease and one
+request unit in one script (``ConcurrencyLimiter.admit``), tokens per minute in one
+(``WindowLimiter.hit``), the lease's release: three Redis round trips (six before issue
+16: the ``limits`` library's hit and window-stats scripts for each limit, and the lease).
 Run against the machine's Redis: ``python -m loadtest.bench_ratelimit``.
 """
 
@@ -29,8 +30,7 @@ async def one_round(windows: WindowLimiter, leases: ConcurrencyLimiter) -> list[
     durations = []
     for _ in range(ADMISSIONS):
         start = time.perf_counter()
-        await windows.hit("requests", key, 10**9)
-        lease, _ = await leases.acquire(key, 10**6)
+        lease, _ = await leases.admit(key, 10**6, 10**9)
         await windows.hit("tokens", key, 10**9, 1200)
         assert lease is not None
         await leases.release(lease)
