@@ -102,6 +102,7 @@ def test_content_may_be_a_string_or_parts() -> None:
     uri = data_uri(image_bytes())
     request = parse_chat_body(image_chat_body("what?", uri))
     assert isinstance(request, ChatCompletionRequest)
+    assert request.messages[0].content is not None  # None only for tool-call messages
     assert len(request.messages[0].content) == 2
 
 
