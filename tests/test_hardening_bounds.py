@@ -130,7 +130,7 @@ async def test_a_many_pixel_image_is_decoded_off_the_event_loop(
     assert all(name != threading.main_thread().name for name in seen)
 
 
-async def test_a_large_body_is_parsed_and_validated_off_the_event_loop(
+async def test_a_body_of_many_objects_is_parsed_and_validated_off_the_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[str] = []
@@ -141,13 +141,14 @@ async def test_a_large_body_is_parsed_and_validated_off_the_event_loop(
         return real(data)
 
     monkeypatch.setattr(parse, "parse_chat_body", recording)
-    large = chat_body("x" * (100 * 1024))
-    await parse_chat_request(json.dumps(large).encode(), SETTINGS)
-    small = chat_body("is this bag real leather?")
-    await parse_chat_request(json.dumps(small).encode(), SETTINGS)
+    many = _empty_messages(200)  # 4 KB, but 200 objects to build and validate
+    await parse_chat_request(json.dumps(many).encode(), SETTINGS)
+    photo = image_chat_body("is this bag real leather?", data_uri(noise_png(150)))
+    assert len(json.dumps(photo)) > 64 * 1024  # one long string: parsed in microseconds
+    await parse_chat_request(json.dumps(photo).encode(), SETTINGS)
     main = threading.main_thread().name
-    assert seen[0] != main  # large: in a thread
-    assert seen[1] == main  # small: a thread hop would cost more than the work
+    assert seen[0] != main  # many objects: in a thread
+    assert seen[1] == main  # a photo: a thread hop would cost more than the work
 
 
 # --- a very large body is parsed in a process of its own (the GIL would stall a thread) -----

@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.protocol import ChatCompletionRequest, VQARequest
-from gateway.validation.bounds import THREAD_BODY_BYTES, check_counts, off_loop_if
+from gateway.validation.bounds import check_counts, heavy_body, off_loop_if
 
 _M = TypeVar("_M", ChatCompletionRequest, VQARequest)
 
@@ -44,7 +44,7 @@ def load_json_object(raw: bytes) -> dict[str, Any]:
 
 async def parse_json_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object; parsed in a thread when large (bounds.py)."""
-    return await off_loop_if(len(raw) > THREAD_BODY_BYTES, lambda: load_json_object(raw))
+    return await off_loop_if(heavy_body(raw), lambda: load_json_object(raw))
 
 
 def parse_chat_sync(raw: bytes, settings: Settings) -> ChatCompletionRequest | VQARequest:
@@ -57,7 +57,7 @@ def parse_chat_sync(raw: bytes, settings: Settings) -> ChatCompletionRequest | V
 async def parse_chat_request(raw: bytes, settings: Settings) -> ChatCompletionRequest | VQARequest:
     """parse_chat_sync, in one thread hop when the body is large (its cost grows with it;
     a very large body goes to a process of its own: offload.py)."""
-    return await off_loop_if(len(raw) > THREAD_BODY_BYTES, lambda: parse_chat_sync(raw, settings))
+    return await off_loop_if(heavy_body(raw), lambda: parse_chat_sync(raw, settings))
 
 
 def parse_chat_body(data: dict[str, Any]) -> ChatCompletionRequest | VQARequest:
