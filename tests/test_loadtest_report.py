@@ -163,7 +163,7 @@ def test_targets_are_judged(full_report: tuple[Path, str]) -> None:
     assert "3.50 ms (2.50–4.00)" in lookup
     assert "| met |" in _target_row(report, "Worker SIGKILL drill: client errors")
     assert "**missed**" in _target_row(report, "Locust: HTTP p95 response time")
-    assert "5 met, 2 missed, 2 not measured yet." in report
+    assert "5 met, 2 missed, 6 not measured yet." in report
 
 
 def test_sections_show_ratios_with_their_spread(full_report: tuple[Path, str]) -> None:
@@ -188,7 +188,7 @@ def test_sections_show_ratios_with_their_spread(full_report: tuple[Path, str]) -
 def test_nothing_measured_gives_a_report_of_pending_targets(tmp_path: Path) -> None:
     report = build_report(tmp_path, now=NOW).read_text()
     assert report.count(f"*{NOT_MEASURED}*") == len(SECTIONS)
-    assert "0 met, 0 missed, 6 not measured yet." in report
+    assert "0 met, 0 missed, 10 not measured yet." in report
     assert not (tmp_path / "plots").exists()
 
 
@@ -209,3 +209,46 @@ def test_stat_accepts_numbers_and_dicts_and_refuses_the_rest() -> None:
     for bad in (True, "1", [1], {"mean": 1}):
         with pytest.raises(ValueError, match="not a measurement"):
             Stat.parse(bad)
+
+
+def _anchor_stats(**medians: float) -> dict[str, dict[str, float]]:
+    return {name: {"median": v, "min": v, "max": v} for name, v in medians.items()}
+
+
+def test_the_anchors_section_shows_both_tables_and_the_benchmarks_verdicts(
+    tmp_path: Path,
+) -> None:
+    miss = {
+        name: {
+            "request_throughput": {"median": thru, "min": thru, "max": thru},
+            "median_ttft_ms": {"median": ttft, "min": ttft, "max": ttft},
+        }
+        for name, thru, ttft in (("direct", 40.0, 180.0), ("vllm-router", 38.0, 190.0))
+    }
+    ratios = {
+        "direct": {"throughput_ratio": 1.0, "added_median_ttft_ms": 0.0},
+        "vllm-router": {"throughput_ratio": 0.95, "added_median_ttft_ms": 10.0},
+    }
+    hit = {
+        "endpoints": {
+            "nginx static": {**_anchor_stats(throughput_rps=5000.0, median_latency_ms=2.5),
+                             "outcomes": {"other": 600}, "share_of_ceiling": 1.0},
+            "nginx+2 gateways": {**_anchor_stats(throughput_rps=500.0, median_latency_ms=30.0),
+                                 "outcomes": {"hit": 600}, "share_of_ceiling": 0.1},
+        },
+        "log_on_over_off": {"median": 0.97, "min": 0.9, "max": 1.0},
+    }  # fmt: skip
+    targets = [{"name": "Hits: Nginx + 2 gateways / static Nginx", "threshold": "≥ 0.35",
+                "measured": "0.100", "met": False}]  # fmt: skip
+    _write(tmp_path, "bench-anchors.json", {
+        "machine": MACHINE, "workload": "anchors", "rounds": 3, "targets": targets,
+        "miss": {"summary": miss, "ratios": ratios}, "hit": hit,
+    })  # fmt: skip
+    report = build_report(tmp_path, now=NOW).read_text()
+    section = report[report.index("## Against the anchors") :]
+    assert "| vllm-router | 38.0 | 0.950 | 190.0 | +10.0 |" in section
+    assert "| nginx+2 gateways | 500 | 0.100 | 30.00 | hit 600 |" in section
+    assert "interaction log on / off on hits: 0.970 (0.900–1.000)" in section
+    row = _target_row(report, "Hits: Nginx + 2 gateways / static Nginx")
+    assert "| 0.100 | **missed** |" in row
+    assert (tmp_path / "plots" / "anchors.png").exists()
