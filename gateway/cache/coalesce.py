@@ -151,6 +151,7 @@ class Coalescer:
         self._local_leaders: dict[str, asyncio.Future[CachedAnswer | None]] = {}
         self._waiters: dict[str, set[asyncio.Future[bytes]]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._renewals: set[asyncio.Task[None]] = set()
         self.listener_reconnects = 0
 
     # -- lifespan -----------------------------------------------------------------------------
@@ -160,6 +161,8 @@ class Coalescer:
 
     async def stop(self) -> None:
         await cancel_task(self._listener)
+        for renewal in list(self._renewals):
+            await cancel_task(renewal)
         for future in self._local_leaders.values():
             if not future.done():
                 future.set_result(None)
@@ -251,6 +254,8 @@ class Coalescer:
         self._local_leaders[key] = future
         lead = Lead(key, token, future)
         lead.renewal = asyncio.create_task(self._renew(lead), name="coalesce-lease")
+        self._renewals.add(lead.renewal)
+        lead.renewal.add_done_callback(self._renewals.discard)
         return lead
 
     async def _renew(self, lead: Lead) -> None:
