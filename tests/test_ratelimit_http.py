@@ -94,19 +94,20 @@ async def test_tokens_per_minute_count_images(
     fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient
 ) -> None:
     key = create_key(log_database_url, "--tpm", "1200")
-    # 960 x 960 is 30 x 30 = 900 image tokens; "what is it?" is 4; max_tokens 16: 920.
+    # 960 x 960 is 30 x 30 = 900 image tokens; "what is it?" is 4; its one message's
+    # template 5; max_tokens 16: 925.
     photo = image_chat_body("what is it?", data_uri(image_bytes(size=(960, 960))), max_tokens=16)
-    small = chat_body("hello", max_tokens=16)  # 2 + 16 = 18
+    small = chat_body("hello", max_tokens=16)  # 2 + 5 + 16 = 23
     async with keyed_gateway(fake_worker.url, log_database_url) as url:
         ok = await http.post(url + CHAT, json=small, headers=bearer(key))
-        assert ok.headers["x-ratelimit-remaining-tokens"] == str(1200 - 18)
+        assert ok.headers["x-ratelimit-remaining-tokens"] == str(1200 - 23)
         ok = await http.post(url + CHAT, json=photo, headers=bearer(key))
         assert ok.status_code == 200, ok.text
-        assert ok.headers["x-ratelimit-remaining-tokens"] == str(1200 - 18 - 920)
+        assert ok.headers["x-ratelimit-remaining-tokens"] == str(1200 - 23 - 925)
         refused = await http.post(url + CHAT, json=photo, headers=bearer(key))
         assert_429(refused)
         assert refused.headers["x-ratelimit-limit-tokens"] == "1200"
-        assert refused.headers["x-ratelimit-remaining-tokens"] == str(1200 - 18 - 920)
+        assert refused.headers["x-ratelimit-remaining-tokens"] == str(1200 - 23 - 925)
         assert "tokens" in refused.json()["error"]["message"]
         # A refusal charges nothing: a small request still fits.
         assert (await http.post(url + CHAT, json=small, headers=bearer(key))).is_success
