@@ -76,8 +76,8 @@ class InteractionLogMiddleware:
         self,
         app: ASGIApp,
         sink: RecordSink,
-        trusted_proxies: Sequence[IPv4Network | IPv6Network] = (),
         metrics: Metrics | None = None,
+        trusted_proxies: Sequence[IPv4Network | IPv6Network] = (),
     ) -> None:
         self.app = app
         self.sink = sink
