@@ -301,6 +301,15 @@ def inspect_image(data: bytes, limits: ImageLimits, param: str | None) -> ImageI
     )
 
 
+def verify_decode(image: CheckedImage, param: str | None) -> None:
+    """Decode every pixel of a checked image (400 if it does not decode): run before a
+    worker sees the image, never on a cache hit (gateway/validation/pixels.py)."""
+    data = b64decode(image.data_uri.split(",", 1)[1])
+    size = (image.info.width, image.info.height)
+    if not _decodes(data, image.info.format, size):
+        raise _fail(ErrorCode.INVALID_IMAGE, "The image could not be decoded.", param)
+
+
 def first_frame_png(image: CheckedImage, limits: ImageLimits, param: str | None) -> CheckedImage:
     """A GIF as the worker gets it: its first frame, as PNG (what vLLM would read of it
     anyway; the worker never parses GIF, and the digest is of what the model sees)."""

@@ -165,6 +165,7 @@ class Pipeline:
             events = completion_sse(lookup.answer, prepared.model, prepared.client_wants_usage)
             self._observe_ttft(ctx, lookup.outcome)
             return StreamedAnswer(ReplayStream(events), lookup.outcome)
+        await self._decode_images(prepared, plan, lookup)
         worker = self._upstream.open_stream(
             CHAT_PATH,
             prepared.body,
@@ -324,6 +325,13 @@ class Pipeline:
         if self._cache is not None:
             await self._cache.complete(plan, lookup, answer)
 
+    async def _decode_images(
+        self, prepared: PreparedRequest, plan: CachePlan, lookup: Lookup
+    ) -> None:
+        """The full image decode (400 for a corrupt image) before a worker sees the images:
+        after the lookup, so a cache hit never decodes pixels (validation/pixels.py)."""
+        await self._forward(plan, lookup, prepared.pixels.verify())
+
     async def _forward(self, plan: CachePlan, lookup: Lookup, call: Awaitable[_R]) -> _R:
         """Await the worker; on any failure (cancellation included) release the cache plan,
         so a coalescing leader's waiters are told to ask for themselves."""
@@ -339,6 +347,7 @@ class Pipeline:
         if lookup.answer is not None:
             await self._serve_stored(ctx, plan, lookup.answer)
             return completion_json(lookup.answer, prepared.model), lookup.outcome
+        await self._decode_images(prepared, plan, lookup)
         generation = self._generate(ctx, prepared, plan, lookup)
         if lookup.lead is not None:
             # A coalescing leader generates for its waiters too: its client leaving (common

@@ -136,6 +136,7 @@ class Moderator:
         self, draft: InteractionDraft, request_id: str, prepared: PreparedRequest, param: str
     ) -> None:
         assert self._images is not None
+        await prepared.pixels.verify()  # the question below shows the images to a worker
         started = time.perf_counter()
         try:
             parts = await image_parts(prepared.body)

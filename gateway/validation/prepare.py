@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from pydantic_core import PydanticSerializationError, to_json
@@ -43,6 +43,7 @@ from gateway.validation.features import (
     read_features,
     worker_payload,
 )
+from gateway.validation.pixels import PixelCheck, pixel_check
 
 _T = TypeVar("_T")
 
@@ -76,6 +77,8 @@ class PreparedRequest:
     features: Features = NO_FEATURES
     # Messages in the request: each costs template tokens in the estimate (bounds.py).
     messages: int = 1
+    # The full decode of the images, still to run before a worker sees them (pixels.py).
+    pixels: PixelCheck = field(default_factory=PixelCheck)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +129,9 @@ def _check_image_count(count: int, settings: Settings, param: str) -> None:
 
 
 def _limits(settings: Settings) -> ImageLimits:
-    return ImageLimits(
-        max_pixels=settings.max_image_pixels, verify_decode=settings.verify_image_decode
-    )
+    # The full decode is not part of preparing: it runs before a worker sees the images,
+    # after the cache lookup (pixels.py), so a cache hit never decodes pixels.
+    return ImageLimits(max_pixels=settings.max_image_pixels, verify_decode=False)
 
 
 def _check_one(
@@ -284,13 +287,21 @@ async def prepare_chat(
         prepared = _prepared(
             request.model, request.stream, payload, checked, text, wants_usage, settings
         )
+        params = [param for _, param in content.images]
+        pixels = pixel_check(checked, params, settings.verify_image_decode)
         if features.uuid_salt is not None and settings.worker_image_uuids:
             uuids = [f"{image.sha256}.{features.uuid_salt}" for image in prepared.images]
             body = worker_body(payload, uuids)
             return dataclasses.replace(
-                prepared, features=features, body=body, messages=len(request.messages)
+                prepared,
+                features=features,
+                body=body,
+                messages=len(request.messages),
+                pixels=pixels,
             )
-        return dataclasses.replace(prepared, features=features, messages=len(request.messages))
+        return dataclasses.replace(
+            prepared, features=features, messages=len(request.messages), pixels=pixels
+        )
 
     return await off_loop_if(heavy, finish)
 
@@ -329,7 +340,9 @@ async def prepare_vqa(
             "stream": False,
         }
         text = _Text(request.prompt, len(request.prompt), payload["max_tokens"], "prompt")
-        return _prepared(model, False, payload, [image], text, False, settings)
+        prepared = _prepared(model, False, payload, [image], text, False, settings)
+        pixels = pixel_check([image], ["image"], settings.verify_image_decode)
+        return dataclasses.replace(prepared, pixels=pixels)
 
     return await off_loop_if(heavy_work(references=[request.image], fetched=[fetched]), finish)
 
