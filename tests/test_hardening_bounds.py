@@ -169,3 +169,17 @@ async def test_a_very_large_body_is_parsed_in_a_child_process() -> None:
         assert parsed.messages[0].content[0].image_url.url == photo  # type: ignore[index,union-attr]
     finally:
         parser.close()
+
+
+async def test_a_large_photo_body_is_not_sent_to_the_child_process() -> None:
+    """Few values, however long: parsed in a thread, never pickled to the child and back."""
+    parser = BodyParser(SETTINGS)
+    try:
+        photo = data_uri(noise_png(700), "image/png")
+        body = json.dumps(image_chat_body("what is it?", photo)).encode()
+        assert len(body) > PROCESS_BODY_BYTES
+        parsed = await parser.parse_chat(body)
+        assert isinstance(parsed, ChatCompletionRequest)
+        assert parser._executor is None  # no child was started for it
+    finally:
+        parser.close()
