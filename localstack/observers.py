@@ -65,44 +65,41 @@ def wait_ready(proc: LocalProcess, url: str, timeout_s: float = 30.0) -> None:
     raise StartError(f"{proc.name}: {url} not ready after {timeout_s:.0f}s:\n{proc.log_tail()}")
 
 
-def start_nginx_exporter(directory: Path, status_url: str) -> LocalProcess:
+def _start_exporter(
+    name: str,
+    directory: Path,
+    args: list[str],
+    listen_flag: str,
+    env: dict[str, str] | None = None,
+) -> LocalProcess:
+    """One exporter from its Debian package, on a free loopback port, once it serves."""
     port = free_port()
-    proc = _start(
-        "nginx-exporter",
-        [binary("prometheus-nginx-exporter"), "-nginx.scrape-uri", status_url,
-         "-web.listen-address", f"127.0.0.1:{port}"],
-        directory,
-        port,
-    )  # fmt: skip
+    command = [binary(f"prometheus-{name}"), *args, f"{listen_flag}=127.0.0.1:{port}"]
+    proc = _start(name, command, directory, port, env=env)
     wait_ready(proc, f"http://127.0.0.1:{port}/metrics")
     return proc
+
+
+def start_nginx_exporter(directory: Path, status_url: str) -> LocalProcess:
+    return _start_exporter(
+        "nginx-exporter", directory, ["-nginx.scrape-uri", status_url], "-web.listen-address"
+    )
 
 
 def start_redis_exporter(directory: Path, redis_url: str) -> LocalProcess:
-    port = free_port()
-    proc = _start(
-        "redis-exporter",
-        [binary("prometheus-redis-exporter"), "-redis.addr", redis_url,
-         "-web.listen-address", f"127.0.0.1:{port}"],
-        directory,
-        port,
-    )  # fmt: skip
-    wait_ready(proc, f"http://127.0.0.1:{port}/metrics")
-    return proc
+    return _start_exporter(
+        "redis-exporter", directory, ["-redis.addr", redis_url], "-web.listen-address"
+    )
 
 
 def start_mysqld_exporter(directory: Path, mysql_port: int) -> LocalProcess:
-    port = free_port()
-    proc = _start(
+    return _start_exporter(
         "mysqld-exporter",
-        [binary("prometheus-mysqld-exporter"), "--collect.slave_status",
-         f"--web.listen-address=127.0.0.1:{port}"],
         directory,
-        port,
+        ["--collect.slave_status"],
+        "--web.listen-address",
         env={"DATA_SOURCE_NAME": f"root:@(127.0.0.1:{mysql_port})/"},
-    )  # fmt: skip
-    wait_ready(proc, f"http://127.0.0.1:{port}/metrics")
-    return proc
+    )
 
 
 def alertmanager_config(webhook_url: str) -> dict[str, Any]:
