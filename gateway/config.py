@@ -7,7 +7,6 @@ start-up log instead of in the first user's error.
 from __future__ import annotations
 
 from typing import Annotated, Self
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,7 +16,7 @@ from gateway.interactions.settings import InteractionLogSettings
 from gateway.moderation.settings import ModerationSettings
 from gateway.ratelimit.settings import RateLimitSettings
 from gateway.remote_images.settings import RemoteImageSettings
-from gateway.upstream.settings import PoolSpec, parse_pools, single_pool
+from gateway.upstream.settings import PoolSpec, check_worker_urls, parse_pools, single_pool
 
 # Pillow warns above this many pixels and refuses at twice as many; our own cap must stay
 # below it so that Pillow never sees an image we have not already sized up ourselves.
@@ -158,16 +157,7 @@ class Settings(BaseSettings):
     @field_validator("worker_urls", "worker_dns", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = [part for part in value.split(",")]
-        if isinstance(value, list | tuple):
-            urls = tuple(str(part).strip().rstrip("/") for part in value if str(part).strip())
-            for url in urls:
-                parts = urlsplit(url)
-                if parts.scheme not in ("http", "https") or not parts.hostname:
-                    raise ValueError(f"worker URL {url!r} must be http(s)://host[:port]")
-            return urls
-        return value
+        return check_worker_urls(value)
 
     @field_validator("worker_pools", mode="before")
     @classmethod

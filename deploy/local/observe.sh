@@ -29,34 +29,7 @@ MYSQL_DSN=${MYSQL_DSN:-root:@(127.0.0.1:3306)/}
 
 mkdir -p "$LOG_DIR" "$PID_DIR" "$OBS_DIR"
 
-running() {
-  local pidfile=$PID_DIR/$1.pid
-  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
-}
-
-start() {  # name, command...: in the background, in its own process group
-  local name=$1; shift
-  if running "$name"; then
-    echo "  $name already running (pid $(cat "$PID_DIR/$name.pid"))"
-    return
-  fi
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
-  echo $! > "$PID_DIR/$name.pid"
-  echo "  started $name (pid $!), log $LOG_DIR/$name.log"
-}
-
-stop() {
-  local pidfile=$PID_DIR/$1.pid
-  [[ -f $pidfile ]] || return 0
-  local pid; pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    echo "  stopped $1 (pid $pid)"
-  fi
-  rm -f "$pidfile"
-}
+source deploy/local/processes.sh
 
 wait_http() {  # url: until it answers 200 (30 s)
   for _ in $(seq 60); do curl -sf -o /dev/null "$1" && return 0; sleep 0.5; done
