@@ -2,7 +2,7 @@
 # Refresh the copies this project keeps of its own sources: the chart carries the alert
 # rules and the Nginx template in files/ (Helm reads files only from inside the chart), and
 # compose's Prometheus config is the generator's output. tests/test_helm_sync.py and
-# tests/test_images_compose.py fail when a copy is stale.
+# tests/test_deploy_compose.py fail when a copy is stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 chart=helm/vlm-serve/files
