@@ -185,11 +185,17 @@ def main() -> None:
                     )
     finally:
         worker.stop()
-    base = statistics.median(results.get("miss", [float("nan")]))
     print(f"{'variant':<36} {'CPU ms/request':>15} {'(min-max)':>14} {'vs miss':>8}")
     for label, values in results.items():
         median = statistics.median(values)
-        delta = "" if label == "miss" else f"{median - base:+.2f}"
+        # Each variant against the plain miss of its own tree ("miss [after]" in an A/B).
+        suffix = label[label.index(" [") :] if label.endswith("]") else ""
+        base = results.get(f"miss{suffix}")
+        delta = (
+            ""
+            if base is None or label == f"miss{suffix}"
+            else f"{median - statistics.median(base):+.2f}"
+        )
         spread = f"({min(values):.3f}-{max(values):.3f})"
         print(f"{label:<36} {median:>15.3f} {spread:>14} {delta:>8}")
 
