@@ -12,44 +12,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
 from gateway.answers import CachedAnswer
-from gateway.breaker import CircuitBreaker
-from gateway.cache.coalesce import Alone, Coalescer, Joined, Lead, Stored
-from gateway.cache.store import AnswerCache, CacheUnavailable
+from gateway.cache.coalesce import Alone, Joined, Lead, Stored
+from gateway.cache.store import CacheUnavailable
+from tests.support.coalescing import SHARED_REDIS, Replica
 from tests.support.redis_server import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
-
-
-def _clients(url: str) -> tuple[Redis, Redis]:
-    fast = Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
-    pubsub = Redis.from_url(url, socket_connect_timeout=0.5)
-    return fast, pubsub
-
-
-class Replica:
-    """One gateway replica's cache objects (own clients and breaker), like the lifespan's."""
-
-    def __init__(self, url: str, namespace: str, wait_timeout_s: float = 10.0) -> None:
-        self.redis, self.pubsub = _clients(url)
-        self.breaker = CircuitBreaker(open_seconds=1.0)
-        self.cache = AnswerCache(self.redis, self.breaker, ttl_seconds=60, max_value_bytes=4096)
-        self.coalescer = Coalescer(
-            self.redis, self.pubsub, self.breaker, self.cache, namespace,
-            lease_s=5.0, wait_timeout_s=wait_timeout_s, poll_interval_s=0.1,
-        )  # fmt: skip
-
-    async def __aenter__(self) -> Replica:
-        await self.coalescer.start()
-        await asyncio.sleep(0.05)  # let the pattern subscription settle
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.coalescer.stop()
-        await self.redis.aclose()
-        await self.pubsub.aclose()
 
 
 @pytest.fixture
@@ -60,8 +30,8 @@ def namespace() -> str:
 @pytest.fixture
 async def replicas(namespace: str) -> AsyncIterator[tuple[Replica, Replica]]:
     async with (
-        Replica("redis://127.0.0.1:6379/0", namespace) as a,
-        Replica("redis://127.0.0.1:6379/0", namespace) as b,
+        Replica(SHARED_REDIS, namespace) as a,
+        Replica(SHARED_REDIS, namespace) as b,
     ):
         yield a, b
         keys = [k async for k in a.redis.scan_iter(f"{namespace}:*")]
@@ -125,7 +95,7 @@ async def test_waiters_elect_one_new_leader_when_the_leader_fails(
 
 
 async def test_a_leader_that_dies_is_replaced_when_its_lease_lapses(namespace: str) -> None:
-    async with Replica("redis://127.0.0.1:6379/0", namespace) as replica:
+    async with Replica(SHARED_REDIS, namespace) as replica:
         key = f"{namespace}:v1:answer:dead"
         # A leader elsewhere took the lease and died: it never renews, publishes or releases.
         await replica.redis.set(f"{key}:lock", "dead-leader", px=300)
@@ -137,7 +107,7 @@ async def test_a_leader_that_dies_is_replaced_when_its_lease_lapses(namespace: s
 
 
 async def test_a_waiter_gives_up_after_its_wait_timeout(namespace: str) -> None:
-    async with Replica("redis://127.0.0.1:6379/0", namespace, wait_timeout_s=0.5) as replica:
+    async with Replica(SHARED_REDIS, namespace, wait_timeout_s=0.5) as replica:
         key = f"{namespace}:v1:answer:slow"
         await replica.redis.set(f"{key}:lock", "slow-leader", px=10_000)
         result = await replica.coalescer.acquire(key)

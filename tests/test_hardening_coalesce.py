@@ -12,40 +12,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from gateway.answers import CachedAnswer
-from gateway.breaker import CircuitBreaker
-from gateway.cache.coalesce import Coalescer, Joined, Lead, lock_key
+from gateway.cache.coalesce import Joined, Lead, lock_key
 from gateway.cache.keys import derive_key
-from gateway.cache.store import AnswerCache
+from tests.support.coalescing import SHARED_REDIS, Replica
 from tests.support.redis_server import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
-
-
-class Replica:
-    def __init__(self, url: str, namespace: str, lease_s: float, keepalive_s: float = 10.0):
-        self.redis = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self.pubsub = Redis.from_url(url, socket_connect_timeout=0.5)
-        breaker = CircuitBreaker(open_seconds=1.0)
-        self.cache = AnswerCache(self.redis, breaker, ttl_seconds=60, max_value_bytes=4096)
-        self.coalescer = Coalescer(
-            self.redis, self.pubsub, breaker, self.cache, namespace,
-            lease_s=lease_s, wait_timeout_s=30.0, poll_interval_s=0.1, keepalive_s=keepalive_s,
-        )  # fmt: skip
-
-    async def __aenter__(self) -> Replica:
-        await self.coalescer.start()
-        await asyncio.sleep(0.05)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.coalescer.stop()
-        await self.redis.aclose()
-        await self.pubsub.aclose()
 
 
 @pytest.fixture
@@ -55,7 +30,9 @@ def namespace() -> str:
 
 @pytest.fixture
 async def replica(namespace: str) -> AsyncIterator[Replica]:
-    async with Replica(SHARED_REDIS, namespace, lease_s=0.3) as r:
+    async with Replica(
+        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+    ) as r:
         yield r
         keys = [k async for k in r.redis.scan_iter(f"{namespace}:*")]
         if keys:
@@ -68,7 +45,9 @@ async def test_a_leader_renews_its_lease_while_it_generates(
     key = f"{namespace}:v1:answer:{{slow}}"
     leader = await replica.coalescer.acquire(key)
     assert isinstance(leader, Lead)
-    async with Replica(SHARED_REDIS, namespace, lease_s=0.3) as other:
+    async with Replica(
+        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+    ) as other:
         waiter = asyncio.create_task(other.coalescer.acquire(key))
         await asyncio.sleep(1.5)  # five leases: without renewal the waiter would lead
         assert not waiter.done()
@@ -81,7 +60,9 @@ async def test_a_refused_answer_is_shared_but_not_stored(replica: Replica, names
     key = f"{namespace}:v1:answer:{{refused}}"
     leader = await replica.coalescer.acquire(key)
     assert isinstance(leader, Lead)
-    async with Replica(SHARED_REDIS, namespace, lease_s=0.3) as other:
+    async with Replica(
+        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+    ) as other:
         waiters = [asyncio.create_task(other.coalescer.acquire(key)) for _ in range(3)]
         await asyncio.sleep(0.2)
         await replica.coalescer.finish(leader, ANSWER, store_ttl_s=None)
@@ -106,7 +87,9 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 async def test_a_silent_subscription_is_dropped_and_opened_again(
     private_redis: PrivateRedis,
 ) -> None:
-    async with Replica(private_redis.url, "drill", lease_s=5.0, keepalive_s=0.3) as replica:
+    async with Replica(
+        private_redis.url, "drill", wait_timeout_s=30.0, keepalive_s=0.3, socket_timeout_s=0.5
+    ) as replica:
         private_redis.freeze()  # a half-open connection: no error, no answer
         try:
             for _ in range(200):  # up to 20 s; expected within 2 x keepalive + a poll
