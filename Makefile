@@ -138,7 +138,7 @@ helm-sync: ## refresh the chart's copies (alert rules, nginx template) and compo
 	deploy/helm-sync.sh
 
 helm-check: install services helm-tools observe-tools ## chart, images and compose tests: render, schema, lint, validation, policy, the rendered stack
-	$(PY) -m pytest -q tests/test_helm_*.py tests/test_images_*.py
+	$(PY) -m pytest -q tests/test_helm_*.py tests/test_deploy_*.py tests/test_worker_shim.py
 
 # --- on call: Prometheus, Alertmanager and the exporters (Debian packages) -------------------
 OBSERVE_PACKAGES := prometheus prometheus-alertmanager prometheus-nginx-exporter \
