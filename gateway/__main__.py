@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
+        # Nginx's X-Real-IP is read by the interaction log, from trusted peers only
+        # (GATEWAY_LOG_TRUSTED_PROXIES); uvicorn's own proxy-header layer would rewrite the
+        # peer first, and costs a middleware layer per request.
+        proxy_headers=False,
         http=JsonErrorHttpToolsProtocol,  # httptools; unparseable requests get our 400
         ws="none",
         lifespan="on",

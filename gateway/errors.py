@@ -7,6 +7,7 @@ Messages are written by us: they never echo the request payload or internal repr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import Metrics
 from gateway.protocol import ErrorDetail, ErrorResponse
@@ -228,6 +230,44 @@ _HTTP_CODES: Final = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWE
 _HTTP_MESSAGES: Final = {404: "Not found.", 405: "Method not allowed."}
 
 
+log = logging.getLogger("gateway")
+
+
+def _internal() -> GatewayError:
+    return GatewayError(ErrorCode.INTERNAL_ERROR, "Internal error.")
+
+
+class ErrorBoundary:
+    """For a plain ASGI endpoint, what the handlers below do for FastAPI's routes: an
+    exception raised before the response has started becomes the one error body (a
+    500 for anything but a GatewayError), counted by code."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as exc:
+            if started:
+                raise
+            if isinstance(exc, GatewayError):
+                error = exc
+            else:
+                log.exception("unexpected error in %s", scope.get("path"))
+                error = _internal()
+            self.metrics.errors.labels(error.code.value).inc()
+            await error_response(error)(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     """Render every exception as the one error body, and count it by code."""
 
@@ -255,7 +295,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return render(GatewayError(ErrorCode.INVALID_REQUEST, "Invalid request."))
 
     async def unexpected_error(_: Request, exc: Exception) -> Response:
-        return render(GatewayError(ErrorCode.INTERNAL_ERROR, "Internal error."))
+        return render(_internal())
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(HTTPException, http_error)

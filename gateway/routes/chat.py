@@ -1,11 +1,16 @@
-"""POST /v1/chat/completions (OpenAI format, or the simple shape) and POST /v1/vqa."""
+"""POST /v1/chat/completions (OpenAI format, or the simple shape) and POST /v1/vqa.
+
+Plain ASGI endpoints: the app serves them on a lane of their own, past FastAPI's routing
+and dependency machinery (gateway/app.py), since they are every inference request. Their
+OpenAPI operations are declared here and added to the document by routes/openapi.py.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, Response
+import orjson
+from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError
 from gateway.interactions.draft import CLIENT_GONE
@@ -13,19 +18,107 @@ from gateway.pipeline import RequestContext
 from gateway.protocol import ChatCompletionRequest, VQARequest
 from gateway.routes.common import (
     CLIENT_CLOSED_REQUEST,
-    error_responses,
-    read_json,
+    ClientGone,
+    error_operations,
+    header,
+    read_body,
     until_disconnect,
 )
-from gateway.routes.deps import ContextDep, Services, ServicesDep
+from gateway.routes.deps import Services, context_of, services_of
 from gateway.routes.sse import ProxyStreamResponse
-from gateway.validation.parse import check_content_type, parse_chat_request, parse_vqa_body
+from gateway.validation.parse import (
+    check_content_type,
+    parse_chat_request,
+    parse_json_object,
+    parse_vqa_body,
+)
 
-router = APIRouter(tags=["inference"])
+CHAT_COMPLETIONS: Final = "/v1/chat/completions"
+VQA: Final = "/v1/vqa"
 # hit | miss | coalesced | bypass: how the answer cache took part (gateway/cache/stage.py).
 X_CACHE: Final = "X-Cache"
+_JSON: Final = (b"content-type", b"application/json")
 
-_ERRORS: Final = error_responses(400, 401, 403, 404, 408, 413, 415, 429, 502, 503, 504)
+
+async def _send_json(send: Send, body: bytes, cache: str) -> None:
+    headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-cache", cache.encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _client_gone(send: Send, services: Services, ctx: RequestContext) -> None:
+    services.metrics.client_disconnects.labels(ctx.route).inc()
+    ctx.draft.fail("client_error", CLIENT_GONE)
+    await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _body(scope: Scope, receive: Receive) -> bytes | None:
+    check_content_type(header(scope, b"content-type"))
+    try:
+        return await read_body(receive)
+    except ClientGone:
+        return None
+
+
+async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+    services, ctx = services_of(scope), context_of(scope)
+    raw = await _body(scope, receive)
+    if raw is None:
+        return await _client_gone(send, services, ctx)
+    if services.parser is not None:
+        parsed = await services.parser.parse_chat(raw)
+    else:
+        parsed = await parse_chat_request(raw, services.settings)
+    if isinstance(parsed, VQARequest):
+        return await _vqa(receive, send, services, ctx, parsed)
+    if parsed.stream:
+        streamed = await until_disconnect(receive, services.pipeline.chat_stream(ctx, parsed))
+        if streamed is None:
+            return await _client_gone(send, services, ctx)
+
+        def on_error(error: GatewayError) -> None:
+            services.metrics.errors.labels(error.code.value).inc()
+            ctx.draft.fail(error.type, error.code.value)
+
+        def on_disconnect() -> None:
+            services.metrics.client_disconnects.labels(ctx.route).inc()
+            ctx.draft.fail("client_error", CLIENT_GONE)
+
+        response = ProxyStreamResponse(
+            streamed.stream, on_error, on_disconnect, {X_CACHE: streamed.cache}
+        )
+        return await response(scope, receive, send)
+    answer = await until_disconnect(receive, services.pipeline.chat(ctx, parsed))
+    if answer is None:
+        return await _client_gone(send, services, ctx)
+    await _send_json(send, answer.body, answer.cache)
+
+
+async def vqa(scope: Scope, receive: Receive, send: Send) -> None:
+    services, ctx = services_of(scope), context_of(scope)
+    raw = await _body(scope, receive)
+    if raw is None:
+        return await _client_gone(send, services, ctx)
+    parsed = parse_vqa_body(await parse_json_object(raw))
+    await _vqa(receive, send, services, ctx, parsed)
+
+
+async def _vqa(
+    receive: Receive, send: Send, services: Services, ctx: RequestContext, parsed: VQARequest
+) -> None:
+    result = await until_disconnect(receive, services.pipeline.vqa(ctx, parsed))
+    if result is None:
+        return await _client_gone(send, services, ctx)
+    answer, cache = result
+    await _send_json(send, orjson.dumps(answer.model_dump()), cache)
+
+
+ENDPOINTS: Final = {CHAT_COMPLETIONS: chat_completions, VQA: vqa}
+
+# -- the OpenAPI operations ---------------------------------------------------------------------
+
+_ERRORS: Final = error_operations(400, 401, 403, 404, 408, 413, 415, 429, 502, 503, 504)
 _REQUEST_ID_PARAM: Final = {
     "name": "X-Request-ID",
     "in": "header",
@@ -33,8 +126,6 @@ _REQUEST_ID_PARAM: Final = {
     "description": "Propagated to the worker and echoed back; generated when absent.",
     "schema": {"type": "string"},
 }
-
-
 # OpenAPI 3.1: a text/event-stream schema describes each event. Its data is a JSON
 # chat.completion.chunk, an error body in the one shape, or the final [DONE].
 _SSE_EVENT: Final = {
@@ -53,21 +144,33 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _body(*models: type[Any]) -> dict[str, Any]:
-    schemas = [_ref(m.__name__) for m in models]
-    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+def _operation(
+    summary: str, operation_id: str, body: list[type[Any]], answer: dict[str, Any]
+) -> dict[str, Any]:
+    schemas = [_ref(model.__name__) for model in body]
     return {
+        "tags": ["inference"],
+        "summary": summary,
+        "operationId": operation_id,
         "parameters": [_REQUEST_ID_PARAM],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+                }
+            },
+        },
+        "responses": {"200": answer, **_ERRORS},
     }
 
 
-@router.post(
-    "/v1/chat/completions",
-    summary="Chat completion (OpenAI format), or the simple image+prompt shape",
-    response_model=None,
-    responses={
-        200: {
+OPERATIONS: Final = {
+    CHAT_COMPLETIONS: _operation(
+        "Chat completion (OpenAI format), or the simple image+prompt shape",
+        "chat_completions_v1_chat_completions_post",
+        [ChatCompletionRequest, VQARequest],
+        {
             "description": "The completion: JSON, or server-sent events when stream is true. "
             'A body without `messages` is the simple shape and gets `{"text": ...}`.',
             "content": {
@@ -77,70 +180,14 @@ def _body(*models: type[Any]) -> dict[str, Any]:
                 "text/event-stream": {"schema": _SSE_EVENT},
             },
         },
-        **_ERRORS,
-    },
-    openapi_extra=_body(ChatCompletionRequest, VQARequest),
-)
-async def chat_completions(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
-    check_content_type(request.headers.get("content-type"))
-    raw = await request.body()
-    if services.parser is not None:
-        parsed = await services.parser.parse_chat(raw)
-    else:
-        parsed = await parse_chat_request(raw, services.settings)
-    if isinstance(parsed, VQARequest):
-        return await _vqa(request, services, ctx, parsed)
-    if parsed.stream:
-        streamed = await until_disconnect(request, services.pipeline.chat_stream(ctx, parsed))
-        if streamed is None:
-            return _client_gone(services, ctx)
-
-        def on_error(error: GatewayError) -> None:
-            services.metrics.errors.labels(error.code.value).inc()
-            ctx.draft.fail(error.type, error.code.value)
-
-        def on_disconnect() -> None:
-            services.metrics.client_disconnects.labels(ctx.route).inc()
-            ctx.draft.fail("client_error", CLIENT_GONE)
-
-        return ProxyStreamResponse(
-            streamed.stream, on_error, on_disconnect, {X_CACHE: streamed.cache}
-        )
-    answer = await until_disconnect(request, services.pipeline.chat(ctx, parsed))
-    if answer is None:
-        return _client_gone(services, ctx)
-    return Response(answer.body, media_type="application/json", headers={X_CACHE: answer.cache})
-
-
-@router.post(
-    "/v1/vqa",
-    summary="The simple shape: one image and a prompt, the answer's text",
-    response_model=None,
-    responses={
-        200: {
+    ),
+    VQA: _operation(
+        "The simple shape: one image and a prompt, the answer's text",
+        "vqa_v1_vqa_post",
+        [VQARequest],
+        {
             "description": "The answer.",
             "content": {"application/json": {"schema": _ref("VQAResponse")}},
         },
-        **_ERRORS,
-    },
-    openapi_extra=_body(VQARequest),
-)
-async def vqa(request: Request, services: ServicesDep, ctx: ContextDep) -> Response:
-    parsed = parse_vqa_body(await read_json(request))
-    return await _vqa(request, services, ctx, parsed)
-
-
-async def _vqa(
-    request: Request, services: Services, ctx: RequestContext, parsed: VQARequest
-) -> Response:
-    result = await until_disconnect(request, services.pipeline.vqa(ctx, parsed))
-    if result is None:
-        return _client_gone(services, ctx)
-    answer, cache = result
-    return JSONResponse(answer.model_dump(), headers={X_CACHE: cache})
-
-
-def _client_gone(services: Services, ctx: RequestContext) -> Response:
-    services.metrics.client_disconnects.labels(ctx.route).inc()
-    ctx.draft.fail("client_error", CLIENT_GONE)
-    return Response(status_code=CLIENT_CLOSED_REQUEST)
+    ),
+}

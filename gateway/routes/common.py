@@ -1,4 +1,4 @@
-"""Helpers shared by the handlers: reading the body, client disconnects, documented errors."""
+"""Shared by the handlers: headers, the body, client disconnects, documented errors."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, Final, TypeVar
 
-from fastapi import Request
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
 from gateway.protocol import ErrorResponse
-from gateway.validation.parse import check_content_type, parse_json_object
 
 T = TypeVar("T")
 
@@ -34,16 +32,47 @@ _ERROR_DESCRIPTIONS: Final = {
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI declarations of the error responses a route can return."""
+    """FastAPI's declarations of the error responses a route can return."""
     return {
         status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]}
         for status in statuses
     }
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    check_content_type(request.headers.get("content-type"))
-    return await parse_json_object(await request.body())
+def error_operations(*statuses: int) -> dict[str, dict[str, Any]]:
+    """The same declarations as OpenAPI response objects, for routes FastAPI does not see."""
+    schema = {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}
+    return {
+        str(status): {
+            "description": _ERROR_DESCRIPTIONS[status],
+            "content": {"application/json": {"schema": schema}},
+        }
+        for status in statuses
+    }
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value (``name`` in lower case, as ASGI gives it)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body had arrived."""
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (the body limit middleware bounds it while it arrives)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
@@ -51,7 +80,7 @@ async def wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T | None:
     """Run ``work`` unless the client goes away first; then cancel it and return None.
 
     Cancelling the work closes its upstream connection, which makes the worker abort the
@@ -59,22 +88,21 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
     has been read: from then on the next ASGI message is the disconnect.
     """
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_for_disconnect(request.receive))
+    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+    # A callback rather than asyncio.wait: no future and no task step per request for it.
+    watcher.add_done_callback(lambda _: task.cancel())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task.done() and not task.cancelled():
-        return task.result()
-    # Let the cancellation unwind (upstream connection closed) before returning.
-    try:
-        await task
+        return await task
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise  # we are being cancelled ourselves (shutdown): do not swallow it
-    except Exception:  # the work failed while being cancelled: nobody is left to tell
-        pass
-    return None
+        if not watcher.done() or watcher.cancelled():
+            raise  # the work cancelled itself: not a disconnect
+        return None
+    except Exception:
+        if watcher.done() and not watcher.cancelled():
+            return None  # the work failed while being cancelled: nobody is left to tell
+        raise
+    finally:
+        watcher.cancel()

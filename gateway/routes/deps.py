@@ -1,4 +1,4 @@
-"""What handlers get injected: the services the lifespan built, and the request context."""
+"""What handlers get: the services the lifespan built, and the request context."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from gateway.admission import admission_of
 from gateway.cache.store import CacheDirectives
@@ -14,6 +15,7 @@ from gateway.config import Settings
 from gateway.interactions.draft import InteractionDraft, draft_of
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, RequestContext
+from gateway.routes.common import header
 from gateway.upstream.pool import WorkerPool
 from gateway.validation.offload import BodyParser
 
@@ -30,25 +32,28 @@ class Services:
     parser: BodyParser | None = None
 
 
-# Dependencies are async on purpose: FastAPI runs plain `def` dependencies in a thread
-# pool, a thread hop per request for what is an attribute lookup.
-async def get_services(request: Request) -> Services:
-    return cast(Services, request.state.services)
+def services_of(scope: Scope) -> Services:
+    return cast(Services, scope["state"]["services"])
 
 
-async def get_context(request: Request) -> RequestContext:
-    state = request.state
-    route = getattr(request.scope.get("route"), "path", request.url.path)
+def context_of(scope: Scope) -> RequestContext:
+    state = scope.get("state", {})
+    route = getattr(scope.get("route"), "path", None) or scope["path"]
     return RequestContext(
-        request_id=str(getattr(state, "request_id", "")),
+        request_id=str(state.get("request_id", "")),
         route=str(route),
-        started=float(getattr(state, "started", time.perf_counter())),
-        directives=CacheDirectives.from_header(request.headers.get("cache-control")),
+        started=float(state.get("started", time.perf_counter())),
+        directives=CacheDirectives.from_header(header(scope, b"cache-control")),
         # Outside the logged routes (or with the log off) the draft is simply dropped.
         draft=draft_of(state) or InteractionDraft(),
         admission=admission_of(state),
     )
 
 
+# Dependencies are async on purpose: FastAPI runs plain `def` dependencies in a thread
+# pool, a thread hop per request for what is an attribute lookup.
+async def get_services(request: Request) -> Services:
+    return services_of(request.scope)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
-ContextDep = Annotated[RequestContext, Depends(get_context)]

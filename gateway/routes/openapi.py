@@ -1,13 +1,15 @@
-"""The OpenAPI document: FastAPI's, plus the request bodies the handlers parse themselves.
+"""The OpenAPI document: FastAPI's, plus what it cannot see.
 
-Handlers read bodies themselves (size limit while reading, 415, our own 400s instead of
-FastAPI's 422), so FastAPI cannot see the request models; they are added here, with the
-limits that come from the settings, so the spec matches what the service accepts.
+The inference endpoints are plain ASGI (routes/chat.py) and read bodies themselves (size
+limit while reading, 415, our own 400s instead of FastAPI's 422), so FastAPI sees neither
+their operations nor their request models; both are added here, with the limits that
+come from the settings, so the spec matches what the service accepts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import deepcopy
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,9 +17,16 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from gateway.config import Settings
-from gateway.protocol import ChatCompletionRequest, ChatCompletionResponse, VQARequest, VQAResponse
+from gateway.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    VQARequest,
+    VQAResponse,
+)
+from gateway.routes.chat import OPERATIONS
 
 _BODY_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionRequest, VQARequest)
+# ErrorResponse comes with FastAPI's own routes (/v1/models declares its errors).
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionResponse, VQAResponse)
 
 
@@ -28,6 +37,11 @@ def openapi_builder(app: FastAPI, settings: Settings) -> Callable[[], dict[str, 
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
+        schema["paths"] = {
+            # A copy: the document is edited below (security), the declarations are shared.
+            **{path: {"post": deepcopy(operation)} for path, operation in OPERATIONS.items()},
+            **schema.get("paths", {}),
+        }
         components: dict[str, Any] = schema.setdefault("components", {}).setdefault("schemas", {})
         for model in _BODY_MODELS:
             _add_model(components, model, "validation")
