@@ -18,7 +18,7 @@ A/B between gateway code trees (copies of the repository, e.g. before and after 
 change), alternating within each round: ``BENCH_TREES=before=/tmp/a,after=/tmp/b``.
 
 Environment: ``BENCH_ROUNDS`` (3), ``BENCH_CPU_REQUESTS`` (2000), ``BENCH_CONCURRENCY`` (8),
-``BENCH_VARIANTS`` (comma-separated names; default all), ``BENCH_DATABASE_URL``.
+``BENCH_VARIANTS`` (names separated by semicolons, as names hold commas; default all), ``BENCH_DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ VARIANTS: dict[str, Variant] = {
     "miss, log off": Variant({**NO_CACHE, **NO_AUTH, "GATEWAY_LOG_ENABLED": "false"}),
     "miss + key": Variant(NO_CACHE, key=True),
     "hit": Variant(NO_AUTH, hit=True),
+    "hit, moderation off": Variant({**NO_AUTH, "GATEWAY_MODERATION_ENABLED": "false"}, hit=True),
+    "hit, log off": Variant({**NO_AUTH, "GATEWAY_LOG_ENABLED": "false"}, hit=True),
+    "hit, coalescing off": Variant({**NO_AUTH, "GATEWAY_COALESCE_ENABLED": "false"}, hit=True),
     "hit + key": Variant({}, hit=True, key=True),
 }
 
@@ -146,7 +149,7 @@ def main() -> None:
     from loadtest.bench_anchors import create_bench_key  # a database of its own
 
     run_dir = Path(os.environ.get("RUN_DIR", ".run")) / "bench-gateway-cpu"
-    chosen = [n.strip() for n in os.environ.get("BENCH_VARIANTS", "").split(",") if n.strip()]
+    chosen = [n.strip() for n in os.environ.get("BENCH_VARIANTS", "").split(";") if n.strip()]
     variants = {name: VARIANTS[name] for name in chosen} if chosen else VARIANTS
     trees = _trees()
     body: dict[str, Any] = chat_body(
