@@ -138,6 +138,10 @@ class Coalescer:
         keepalive_s: float = 10.0,
     ) -> None:
         self._redis = redis
+        # EVALSHA: the scripts' text is sent once, not with every lookup.
+        self._lookup = redis.register_script(_LOOKUP_SCRIPT)
+        self._renew_lease = redis.register_script(_RENEW_SCRIPT)
+        self._finish = redis.register_script(_FINISH_SCRIPT)
         self._pubsub_redis = pubsub_redis
         self._breaker = breaker
         self._cache = cache
@@ -226,9 +230,7 @@ class Coalescer:
         token = secrets.token_hex(8)
         try:
             found = await self._breaker.call(
-                lambda: self._redis.eval(
-                    _LOOKUP_SCRIPT, 2, key, lock_key(key), token, self._lease_ms
-                ),
+                lambda: self._lookup((key, lock_key(key)), (token, self._lease_ms)),
                 REDIS_FAILURES,
             )
         except (BreakerOpen, *REDIS_FAILURES):
@@ -265,7 +267,7 @@ class Coalescer:
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
             try:
-                held = await self._redis.eval(_RENEW_SCRIPT, 1, keys, lead.token, self._lease_ms)
+                held = await self._renew_lease((keys,), (lead.token, self._lease_ms))
             except REDIS_FAILURES:
                 continue  # Redis is away: the waiters cannot see the lease either
             if not held:
@@ -296,7 +298,7 @@ class Coalescer:
         args = (payload if ttl else b"", ttl, done_channel(key), payload, token)
         with contextlib.suppress(BreakerOpen, *REDIS_FAILURES):
             await self._breaker.call(
-                lambda: self._redis.eval(_FINISH_SCRIPT, len(keys), *keys, *args),
+                lambda: self._finish(keys, args),
                 REDIS_FAILURES,
             )
 
