@@ -302,6 +302,23 @@ async def test_the_workers_body_is_encoded_when_first_used_unless_it_is_large() 
     assert json.loads(prepared.body)["messages"][0]["content"][0]["image_url"]["url"] == large
 
 
+async def test_a_structured_requests_image_uuid_is_salted_by_its_schema() -> None:
+    # The worker caches the processed image by uuid; a schema or tools change the prompt
+    # around it, so such requests get their own uuid (digest.salt).
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    message = [
+        {"type": "image_url", "image_url": {"url": data_uri(image_bytes("PNG"))}},
+        {"type": "text", "text": "what?"},
+    ]
+    parsed = parse_chat_body(chat_body(message, response_format=fmt))
+    assert isinstance(parsed, ChatCompletionRequest)
+    prepared = await prepare_chat(parsed, SETTINGS, KNOWN)
+    salt = prepared.features.uuid_salt
+    assert salt
+    part = json.loads(prepared.body)["messages"][0]["content"][0]
+    assert part["uuid"] == f"{prepared.images[0].sha256}.{salt}"
+
+
 LONE_SURROGATE = "lone \ud800 surrogate"
 
 
