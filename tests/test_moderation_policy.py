@@ -7,14 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from gateway.config import Settings
-from gateway.moderation import Policy, PolicyError, load_policy
+from gateway.errors import GatewayError
+from gateway.interactions.draft import InteractionDraft
+from gateway.metrics import Metrics
+from gateway.moderation import Moderator, Policy, PolicyError, load_policy
 from gateway.moderation.images import ImageCheckFailed, parse_verdict
 from gateway.moderation.normalize import normalize, variants
 from gateway.moderation.policy import MEMO_ENTRIES, MEMO_MAX_CHARS
 from gateway.moderation.settings import ModerationSettings
+from gateway.streams import AnswerRecorder
 from loadtest.questions import SYSTEM_PROMPT, all_questions
 
 
@@ -181,6 +186,21 @@ def test_verdicts_of_repeated_texts_are_memoised_within_bounds() -> None:
     again = policy.violation(text)
     assert again == first
     assert again is not first
+
+
+def test_streamed_windows_do_not_fill_the_memo() -> None:
+    moderator = Moderator(ModerationSettings(), load_policy(), Metrics(CollectorRegistry()))
+    window = "here is the porn link"
+    first = moderator.violation("answer", window, remember=False)
+    assert first is not None
+    assert moderator.violation("answer", window, remember=False) is not first  # not kept
+    kept = moderator.violation("answer", window)
+    assert moderator.violation("answer", window) is kept
+    guard = moderator.stream_guard(InteractionDraft())
+    recorder = AnswerRecorder()
+    recorder.texts[0] = ["a clean start, ", "then porn"]
+    with pytest.raises(GatewayError):
+        guard(recorder)
 
 
 def test_each_policy_has_its_own_memo(tmp_path: Path, policy: Policy) -> None:

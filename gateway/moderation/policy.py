@@ -144,7 +144,7 @@ class Policy:
         return self.check(text)
 
     def check(self, text: str) -> Violation | None:
-        """``violation`` without the memo (benchmarks measure this one)."""
+        """``violation`` without the memo (for one-off texts: streamed windows; benchmarks)."""
         for reading in variants(text):
             if self._terms is not None:
                 for index, start, end in self._terms.find_matches_as_indexes(
