@@ -18,7 +18,9 @@ from gateway.interactions.records import (
     LoggedImage,
     RowPolicy,
     anonymise_ip,
+    estimated_size,
     image_rows,
+    json_text,
     minimal_row,
     row_params,
     sanitize_row,
@@ -54,11 +56,15 @@ def record(**overrides: object) -> InteractionRecord:
         ("2001:db8:abcd:12:1:2:3:4", "truncated", "2001:db8:abcd::"),
         ("::ffff:198.51.100.9", "truncated", "198.51.100.0"),
         ("not-an-ip", "truncated", None),
+        (" 203.0.113.77 ", "truncated", "203.0.113.0"),
+        ("203.0.113.77" + " " * 100, "truncated", "203.0.113.0"),  # too long for the memo
+        ("1" * 100, "truncated", None),
         (None, "full", None),
     ],
 )
 def test_client_ip_anonymisation(address: str | None, mode: str, expected: str | None) -> None:
     assert anonymise_ip(address, mode) == expected  # type: ignore[arg-type]
+    assert anonymise_ip(address, mode) == expected  # type: ignore[arg-type]  # memoised
 
 
 def test_row_caps_texts_and_keeps_the_full_prompt_hash() -> None:
@@ -92,6 +98,52 @@ def test_row_params_follow_the_column_order_and_bind_json_as_text() -> None:
     sql = insert_sql(3)
     assert sql.count("%s") == 3 * len(COLUMNS)
     assert sql.endswith("ON DUPLICATE KEY UPDATE `request_id` = `request_id`")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [{"digest": "ab" * 32, "bytes": 1, "width": 2, "height": 3, "format": "png"}],
+        {"temperature": 0.7, "n": 2, "logprobs": True, "stop": None, "top_p": 0.25},
+        {"名前": '値 "quoted" \\ \n\u0001', "emoji": "😀", "big": 2**70, "neg": -3.5},
+        [],
+        {},
+    ],
+)
+def test_json_columns_are_bound_as_compact_json_text(value: object) -> None:
+    text = json_text(value)
+    assert json.loads(text) == value
+    # Compact, non-ASCII kept as is: no longer than json.dumps writes it.
+    assert len(text) <= len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def test_json_text_leaves_a_lone_surrogate_for_mysql_to_refuse() -> None:
+    # As before: the driver cannot encode it, the row is isolated and stored sanitized.
+    text = json_text({"digest": "\udfff"})
+    assert text == '{"digest":"\udfff"}'
+    with pytest.raises(UnicodeEncodeError):
+        text.encode("utf-8")
+
+
+def test_row_params_fill_not_null_columns_of_a_sparse_row() -> None:
+    # Spool rows written by older versions may lack columns.
+    params = dict(
+        zip(COLUMNS, row_params({"request_id": "r", "tool_calls": [{"id": "c"}]}), strict=True)
+    )
+    for name, spec in COLUMN_SPECS.items():
+        if name == "tool_calls":
+            assert params[name] == '[{"id":"c"}]'
+        elif name != "request_id":
+            assert params[name] == (None if spec.nullable else spec.default), name
+    assert params["received_at_ms"] == 0
+    assert params["endpoint"] == ""
+
+
+def test_estimated_size_grows_with_the_json_columns() -> None:
+    row = to_row(record(), RowPolicy())
+    options = {"stop": ["x" * 1000]}
+    bigger = to_row(record(request_options=options), RowPolicy())
+    assert estimated_size(bigger) - estimated_size(row) >= 4 * len(json.dumps(options)) - 16
 
 
 def test_sanitize_makes_any_row_fit_and_flags_it() -> None:

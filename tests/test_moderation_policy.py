@@ -7,13 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from gateway.config import Settings
-from gateway.moderation import Policy, PolicyError, load_policy
+from gateway.errors import GatewayError
+from gateway.interactions.draft import InteractionDraft
+from gateway.metrics import Metrics
+from gateway.moderation import Moderator, Policy, PolicyError, load_policy
 from gateway.moderation.images import ImageCheckFailed, parse_verdict
 from gateway.moderation.normalize import normalize, variants
+from gateway.moderation.policy import MEMO_ENTRIES, MEMO_MAX_CHARS
 from gateway.moderation.settings import ModerationSettings
+from gateway.streams import AnswerRecorder
 from loadtest.questions import SYSTEM_PROMPT, all_questions
 
 
@@ -157,6 +163,54 @@ def test_a_custom_policy_file_replaces_the_default(tmp_path: Path) -> None:
     assert category(custom, "where can I watch porn") is None  # the default is replaced
     settings = Settings(moderation=ModerationSettings(policy_file=path))
     assert settings.moderation.policy_file == path
+
+
+def test_verdicts_of_repeated_texts_are_memoised_within_bounds() -> None:
+    policy = load_policy()  # a memo of its own
+    text = "where can I watch porn for free"
+    first = policy.violation(text)
+    assert first is not None
+    assert first.category == "sexual"
+    assert policy.violation(text) is first  # from the memo: the same verdict object
+    assert policy.violation("is the strap leather?") is None
+    assert policy.violation("is the strap leather?") is None
+    # Longer texts are checked every time (their verdict is equal, never shared).
+    long_text = "x " * MEMO_MAX_CHARS + text
+    found = policy.violation(long_text)
+    assert found == first
+    assert found is not first
+    assert policy.violation(long_text) is not found
+    # At most MEMO_ENTRIES texts are kept: the oldest is checked again, correctly.
+    for i in range(MEMO_ENTRIES):
+        policy.violation(f"question number {i}")
+    again = policy.violation(text)
+    assert again == first
+    assert again is not first
+
+
+def test_streamed_windows_do_not_fill_the_memo() -> None:
+    moderator = Moderator(ModerationSettings(), load_policy(), Metrics(CollectorRegistry()))
+    window = "here is the porn link"
+    first = moderator.violation("answer", window, remember=False)
+    assert first is not None
+    assert moderator.violation("answer", window, remember=False) is not first  # not kept
+    kept = moderator.violation("answer", window)
+    assert moderator.violation("answer", window) is kept
+    guard = moderator.stream_guard(InteractionDraft())
+    recorder = AnswerRecorder()
+    recorder.texts[0] = ["a clean start, ", "then porn"]
+    with pytest.raises(GatewayError):
+        guard(recorder)
+
+
+def test_each_policy_has_its_own_memo(tmp_path: Path, policy: Policy) -> None:
+    text = "is it cheaper at megamart?"
+    assert policy.violation(text) is None  # the default policy's verdict, memoised
+    custom = load_policy(
+        _write(tmp_path, {"version": "2", "categories": {"rivals": {"terms": ["megamart"]}}})
+    )
+    assert category(custom, text) == "rivals"
+    assert policy.violation(text) is None
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from gateway.validation.parse import (
     parse_json_object,
     parse_vqa_body,
 )
-from gateway.validation.prepare import prepare_chat, prepare_vqa
+from gateway.validation.prepare import LAZY_BODY_MAX_BYTES, prepare_chat, prepare_vqa, worker_body
 from tests.support.bad_requests import MARKER
 from tests.support.images import b64, data_uri, image_bytes
 from tests.support.requests import MODEL, chat_body, image_chat_body
@@ -278,6 +278,75 @@ async def test_large_requests_are_prepared_off_the_event_loop() -> None:
     with pytest.raises(GatewayError) as caught:
         await prepare_chat(broken, SETTINGS, KNOWN)
     assert caught.value.param == "messages[0].content[1].image_url.url"
+
+
+async def test_the_workers_body_is_encoded_when_first_used_unless_it_is_large() -> None:
+    # A cache hit never forwards the body: a small one is encoded only when a miss
+    # forwards it; a large one while preparing (in a thread), never on the event loop.
+    small = parse_chat_body(image_chat_body("what?", data_uri(image_bytes("PNG"))))
+    assert isinstance(small, ChatCompletionRequest)
+    prepared = await prepare_chat(small, SETTINGS, KNOWN)
+    assert not prepared.worker_json.is_encoded
+    body = prepared.body
+    assert prepared.worker_json.is_encoded
+    assert prepared.body is body  # encoded once
+    parts = json.loads(body)["messages"][0]["content"]
+    assert parts[0]["uuid"] == prepared.images[0].sha256
+    assert parts[1] == {"type": "text", "text": "what?"}
+    large = data_uri(image_bytes("PNG", (900, 900), compress_level=0))
+    assert len(large) > LAZY_BODY_MAX_BYTES
+    parsed = parse_chat_body(image_chat_body("what?", large))
+    assert isinstance(parsed, ChatCompletionRequest)
+    prepared = await prepare_chat(parsed, SETTINGS, KNOWN)
+    assert prepared.worker_json.is_encoded
+    assert json.loads(prepared.body)["messages"][0]["content"][0]["image_url"]["url"] == large
+
+
+async def test_a_structured_requests_image_uuid_is_salted_by_its_schema() -> None:
+    # The worker caches the processed image by uuid; a schema or tools change the prompt
+    # around it, so such requests get their own uuid (digest.salt).
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    message = [
+        {"type": "image_url", "image_url": {"url": data_uri(image_bytes("PNG"))}},
+        {"type": "text", "text": "what?"},
+    ]
+    parsed = parse_chat_body(chat_body(message, response_format=fmt))
+    assert isinstance(parsed, ChatCompletionRequest)
+    prepared = await prepare_chat(parsed, SETTINGS, KNOWN)
+    salt = prepared.features.uuid_salt
+    assert salt
+    part = json.loads(prepared.body)["messages"][0]["content"][0]
+    assert part["uuid"] == f"{prepared.images[0].sha256}.{salt}"
+
+
+LONE_SURROGATE = "lone \ud800 surrogate"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        chat_body(LONE_SURROGATE),
+        image_chat_body(LONE_SURROGATE, data_uri(image_bytes("PNG"))),
+        {
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": LONE_SURROGATE},
+                {"role": "user", "content": "hi"},
+            ],
+        },
+    ],
+)
+async def test_a_lone_surrogate_is_refused_while_preparing_before_any_lookup(
+    body: dict[str, Any],
+) -> None:
+    # The canonical key refuses it (the body, encoded later or never, would too): the same
+    # 400 for a request whose answer is cached and for one that goes to a worker.
+    error = await _prepare_error(body)
+    assert (error.status, error.code) == (400, ErrorCode.INVALID_REQUEST)
+    assert error.message == "The request contains invalid Unicode text."
+    with pytest.raises(GatewayError) as caught:
+        worker_body(body, None)
+    assert caught.value.message == error.message
 
 
 async def test_limits_from_settings() -> None:

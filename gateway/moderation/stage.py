@@ -104,13 +104,16 @@ class Moderator:
 
     # -- used by AnswerGuard too ------------------------------------------------------------
 
-    def violation(self, stage: str, text: str) -> Violation | None:
+    def violation(self, stage: str, text: str, *, remember: bool = True) -> Violation | None:
+        """``remember``: keep the verdict in the policy's memo (prompts and answers repeat;
+        a streamed answer's windows do not, and would only push them out)."""
         started = time.perf_counter()
+        check = self._policy.violation if remember else self._policy.check
         try:
-            found = self._policy.violation(text)
+            found = check(text)
             decoded = decode_json_escapes(text)
             if found is None and decoded != text:  # JSON text: what its strings spell
-                found = self._policy.violation(decoded)
+                found = check(decoded)
             return found
         finally:
             self._metrics.moderation_check_duration.labels(stage).observe(
@@ -206,7 +209,7 @@ class AnswerGuard:
             self._moderator.count("answer", _NONE, PASS)
 
     def _check(self, text: str, recorder: AnswerRecorder) -> None:
-        violation = self._moderator.violation("answer", text)
+        violation = self._moderator.violation("answer", text, remember=False)
         if violation is not None:
             self._draft.answer = recorder.summary().text
             raise self._moderator.blocked(self._draft, "answer", violation, None)
