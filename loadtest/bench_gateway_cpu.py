@@ -18,7 +18,8 @@ A/B between gateway code trees (copies of the repository, e.g. before and after 
 change), alternating within each round: ``BENCH_TREES=before=/tmp/a,after=/tmp/b``.
 
 Environment: ``BENCH_ROUNDS`` (3), ``BENCH_CPU_REQUESTS`` (2000), ``BENCH_CONCURRENCY`` (8),
-``BENCH_VARIANTS`` (names separated by semicolons, as names hold commas; default all), ``BENCH_DATABASE_URL``.
+``BENCH_VARIANTS`` (names separated by semicolons, as names hold commas; default all),
+``BENCH_DATABASE_URL``.
 """
 
 from __future__ import annotations

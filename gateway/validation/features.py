@@ -79,6 +79,12 @@ def _invalid(param: str, message: str) -> GatewayError:
     return GatewayError(ErrorCode.INVALID_REQUEST, f"'{param}' {message}.", param=param)
 
 
+def _digest(text: str) -> str:
+    # surrogatepass: a lone surrogate is refused later, with the request's own 400
+    # (prepare.canonical_request), not here as an encoding error.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def read_features(request: ChatCompletionRequest, settings: Settings) -> Features:
     """Check the features against our bounds (raises GatewayError: 400)."""
     limits = schema_limits(settings)
@@ -92,7 +98,7 @@ def read_features(request: ChatCompletionRequest, settings: Settings) -> Feature
             if spec.json_schema is None:
                 raise _invalid("response_format.json_schema.schema", "is required")
             text = check_schema(spec.json_schema, "response_format.json_schema.schema", limits)
-            schema_name, schema_sha256 = spec.name, hashlib.sha256(text.encode()).hexdigest()
+            schema_name, schema_sha256 = spec.name, _digest(text)
             extra.append(text)
     tool_names = _check_tools(request, settings, limits, extra)
     _check_messages(request, settings, extra)
@@ -108,7 +114,7 @@ def read_features(request: ChatCompletionRequest, settings: Settings) -> Feature
         bypass = "tools"
     salt = None
     if schema_sha256 is not None or tool_names:
-        salt = hashlib.sha256("\n".join(extra).encode("utf-8", "surrogatepass")).hexdigest()
+        salt = _digest("\n".join(extra))
     return Features(
         uuid_salt=salt[:16] if salt else None,
         response_format=fmt,

@@ -211,6 +211,23 @@ def bad_cases() -> list[BadCase]:
             "invalid_request",
             _json(chat_body(f"{text} \ud800")),  # json.dumps writes it as an escape
         ),
+        BadCase(
+            "lone-surrogate-in-schema",  # its digest was taken before the text was checked
+            400,
+            "invalid_request",
+            _json(
+                chat_body(
+                    text,
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {
+                            "name": "answer",
+                            "schema": {"type": "object", "description": "\udfff"},
+                        },
+                    },
+                )
+            ),
+        ),
         chat(
             400,
             "invalid_request",
