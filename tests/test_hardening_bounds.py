@@ -2,7 +2,7 @@
 
 Message and part counts are bounded before the typed validation, every message costs an
 overhead in the prompt and token limits, and the work that grows with a body runs in a
-thread, chosen by the pixels an image declares rather than by its base64 length.
+thread, chosen by the work it does: base64 decoded, pixels decoded or re-encoded.
 """
 
 from __future__ import annotations
@@ -99,35 +99,102 @@ async def test_the_charged_estimate_counts_the_messages() -> None:
 # --- the thread is chosen by the work, not by the base64 length -------------------------------
 
 
-def test_a_small_file_of_many_pixels_is_heavy_work() -> None:
-    small_but_huge = data_uri(palette_png())
-    assert len(small_but_huge) < 32 * 1024  # the old threshold kept it on the loop
-    assert heavy_work(references=[small_but_huge])
-    assert not heavy_work(references=[data_uri(image_bytes())])
+def palette_gif(side: int = 2048) -> bytes:
+    """A few KB of GIF whose first frame is re-encoded as side x side pixels of PNG."""
+    out = io.BytesIO()
+    Image.new("P", (side, side), 0).save(out, "GIF")
+    return out.getvalue()
+
+
+def test_preparing_is_heavy_work_when_it_re_encodes_pixels() -> None:
+    # Preparing decodes pixels only to re-encode them: a GIF's first frame, detail "low".
+    small_gif = data_uri(palette_gif(), "image/gif")
+    assert len(small_gif) < 32 * 1024
+    assert heavy_work(references=[small_gif])
+    photo = data_uri(image_bytes("JPEG", (1024, 768)), "image/jpeg")
+    assert not heavy_work(references=[photo])
+    assert heavy_work(references=[photo], low_detail=[True], low_detail_pixels=512 * 512)
+    # Within the budget, a "low" image is sent as it is: nothing to re-encode.
+    assert not heavy_work(references=[photo], low_detail=[True], low_detail_pixels=1024 * 768)
+    # A PNG of many pixels is only base64-decoded and hashed while the request is prepared.
+    assert not heavy_work(references=[data_uri(palette_png())])
     assert not heavy_work(messages=1, text_chars=100)
     assert heavy_work(messages=1000)
 
 
-async def test_a_many_pixel_image_is_decoded_off_the_event_loop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_photo_of_typical_size_is_prepared_on_the_loop() -> None:
+    # 150 KB of JPEG (200 KB of base64): a thread hop would cost more than the work.
+    typical = data_uri(b"\xff\xd8\xff" + os.urandom(150 * 1024), "image/jpeg")
+    assert not heavy_work(references=[typical])
+    assert heavy_work(references=[data_uri(os.urandom(200 * 1024), "image/jpeg")])
+
+
+def test_the_decode_checks_cost_follows_the_format() -> None:
+    # A draft-mode JPEG costs by its compressed bytes, PNG's unfiltering by its pixels.
+    listing = bounds.decode_ns("jpeg", 640 * 480, 53 * 1024)
+    assert listing < bounds.THREAD_DECODE_NS < bounds.decode_ns("jpeg", 960 * 1280, 190 * 1024)
+    palette = bounds.decode_ns("png", 4096 * 4096, len(palette_png()))
+    assert palette > bounds.THREAD_DECODE_NS
+    assert bounds.decode_ns("png", 640 * 480, 53 * 1024) > listing
+
+
+def _record_threads(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[str]:
     seen: list[str] = []
-    real = prepare._check_one
+    real = getattr(module, name)
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         seen.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prepare, "_check_one", recording)
-    settings = gateway_settings(
-        "http://127.0.0.1:1", verify_image_decode=False, max_image_pixels=4096 * 4096
-    )
-    body = image_chat_body("what is it?", data_uri(palette_png()))
+    monkeypatch.setattr(module, name, recording)
+    return seen
+
+
+async def _prepare(reference: str, settings: Any, detail: str | None = None) -> Any:
+    body = image_chat_body("what is it?", reference)
+    if detail is not None:
+        body["messages"][0]["content"][0]["image_url"]["detail"] = detail
     parsed = await parse_chat_request(json.dumps(body).encode(), settings)
     assert isinstance(parsed, ChatCompletionRequest)
-    await prepare_chat(parsed, settings, frozenset({MODEL}))
+    return await prepare_chat(parsed, settings, frozenset({MODEL}))
+
+
+async def test_a_gif_is_re_encoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record_threads(monkeypatch, prepare, "_check_one")
+    settings = gateway_settings("http://127.0.0.1:1", verify_image_decode=False)
+    prepared = await _prepare(data_uri(palette_gif(512), "image/gif"), settings)
+    assert prepared.images[0].format == "png"
     assert seen
     assert all(name != threading.main_thread().name for name in seen)
+
+
+async def test_a_many_pixel_image_is_decoded_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.validation import pixels
+
+    seen = _record_threads(monkeypatch, pixels, "verify_decode")
+    settings = gateway_settings("http://127.0.0.1:1", max_image_pixels=4096 * 4096)
+    prepared = await _prepare(data_uri(palette_png()), settings)
+    await prepared.pixels.verify()
+    assert seen
+    assert all(name != threading.main_thread().name for name in seen)
+
+
+async def test_a_typical_photo_is_checked_and_decoded_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.validation import pixels
+
+    prepared_in = _record_threads(monkeypatch, prepare, "_check_one")
+    decoded_in = _record_threads(monkeypatch, pixels, "verify_decode")
+    photo = image_bytes("JPEG", (640, 480), quality=90)
+    settings = gateway_settings("http://127.0.0.1:1", max_image_pixels=4096 * 4096)
+    prepared = await _prepare(data_uri(photo, "image/jpeg"), settings)
+    await prepared.pixels.verify()
+    main = threading.main_thread().name
+    assert (prepared_in, decoded_in) == ([main], [main])
+    assert prepared.pixels.images == ()  # the decoded bytes are let go of once checked
 
 
 async def test_a_body_of_many_objects_is_parsed_and_validated_off_the_event_loop(

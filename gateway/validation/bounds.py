@@ -6,22 +6,29 @@ So: messages per request and content parts per message are counted on the parsed
 before the typed validation; each message counts an overhead in the prompt and token
 limits (the chat template's role markers cost tokens even around empty text); and the
 work that grows with the body runs in a thread once it is large enough to be felt by
-the other requests of the replica (health checks included). Image work is judged by
-the pixels the image header declares, not by its base64 length: a 2.8 KB palette PNG of
-4096 x 4096 takes a second of decoding.
+the other requests of the replica (health checks included). Decoding an image is judged
+by the pixels its header declares as well as by its size: a 2.8 KB palette PNG of
+4096 x 4096 takes a second of decoding. Preparing a request decodes pixels only to
+re-encode them (a GIF's first frame, detail "low"); the full decode check runs later, on
+a miss (pixels.py, decode_ns).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
-from gateway.images import is_remote_url, read_dimensions, sniff_format, split_image_reference
+from gateway.images import (
+    ImageFormat,
+    is_remote_url,
+    read_dimensions,
+    sniff_format,
+    split_image_reference,
+)
 from gateway.ratelimit.estimate import MESSAGE_OVERHEAD_TOKENS, TEXT_BYTES_PER_TOKEN
 
 _T = TypeVar("_T")
@@ -32,7 +39,8 @@ MESSAGE_OVERHEAD_CHARS: Final = TEXT_BYTES_PER_TOKEN * MESSAGE_OVERHEAD_TOKENS
 
 # Work is moved to a thread above these sizes: measured on this project's 2-core machine,
 # each keeps the work on the loop under about half a millisecond (a thread hop costs about
-# 0.05 ms, so smaller requests stay on the loop and their CPU per request does not grow).
+# 0.03 ms of CPU and 0.06 ms of latency, so smaller requests stay on the loop and their
+# CPU per request does not grow).
 # JSON parsing and typed validation cost follows the body's structure more than its size:
 # a 70 KB body holding one photo parses in tens of microseconds, 34 KB of 1,000 messages
 # take milliseconds. Its objects are counted by their opening braces (C speed; braces in
@@ -41,11 +49,35 @@ THREAD_BODY_BYTES: Final = 256 * 1024
 THREAD_BODY_OBJECTS: Final = 64
 THREAD_MESSAGES: Final = 32  # validation, model_dump, encoding, canonical key per message
 THREAD_TEXT_CHARS: Final = 64 * 1024
-THREAD_BASE64_CHARS: Final = 32 * 1024  # base64 decoding and hashing
-THREAD_PIXELS: Final = 1024 * 1024  # decoding (verify_image_decode) and re-encoding
-# The header of an image is looked for in this much of its base64 (a JPEG's size marker
-# may follow its EXIF block); an image whose header is further in is large anyway.
-_HEADER_BASE64_CHARS: Final = 64 * 1024
+# An image's checks on a cache hit: strict base64 decoding (1.1 us per KB of base64),
+# sha256 (0.4 us), the header (1.5 us in all), then the worker body's encoding: preparing
+# a one-photo request costs about 1.8 us per KB of base64 over a fixed 0.07 ms, so 0.46 ms
+# at 224 KB. An image of up to 170 KB stays on the loop (640 x 480 JPEG: 53 KB).
+THREAD_BASE64_CHARS: Final = 224 * 1024
+# Re-encoding while the request is prepared: a GIF's first frame as PNG (about 200 ns a
+# pixel) and detail "low"'s shrink (15 ns a pixel, and only of images over the budget).
+THREAD_RECODE_PIXELS: Final = 2048
+# The full decode check (pixels.py), run on a miss: its cost in ns per compressed byte and
+# per pixel, by format, fitted on photos: a draft-mode JPEG's entropy decoding grows with
+# its bytes (a 640 x 480 photo of 53 KB: 0.44 ms, on the loop), PNG's inflate too, and
+# unfiltering, WebP and GIF decoding with the pixels (a 256 x 256 PNG: 0.73 ms).
+THREAD_DECODE_NS: Final = 500_000
+_DECODE_NS_PER_BYTE: Final[dict[ImageFormat, float]] = {
+    "jpeg": 6.5,
+    "png": 7.0,
+    "webp": 0.0,
+    "gif": 0.0,
+}
+_DECODE_NS_PER_PIXEL: Final[dict[ImageFormat, float]] = {
+    "jpeg": 0.45,
+    "png": 10.0,
+    "webp": 13.0,
+    "gif": 5.0,
+}
+# An image's header is looked for in its first 2 KB of base64, where it almost always is,
+# then in this much of it (a JPEG's size marker may follow its EXIF block and ICC profile);
+# an image whose header is further in is large anyway.
+_HEADER_BASE64_CHARS: Final = (2 * 1024, 64 * 1024)
 
 
 def check_counts(data: dict[str, Any], settings: Settings) -> None:
@@ -83,21 +115,38 @@ async def off_loop_if(heavy: bool, work: Callable[[], _T]) -> _T:
     return work()
 
 
+def _image_head(reference: str | None, chars: int) -> bytes | None:
+    """The first ``chars`` of an inline image's base64, decoded (None: not inline, or not
+    base64, which its checks refuse)."""
+    if reference is None or is_remote_url(reference):
+        return None
+    try:
+        # Only the start of the reference is split: the rest is neither copied nor matched.
+        _, payload = split_image_reference(reference[: chars + 256], allow_bare_base64=True)
+        head = payload[:chars]
+        return binascii.a2b_base64(head[: len(head) - len(head) % 4])
+    except (GatewayError, binascii.Error, ValueError):
+        return None
+
+
+def image_format(reference: str | None, data: bytes | None = None) -> ImageFormat | None:
+    """An image's real format from its first bytes (None when unknown)."""
+    head = data if data is not None else _image_head(reference, 16)
+    return sniff_format(head) if head is not None else None
+
+
 def image_pixels(reference: str | None, data: bytes | None = None) -> int:
     """The pixels an image's header declares (0 when it cannot be read: such an image is
-    refused by its checks before any decoding)."""
-    if data is None:
-        if reference is None or is_remote_url(reference):
+    refused by its checks before any decoding). Decodes as little base64 as it can."""
+    for chars in (0,) if data is not None else _HEADER_BASE64_CHARS:
+        head = data if data is not None else _image_head(reference, chars)
+        if head is None:
             return 0
-        try:
-            _, payload = split_image_reference(reference, allow_bare_base64=True)
-            head = payload[:_HEADER_BASE64_CHARS]
-            data = base64.b64decode(head[: len(head) - len(head) % 4])
-        except (GatewayError, binascii.Error, ValueError):
-            return 0
-    fmt = sniff_format(data)
-    size = read_dimensions(data, fmt) if fmt is not None else None
-    return size[0] * size[1] if size is not None else 0
+        fmt = sniff_format(head)
+        size = read_dimensions(head, fmt) if fmt is not None else None
+        if size is not None:
+            return size[0] * size[1]
+    return 0
 
 
 def heavy_work(
@@ -106,17 +155,34 @@ def heavy_work(
     text_chars: int = 0,
     references: Iterable[str] = (),
     fetched: Iterable[bytes | None] = (),
+    low_detail: Iterable[bool] = (),
+    low_detail_pixels: int = 0,
 ) -> bool:
-    """Whether preparing a request of this shape belongs in a thread."""
+    """Whether preparing a request of this shape belongs in a thread. Its images' base64
+    is decoded and hashed; GIFs, and the images that ask for detail "low" (``low_detail``,
+    in the order of ``references``) and have more than ``low_detail_pixels``, are decoded
+    and re-encoded too. The full decode check is not part of it (decode_ns)."""
     if messages > THREAD_MESSAGES or text_chars > THREAD_TEXT_CHARS:
         return True
-    references, fetched = list(references), list(fetched)
+    references, fetched, low = list(references), list(fetched), list(low_detail)
     encoded = sum(len(ref) for ref in references) + sum(len(d or b"") for d in fetched)
     if encoded > THREAD_BASE64_CHARS:
         return True
-    pixels = 0
+    recoded = 0
     for index, reference in enumerate(references):
-        pixels += image_pixels(reference, fetched[index] if index < len(fetched) else None)
-        if pixels > THREAD_PIXELS:
-            return True
+        data = fetched[index] if index < len(fetched) else None
+        gif = image_format(reference, data) == "gif"
+        shrink = index < len(low) and low[index]
+        if not (gif or shrink):
+            continue  # no pixel work: its header need not be read
+        pixels = image_pixels(reference, data)
+        if gif or pixels > low_detail_pixels:  # else sent as it is (detail.py)
+            recoded += pixels
+            if recoded > THREAD_RECODE_PIXELS:
+                return True
     return False
+
+
+def decode_ns(fmt: ImageFormat, pixels: int, size_bytes: int) -> float:
+    """The full decode check's cost for one image, in nanoseconds (see THREAD_DECODE_NS)."""
+    return _DECODE_NS_PER_BYTE[fmt] * size_bytes + _DECODE_NS_PER_PIXEL[fmt] * pixels

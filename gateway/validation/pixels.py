@@ -14,12 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.images import CheckedImage, verify_decode
-from gateway.validation.bounds import THREAD_PIXELS, off_loop_if
+from gateway.validation.bounds import THREAD_DECODE_NS, decode_ns, off_loop_if
 
 
 @dataclass(slots=True)
 class PixelCheck:
-    """The images of one request still to be decoded, with their params for the 400."""
+    """The images of one request still to be decoded (with their bytes, which it lets go
+    of once decoded), with their params for the 400."""
 
     images: tuple[tuple[CheckedImage, str], ...] = ()
     done: bool = False
@@ -29,9 +30,12 @@ class PixelCheck:
         that does not decode. Later calls return at once."""
         if self.done or not self.images:
             return
-        pixels = sum(image.info.pixels for image, _ in self.images)
-        await off_loop_if(pixels > THREAD_PIXELS, self._decode_all)
-        self.done = True
+        cost = sum(
+            decode_ns(i.info.format, i.info.pixels, i.info.size_bytes) for i, _ in self.images
+        )
+        await off_loop_if(cost > THREAD_DECODE_NS, self._decode_all)
+        # Done: let go of the images' bytes, which the rest of the request does not need.
+        self.done, self.images = True, ()
 
     def _decode_all(self) -> None:
         for image, param in self.images:

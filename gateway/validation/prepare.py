@@ -258,11 +258,18 @@ async def _chat_image_checks(
     them sends nothing out; the rest is left to the caller's one thread hop."""
     limits = _limits(settings)
     references = [(part.image_url.url, p) for part, p in images]
+    # Which images detail "low" may shrink (re-encode): work for the thread decision.
+    low = [part.image_url.detail == "low" for part, _ in images]
+    budget = settings.image_low_detail_pixels
     early: dict[int, CheckedImage] = {}
     if fetcher is not None and any(is_remote_url(ref) for ref, _ in references):
         inline = [(i, ref, p) for i, (ref, p) in enumerate(references) if not is_remote_url(ref)]
         early = await off_loop_if(
-            heavy_work(references=[ref for _, ref, _ in inline]),
+            heavy_work(
+                references=[ref for _, ref, _ in inline],
+                low_detail=[low[i] for i, _, _ in inline],
+                low_detail_pixels=budget,
+            ),
             lambda: {
                 i: _check_one(ref, None, limits, p, bare_base64=False) for i, ref, p in inline
             },
@@ -277,7 +284,10 @@ async def _chat_image_checks(
 
     unchecked = [i for i in range(len(references)) if i not in early]
     heavy = heavy_work(
-        references=[references[i][0] for i in unchecked], fetched=[fetched[i] for i in unchecked]
+        references=[references[i][0] for i in unchecked],
+        fetched=[fetched[i] for i in unchecked],
+        low_detail=[low[i] for i in unchecked],
+        low_detail_pixels=budget,
     )
     return check, heavy
 
