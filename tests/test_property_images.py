@@ -63,6 +63,28 @@ def test_base64_is_decoded_only_when_canonical(payload: str) -> None:
 
 
 @FAST
+@given(
+    st.binary(min_size=200, max_size=4000),
+    st.integers(min_value=0),
+    st.sampled_from(" \n\r\t-_.%\x00=é\ud800"),
+)
+def test_one_stray_character_in_a_long_payload_is_refused(
+    raw: bytes, position: int, char: str
+) -> None:
+    # Long enough for the decoder's SIMD blocks: a stray character anywhere in one of
+    # them, not only in the short tail the examples above reach, must be found.
+    encoded = base64.b64encode(raw).decode()
+    position %= len(encoded) - 4  # not in the last quantum, where "=" may be padding
+    payload = encoded[:position] + char + encoded[position + 1 :]
+    try:
+        decode_base64_strict(payload, "image")
+    except GatewayError as error:
+        _assert_client_error(error, ErrorCode.INVALID_BASE64, param="image")
+    else:
+        raise AssertionError(f"accepted a stray {char!r} at {position}")
+
+
+@FAST
 @given(st.binary(max_size=30))
 def test_canonical_base64_of_any_bytes_is_accepted(raw: bytes) -> None:
     encoded = base64.b64encode(raw).decode()
