@@ -250,3 +250,21 @@ async def test_a_large_photo_body_is_not_sent_to_the_child_process() -> None:
         assert parser._executor is None  # no child was started for it
     finally:
         parser.close()
+
+
+@pytest.mark.parametrize(
+    ("objects", "heavy"),
+    [(0, False), (bounds.THREAD_BODY_OBJECTS - 1, False), (bounds.THREAD_BODY_OBJECTS + 1, True)],
+)
+def test_a_body_is_parsed_in_a_thread_by_its_objects(objects: int, heavy: bool) -> None:
+    # One message holds one object; the body's own braces add one more.
+    messages = [{"role": "user", "content": "x"}] * objects
+    raw = json.dumps({"model": MODEL, "messages": messages}).encode()
+    assert raw.count(b"{") == objects + 1
+    assert bounds.heavy_body(raw) is heavy
+
+
+def test_a_photo_body_is_parsed_on_the_loop_and_a_huge_one_in_a_thread() -> None:
+    photo = json.dumps(image_chat_body(data_uri(image_bytes("JPEG", (640, 480))))).encode()
+    assert not bounds.heavy_body(photo)
+    assert bounds.heavy_body(photo + b" " * bounds.THREAD_BODY_BYTES)

