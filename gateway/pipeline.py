@@ -53,6 +53,7 @@ from gateway.remote_images import RemoteImageFetcher
 from gateway.streams import ChunkStream, GapTimer, RecordingStream, ReplayStream
 from gateway.upstream.pool import WorkerPool
 from gateway.upstream.proxy import Upstream
+from gateway.validation.pixels import DecodedImages
 from gateway.validation.prepare import PreparedRequest, prepare_chat, prepare_vqa, read_chat
 
 CHAT_PATH = "/v1/chat/completions"
@@ -144,6 +145,8 @@ class Pipeline:
         self._upstream = upstream
         self._metrics = metrics
         self._cache = cache
+        # Images already decoded by this process (validation/pixels.py).
+        self._decoded = DecodedImages()
 
     # -- entry points, one per answer form ----------------------------------------------------
 
@@ -330,7 +333,7 @@ class Pipeline:
     ) -> None:
         """The full image decode (400 for a corrupt image) before a worker sees the images:
         after the lookup, so a cache hit never decodes pixels (validation/pixels.py)."""
-        await self._forward(plan, lookup, prepared.pixels.verify())
+        await self._forward(plan, lookup, prepared.pixels.verify(self._decoded))
 
     async def _forward(self, plan: CachePlan, lookup: Lookup, call: Awaitable[_R]) -> _R:
         """Await the worker; on any failure (cancellation included) release the cache plan,

@@ -7,8 +7,11 @@ the gateway process's CPU time (user + system, from /proc) over N requests is th
 gateway's own work.
 
 Miss variants: the answer cache off, so every request is validated, forwarded and logged
-to MariaDB; each variant turns one stage off, to show what it costs. Hit variants: the
-cache on and the same request every time (after a warm-up that stores it), so each
+to MariaDB; each variant turns one stage off, to show what it costs. Each miss carries a
+photo the gateway has not seen (the same pixels, with a JPEG comment of its own), so its
+full decode is paid every time; "miss, repeated photo" sends one photo throughout, as
+when several questions are asked about one product, which the gateway decodes once.
+Hit variants: the cache on and the same request every time (after a warm-up that stores it), so each
 request is a lookup and a replay; "+ key" adds a real API key with its rate limits
 (Redis) and concurrency lease, as in production.
 
@@ -25,18 +28,19 @@ Environment: ``BENCH_ROUNDS`` (3), ``BENCH_CPU_REQUESTS`` (2000), ``BENCH_CONCUR
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from loadtest.bench_worker import machine_description
-from loadtest.photos import photo
+from loadtest.photos import Photo, photo
 from loadtest.workload import chat_body
 from localstack import echo_worker
 from localstack.processes import (
@@ -60,6 +64,7 @@ class Variant:
     env: dict[str, str] = field(default_factory=dict)
     hit: bool = False  # the same request again and again, answered from the cache
     key: bool = False  # a real API key, rate limits and the concurrency lease on
+    new_photos: bool = True  # a miss: a photo the gateway has not decoded yet, each time
 
 
 VARIANTS: dict[str, Variant] = {
@@ -69,6 +74,7 @@ VARIANTS: dict[str, Variant] = {
     ),
     "miss, moderation off": Variant({**NO_CACHE, **NO_AUTH, "GATEWAY_MODERATION_ENABLED": "false"}),
     "miss, log off": Variant({**NO_CACHE, **NO_AUTH, "GATEWAY_LOG_ENABLED": "false"}),
+    "miss, repeated photo": Variant({**NO_CACHE, **NO_AUTH}, new_photos=False),
     "miss + key": Variant(NO_CACHE, key=True),
     "hit": Variant(NO_AUTH, hit=True),
     "hit, moderation off": Variant({**NO_AUTH, "GATEWAY_MODERATION_ENABLED": "false"}, hit=True),
@@ -83,7 +89,33 @@ def _cpu_seconds(process: LocalProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _send(url: str, payload: bytes, count: int, key: str | None) -> int:
+class Payloads:
+    """The request bodies: one photo's question, with the photo's bytes made unique per
+    request when ``unique`` (a JPEG comment segment after the start marker: the pixels,
+    and so the decode's cost, stay the same; the digest does not)."""
+
+    def __init__(self, jpeg: Photo, unique: bool) -> None:
+        self._jpeg = jpeg.data
+        self._unique = unique
+        self._count = 0
+        self._body = chat_body(
+            "qwen3-vl-tiny", [jpeg], "Is this bag real leather?",
+            max_tokens=32, temperature=0, stream=False,
+        )  # fmt: skip
+        self._image: dict[str, str] = self._body["messages"][-1]["content"][0]["image_url"]
+
+    def next(self) -> bytes:
+        data = self._jpeg
+        if self._unique:
+            self._count += 1
+            comment = f"bench {os.getpid()} {time.time_ns()} {self._count}".encode()
+            data = data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+            data += self._jpeg[2:]
+        self._image["url"] = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+        return json.dumps(self._body).encode()
+
+
+async def _send(url: str, payloads: Payloads, count: int, key: str | None) -> int:
     """``count`` requests, CONCURRENCY at a time; returns how many got 200."""
     ok = 0
     slots = asyncio.Semaphore(CONCURRENCY)
@@ -96,7 +128,9 @@ async def _send(url: str, payload: bytes, count: int, key: str | None) -> int:
             nonlocal ok
             async with (
                 slots,
-                session.post(f"{url}/v1/chat/completions", data=payload, headers=headers) as r,
+                session.post(
+                    f"{url}/v1/chat/completions", data=payloads.next(), headers=headers
+                ) as r,
             ):
                 await r.read()
                 ok += r.status == 200
@@ -105,11 +139,11 @@ async def _send(url: str, payload: bytes, count: int, key: str | None) -> int:
     return ok
 
 
-def _measure(gateway: LocalProcess, payload: bytes, key: str | None) -> float:
+def _measure(gateway: LocalProcess, payloads: Payloads, key: str | None) -> float:
     """Gateway CPU milliseconds per request over REQUESTS requests (after a warm-up)."""
-    asyncio.run(_send(gateway.url, payload, 200, key))
+    asyncio.run(_send(gateway.url, payloads, 200, key))
     before = _cpu_seconds(gateway)
-    ok = asyncio.run(_send(gateway.url, payload, REQUESTS, key))
+    ok = asyncio.run(_send(gateway.url, payloads, REQUESTS, key))
     if ok != REQUESTS:
         raise RuntimeError(f"{REQUESTS - ok} of {REQUESTS} requests failed:\n{gateway.log_tail()}")
     return (_cpu_seconds(gateway) - before) * 1000 / REQUESTS
@@ -153,15 +187,12 @@ def main() -> None:
     chosen = [n.strip() for n in os.environ.get("BENCH_VARIANTS", "").split(";") if n.strip()]
     variants = {name: VARIANTS[name] for name in chosen} if chosen else VARIANTS
     trees = _trees()
-    body: dict[str, Any] = chat_body(
-        "qwen3-vl-tiny", [photo(7, "listing", "bag")], "Is this bag real leather?",
-        max_tokens=32, temperature=0, stream=False,
-    )  # fmt: skip
-    payload = json.dumps(body).encode()
+    jpeg = photo(7, "listing", "bag")
+    size = len(Payloads(jpeg, unique=False).next())
     key = create_bench_key() if any(v.key for v in variants.values()) else None
     print(f"machine: {machine_description()}")
     print(
-        f"gateway CPU per request: {REQUESTS} chat requests (640x480 JPEG, {len(payload):,} "
+        f"gateway CPU per request: {REQUESTS} chat requests (640x480 JPEG, {size:,} "
         f"bytes), {CONCURRENCY} at a time, echo worker; median of {ROUNDS} rounds"
     )
     worker = echo_worker.start(run_dir)
@@ -178,7 +209,8 @@ def main() -> None:
                     }
                     gateway = start_gateway_in(tree, worker.url, run_dir, env)
                     try:
-                        figure = _measure(gateway, payload, key if variant.key else None)
+                        payloads = Payloads(jpeg, unique=variant.new_photos and not variant.hit)
+                        figure = _measure(gateway, payloads, key if variant.key else None)
                     finally:
                         gateway.stop()
                     label = f"{name} [{tree_name}]" if tree_name else name

@@ -12,6 +12,7 @@ import pytest
 
 from gateway import images
 from gateway.moderation import ModerationSettings
+from gateway.validation.pixels import DecodedImages
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.images import b64, data_uri, image_bytes
 from tests.support.requests import image_chat_body, vqa_body
@@ -83,6 +84,24 @@ async def test_a_cache_hit_decodes_no_pixels(
     assert decodes == ["jpeg"]
 
 
+async def test_a_photo_is_decoded_once_for_all_the_questions_about_it(
+    fake_worker: FakeWorker, http: httpx.AsyncClient, decodes: list[str]
+) -> None:
+    # Different questions are different cache keys (misses), about the same bytes: their
+    # decode was done once, without error. A refused image is decoded every time (above).
+    photo = data_uri(image_bytes("JPEG", (320, 240)), "image/jpeg")
+    other = data_uri(image_bytes("PNG", (64, 48)))
+    before = _chat_requests(fake_worker)
+    async with run_gateway(fake_worker.url) as url:
+        for question in ("is this leather?", "what brand is it?", "a gift for my mother?"):
+            body = image_chat_body(question, photo, max_tokens=8)
+            answer = await http.post(url + CHAT, json=body)
+            assert (answer.status_code, answer.headers["x-cache"]) == (200, "bypass")
+        await http.post(url + CHAT, json=image_chat_body("and this?", other, max_tokens=8))
+    assert _chat_requests(fake_worker) == before + 4
+    assert decodes == ["jpeg", "png"]
+
+
 async def test_with_the_check_off_the_gateway_forwards_without_decoding(
     fake_worker: FakeWorker, http: httpx.AsyncClient, decodes: list[str]
 ) -> None:
@@ -107,3 +126,12 @@ async def test_moderations_image_check_never_sends_a_corrupt_image(
         _assert_invalid_image(await http.post(url + CHAT, json=body), IMAGE_PARAM)
     assert _chat_requests(fake_worker) == before  # not even the moderation question
     assert decodes == ["png"]
+
+
+def test_decoded_images_keeps_the_most_recently_used_digests() -> None:
+    decoded = DecodedImages(capacity=2)
+    decoded.add("a")
+    decoded.add("b")
+    assert "a" in decoded  # now the most recent
+    decoded.add("c")  # pushes out "b", the least recently used
+    assert ("a" in decoded, "b" in decoded, "c" in decoded) == (True, False, True)
