@@ -123,10 +123,10 @@ def test_preparing_is_heavy_work_when_it_re_encodes_pixels() -> None:
 
 
 def test_a_photo_of_typical_size_is_prepared_on_the_loop() -> None:
-    # 150 KB of JPEG (200 KB of base64): a thread hop would cost more than the work.
-    typical = data_uri(b"\xff\xd8\xff" + os.urandom(150 * 1024), "image/jpeg")
+    # 300 KB of JPEG (400 KB of base64): a thread hop would cost more than the work.
+    typical = data_uri(b"\xff\xd8\xff" + os.urandom(300 * 1024), "image/jpeg")
     assert not heavy_work(references=[typical])
-    assert heavy_work(references=[data_uri(os.urandom(200 * 1024), "image/jpeg")])
+    assert heavy_work(references=[data_uri(os.urandom(400 * 1024), "image/jpeg")])
 
 
 def test_the_decode_checks_cost_follows_the_format() -> None:
