@@ -11,7 +11,7 @@ from gateway.answers import CachedAnswer
 from gateway.cache.keys import derive_key, is_deterministic
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.store import CacheDirectives
-from gateway.validation.prepare import canonical_request
+from gateway.validation.encode import canonical_request
 from tests.support.requests import image_chat_body
 
 

@@ -29,9 +29,9 @@ from gateway.moderation.policy import load_policy
 from gateway.ratelimit.estimate import text_tokens
 from gateway.streams import AnswerRecorder
 from gateway.validation.detail import apply_detail, low_detail_size
+from gateway.validation.encode import canonical_request
 from gateway.validation.features import key_view, read_features, worker_payload
 from gateway.validation.parse import parse_chat_body
-from gateway.validation.prepare import canonical_request
 from gateway.validation.schema_bounds import SchemaLimits, check_schema
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.auth import bearer, create_key, keyed_gateway

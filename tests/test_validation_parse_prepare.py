@@ -9,13 +9,14 @@ import pytest
 
 from gateway.errors import ERROR_TABLE, ErrorCode, GatewayError
 from gateway.protocol import ChatCompletionRequest, ErrorResponse, VQARequest
+from gateway.validation.encode import LAZY_BODY_MAX_BYTES, worker_body
 from gateway.validation.parse import (
     check_content_type,
     parse_chat_body,
     parse_json_object,
     parse_vqa_body,
 )
-from gateway.validation.prepare import LAZY_BODY_MAX_BYTES, prepare_chat, prepare_vqa, worker_body
+from gateway.validation.prepare import prepare_chat, prepare_vqa
 from tests.support.bad_requests import MARKER
 from tests.support.images import b64, data_uri, image_bytes
 from tests.support.requests import MODEL, chat_body, image_chat_body

@@ -81,7 +81,7 @@ def _invalid(param: str, message: str) -> GatewayError:
 
 def _digest(text: str) -> str:
     # surrogatepass: a lone surrogate is refused later, with the request's own 400
-    # (prepare.canonical_request), not here as an encoding error.
+    # (encode.canonical_request), not here as an encoding error.
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
