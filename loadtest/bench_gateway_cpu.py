@@ -57,6 +57,7 @@ CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "8"))
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "mysql://vlm:vlm@127.0.0.1:3306/vlm_bench")
 NO_CACHE = {"GATEWAY_CACHE_ENABLED": "false"}
 NO_AUTH = {"GATEWAY_AUTH_ENABLED": "false"}
+STREAM_WORDS = 32  # chunks of a streamed answer (the anchors' misses ask for 32 tokens)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Variant:
     hit: bool = False  # the same request again and again, answered from the cache
     key: bool = False  # a real API key, rate limits and the concurrency lease on
     new_photos: bool = True  # a miss: a photo the gateway has not decoded yet, each time
+    stream: bool = False  # server-sent events: STREAM_WORDS chunks, as for 32 tokens
 
 
 VARIANTS: dict[str, Variant] = {
@@ -75,6 +77,7 @@ VARIANTS: dict[str, Variant] = {
     "miss, moderation off": Variant({**NO_CACHE, **NO_AUTH, "GATEWAY_MODERATION_ENABLED": "false"}),
     "miss, log off": Variant({**NO_CACHE, **NO_AUTH, "GATEWAY_LOG_ENABLED": "false"}),
     "miss, repeated photo": Variant({**NO_CACHE, **NO_AUTH}, new_photos=False),
+    "miss, streamed": Variant({**NO_CACHE, **NO_AUTH}, stream=True),
     "miss + key": Variant(NO_CACHE, key=True),
     "hit": Variant(NO_AUTH, hit=True),
     "hit, moderation off": Variant({**NO_AUTH, "GATEWAY_MODERATION_ENABLED": "false"}, hit=True),
@@ -94,13 +97,13 @@ class Payloads:
     request when ``unique`` (a JPEG comment segment after the start marker: the pixels,
     and so the decode's cost, stay the same; the digest does not)."""
 
-    def __init__(self, jpeg: Photo, unique: bool) -> None:
+    def __init__(self, jpeg: Photo, unique: bool, stream: bool = False) -> None:
         self._jpeg = jpeg.data
         self._unique = unique
         self._count = 0
         self._body = chat_body(
             "qwen3-vl-tiny", [jpeg], "Is this bag real leather?",
-            max_tokens=32, temperature=0, stream=False,
+            max_tokens=32, temperature=0, stream=stream,
         )  # fmt: skip
         self._image: dict[str, str] = self._body["messages"][-1]["content"][0]["image_url"]
 
@@ -195,7 +198,7 @@ def main() -> None:
         f"gateway CPU per request: {REQUESTS} chat requests (640x480 JPEG, {size:,} "
         f"bytes), {CONCURRENCY} at a time, echo worker; median of {ROUNDS} rounds"
     )
-    worker = echo_worker.start(run_dir)
+    worker = echo_worker.start(run_dir, stream_words=STREAM_WORDS)
     results: dict[str, list[float]] = {}
     try:
         for round_index in range(ROUNDS):
@@ -209,7 +212,9 @@ def main() -> None:
                     }
                     gateway = start_gateway_in(tree, worker.url, run_dir, env)
                     try:
-                        payloads = Payloads(jpeg, unique=variant.new_photos and not variant.hit)
+                        payloads = Payloads(
+                            jpeg, variant.new_photos and not variant.hit, variant.stream
+                        )
                         figure = _measure(gateway, payloads, key if variant.key else None)
                     finally:
                         gateway.stop()

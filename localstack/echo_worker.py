@@ -7,11 +7,14 @@ The fuzz test sends a thousand generated requests through the gateway in about a
 the real engine (tested end to end elsewhere) would take many minutes for the same. It
 answers whatever the gateway forwards with a fixed, well-formed completion (streamed when
 asked), so any 5xx or spec-breaking answer the fuzzer sees is the gateway's own.
+A streamed answer has ECHO_STREAM_WORDS chunks (2: "echo", " answer"; more add " word"),
+so a benchmark can stream as many chunks as the engine would send for its tokens.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +32,7 @@ from localstack.processes import LocalProcess, free_port, wait_http_ok
 from worker.profiles import REPO_ROOT
 
 MODEL = "qwen3-vl-tiny"
+STREAM_WORDS = max(2, int(os.environ.get("ECHO_STREAM_WORDS", "2")))
 
 
 async def _health(_: Request) -> Response:
@@ -58,7 +62,7 @@ def _completion() -> dict[str, Any]:
 
 
 async def _chunks(include_usage: bool) -> AsyncIterator[bytes]:
-    for text in ("echo", " answer"):
+    for text in ("echo", " answer", *[" word"] * (STREAM_WORDS - 2)):
         chunk = {
             "id": "chatcmpl-echo",
             "object": "chat.completion.chunk",
@@ -92,7 +96,7 @@ def app() -> Starlette:
     )
 
 
-def start(log_dir: Path) -> LocalProcess:
+def start(log_dir: Path, stream_words: int = 2) -> LocalProcess:
     """This double as a process on a free port, returned once /health answers."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +107,7 @@ def start(log_dir: Path) -> LocalProcess:
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "ECHO_STREAM_WORDS": str(stream_words)},
         )
     worker = LocalProcess(f"echo-worker-{port}", process, port, log_path)
     wait_http_ok(worker, "/health", 30)
