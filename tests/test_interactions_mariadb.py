@@ -221,6 +221,25 @@ async def test_poison_rows_are_isolated_and_flagged_without_losing_their_batch(
         assert row["poison_error"] is None
 
 
+async def test_records_arriving_during_an_insert_wait_for_a_full_batch(
+    engine: AsyncEngine, sync_engine: Engine, db_url: str, tmp_path: Path, prefix: str
+) -> None:
+    # A steady trickle: records keep arriving while each batch is written. Each batch
+    # still waits for batch_size rows (the interval is long), not only for what arrived
+    # during the last insert.
+    settings = settings_for(db_url, tmp_path / "spool.jsonl", batch_size=20, flush_interval_s=30)
+    async with running(engine, settings) as (writer, metrics):
+        for i in range(100):
+            writer.submit(make(f"{prefix}-{i:03d}"))
+            await asyncio.sleep(0.002)
+        await writer.flush()
+        registry = metrics.registry
+        batches = registry.get_sample_value("gateway_interactions_batch_rows_count")
+        rows = registry.get_sample_value("gateway_interactions_batch_rows_sum")
+    assert (batches, rows) == (5, 100)
+    assert len(by_prefix(sync_engine, prefix)) == 100
+
+
 async def test_replays_are_idempotent_on_request_id(
     engine: AsyncEngine, sync_engine: Engine, db_url: str, tmp_path: Path, prefix: str
 ) -> None:

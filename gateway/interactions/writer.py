@@ -294,12 +294,18 @@ class InteractionWriter:
     async def _next_batch(self) -> list[InteractionRecord]:
         if not self._buf:
             await self._wait(self._idle_timeout())
-        if (
+        # In a loop: a wake-up may be a spare one (the first record after a batch sets it
+        # while the last batch is written), which used to cut batches to whatever arrived
+        # during one insert (about 20 rows at 1,500 requests/s instead of 200).
+        while (
             self._buf
             and len(self._buf) < self.settings.batch_size
             and not (self._closing or self._flush_now)
         ):
-            await self._wait(self._oldest_at + self.settings.flush_interval_s - time.monotonic())
+            left = self._oldest_at + self.settings.flush_interval_s - time.monotonic()
+            if left <= 0:
+                break
+            await self._wait(left)
         count = min(len(self._buf), self.settings.batch_size)
         batch = [self._buf.popleft() for _ in range(count)]
         self._oldest_at = time.monotonic()
