@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, Self
 
+from gateway import json_text
 from gateway.answers import CachedAnswer, CompletionSummary, ToolCallRecord
 
 _DONE: Final = b"[DONE]"
@@ -72,7 +72,7 @@ class AnswerRecorder:
             self.done = True
             return True
         try:
-            event = json.loads(data)
+            event = json_text.loads(data)
         except ValueError:
             self.failed = True
             return True

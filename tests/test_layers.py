@@ -21,6 +21,7 @@ RANKS: Final[dict[str, int]] = {
     "gateway.background": 0,
     "gateway.breaker": 0,
     "gateway.answers": 0,
+    "gateway.json_text": 0,
     "gateway.db": 0,
     "gateway.errors": 1,
     "gateway.redis_link": 1,

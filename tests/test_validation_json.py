@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import ErrorCode, GatewayError
-from gateway.validation.parse import load_json_object
+from gateway.validation.parse import load_json_object  # through gateway/json_text.py
 
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

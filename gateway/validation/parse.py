@@ -7,12 +7,12 @@ checked against the limits and prepared for a worker in prepare.py.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final, TypeVar
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails, from_json
+from pydantic_core import ErrorDetails
 
+from gateway import json_text
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.protocol import ChatCompletionRequest, VQARequest
@@ -34,16 +34,9 @@ def check_content_type(content_type: str | None) -> None:
 
 def load_json_object(raw: bytes) -> dict[str, Any]:
     try:
-        # pydantic-core's parser (jiter): 4 instead of 28 µs for a photo's body, and the
-        # same values as the standard library (big integers exact, NaN, last duplicate key
-        # wins). What it refuses (lone surrogates, UTF-16, a BOM, deep nesting) goes to the
-        # standard library, so every body gets the answer it always got.
-        value = from_json(raw)
-    except ValueError:
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise GatewayError(ErrorCode.INVALID_JSON, "The body is not valid JSON.") from None
+        value = json_text.loads(raw)
+    except (ValueError, RecursionError):
+        raise GatewayError(ErrorCode.INVALID_JSON, "The body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise GatewayError(ErrorCode.INVALID_JSON, "The body must be a JSON object.")
     return value
