@@ -47,7 +47,7 @@ def db_url() -> Iterator[str]:
 
 @pytest.fixture
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_log_engine(db_url)
+    engine = create_log_engine(db_url, prepared_statements=True)
     yield engine
     await engine.dispose()
 

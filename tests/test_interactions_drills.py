@@ -123,7 +123,7 @@ def drill_url(private_db: PrivateMariaDB) -> str:
 
 @pytest.fixture
 async def engine(drill_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_log_engine(drill_url, connect_timeout_s=1.0)
+    engine = create_log_engine(drill_url, connect_timeout_s=1.0, prepared_statements=True)
     yield engine
     await engine.dispose()
 

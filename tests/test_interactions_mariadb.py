@@ -64,7 +64,7 @@ def sync_engine(db_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_log_engine(db_url)
+    engine = create_log_engine(db_url, prepared_statements=True)
     yield engine
     await engine.dispose()
 

@@ -44,7 +44,9 @@ async def open_interaction_writer(
     engine = None
     if settings.enabled:
         engine = create_log_engine(
-            settings.database_url.get_secret_value(), connect_timeout_s=settings.connect_timeout_s
+            settings.database_url.get_secret_value(),
+            connect_timeout_s=settings.connect_timeout_s,
+            prepared_statements=True,
         )
         stack.push_async_callback(engine.dispose)
     writer = InteractionWriter(engine, settings, InteractionLogMetrics(registry))
