@@ -49,7 +49,8 @@ async def _send_json(send: Send, body: bytes, cache: str) -> None:
 async def _client_gone(send: Send, services: Services, ctx: RequestContext) -> None:
     services.metrics.client_disconnects.labels(ctx.route).inc()
     ctx.draft.fail("client_error", CLIENT_GONE)
-    await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": []})
+    headers = [(b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
 
 
