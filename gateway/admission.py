@@ -31,6 +31,7 @@ from gateway.db.engine import create_log_engine
 from gateway.errors import ErrorCode, GatewayError, error_headers
 from gateway.interactions.draft import draft_of
 from gateway.metrics import Metrics
+from gateway.middleware import request_header
 from gateway.ratelimit import (
     ConcurrencyLimiter,
     LimiterUnavailable,
@@ -263,7 +264,7 @@ class AdmissionMiddleware:
         state[STATE_KEY] = admission
         try:
             try:
-                await control.admit(admission, _authorization(scope))
+                await control.admit(admission, request_header(scope, b"authorization"))
             except GatewayError as error:
                 self._note_key(state, admission)
                 await self._refuse(send, error, admission)
@@ -300,13 +301,6 @@ class AdmissionMiddleware:
         ]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-def _authorization(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            return bytes(value).decode("latin-1")
-    return None
 
 
 async def open_admission(

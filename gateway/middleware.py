@@ -78,6 +78,14 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+def request_header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value (``name`` in lower case, as ASGI gives it)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
 def incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER:

@@ -24,17 +24,11 @@ from gateway.interactions.draft import CLIENT_GONE, STATE_KEY, InteractionDraft
 from gateway.interactions.records import InteractionRecord
 from gateway.interactions.writer import InteractionWriter
 from gateway.metrics import Metrics
+from gateway.middleware import request_header
 
 LOGGED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/vqa"})
 # Error bodies are small; a larger body is an answer, not an error, and is not parsed.
 _ERROR_BODY_LIMIT: Final = 16 * 1024
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 def client_ip(scope: Scope, trusted: Sequence[IPv4Network | IPv6Network]) -> str | None:
@@ -42,7 +36,7 @@ def client_ip(scope: Scope, trusted: Sequence[IPv4Network | IPv6Network]) -> str
     (behind our Nginx the peer is Nginx itself; it passes the client in X-Real-IP)."""
     client = scope.get("client")
     peer = str(client[0]) if client else None
-    real = _header(scope, b"x-real-ip")
+    real = request_header(scope, b"x-real-ip")
     if real and peer is not None and _is_trusted(peer, trusted):
         return real
     return peer
@@ -134,7 +128,7 @@ class InteractionLogMiddleware:
             stream=draft.stream,
             ttft_ms=draft.ttft_ms,
             client_ip=client_ip(scope, self.trusted_proxies),
-            user_agent=_header(scope, b"user-agent"),
+            user_agent=request_header(scope, b"user-agent"),
             model=draft.model,
             prompt=draft.prompt,
             images=draft.images,

@@ -14,13 +14,13 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError
 from gateway.interactions.draft import CLIENT_GONE
+from gateway.middleware import request_header
 from gateway.pipeline import RequestContext
 from gateway.protocol import ChatCompletionRequest, VQARequest
 from gateway.routes.common import (
     CLIENT_CLOSED_REQUEST,
     ClientGone,
     error_operations,
-    header,
     read_body,
     until_disconnect,
 )
@@ -55,7 +55,7 @@ async def _client_gone(send: Send, services: Services, ctx: RequestContext) -> N
 
 
 async def _body(scope: Scope, receive: Receive) -> bytes | None:
-    check_content_type(header(scope, b"content-type"))
+    check_content_type(request_header(scope, b"content-type"))
     try:
         return await read_body(receive)
     except ClientGone:

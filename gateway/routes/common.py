@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, Final, TypeVar
 
-from starlette.types import Receive, Scope
+from starlette.types import Receive
 
 from gateway.protocol import ErrorResponse
 
@@ -49,14 +49,6 @@ def error_operations(*statuses: int) -> dict[str, dict[str, Any]]:
         }
         for status in statuses
     }
-
-
-def header(scope: Scope, name: bytes) -> str | None:
-    """A request header's value (``name`` in lower case, as ASGI gives it)."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 class ClientGone(Exception):

@@ -14,8 +14,8 @@ from gateway.cache.store import CacheDirectives
 from gateway.config import Settings
 from gateway.interactions.draft import InteractionDraft, draft_of
 from gateway.metrics import Metrics
+from gateway.middleware import request_header
 from gateway.pipeline import Pipeline, RequestContext
-from gateway.routes.common import header
 from gateway.upstream.pool import WorkerPool
 from gateway.validation.offload import BodyParser
 
@@ -43,7 +43,7 @@ def context_of(scope: Scope) -> RequestContext:
         request_id=str(state.get("request_id", "")),
         route=str(route),
         started=float(state.get("started", time.perf_counter())),
-        directives=CacheDirectives.from_header(header(scope, b"cache-control")),
+        directives=CacheDirectives.from_header(request_header(scope, b"cache-control")),
         # Outside the logged routes (or with the log off) the draft is simply dropped.
         draft=draft_of(state) or InteractionDraft(),
         admission=admission_of(state),
