@@ -36,7 +36,6 @@ worker, which does not speak the simple shape), ``--sizes``, ``--max-tokens``,
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -45,7 +44,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,8 +53,8 @@ from locust.argument_parser import LocustArgumentParser
 from locust.clients import ResponseContextManager
 from locust.env import Environment
 from locust.event import EventHook
-from locust.stats import StatsEntry
 
+from loadtest.locust_summary import RunState, summary_of
 from loadtest.photos import SIZES
 from loadtest.workload import (
     DEFAULT_SHAPES,
@@ -71,10 +69,8 @@ from loadtest.workload import (
 
 logger = logging.getLogger("loadtest")
 
-CUSTOM_TYPES = ("TTFT", "ITL")
 API_KEY_ENV = "LOADTEST_API_KEY"
 FALLBACK_MODEL = "qwen3-vl-tiny"
-SUMMARY_PERCENTILES = (0.5, 0.95, 0.99)
 
 
 def add_arguments(parser: LocustArgumentParser) -> None:
@@ -177,18 +173,7 @@ def discover_model(host: str, key: str | None, timeout_s: float = 10.0) -> str |
         return None
 
 
-class _State:
-    """What the users of this process share: the workload and the X-Cache tally."""
-
-    def __init__(self) -> None:
-        self.workload: Workload | None = None
-        self.started_at: float | None = None
-        self.stopped_at: float | None = None
-        self.x_cache: Counter[tuple[str, str, str]] = Counter()
-        self.user_ids = itertools.count()
-
-
-STATE = _State()
+STATE = RunState()
 
 
 def planned_workload(environment: Environment) -> Workload:
@@ -353,93 +338,9 @@ class Shopper(HttpUser):
             )
 
 
-# --- the summary written when Locust quits -------------------------------------------------
-
-
-def _entry_summary(entry: StatsEntry) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "type": entry.method,
-        "name": entry.name,
-        "requests": entry.num_requests,
-        "failures": entry.num_failures,
-        "failure_ratio": entry.fail_ratio,
-        "rps": entry.total_rps,
-        "avg_ms": entry.avg_response_time,
-        "max_ms": entry.max_response_time,
-    }
-    for percent in SUMMARY_PERCENTILES:
-        key = f"p{round(percent * 100)}_ms"
-        summary[key] = entry.get_response_time_percentile(percent) if entry.num_requests else None
-    return summary
-
-
 def summarise(environment: Environment) -> dict[str, Any]:
-    """Locust's statistics with the custom TTFT/ITL entries kept out of the HTTP aggregate."""
-    stats = environment.stats
-    http = StatsEntry(stats, "HTTP", "", use_response_times_cache=False)
-    entries = []
-    for entry in sorted(stats.entries.values(), key=lambda e: (e.method or "", e.name)):
-        entries.append(_entry_summary(entry))
-        if entry.method not in CUSTOM_TYPES:
-            http.extend(entry)
-    custom = {
-        kind: _merged_summary(
-            environment, kind, [e for e in stats.entries.values() if e.method == kind]
-        )
-        for kind in CUSTOM_TYPES
-    }
-    errors = [
-        {
-            "type": e.method,
-            "name": e.name,
-            "error": e.parse_error(e.error),
-            "occurrences": e.occurrences,
-        }
-        for e in stats.errors.values()
-    ]
-    workload = STATE.workload
-    return {
-        "host": environment.host,
-        "started_at": STATE.started_at,
-        "stopped_at": STATE.stopped_at,
-        "users": getattr(environment.parsed_options, "num_users", None),
-        "workload": _workload_summary(workload) if workload else None,
-        "http": _entry_summary(http),
-        "ttft": custom["TTFT"],
-        "itl": custom["ITL"],
-        "entries": entries,
-        "errors": errors,
-        "x_cache": [
-            {"shape": shape, "origin": origin, "x_cache": value, "count": count}
-            for (shape, origin, value), count in sorted(STATE.x_cache.items())
-        ],
-    }
-
-
-def _merged_summary(
-    environment: Environment, kind: str, entries: list[StatsEntry]
-) -> dict[str, Any]:
-    merged = StatsEntry(environment.stats, kind, kind, use_response_times_cache=False)
-    for entry in entries:
-        merged.extend(entry)
-    return _entry_summary(merged)
-
-
-def _workload_summary(workload: Workload) -> dict[str, Any]:
-    config = workload.config
-    return {
-        "model": config.model,
-        "repeat_share": config.repeat_share,
-        "popular_products": config.popular_products,
-        "shapes": dict(config.shape_weights),
-        "sizes": dict(config.size_weights),
-        "max_tokens": config.max_tokens,
-        "temperature": config.temperature,
-        "chinese_share": config.chinese_share,
-        "two_image_share": config.two_image_share,
-        "seed": config.seed,
-        "salt": workload.salt,
-    }
+    """The summary ``--summary-json`` writes (loadtest/locust_summary.py)."""
+    return summary_of(environment, STATE)
 
 
 def on_quitting(environment: Environment, **_: Any) -> None:
