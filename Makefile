@@ -159,7 +159,7 @@ observe: $(VENV)/.installed observe-tools ## Prometheus + Alertmanager + exporte
 
 # --- benchmarks -----------------------------------------------------------------------------
 bench-worker: install ## vLLM's own benchmark client against one cpu-tiny worker
-	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_worker | tee $(RUN_DIR)/bench-worker.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.worker | tee $(RUN_DIR)/bench-worker.txt
 
 LOADTEST_HOST ?= http://127.0.0.1:8080
 LOADTEST_DURATION ?= 60s
@@ -168,24 +168,24 @@ LOADTEST_ARGS ?=
 
 loadtest: up ## Locust against the local stack; CSV + HTML in loadtest/runs/locust/ (ignored); fails on thresholds
 	LOADTEST_API_KEY=$${LOADTEST_API_KEY:-$$(cat $(RUN_DIR)/demo-api-key 2>/dev/null)} \
-	$(PY) -m loadtest.run_locust --host $(LOADTEST_HOST) --duration $(LOADTEST_DURATION) \
+	$(PY) -m loadtest.locust.run --host $(LOADTEST_HOST) --duration $(LOADTEST_DURATION) \
 	  --users $(LOADTEST_USERS) --max-error-rate 0.01 --max-p95-ms 10000 $(LOADTEST_ARGS)
 
 bench: install services ## every benchmark in one run, then loadtest/results/REPORT.md with plots
 	mkdir -p loadtest/results
-	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway | tee loadtest/results/bench-gateway.txt
-	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway_cpu | tee loadtest/results/bench-gateway-cpu.txt
-	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_anchors | tee loadtest/results/bench-anchors.txt
-	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_cache | tee loadtest/results/bench-cache.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.gateway | tee loadtest/results/bench-gateway.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.gateway_cpu | tee loadtest/results/bench-gateway-cpu.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.anchors | tee loadtest/results/bench-anchors.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.cache | tee loadtest/results/bench-cache.txt
 	# event-loop lag under the largest bodies the limits allow; coalescing drills (issue 15)
-	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_hardening | tee loadtest/results/bench-hardening.txt
-	$(PY) -m loadtest.bench_interactions | tee loadtest/results/bench-interactions.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.hardening | tee loadtest/results/bench-hardening.txt
+	$(PY) -m loadtest.bench.interactions | tee loadtest/results/bench-interactions.txt
 	# stats/top over 1 and 10 million rows, plain and daily-partitioned (minutes: not in make test)
-	$(PY) -m loadtest.bench_interactions_scale | tee loadtest/results/bench-interactions-scale.txt
-	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_replicas | tee loadtest/results/bench-replicas.txt
-	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_workers | tee loadtest/results/bench-workers.txt
-	$(PY) -m loadtest.bench_moderation | tee loadtest/results/bench-moderation.txt
-	$(PY) -m loadtest.bench_ratelimit | tee loadtest/results/bench-ratelimit.txt
+	$(PY) -m loadtest.bench.interactions_scale | tee loadtest/results/bench-interactions-scale.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.replicas | tee loadtest/results/bench-replicas.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.workers | tee loadtest/results/bench-workers.txt
+	$(PY) -m loadtest.bench.moderation | tee loadtest/results/bench-moderation.txt
+	$(PY) -m loadtest.bench.ratelimit | tee loadtest/results/bench-ratelimit.txt
 	$(PY) -m loadtest.report
 
 # The one command that changes the committed load-test figures: the last `make loadtest`

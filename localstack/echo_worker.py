@@ -1,5 +1,5 @@
 """A worker double that answers every chat completion at once: for fuzzing the gateway,
-and for measuring the gateway's own CPU (loadtest/bench_gateway_cpu.py).
+and for measuring the gateway's own CPU (loadtest/bench/gateway_cpu.py).
 
     python -m localstack.echo_worker PORT
 

@@ -1,5 +1,5 @@
 """A worker double whose every answer takes a fixed time, and which counts what it is asked:
-for the coalescing drills (loadtest/coalesce_drills.py), where a generation must last
+for the coalescing drills (loadtest/bench/coalesce_drills.py), where a generation must last
 long enough to kill its leader in the middle of it.
 
     python -m localstack.slow_worker PORT SECONDS

@@ -1,11 +1,12 @@
-"""Issue 15, section 2: the coalescing drills with real processes (loadtest/coalesce_drills.py):
-two gateway replicas, a private Redis, a worker double with 3-second generations."""
+"""Issue 15, section 2: the coalescing drills with real processes
+(loadtest/bench/coalesce_drills.py): two gateway replicas, a private Redis, a worker double
+with 3-second generations."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from loadtest.coalesce_drills import kill_the_leader, the_leader_hangs_up
+from loadtest.bench.coalesce_drills import kill_the_leader, the_leader_hangs_up
 
 # Generous against a loaded 2-core machine, and far below the old behaviour: waiters
 # of a dead leader waited out coalesce_wait_timeout_s (120 s), then all called workers.

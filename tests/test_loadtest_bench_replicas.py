@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.vllm_bench import bench_config_from_env
+from loadtest.bench.vllm_bench import bench_config_from_env
 from worker.profiles import TINY_MODEL_DIR
 
 

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +25,10 @@ PROBE = textwrap.dedent(
     import locust
     from locust.argument_parser import get_parser
     from locust.env import Environment
-    import loadtest.locustfile as lf
+    import loadtest.locust.locustfile as lf
 
     options = get_parser().parse_args([
-        "-f", "loadtest/locustfile.py", "--host", "http://127.0.0.1:9", "-u", "3",
+        "-f", "loadtest/locust/locustfile.py", "--host", "http://127.0.0.1:9", "-u", "3",
         "--shapes", "chat=1,chat_stream=1,vqa=1,simple_chat=1", "--seed", "5",
         "--max-tokens", "32",
     ])
@@ -80,7 +79,7 @@ def probe() -> dict[str, Any]:
 
 def test_locust_lists_the_shopper_user() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(Path("loadtest") / "locustfile.py"), "--list"],
+        [sys.executable, "-m", "locust", "-f", "loadtest/locust/locustfile.py", "--list"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from loadtest.photos import KINDS, SIZES, PhotoSpec, image_tokens, main, make_photo, photo
+from loadtest.locust.photos import KINDS, SIZES, PhotoSpec, image_tokens, main, make_photo, photo
 
 
 def _decode(data: bytes) -> Image.Image:

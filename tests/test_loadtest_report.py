@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.report import NOT_MEASURED, SECTIONS, Stat, build_report
+from loadtest.report.build import NOT_MEASURED, SECTIONS, Stat, build_report
 
 MACHINE = "x86_64, 2 cores, Test CPU"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.run_locust import (
+from loadtest.locust.run import (
     LOCUSTFILE,
     Thresholds,
     check_thresholds,

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from gateway.protocol import ChatCompletionRequest, VQARequest
-from loadtest.questions import BY_KIND, COMPARE, GENERIC, all_questions, pick_question
-from loadtest.workload import (
+from loadtest.locust.questions import BY_KIND, COMPARE, GENERIC, all_questions, pick_question
+from loadtest.locust.workload import (
     SHAPES,
     SSEReader,
     Workload,

@@ -20,7 +20,7 @@ from gateway.moderation.normalize import normalize, variants
 from gateway.moderation.policy import MEMO_ENTRIES, MEMO_MAX_CHARS
 from gateway.moderation.settings import ModerationSettings
 from gateway.streams import AnswerRecorder
-from loadtest.questions import SYSTEM_PROMPT, all_questions
+from loadtest.locust.questions import SYSTEM_PROMPT, all_questions
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,7 @@ class Policy:
     """A compiled policy: ``violation(text)`` names the category a text falls in.
 
     The literal terms of every category are one Aho-Corasick automaton (one pass over the
-    text, whatever the number of terms; measured in loadtest/bench_moderation.py against
+    text, whatever the number of terms; measured in loadtest/bench/moderation.py against
     one regular expression); each pattern is its own compiled expression.
     """
 

@@ -96,7 +96,7 @@ class Moderator:
         return AnswerGuard(self, draft, self._settings.stream_overlap_chars)
 
     async def _violation_off_loop(self, stage: str, text: str) -> Violation | None:
-        # About 70 µs per 1,000 characters (loadtest/bench_moderation.py): long texts are
+        # About 70 µs per 1,000 characters (loadtest/bench/moderation.py): long texts are
         # checked in a thread so the event loop keeps serving meanwhile.
         if len(text) > _THREAD_CHARS:
             return await asyncio.to_thread(self.violation, stage, text)

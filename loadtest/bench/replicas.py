@@ -11,12 +11,12 @@ bottleneck:
 * **misses**: vLLM's benchmark client (``random-mm``, the same workload as
   ``bench_gateway``, a fresh seed per run): every request reaches the worker.
 * **repeated photo**: one identical, cacheable chat request (temperature 0, a
-  640×480 product photo from ``loadtest.photos``) in a closed loop by an aiohttp
+  640×480 product photo from ``loadtest.locust.photos``) in a closed loop by an aiohttp
   client at a fixed concurrency. With the answer cache on, these are cache hits
   served by the gateways and Redis; without it, they reach the worker too. The
   ``X-Cache`` header values are tallied and saved, so the report says which it was.
 
-Writes ``loadtest/results/bench-replicas.json`` (schema in ``loadtest/report.py``).
+Writes ``loadtest/results/bench-replicas.json`` (schema in ``loadtest/report/build.py``).
 
 Environment: ``BENCH_ROUNDS`` (3), ``BENCH_REPEAT_SECONDS`` (10),
 ``BENCH_REPEAT_CONCURRENCY`` (32), ``BENCH_WORKER_URL`` (use a running worker instead
@@ -41,10 +41,10 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.bench_worker import machine_description
-from loadtest.photos import photo
-from loadtest.vllm_bench import bench_config_from_env, run_vllm_bench
-from loadtest.workload import chat_body
+from loadtest.bench.vllm_bench import bench_config_from_env, run_vllm_bench
+from loadtest.bench.worker import machine_description
+from loadtest.locust.photos import photo
+from loadtest.locust.workload import chat_body
 from localstack.processes import NO_AUTH, LocalProcess, start_gateway, start_nginx, start_worker
 from worker.profiles import REPO_ROOT
 

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench_cache import CONCURRENCY, _body, _run
+from loadtest.bench.cache import CONCURRENCY, _body, _run
 from localstack.processes import NO_AUTH, LocalProcess, start_gateway, start_worker
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))

@@ -12,7 +12,7 @@ from typing import Any
 from locust.env import Environment
 from locust.stats import StatsEntry
 
-from loadtest.workload import Workload
+from loadtest.locust.workload import Workload
 
 # Entries the locustfile adds that are not requests: time to first token, inter-token gaps.
 CUSTOM_TYPES = ("TTFT", "ITL")

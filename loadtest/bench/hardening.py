@@ -12,9 +12,9 @@ turn, the largest bodies the limits allow:
 * ``empty``: 300,000 empty messages in 10 MB (refused at the message count);
 * ``text``: 15 MB of text in one message (refused at the prompt limit).
 
-Coalescing: loadtest/coalesce_drills.py, ``DRILL_ROUNDS`` times each.
+Coalescing: loadtest/bench/coalesce_drills.py, ``DRILL_ROUNDS`` times each.
 
-    python -m loadtest.bench_hardening
+    python -m loadtest.bench.hardening
 
 Environment: ``LAG_SECONDS`` (15 per phase), ``LAG_BODIES`` (all kinds, or a comma-separated
 list), ``DRILL_ROUNDS`` (2), ``RUN_DIR``.
@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from loadtest.coalesce_drills import DrillResult, kill_the_leader, the_leader_hangs_up
+from loadtest.bench.coalesce_drills import DrillResult, kill_the_leader, the_leader_hangs_up
 from localstack import echo_worker
 from localstack.echo_worker import MODEL
 from localstack.processes import NO_AUTH, start_gateway

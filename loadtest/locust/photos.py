@@ -23,7 +23,7 @@ phone      960 × 1280   JPEG    1,200
 hd         1920 × 1080  JPEG    2,040
 =========  ===========  ======  ============
 
-``python -m loadtest.photos OUT_DIR`` writes one sample of every size and kind.
+``python -m loadtest.locust.photos OUT_DIR`` writes one sample of every size and kind.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """make loadtest: Locust, headless, for a fixed time against a URL; reports; thresholds.
 
-    .venv/bin/python -m loadtest.run_locust --host http://127.0.0.1:8080 --duration 60s \\
+    .venv/bin/python -m loadtest.locust.run --host http://127.0.0.1:8080 --duration 60s \\
         [--users 16] [--spawn-rate 4] [--max-error-rate 0.01] [--max-p95-ms 20000] \\
         [--max-ttft-p95-ms MS] [--out loadtest/runs/locust] [--ready-path /readyz] \\
-        [any option of loadtest/locustfile.py or of Locust, e.g. --repeat-share 0.5]
+        [any option of loadtest/locust/locustfile.py or of Locust, e.g. --repeat-share 0.5]
 
-It waits until ``GET {host}{ready-path}`` answers 200, runs ``loadtest/locustfile.py``
+It waits until ``GET {host}{ready-path}`` answers 200, runs ``loadtest/locust/locustfile.py``
 with Locust in its own process, and writes into ``--out``:
 
 * ``locust_stats.csv``, ``locust_stats_history.csv``, ``locust_failures.csv``,
@@ -13,7 +13,7 @@ with Locust in its own process, and writes into ``--out``:
 * ``report.html``: Locust's HTML report, with its charts;
 * ``summary.json``: the locustfile's summary (HTTP aggregate without the custom TTFT
   and ITL entries, per-entry figures, failures, the ``X-Cache`` tally) plus the
-  thresholds checked here, the verdict and the machine. ``loadtest/report.py`` reads it.
+  thresholds checked here, the verdict and the machine. ``loadtest/report/build.py`` reads it.
 
 Thresholds, on the HTTP requests only (the TTFT/ITL entries are not requests): the
 failure ratio, and the 95th percentile of response time (a streamed request is timed
@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCUSTFILE = REPO_ROOT / "loadtest" / "locust" / "locustfile.py"
 # Runs write to an ignored folder, so running the load test leaves the tree clean; the
 # committed report (loadtest/results/locust/) is refreshed on purpose: make loadtest-publish.
 DEFAULT_OUT = REPO_ROOT / "loadtest" / "runs" / "locust"
@@ -150,7 +150,7 @@ def locust_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 
 def _machine() -> str:
-    from loadtest.bench_worker import machine_description
+    from loadtest.bench.worker import machine_description
 
     return machine_description()
 
@@ -158,7 +158,7 @@ def _machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the Locust load test headless and check its thresholds.",
-        epilog="Unknown options are passed to Locust (and to loadtest/locustfile.py).",
+        epilog="Unknown options are passed to Locust (and to loadtest/locust/locustfile.py).",
         allow_abbrev=False,  # an abbreviation of a Locust option must reach Locust
     )
     parser.add_argument("--host", required=True, help="base URL, e.g. http://127.0.0.1:8080")

@@ -12,7 +12,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from loadtest.vllm_bench import REPORTED, bench_config_from_env, run_vllm_bench
+from loadtest.bench.vllm_bench import REPORTED, bench_config_from_env, run_vllm_bench
 from localstack.processes import start_worker
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))

@@ -1,13 +1,13 @@
 """The load test's traffic, without Locust: what each simulated shopper sends, and how a
 streamed answer is timed.
 
-Kept apart from ``loadtest/locustfile.py`` because importing Locust monkey-patches the
+Kept apart from ``loadtest/locust/locustfile.py`` because importing Locust monkey-patches the
 whole process with gevent; this module can be imported (and unit-tested) anywhere.
 
 Traffic
 -------
-Each request asks a question (``loadtest.questions``) about one synthetic product
-photo (``loadtest.photos``), sometimes two, in one of four shapes:
+Each request asks a question (``loadtest.locust.questions``) about one synthetic product
+photo (``loadtest.locust.photos``), sometimes two, in one of four shapes:
 
 ===============  ==========================================  ===========================
 shape            request                                     stats name in Locust
@@ -36,8 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from loadtest.photos import SIZES, Photo, PhotoSpec, make_photo
-from loadtest.questions import SYSTEM_PROMPT, pick_comparison, pick_question
+from loadtest.locust.photos import SIZES, Photo, PhotoSpec, make_photo
+from loadtest.locust.questions import SYSTEM_PROMPT, pick_comparison, pick_question
 
 Shape = Literal["chat", "chat_stream", "vqa", "simple_chat"]
 SHAPES: Final[tuple[Shape, ...]] = ("chat", "chat_stream", "vqa", "simple_chat")

@@ -4,7 +4,7 @@ One admission is what the gateway does for a keyed request: the concurrency leas
 request unit in one script (``ConcurrencyLimiter.admit``), tokens per minute in one
 (``WindowLimiter.hit``), the lease's release: three Redis round trips (six before issue
 16: the ``limits`` library's hit and window-stats scripts for each limit, and the lease).
-Run against the machine's Redis: ``python -m loadtest.bench_ratelimit``.
+Run against the machine's Redis: ``python -m loadtest.bench.ratelimit``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ spread evenly over the last 30 days, generated inside MariaDB from its SEQUENCE 
 the ops commands timed on the plain table; the migration to daily partitions timed; the
 same commands timed again. Each command runs 3 times; the median is reported.
 
-Run: ``python -m loadtest.bench_interactions_scale`` (BENCH_SCALE_ROWS=1000000,10000000,
+Run: ``python -m loadtest.bench.interactions_scale`` (BENCH_SCALE_ROWS=1000000,10000000,
 BENCH_LOG_ADMIN_URL=mysql://root@127.0.0.1:3306). Not in `make test`: 10 million rows take
 minutes to write.
 """

@@ -9,7 +9,7 @@ Both modes write the same records (one row in ``interactions`` plus its image ro
 * batched: the gateway's InteractionWriter end to end: submit() every record, then flush();
   multi-row INSERT ... ON DUPLICATE KEY UPDATE batches of ``batch_size``.
 
-Target (issue 5): batched >= 10x per-row. Run: ``python -m loadtest.bench_interactions``.
+Target (issue 5): batched >= 10x per-row. Run: ``python -m loadtest.bench.interactions``.
 Environment: BENCH_LOG_ADMIN_URL (default mysql://root@127.0.0.1:3306), BENCH_LOG_PER_ROW
 (records, default 2000), BENCH_LOG_BATCHED (default 20000), BENCH_LOG_BATCH_SIZE (200).
 """
@@ -40,8 +40,8 @@ from gateway.interactions import (
 )
 from gateway.interactions.records import RowPolicy, image_rows, row_params, to_row
 from gateway.interactions.statements import image_insert_sql, insert_sql
-from loadtest import logging_overhead
-from loadtest.bench_worker import machine_description
+from loadtest.bench import logging_overhead
+from loadtest.bench.worker import machine_description
 from worker.profiles import REPO_ROOT
 
 RESULTS = REPO_ROOT / "loadtest" / "results"
@@ -169,7 +169,7 @@ def main() -> int:
 
 
 def _report_shape(result: dict[str, Any]) -> dict[str, Any]:
-    """The schema loadtest/report.py reads (one round: single values)."""
+    """The schema loadtest/report/build.py reads (one round: single values)."""
     return {
         "machine": result["machine"],
         "workload": f"{result['per_row_records']} per-row autocommit inserts against "

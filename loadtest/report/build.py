@@ -15,7 +15,7 @@ Producing a section: write the JSON below from your benchmark. Conventions for a
 * ``Stat`` is ``{"median": float, "min": float, "max": float}`` over the repeats of one
   run (a bare number is accepted and shown as a single value). Ratios are computed per
   round, from measurements taken in the same round, then summarised as a Stat.
-* Every file has ``"machine"`` (``loadtest.bench_worker.machine_description()``),
+* Every file has ``"machine"`` (``loadtest.bench.worker.machine_description()``),
   ``"workload"`` (one line: what was sent, at what concurrency) and ``"rounds"``; it may
   have ``"date"`` (ISO 8601) and ``"notes"`` (markdown, printed under the section).
 * Any file may have ``"targets": [{"name", "threshold", "measured", "met": bool}]``:
@@ -23,7 +23,7 @@ Producing a section: write the JSON below from your benchmark. Conventions for a
 
 Files and their schemas
 -----------------------
-``bench-gateway.json`` (``loadtest/bench_gateway.py``): sections "Gateway overhead" and
+``bench-gateway.json`` (``loadtest/bench/gateway.py``): sections "Gateway overhead" and
 "Streaming inter-token latency"::
 
     {"machine", "workload", "rounds", "gateways": int,
@@ -36,7 +36,7 @@ Files and their schemas
   <= 5. Optional ``"ratios": {endpoint: {"throughput_ratio": Stat,
   "added_median_ttft_ms": Stat}}`` (per-round pairs) takes precedence when present.
 
-``bench-anchors.json`` (``loadtest/bench_anchors.py``, issue 16): section "Against the
+``bench-anchors.json`` (``loadtest/bench/anchors.py``, issue 16): section "Against the
 anchors"::
 
     {"machine", "workload", "rounds", "date", "targets",
@@ -70,7 +70,7 @@ anchors"::
   Targets: ``batched_over_per_row`` >= 10; ``logging_on_over_off`` >= 0.95 (logging
   costs at most 5 %). The ``gateway_throughput_rps`` pair may be absent.
 
-``bench-replicas.json`` (``loadtest/bench_replicas.py``) and ``bench-workers.json``
+``bench-replicas.json`` (``loadtest/bench/replicas.py``) and ``bench-workers.json``
 (worker pool, issue 7): sections "1 against 2 gateway replicas" and "1 against 2
 workers", the same scaling schema::
 
@@ -90,7 +90,7 @@ workers", the same scaling schema::
   No numeric target is set for these ratios in the issues; drills declare theirs in
   ``"targets"``.
 
-``locust/summary.json`` (``loadtest/run_locust.py``, ``make loadtest``): section "Load
+``locust/summary.json`` (``loadtest/locust/run.py``, ``make loadtest``): section "Load
 test (Locust)": the locustfile's summary plus ``"thresholds": [{"name", "limit",
 "measured", "met"}]``, ``"passed"``, ``"machine"``, ``"duration_s"``.
 """
@@ -105,8 +105,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtest.report_anchors import anchors_section
-from loadtest.report_sections import (
+from loadtest.report.anchors import anchors_section
+from loadtest.report.sections import (
     cache_section,
     gateway_section,
     interactions_section,
@@ -115,11 +115,11 @@ from loadtest.report_sections import (
     streaming_section,
     workers_section,
 )
-from loadtest.report_values import NOT_MEASURED, Section, Stat, Target
+from loadtest.report.values import NOT_MEASURED, Section, Stat, Target
 
 __all__ = ["NOT_MEASURED", "SECTIONS", "Stat", "build_report"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = REPO_ROOT / "loadtest" / "results"
 
 
@@ -139,7 +139,7 @@ SECTIONS: tuple[SectionSpec, ...] = (
         "gateway",
         "Gateway overhead against direct-to-worker",
         "bench-gateway.json",
-        "make bench (loadtest/bench_gateway.py)",
+        "make bench (loadtest/bench/gateway.py)",
         gateway_section,
         (
             ("Gateway throughput / direct (issue 3)", "≥ 0.950"),
@@ -150,7 +150,7 @@ SECTIONS: tuple[SectionSpec, ...] = (
         "anchors",
         "Against the anchors: vLLM's router, LiteLLM, Nginx",
         "bench-anchors.json",
-        "make bench (loadtest/bench_anchors.py)",
+        "make bench (loadtest/bench/anchors.py)",
         anchors_section,
         (
             ("Misses: Nginx + 2 gateways, throughput / direct ≥ vllm-router's (issue 16)", "—"),
@@ -185,14 +185,14 @@ SECTIONS: tuple[SectionSpec, ...] = (
         "streaming",
         "Streaming inter-token latency: Nginx + gateway against direct",
         "bench-gateway.json",
-        "make bench (loadtest/bench_gateway.py)",
+        "make bench (loadtest/bench/gateway.py)",
         streaming_section,
     ),
     SectionSpec(
         "replicas",
         "1 against 2 gateway replicas",
         "bench-replicas.json",
-        "make bench (loadtest/bench_replicas.py)",
+        "make bench (loadtest/bench/replicas.py)",
         replicas_section,
     ),
     SectionSpec(
@@ -206,7 +206,7 @@ SECTIONS: tuple[SectionSpec, ...] = (
         "locust",
         "Load test (Locust)",
         "locust/summary.json",
-        "make loadtest, then make loadtest-publish (loadtest/run_locust.py)",
+        "make loadtest, then make loadtest-publish (loadtest/locust/run.py)",
         locust_section,
     ),
 )
@@ -315,7 +315,9 @@ def build_report(results: Path, out: Path | None = None, now: dt.datetime | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Gather benchmark JSON into REPORT.md.")
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.report", description="Gather benchmark JSON into REPORT.md."
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=None, help="default: RESULTS/REPORT.md")
     args = parser.parse_args(argv)

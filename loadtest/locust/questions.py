@@ -1,6 +1,6 @@
 """Questions shoppers ask about a product photo, in English and Chinese.
 
-Each product kind of ``loadtest.photos`` has questions of its own, and any photo
+Each product kind of ``loadtest.locust.photos`` has questions of its own, and any photo
 can get a generic one; two-photo requests get a comparison question. The lists
 are plain data so that anyone can extend them; the choice is driven by the
 caller's ``random.Random``, so a seeded load test asks the same questions in the
@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from loadtest.photos import Kind
+from loadtest.locust.photos import Kind
 
 Lang = Literal["en", "zh"]
 

@@ -1,4 +1,4 @@
-"""Report section "Against the anchors" from bench-anchors.json (loadtest/bench_anchors.py):
+"""Report section "Against the anchors" from bench-anchors.json (loadtest/bench/anchors.py):
 the miss table (ratio to direct, added TTFT) and the hit table (share of static Nginx)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from loadtest.report_plots import bars, caption, save_figure
-from loadtest.report_values import Section, Stat, optional_stat, stat_at
+from loadtest.report.plots import bars, caption, save_figure
+from loadtest.report.values import Section, Stat, optional_stat, stat_at
 
 
 def _fmt(value: Stat | None, spec: str) -> str:

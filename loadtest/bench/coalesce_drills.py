@@ -8,7 +8,7 @@ a worker double whose generations take ``generation_s`` (localstack/slow_worker.
   requests wait on A and B, and the leader's client disconnects mid-generation. The
   leader generates on: the waiters get its answer, at no extra worker request.
 
-tests/test_hardening_drills.py asserts on the figures; loadtest/bench_hardening.py prints
+tests/test_hardening_drills.py asserts on the figures; loadtest/bench/hardening.py prints
 them for ``make bench``.
 """
 

@@ -15,7 +15,7 @@ Hit variants: the cache on and the same request every time (after a warm-up that
 request is a lookup and a replay; "+ key" adds a real API key with its rate limits
 (Redis) and concurrency lease, as in production.
 
-    python -m loadtest.bench_gateway_cpu
+    python -m loadtest.bench.gateway_cpu
 
 A/B between gateway code trees (copies of the repository, e.g. before and after a
 change), alternating within each round: ``BENCH_TREES=before=/tmp/a,after=/tmp/b``.
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import aiohttp
 
-from loadtest.bench_worker import machine_description
-from loadtest.photos import Photo, photo
-from loadtest.workload import chat_body
+from loadtest.bench.worker import machine_description
+from loadtest.locust.photos import Photo, photo
+from loadtest.locust.workload import chat_body
 from localstack import echo_worker
 from localstack.processes import (
     GATEWAY_PYTHON,
@@ -184,7 +184,7 @@ def _trees() -> dict[str, Path]:
 
 
 def main() -> None:
-    from loadtest.bench_anchors import create_bench_key  # a database of its own
+    from loadtest.bench.anchors import create_bench_key  # a database of its own
 
     run_dir = Path(os.environ.get("RUN_DIR", ".run")) / "bench-gateway-cpu"
     chosen = [n.strip() for n in os.environ.get("BENCH_VARIANTS", "").split(";") if n.strip()]

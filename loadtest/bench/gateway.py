@@ -14,8 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench_worker import machine_description
-from loadtest.vllm_bench import BenchConfig, bench_config_from_env, run_vllm_bench
+from loadtest.bench.vllm_bench import BenchConfig, bench_config_from_env, run_vllm_bench
+from loadtest.bench.worker import machine_description
 from localstack.processes import NO_AUTH, LocalProcess, start_gateway, start_nginx, start_worker
 from worker.profiles import REPO_ROOT
 

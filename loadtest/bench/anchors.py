@@ -14,7 +14,7 @@ Endpoints alternate over rounds (each round starts one later), every miss run ha
 seed of its own (vLLM's prefix cache would otherwise favour the second visitor), and
 ratios are taken per round. Writes loadtest/results/bench-anchors.json.
 
-    python -m loadtest.bench_anchors
+    python -m loadtest.bench.anchors
 
 Environment: ``BENCH_ROUNDS`` (3), ``BENCH_DATABASE_URL`` (a database of its own, created
 with ``BENCH_DB_ADMIN_URL``), ``BENCH_SKIP`` (comma-separated endpoint names to leave out).
@@ -35,11 +35,11 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.anchors import start_litellm, start_router, start_static_nginx
-from loadtest.bench_cache import _body as hit_body
-from loadtest.bench_gateway import paired_ratios, summarise
-from loadtest.bench_worker import machine_description
-from loadtest.vllm_bench import BenchConfig, run_vllm_bench
+from loadtest.bench.anchor_servers import start_litellm, start_router, start_static_nginx
+from loadtest.bench.cache import _body as hit_body
+from loadtest.bench.gateway import paired_ratios, summarise
+from loadtest.bench.vllm_bench import BenchConfig, run_vllm_bench
+from loadtest.bench.worker import machine_description
 from localstack.processes import (
     GATEWAY_PYTHON,
     LocalProcess,

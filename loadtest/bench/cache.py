@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.bench_worker import machine_description
+from loadtest.bench.worker import machine_description
 from localstack.processes import NO_AUTH, LocalProcess, start_gateway, start_nginx, start_worker
 from worker.profiles import REPO_ROOT
 from worker.sample_image import png_bytes

@@ -1,4 +1,4 @@
-"""One function per report section: reads a benchmark's JSON (schemas in loadtest/report.py)
+"""One function per report section: reads a benchmark's JSON (schemas in loadtest/report/build.py)
 and fills in the section's text, plot and targets."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from loadtest.report_plots import bars, caption, grouped, save_figure
-from loadtest.report_values import (
+from loadtest.report.plots import bars, caption, grouped, save_figure
+from loadtest.report.values import (
     NOT_MEASURED,
     Section,
     Stat,

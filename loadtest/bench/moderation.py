@@ -2,7 +2,7 @@
 
 Measures the shipped policy (gateway/moderation/default_policy.json) on:
 
-* every shopper question of loadtest/questions.py (English and Chinese, clean);
+* every shopper question of loadtest/locust/questions.py (English and Chinese, clean);
 * the same questions with the system prompt in front (what a chat request carries);
 * a long prompt (8,000 characters of mixed text), and one that trips at its end;
 * a streamed answer of 2,048 four-character chunks through the AnswerGuard (the cost per
@@ -10,7 +10,7 @@ Measures the shipped policy (gateway/moderation/default_policy.json) on:
 
 and, for comparison, the same check with the literal terms compiled as one regular
 expression (an alternation of every term) instead of the policy's Aho-Corasick automaton.
-Run: ``python -m loadtest.bench_moderation``.
+Run: ``python -m loadtest.bench.moderation``.
 Environment: BENCH_MODERATION_ROUNDS (default 5; the median round is printed).
 """
 
@@ -30,7 +30,7 @@ from gateway.moderation.normalize import variants
 from gateway.moderation.policy import Policy, PolicyDocument
 from gateway.moderation.settings import ModerationSettings
 from gateway.streams import AnswerRecorder
-from loadtest.questions import SYSTEM_PROMPT, all_questions
+from loadtest.locust.questions import SYSTEM_PROMPT, all_questions
 
 ROUNDS = int(os.environ.get("BENCH_MODERATION_ROUNDS", "5"))
 

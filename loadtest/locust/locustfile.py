@@ -1,12 +1,12 @@
 """Locust scenario: shoppers asking questions about product photos.
 
-Run it through ``python -m loadtest.run_locust`` (``make loadtest``), which adds the
+Run it through ``python -m loadtest.locust.run`` (``make loadtest``), which adds the
 thresholds and the reports, or with Locust itself::
 
-    .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 \\
+    .venv/bin/locust -f loadtest/locust/locustfile.py --host http://127.0.0.1:8080 \\
         --headless -u 16 -r 4 -t 60s --repeat-share 0.3
 
-What a simulated shopper does is planned by ``loadtest.workload`` (read its docstring):
+What a simulated shopper does is planned by ``loadtest.locust.workload`` (read its docstring):
 realistic questions in English and Chinese about synthetic product photos of five
 sizes, in both API shapes, streamed and not, with a share of repeated (cacheable)
 requests.
@@ -54,9 +54,9 @@ from locust.clients import ResponseContextManager
 from locust.env import Environment
 from locust.event import EventHook
 
-from loadtest.locust_summary import RunState, summary_of
-from loadtest.photos import SIZES
-from loadtest.workload import (
+from loadtest.locust.photos import SIZES
+from loadtest.locust.summary import RunState, summary_of
+from loadtest.locust.workload import (
     DEFAULT_SHAPES,
     DEFAULT_SIZES,
     SHAPES,
@@ -339,7 +339,7 @@ class Shopper(HttpUser):
 
 
 def summarise(environment: Environment) -> dict[str, Any]:
-    """The summary ``--summary-json`` writes (loadtest/locust_summary.py)."""
+    """The summary ``--summary-json`` writes (loadtest/locust/summary.py)."""
     return summary_of(environment, STATE)
 
 

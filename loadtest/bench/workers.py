@@ -11,7 +11,7 @@ Then the drills, under the same load: a worker frozen with SIGSTOP, a gateway se
 behind Nginx, a worker slowed by the fault-injecting proxy (``localstack/fault_proxy.py``),
 every worker unreachable then one back, and a worker SIGKILLed.
 
-Writes ``loadtest/results/bench-workers.json`` (schema in ``loadtest/report.py``).
+Writes ``loadtest/results/bench-workers.json`` (schema in ``loadtest/report/build.py``).
 
 Environment: ``BENCH_ROUNDS`` (3), ``BENCH_REPEAT_SECONDS`` (10),
 ``BENCH_WORKERS_CONCURRENCY`` (8), ``BENCH_MAX_TOKENS`` (32), ``BENCH_PROFILE``
@@ -34,10 +34,10 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.bench_replicas import RESULTS, LoopResult, _stat, closed_loop
-from loadtest.bench_worker import machine_description
-from loadtest.photos import photo
-from loadtest.workload import chat_body
+from loadtest.bench.replicas import RESULTS, LoopResult, _stat, closed_loop
+from loadtest.bench.worker import machine_description
+from loadtest.locust.photos import photo
+from loadtest.locust.workload import chat_body
 from localstack.fault_proxy import FaultProxy
 from localstack.processes import (
     NO_AUTH,
