@@ -93,10 +93,13 @@ class Worker:
     # so that a hung worker's requests move elsewhere instead of waiting for a timeout.
     down_waiters: set[asyncio.Future[None]] = field(default_factory=set)
     engine: TritonEngine | None = None  # a Triton pool's (None: vLLM's OpenAI server)
+    # Alive but not ready (a Triton worker loading or draining): it finishes what it has
+    # (its attempts are not abandoned) and gets nothing new.
+    draining: bool = False
 
     @property
     def available(self) -> bool:
-        return self.healthy and self.breaker.state is not BreakerState.OPEN
+        return self.healthy and not self.draining and self.breaker.state is not BreakerState.OPEN
 
     @property
     def load(self) -> float:
@@ -351,10 +354,11 @@ class WorkerPool:
         healthy = False
         try:
             async with asyncio.timeout(self.settings.health_timeout_s):
-                if worker.engine is not None:
-                    healthy = await self._poll_triton(worker, worker.engine)
-                else:
+                if worker.engine is None:
                     healthy = await self._poll_vllm(worker)
+                else:  # a Triton worker (kserve/engine.py)
+                    note = self._note_load if self.settings.load_poll_enabled else None
+                    healthy = await worker.engine.poll(self.session, worker, note)
         except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
             log.debug("health check of %s failed: %r", worker.url, exc)
             healthy = False
@@ -373,13 +377,6 @@ class WorkerPool:
             worker.models_fetched_at = time.monotonic()
         if healthy and self.settings.load_poll_enabled:
             await self._fetch_load(worker)
-        return healthy
-
-    async def _poll_triton(self, worker: Worker, engine: TritonEngine) -> bool:
-        healthy, load = await engine.poll(self.session, worker.url, self.settings.load_poll_enabled)
-        worker.models, worker.roots = engine.models
-        if load is not None:
-            self._note_load(worker, load)
         return healthy
 
     async def _fetch_load(self, worker: Worker) -> None:

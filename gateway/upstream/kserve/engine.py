@@ -2,19 +2,21 @@
 request's exchange (KServe v2 generate_stream) behind the interface the proxy uses for
 vLLM workers.
 
-Health is Triton's ``/v2/health/ready`` (with --strict-readiness: every model ready) and
-the model's own ``/v2/models/<name>/ready``; a draining server fails both, so it gets no
-new requests. Load comes from Triton's metrics port: the model's
-``nv_inference_pending_request_count`` plus vLLM's scheduler gauges when the model
-exports them (ours does, as the official backend does with REPORT_CUSTOM_METRICS).
+A worker is alive while ``/v2/health/live`` answers, and ready when ``/v2/health/ready``
+(with --strict-readiness: every model ready) and the model's own
+``/v2/models/<name>/ready`` do. Alive but not ready is a worker loading or draining
+(SIGTERM): it gets no new requests, and the ones it has are not given up on. Load comes
+from Triton's metrics port: the model's ``nv_inference_pending_request_count`` plus
+vLLM's scheduler gauges when the model exports them (ours does; the official backend
+with REPORT_CUSTOM_METRICS).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -30,6 +32,9 @@ from gateway.upstream.kserve.translate import (
     triton_error,
 )
 from gateway.upstream.settings import TritonPool
+
+if TYPE_CHECKING:
+    from gateway.upstream.pool import Worker
 
 # Bodies translated on the loop up to this size, in a thread above (a photo's data URI).
 _ON_LOOP_BODY_BYTES: Final = 256 * 1024
@@ -200,20 +205,32 @@ class TritonEngine:
         return urlunsplit((parts.scheme, f"{host}:{port}", "/metrics", "", ""))
 
     async def poll(
-        self, session: aiohttp.ClientSession, worker_url: str, read_load: bool
-    ) -> tuple[bool, Load | None]:
-        """(ready, load) of one worker; load None when not read or not reported."""
-        for path in ("/v2/health/ready", f"/v2/models/{self.spec.model}/ready"):
-            async with session.get(worker_url + path) as response:
-                if response.status != 200:
-                    return False, None
-        if not read_load:
-            return True, None
-        async with session.get(self.metrics_url(worker_url)) as response:
+        self,
+        session: aiohttp.ClientSession,
+        worker: Worker,
+        note_load: Callable[[Worker, Load], None] | None,
+    ) -> bool:
+        """Whether the worker is alive; its readiness (``draining``), models and load
+        (to ``note_load``, unless None) on the way."""
+        async with session.get(worker.url + "/v2/health/live") as response:
             if response.status != 200:
-                return True, None
+                return False
+        ready = True
+        for path in ("/v2/health/ready", f"/v2/models/{self.spec.model}/ready"):
+            async with session.get(worker.url + path) as response:
+                ready = ready and response.status == 200
+        worker.draining = not ready
+        worker.models, worker.roots = self.models
+        if not ready or note_load is None:
+            return True
+        async with session.get(self.metrics_url(worker.url)) as response:
+            if response.status != 200:
+                return True
             raw = await read_limited(response, _METRICS_BODY_LIMIT)
-        return True, parse_triton_load(raw.decode("utf-8", "replace"), self.spec.model)
+        load = parse_triton_load(raw.decode("utf-8", "replace"), self.spec.model)
+        if load is not None:
+            note_load(worker, load)
+        return True
 
 
 class TritonRequests:

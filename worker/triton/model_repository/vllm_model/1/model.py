@@ -14,7 +14,9 @@ Beside the official backend it:
   EngineCore process behind);
 - drains on unload (SIGTERM): in-flight requests finish, then the engine shuts down;
 - exports vLLM's scheduler gauges (vllm:num_requests_running / _waiting,
-  vllm:kv_cache_usage_perc) on Triton's metrics port, for the gateway's load balancing.
+  vllm:kv_cache_usage_perc) on Triton's metrics port, for the gateway's load balancing,
+  and vllm:request_success_total by finished_reason (stop, length, abort) as vLLM's own
+  server does.
 
 The stub runs Python isolated (-I): PYTHONPATH is ignored, so the torchvision shim of
 worker/boot reaches this process and vLLM's spawned EngineCore through a .pth file in the
@@ -54,7 +56,10 @@ def _utf8_locale() -> None:
 
 class _Gauges:
     """vLLM's scheduler gauges as Triton custom metrics; set only when a value changes
-    (each set is a round trip to the Triton process, and stats arrive every step)."""
+    (each set is a round trip to the Triton process, and stats arrive every step). And
+    the finished requests by reason."""
+
+    REASONS = ("stop", "length", "abort", "error")
 
     NAMES = (
         ("vllm:num_requests_running", "Requests in the engine's running batch"),
@@ -70,15 +75,40 @@ class _Gauges:
         ]
         self._metrics = [family.Metric(labels=labels) for family in self._families]
         self._last: list[float | None] = [None] * len(self.NAMES)
+        self._finished_family: Any = pb_utils.MetricFamily(
+            name="vllm:request_success_total",
+            description="Finished requests by reason",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self._finished = {
+            reason: self._finished_family.Metric(labels={**labels, "finished_reason": reason})
+            for reason in self.REASONS
+        }
+
+    def finished(self, reason: str) -> None:
+        metric = self._finished.get(reason)
+        if metric is not None:
+            try:
+                metric.increment(1)
+            except Exception as exc:  # never stop vLLM's output loop
+                pb_utils.Logger.log_warn(f"[vllm] counter not set: {exc}")
 
     def set(self, values: tuple[float, float, float]) -> None:
-        for i, value in enumerate(values):
+        for i, value in enumerate(values[: len(self._metrics)]):
             if self._last[i] != value:
                 self._last[i] = value
                 try:
                     self._metrics[i].set(value)
                 except Exception as exc:  # an exception here would stop vLLM's output loop
                     pb_utils.Logger.log_warn(f"[vllm] gauge not set: {exc}")
+
+    def close(self) -> None:
+        """Metrics before their families (the other order crashes the stub at exit)."""
+        self._last = [None] * len(self.NAMES)
+        self._metrics = []
+        self._finished = {}
+        self._families = []
+        self._finished_family = None
 
 
 def _stat_logger_factory(gauges: _Gauges) -> Any:
@@ -95,6 +125,8 @@ def _stat_logger_factory(gauges: _Gauges) -> Any:
             mm_cache_stats: Any = None,
             engine_idx: int = 0,
         ) -> None:
+            for finished in getattr(iteration_stats, "finished_requests", None) or ():
+                gauges.finished(str(finished.finish_reason))
             if scheduler_stats is not None:
                 gauges.set(
                     (
@@ -317,6 +349,7 @@ class TritonPythonModel:
             time.sleep(0.1)
         pb_utils.Logger.log_info(f"[vllm] shutting down ({self._ongoing} request(s) left)")
         self._engine.shutdown()
+        self._gauges.close()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._sender.shutdown(wait=True)
