@@ -195,7 +195,7 @@ loadtest: up ## Locust against the local stack; CSV + HTML in loadtest/runs/locu
 	$(PY) -m loadtest.run_locust --host $(LOADTEST_HOST) --duration $(LOADTEST_DURATION) \
 	  --users $(LOADTEST_USERS) --max-error-rate 0.01 --max-p95-ms 10000 $(LOADTEST_ARGS)
 
-bench: install services ## every benchmark in one run, then loadtest/results/REPORT.md with plots
+bench: install triton-install services ## every benchmark in one run, then loadtest/results/REPORT.md with plots
 	mkdir -p loadtest/results
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway | tee loadtest/results/bench-gateway.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway_cpu | tee loadtest/results/bench-gateway-cpu.txt
@@ -210,6 +210,8 @@ bench: install services ## every benchmark in one run, then loadtest/results/REP
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_workers | tee loadtest/results/bench-workers.txt
 	$(PY) -m loadtest.bench_moderation | tee loadtest/results/bench-moderation.txt
 	$(PY) -m loadtest.bench_ratelimit | tee loadtest/results/bench-ratelimit.txt
+	# Triton beside vLLM's own server on the same model (issue 21)
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.bench_triton | tee loadtest/results/bench-triton.txt
 	$(PY) -m loadtest.report
 
 # The one command that changes the committed load-test figures: the last `make loadtest`

@@ -49,21 +49,6 @@ async def gateway(triton: TritonWorker) -> AsyncIterator[str]:
         yield url
 
 
-async def _events(response: httpx.Response) -> tuple[list[dict[str, Any]], int]:
-    """A stream's events (before [DONE]) and the number of reads that carried content."""
-    events: list[dict[str, Any]] = []
-    reads_with_content = 0
-    buffer = ""
-    async for raw in response.aiter_text():
-        buffer += raw
-        *complete, buffer = buffer.split("\n\n")
-        parsed = [json.loads(e[6:]) for e in complete if e.startswith("data: {")]
-        if any(c.get("delta", {}).get("content") for e in parsed for c in e.get("choices", [])):
-            reads_with_content += 1
-        events += parsed
-    return events, reads_with_content
-
-
 async def test_plain_answer_with_usage_and_finish_reason(gateway: str) -> None:
     body = chat_body("Describe a leather bag.", max_tokens=6, min_tokens=6, ignore_eos=True)
     async with httpx.AsyncClient(timeout=120) as client:
@@ -82,45 +67,52 @@ async def test_plain_answer_with_usage_and_finish_reason(gateway: str) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + 6
 
 
-async def test_streamed_answer_arrives_as_it_is_generated(gateway: str) -> None:
+async def test_streamed_answer_arrives_as_it_is_generated(
+    gateway: str, triton: TritonWorker
+) -> None:
     body = chat_body(
         "Describe a leather bag.",
-        max_tokens=24,
-        min_tokens=24,
+        max_tokens=300,
+        min_tokens=300,
         ignore_eos=True,
         stream=True,
         stream_options={"include_usage": True},
     )
+    finished = await triton_metric(triton, "vllm:request_success_total", finished_reason="length")
     async with (
         httpx.AsyncClient(timeout=120) as client,
         client.stream("POST", gateway + CHAT, json=body) as response,
     ):
         assert response.status_code == 200
-        events, reads_with_content = await _events(response)
-    choices = [c for e in events for c in e["choices"]]
-    assert choices[0]["delta"]["role"] == "assistant"
+        lines = response.aiter_lines()
+        first = json.loads((await anext(lines))[6:])
+        # The first event is here while the engine is still generating the other 299
+        # tokens: events are passed on as they come, not when the answer is whole.
+        assert first["choices"][0]["delta"]["role"] == "assistant"
+        during = await triton_metric(triton, "vllm:request_success_total", finished_reason="length")
+        rest = [json.loads(line[6:]) async for line in lines if line.startswith("data: {")]
+    assert during == finished
+    choices = [c for e in rest for c in e["choices"]]
     assert choices[-1]["finish_reason"] == "length"
-    assert {e["object"] for e in events} == {"chat.completion.chunk"}
-    assert events[-1]["usage"]["completion_tokens"] == 24
-    # One event per generated token, not one block at the end: the content came in
-    # several reads.
-    assert reads_with_content > 1
+    assert {e["object"] for e in rest} == {"chat.completion.chunk"}
+    assert rest[-1]["usage"]["completion_tokens"] == 300
 
 
-async def test_image_question(gateway: str) -> None:
+async def test_image_question_reads_as_vllm_reads_it(gateway: str, worker_url: str) -> None:
+    """The prompt the gateway renders with the checkpoint's template, images as the
+    model's placeholders, is the one vLLM's own server renders: same prompt tokens."""
     photo = data_uri(image_bytes(size=(96, 64)))
+    bodies = [
+        chat_body("What is this?", max_tokens=4, temperature=0),
+        image_chat_body("What is this?", photo, max_tokens=4, temperature=0),
+    ]
     async with httpx.AsyncClient(timeout=120) as client:
-        text_only = await client.post(
-            gateway + CHAT, json=chat_body("What is this?", max_tokens=4, temperature=0)
-        )
-        with_image = await client.post(
-            gateway + CHAT,
-            json=image_chat_body("What is this?", photo, max_tokens=4, temperature=0),
-        )
-    assert with_image.status_code == 200, with_image.text
-    # 96 x 64 pixels are 3 x 2 blocks of 32: six image tokens and the vision markers.
-    extra = with_image.json()["usage"]["prompt_tokens"] - text_only.json()["usage"]["prompt_tokens"]
-    assert extra == 6 + 2
+        via_triton = [await client.post(gateway + CHAT, json=body) for body in bodies]
+        via_vllm = [await client.post(worker_url + CHAT, json=body) for body in bodies]
+    assert [r.status_code for r in via_triton] == [200, 200], via_triton[1].text
+    tokens = [r.json()["usage"]["prompt_tokens"] for r in via_triton]
+    assert tokens == [r.json()["usage"]["prompt_tokens"] for r in via_vllm]
+    assert tokens[1] > tokens[0] + 2  # the image's tokens besides its two markers
 
 
 @pytest.mark.parametrize(
@@ -174,14 +166,14 @@ async def test_cache_hit_and_coalesced_request(
             first = await client.post(url + CHAT, json=body)
             second = await client.post(url + CHAT, json=body)
             assert [first.headers["x-cache"], second.headers["x-cache"]] == ["miss", "hit"]
-            assert second.json()["choices"] == first.json()["choices"]
+            assert _texts(second) == _texts(first)
             # Two at once, long enough to overlap: one generation for both.
             slow = chat_body(
                 "A gift?", max_tokens=48, min_tokens=48, ignore_eos=True, temperature=0
             )
             pair = await asyncio.gather(*(client.post(url + CHAT, json=slow) for _ in range(2)))
         assert sorted(r.headers["x-cache"] for r in pair) == ["coalesced", "miss"]
-        assert pair[0].json()["choices"] == pair[1].json()["choices"]
+        assert _texts(pair[0]) == _texts(pair[1])
         assert await triton_metric(triton, "nv_inference_request_success") == before + 2
 
 
@@ -189,6 +181,7 @@ async def test_client_disconnect_aborts_the_engine_request(
     gateway: str, triton: TritonWorker
 ) -> None:
     aborted = await triton_metric(triton, "vllm:request_success_total", finished_reason="abort")
+    lengths = await triton_metric(triton, "vllm:request_success_total", finished_reason="length")
     body = chat_body("Tell a long story.", max_tokens=1500, min_tokens=1500, ignore_eos=True,
                      stream=True)  # fmt: skip
     done = aborted
@@ -207,6 +200,10 @@ async def test_client_disconnect_aborts_the_engine_request(
                 break
             await asyncio.sleep(0.2)
     assert done == aborted + 1
+    assert (
+        await triton_metric(triton, "vllm:request_success_total", finished_reason="length")
+        == lengths
+    )  # not run to its 1500 tokens
     running = await triton_metric(triton, "vllm:num_requests_running")
     assert running == 0
 
@@ -326,6 +323,10 @@ async def test_sigterm_drains_and_leaves_no_engine_process(triton: TritonWorker)
     assert launcher.returncode == 0
     left = [pid for pid in tree if _alive(pid)]
     assert left == [], f"processes left after SIGTERM: {left}"
+
+
+def _texts(response: httpx.Response) -> list[str]:
+    return [choice["message"]["content"] for choice in response.json()["choices"]]
 
 
 def _alive(pid: int) -> bool:

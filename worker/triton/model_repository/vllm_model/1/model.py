@@ -16,7 +16,7 @@ Beside the official backend it:
 - exports vLLM's scheduler gauges (vllm:num_requests_running / _waiting,
   vllm:kv_cache_usage_perc) on Triton's metrics port, for the gateway's load balancing,
   and vllm:request_success_total by finished_reason (stop, length, abort) as vLLM's own
-  server does.
+  server does (aborts counted here: the engine's stats leave them out).
 
 The stub runs Python isolated (-I): PYTHONPATH is ignored, so the torchvision shim of
 worker/boot reaches this process and vLLM's spawned EngineCore through a .pth file in the
@@ -286,6 +286,7 @@ class TritonPythonModel:
                 if sender.is_cancelled():
                     # The client left: free the engine now, and still close the request.
                     await self._engine.abort(request_id)
+                    self._gauges.finished("abort")  # vLLM's stats leave aborts out
                     self._send(sender, None, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     return
                 if inputs.stream:
