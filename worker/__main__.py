@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if profile.engine == "triton" and args.action == "serve":
         return _serve_triton(profile, options)
+    if profile.engine == "triton":  # args: the model's engine arguments (its model.json)
+        from worker.triton.launcher import engine_args
+
+        print(json.dumps({"profile": describe(profile), "model.json": engine_args(profile),
+                          "env": server_env(profile, None)}, indent=2))  # fmt: skip
+        return 0
     if args.action == "args":
         env = server_env(profile, None)
         print(json.dumps({"profile": describe(profile), "command": command(profile, options),
