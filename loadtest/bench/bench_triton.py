@@ -116,7 +116,9 @@ def _stat(values: list[float]) -> dict[str, float]:
 
 async def _measure(targets: dict[str, dict[str, Target]]) -> dict[str, dict[str, float]]:
     """One engine's figures: throughput and latency through the stack and direct."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=300), headers={"Content-Type": "application/json"}
+    ) as session:
         for way in ("stack", "direct"):  # warm both paths (first requests compile kernels)
             await _sequential(session, targets[way]["plain"], stream=False)
         out: dict[str, dict[str, float]] = {}
