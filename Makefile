@@ -6,8 +6,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 WORKER_VENV := .venv-worker
+TRITON_VENV := .venv-triton
 PY := $(VENV)/bin/python
 WPY := $(WORKER_VENV)/bin/python
+TPY := $(TRITON_VENV)/bin/python
 TINY_MODEL := .models/tiny-qwen3-vl
 RUN_DIR ?= .run
 
@@ -15,7 +17,7 @@ PROFILE ?= cpu-tiny
 WORKER_PORT ?= 8100
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: observe observe-tools help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest loadtest-publish report up down services worker-lock clean lock helm-tools helm-check helm-sync
+.PHONY: triton-install triton-lock observe observe-tools help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest loadtest-publish report up down services worker-lock clean lock helm-tools helm-check helm-sync
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +38,27 @@ $(WORKER_VENV)/.installed: worker/requirements.lock
 	# --no-deps: the lock is the complete, tested set (see worker/requirements.txt).
 	$(WPY) -m pip install -q --no-deps -r worker/requirements.lock
 	touch $@
+
+# Triton Inference Server (the nvidia-pytriton wheel's tritonserver) with vLLM in its own
+# environment: the Python backend's stub needs numpy < 2 (worker/requirements-triton.lock).
+$(TRITON_VENV)/.installed: worker/requirements-triton.lock
+	test -x $(TPY) || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TPY) -m pip install -q --upgrade pip
+	$(TPY) -m pip install -q --no-deps -r worker/requirements-triton.lock
+	# The stub runs Python isolated (PYTHONPATH ignored): the torchvision shim reaches it,
+	# and the EngineCore vLLM spawns, through a .pth file in the environment.
+	echo "$(CURDIR)/worker/boot" > "$$($(TPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/vlm-worker-boot.pth"
+	touch $@
+
+triton-install: $(TRITON_VENV)/.installed $(TINY_MODEL)/BUILD.json ## the Triton worker's environment (make up PROFILE=triton-cpu-tiny)
+
+triton-lock: ## regenerate worker/requirements-triton.lock from worker/requirements.lock
+	{ echo "# The Triton worker's environment (.venv-triton): worker/requirements.lock with numpy 1.26.4"; \
+	  echo "# (the Python backend's stub crashes on every STRING input with numpy 2; shared/TRITON.md)"; \
+	  echo "# and the nvidia-pytriton wheel, which bundles the tritonserver binary and its Python backend."; \
+	  echo "# Installed with --no-deps like the worker's lock. Regenerate with: make triton-lock"; \
+	  grep -v '^#' worker/requirements.lock | sed -E 's/^numpy==.*/numpy==1.26.4/'; \
+	  echo "nvidia-pytriton==0.7.0"; } > worker/requirements-triton.lock
 
 $(TINY_MODEL)/BUILD.json: $(WORKER_VENV)/.installed worker/tiny_model.py
 	PYTHONPATH=worker/boot $(WPY) -m worker.tiny_model --force $(TINY_MODEL)
@@ -69,8 +92,8 @@ worker-lock: ## regenerate worker/requirements.lock from a fresh resolve of requ
 	  /tmp/vlm-lock-venv/bin/pip freeze | grep -v -E '^(torchaudio|torchcodec)=='; } > worker/requirements.lock
 
 # --- running --------------------------------------------------------------------------------
-worker: install ## run one worker in the foreground (PROFILE=cpu-tiny, WORKER_PORT=8100)
-	$(WPY) -m worker serve --profile $(PROFILE) --port $(WORKER_PORT)
+worker: install $(if $(filter triton-%,$(PROFILE)),triton-install) ## run one worker in the foreground (PROFILE=cpu-tiny, WORKER_PORT=8100)
+	$(if $(filter triton-%,$(PROFILE)),$(TPY),$(WPY)) -m worker serve --profile $(PROFILE) --port $(WORKER_PORT)
 
 services: ## start the machine's Redis and MariaDB when they are down
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
@@ -80,8 +103,9 @@ services: ## start the machine's Redis and MariaDB when they are down
 	  { start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd; \
 	    for i in $$(seq 30); do mysqladmin -h 127.0.0.1 -uroot ping >/dev/null 2>&1 && break; sleep 1; done; }
 
-up: install services ## start the stack in the background and wait until it is ready
-	RUN_DIR=$(RUN_DIR) deploy/local/stack.sh up
+# PROFILE=triton-cpu-tiny: Triton workers (their environment is installed first).
+up: install services $(if $(filter triton-%,$(PROFILE)),triton-install) ## start the stack in the background and wait until it is ready
+	RUN_DIR=$(RUN_DIR) PROFILE=$(PROFILE) deploy/local/stack.sh up
 
 down: ## stop exactly what `make up` (and `make observe`) started
 	RUN_DIR=$(RUN_DIR) deploy/local/observe.sh down
@@ -97,7 +121,7 @@ fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint install services helm-tools observe-tools ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)
+test: lint install triton-install services helm-tools observe-tools ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed ## tests that need no engine
@@ -171,7 +195,7 @@ loadtest: up ## Locust against the local stack; CSV + HTML in loadtest/runs/locu
 	$(PY) -m loadtest.locust.run --host $(LOADTEST_HOST) --duration $(LOADTEST_DURATION) \
 	  --users $(LOADTEST_USERS) --max-error-rate 0.01 --max-p95-ms 10000 $(LOADTEST_ARGS)
 
-bench: install services ## every benchmark in one run, then loadtest/results/REPORT.md with plots
+bench: install triton-install services ## every benchmark in one run, then loadtest/results/REPORT.md with plots
 	mkdir -p loadtest/results
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.gateway | tee loadtest/results/bench-gateway.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.gateway_cpu | tee loadtest/results/bench-gateway-cpu.txt
@@ -186,6 +210,8 @@ bench: install services ## every benchmark in one run, then loadtest/results/REP
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.workers | tee loadtest/results/bench-workers.txt
 	$(PY) -m loadtest.bench.moderation | tee loadtest/results/bench-moderation.txt
 	$(PY) -m loadtest.bench.ratelimit | tee loadtest/results/bench-ratelimit.txt
+	# Triton beside vLLM's own server on the same model (issue 21)
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.triton | tee loadtest/results/bench-triton.txt
 	$(PY) -m loadtest.report
 
 # The one command that changes the committed load-test figures: the last `make loadtest`

@@ -19,6 +19,7 @@ from worker.profiles import REPO_ROOT
 
 GATEWAY_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 WORKER_PYTHON = REPO_ROOT / ".venv-worker" / "bin" / "python"
+TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"  # triton-* profiles
 
 
 # For gateways started by benchmarks that measure something else: API keys off, said
@@ -127,13 +128,14 @@ def start_worker(
     env: dict[str, str] | None = None,
 ) -> LocalProcess:
     """`python -m worker serve`, returned once the launcher's warm-up marked it ready."""
-    if not WORKER_PYTHON.exists():
-        raise StartError("the worker environment is missing: run `make install`")
+    python = TRITON_PYTHON if profile.startswith("triton-") else WORKER_PYTHON
+    if not python.exists():
+        raise StartError(f"the worker environment is missing ({python}): run `make install`")
     port = port or free_port()
     ready_file = log_dir / f"worker-{port}.ready"
     ready_file.unlink(missing_ok=True)
     full_env = {**os.environ, **(env or {}), "WORKER_READY_FILE": str(ready_file)}
-    cmd = [str(WORKER_PYTHON), "-m", "worker", "serve", "--profile", profile, "--port", str(port)]
+    cmd = [str(python), "-m", "worker", "serve", "--profile", profile, "--port", str(port)]
     process, log_path = _spawn(f"worker-{port}", cmd, log_dir, full_env)
     worker = LocalProcess(f"worker-{port}", process, port, log_path)
     deadline = time.monotonic() + timeout_s

@@ -22,6 +22,7 @@ from localstack.processes import StartError, start_worker
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.mariadb import shared_database
 from tests.support.servers import run_gateway, serve
+from tests.support.triton import TritonWorker, start_triton
 from tests.support.worker import LOG_DIR, WORKER_STARTUP_TIMEOUT_S
 
 
@@ -38,6 +39,20 @@ def worker_url() -> Iterator[str]:
         pytest.fail(str(exc))
     try:
         yield worker.url
+    finally:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_worker() -> Iterator[TritonWorker]:
+    """A ready triton-cpu-tiny worker (Triton + our vLLM model); VLM_TEST_TRITON_URL
+    ("http://host:port,metrics-port-offset") reuses a running one."""
+    try:
+        worker = start_triton()
+    except StartError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield worker
     finally:
         worker.stop()
 

@@ -4,6 +4,10 @@
     python -m worker args  [--profile gpu-bf16]      # the vLLM command, nothing started
     python -m worker ready [--port 8100]             # exit 0 when warmed up (probes)
 
+A profile with engine "triton" (triton-cpu-tiny) runs Triton Inference Server with our
+model repository instead (worker/triton/launcher.py; from .venv-triton), its Prometheus
+metrics on WORKER_METRICS_PORT (default: the port + 2, as Triton's own 8000 and 8002).
+
 Every profile field can be overridden as WORKER_<FIELD> (see worker/profiles.py);
 WORKER_API_KEY sets the key the server requires on /v1/*.
 """
@@ -14,9 +18,10 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
-from worker.launcher import LaunchOptions, command, default_ready_file, run
-from worker.profiles import PROFILES, ProfileError, describe, resolve_profile, server_env
+from worker.launcher import LaunchOptions, command, default_ready_file, ensure_tiny_model, run
+from worker.profiles import PROFILES, Profile, ProfileError, describe, resolve_profile, server_env
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,12 +63,41 @@ def main(argv: list[str] | None = None) -> int:
         startup_timeout_s=args.startup_timeout,
         api_key=os.environ.get("WORKER_API_KEY") or None,
     )
+    if profile.engine == "triton" and args.action == "serve":
+        return _serve_triton(profile, options)
+    if profile.engine == "triton":  # args: the model's engine arguments (its model.json)
+        from worker.triton.launcher import engine_args
+
+        print(json.dumps({"profile": describe(profile), "model.json": engine_args(profile),
+                          "env": server_env(profile, None)}, indent=2))  # fmt: skip
+        return 0
     if args.action == "args":
         env = server_env(profile, None)
         print(json.dumps({"profile": describe(profile), "command": command(profile, options),
                           "env": env}, indent=2))  # fmt: skip
         return 0
     return run(profile, options)
+
+
+def _serve_triton(profile: Profile, options: LaunchOptions) -> int:
+    from worker.triton.launcher import TritonOptions
+    from worker.triton.launcher import run as run_triton
+
+    ensure_tiny_model(profile)
+    metrics_port = int(os.environ.get("WORKER_METRICS_PORT", options.port + 2))
+    run_dir = os.environ.get("WORKER_RUN_DIR", f"/tmp/vlm-triton-{options.port}")
+    return run_triton(
+        profile,
+        TritonOptions(
+            host=options.host,
+            port=options.port,
+            metrics_port=metrics_port,
+            ready_file=options.ready_file,
+            run_dir=Path(run_dir),
+            startup_timeout_s=options.startup_timeout_s,
+            load_timeout_s=float(os.environ.get("WORKER_TRITON_LOAD_TIMEOUT_S", "600")),
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -93,6 +93,9 @@ class Profile:
     # (the tiny model answered `false`), and with "strict" its tag grammar still lets the
     # model emit whitespace until max_tokens, so the call never parses.
     structural_tool_tags: bool = False
+    # Which server runs the engine: vLLM's own OpenAI server, or Triton Inference Server
+    # with our Python-backend model (worker/triton/), which speaks KServe v2.
+    engine: Literal["vllm", "triton"] = "vllm"
 
 
 PROFILES: dict[str, Profile] = {
@@ -158,6 +161,8 @@ PROFILES: dict[str, Profile] = {
         cpu_kvcache_gib=1,
     ),
 }
+# The same model and engine settings behind Triton (worker/triton/launcher.py).
+PROFILES["triton-cpu-tiny"] = replace(PROFILES["cpu-tiny"], name="triton-cpu-tiny", engine="triton")
 
 
 class ProfileError(ValueError):

@@ -23,6 +23,15 @@ export GATEWAY_TOTAL_TIMEOUT_S=${GATEWAY_TOTAL_TIMEOUT_S:-600}
 worker_urls=()
 for i in $(seq 0 $((WORKERS - 1))); do worker_urls+=("http://127.0.0.1:$((WORKER_PORT + i))"); done
 export GATEWAY_WORKER_URLS=${GATEWAY_WORKER_URLS:-$(IFS=,; echo "${worker_urls[*]}")}
+WORKER_PYTHON=.venv-worker/bin/python
+if [[ $PROFILE == triton-* ]]; then
+  # Triton workers: their own environment, metrics on the worker's port + 100, and the
+  # gateway told to speak KServe v2 to them (one pool, engine "triton").
+  WORKER_PYTHON=.venv-triton/bin/python
+  export GATEWAY_WORKER_POOLS=${GATEWAY_WORKER_POOLS:-$(.venv/bin/python -m worker.triton.pools \
+    --profile "$PROFILE" --metrics-port-offset 100 "${worker_urls[@]}")}
+  unset GATEWAY_WORKER_URLS
+fi
 # The interaction log: MariaDB on this machine, database and user created by `up`.
 export GATEWAY_LOG_DATABASE_URL=${GATEWAY_LOG_DATABASE_URL:-mysql://vlm:vlm@127.0.0.1:3306/vlm_serve}
 DB_ADMIN_URL=${DB_ADMIN_URL:-mysql://root@127.0.0.1:3306}
@@ -82,8 +91,9 @@ up() {
   for i in $(seq 0 $((WORKERS - 1))); do
     local wport=$((WORKER_PORT + i)) bind=${WORKER_CPU_THREADS_BIND-$((i % cores))}
     start "worker-$wport" env WORKER_READY_FILE="$RUN_DIR/worker-$wport.ready" \
-      ${bind:+WORKER_CPU_THREADS_BIND=$bind} \
-      .venv-worker/bin/python -m worker serve --profile "$PROFILE" --port "$wport"
+      ${bind:+WORKER_CPU_THREADS_BIND=$bind} WORKER_METRICS_PORT=$((wport + 100)) \
+      WORKER_RUN_DIR="$RUN_DIR/triton-$wport" \
+      "$WORKER_PYTHON" -m worker serve --profile "$PROFILE" --port "$wport"
   done
   for i in $(seq 0 $((WORKERS - 1))); do
     wait_for "worker $((WORKER_PORT + i))'s warm-up" test -f "$RUN_DIR/worker-$((WORKER_PORT + i)).ready"
@@ -114,7 +124,7 @@ up() {
   echo "try:"
   echo "  curl -s http://$HOST:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\"
   echo "    -H \"Authorization: Bearer \$(cat $RUN_DIR/demo-api-key)\" -d @$RUN_DIR/sample-request.json"
-  if [[ $PROFILE == cpu-tiny ]]; then
+  if [[ $PROFILE == *cpu-tiny ]]; then
     echo "(cpu-tiny has random weights: its answers are noise, by design)"
   fi
 }

@@ -9,7 +9,7 @@ and names, and a request first gets a pool by weight (weights.py), then a worker
 A background task polls every worker:
 ``/health`` (active health check), ``/v1/models`` (now and then), and ``/metrics`` for the
 load vLLM reports (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
-``vllm:kv_cache_usage_perc``).
+``vllm:kv_cache_usage_perc``); a Triton pool's on Triton's endpoints (kserve/engine.py).
 
 A worker is *available* when its last health check passed and its circuit breaker (passive
 ejection after consecutive failed exchanges, half-open probes with real requests) is not
@@ -48,6 +48,7 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import DEFAULT_POOL, Metrics
 from gateway.upstream.bodies import read_limited
 from gateway.upstream.discovery import DnsDiscovery, Resolve, resolve_addresses
+from gateway.upstream.kserve.engine import Load, TritonEngine
 from gateway.upstream.weights import WeightedRoundRobin
 
 log = logging.getLogger("gateway.upstream.pool")
@@ -91,10 +92,14 @@ class Worker:
     # Attempts waiting for their answer (or first chunk): told when a health check fails,
     # so that a hung worker's requests move elsewhere instead of waiting for a timeout.
     down_waiters: set[asyncio.Future[None]] = field(default_factory=set)
+    engine: TritonEngine | None = None  # a Triton pool's (None: vLLM's OpenAI server)
+    # Alive but not ready (a Triton worker loading or draining): it finishes what it has
+    # (its attempts are not abandoned) and gets nothing new.
+    draining: bool = False
 
     @property
     def available(self) -> bool:
-        return self.healthy and self.breaker.state is not BreakerState.OPEN
+        return self.healthy and not self.draining and self.breaker.state is not BreakerState.OPEN
 
     @property
     def load(self) -> float:
@@ -145,9 +150,11 @@ class WorkerPool:
     _discovered_at: float = field(init=False, default=float("-inf"))
     _picker: WeightedRoundRobin = field(init=False)
     _static: list[tuple[str, str]] = field(init=False, default_factory=list)
+    _engines: dict[str, TritonEngine] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         specs = self.settings.pools()
+        self._engines = {s.name: TritonEngine(s.triton) for s in specs if s.triton is not None}
         self._picker = WeightedRoundRobin({spec.name: spec.weight for spec in specs})
         self._static = [(url, spec.name) for spec in specs for url in spec.urls]
         self._set_workers(self._static)
@@ -209,7 +216,7 @@ class WorkerPool:
             failure_threshold=self.settings.worker_breaker_failures,
             on_state_change=on_state,
         )
-        return Worker(url, breaker, pool)
+        return Worker(url, breaker, pool, engine=self._engines.get(pool))
 
     # -- choice ------------------------------------------------------------------------------
 
@@ -347,14 +354,11 @@ class WorkerPool:
         healthy = False
         try:
             async with asyncio.timeout(self.settings.health_timeout_s):
-                async with self.session.get(f"{worker.url}/health") as response:
-                    healthy = response.status == 200
-                stale = time.monotonic() - worker.models_fetched_at > _MODELS_REFRESH_S
-                if healthy and (not worker.healthy or not worker.models or stale):
-                    worker.models, worker.roots = await self._fetch_models(worker)
-                    worker.models_fetched_at = time.monotonic()
-                if healthy and self.settings.load_poll_enabled:
-                    await self._fetch_load(worker)
+                if worker.engine is None:
+                    healthy = await self._poll_vllm(worker)
+                else:  # a Triton worker (kserve/engine.py)
+                    note = self._note_load if self.settings.load_poll_enabled else None
+                    healthy = await worker.engine.poll(self.session, worker, note)
         except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
             log.debug("health check of %s failed: %r", worker.url, exc)
             healthy = False
@@ -364,6 +368,17 @@ class WorkerPool:
                     waiter.set_result(None)
         self._set_health(worker, healthy)
 
+    async def _poll_vllm(self, worker: Worker) -> bool:
+        async with self.session.get(f"{worker.url}/health") as response:
+            healthy = response.status == 200
+        stale = time.monotonic() - worker.models_fetched_at > _MODELS_REFRESH_S
+        if healthy and (not worker.healthy or not worker.models or stale):
+            worker.models, worker.roots = await self._fetch_models(worker)
+            worker.models_fetched_at = time.monotonic()
+        if healthy and self.settings.load_poll_enabled:
+            await self._fetch_load(worker)
+        return healthy
+
     async def _fetch_load(self, worker: Worker) -> None:
         async with self.session.get(
             f"{worker.url}/metrics", headers=auth_headers(self.settings)
@@ -372,8 +387,10 @@ class WorkerPool:
                 return
             raw = await read_limited(response, _METRICS_BODY_LIMIT)
         load = parse_load(raw.decode("utf-8", "replace"))
-        if load is None:
-            return
+        if load is not None:
+            self._note_load(worker, load)
+
+    def _note_load(self, worker: Worker, load: Load) -> None:
         worker.running, worker.waiting, worker.kv_usage = load
         worker.load_read_at = time.monotonic()
         gauge = self.metrics.worker_load

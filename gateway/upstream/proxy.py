@@ -29,6 +29,7 @@ from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import Metrics
 from gateway.upstream.bodies import read_worker_error
+from gateway.upstream.kserve.engine import TritonRequests, TritonStream
 from gateway.upstream.pool import Worker, WorkerPool, auth_headers
 
 log = logging.getLogger("gateway.upstream.proxy")
@@ -164,6 +165,10 @@ class UpstreamStream:
         in-flight count) was already undone by the caller that gave up on it."""
         self._on_end = None
         self.close()
+
+
+def _discard(stream: UpstreamStream | TritonStream) -> None:
+    stream.discard()
 
 
 def _dispose_result(dispose: Callable[[T], None], task: asyncio.Future[T]) -> None:
@@ -318,15 +323,19 @@ class Upstream:
     ) -> bytes:
         """Non-streaming exchange: the worker's 200 body, or a GatewayError."""
         deadline = asyncio.get_running_loop().time() + self._settings.total_timeout_s
+        triton = TritonRequests(body)  # a Triton worker's body: translated on first use
 
         async def attempt(worker: Worker) -> bytes:
+            url, data, call = await triton.route(worker.url, worker.engine, path)
             try:
                 async with asyncio.timeout_at(deadline):
                     async with self._session.post(
-                        worker.url + path, data=body, headers=self._headers(request_id)
+                        url, data=data, headers=self._headers(request_id)
                     ) as response:
                         if response.status != 200:
                             raise await self._status_error(response)
+                        if call is not None:
+                            return await call.answer(response)
                         return await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._transport_error(worker, exc) from None
@@ -341,7 +350,7 @@ class Upstream:
         on_worker: Callable[[str], None] | None = None,
         affinity_key: str | None = None,
         pool: str | None = None,
-    ) -> UpstreamStream:
+    ) -> UpstreamStream | TritonStream:
         """Start a streamed exchange and wait for its first chunk (first-byte timeout).
 
         Errors up to the first chunk raise GatewayError, so the client still gets a proper
@@ -350,14 +359,16 @@ class Upstream:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.total_timeout_s
+        triton = TritonRequests(body)  # a Triton worker's body: translated on first use
 
-        async def attempt(worker: Worker) -> UpstreamStream:
+        async def attempt(worker: Worker) -> UpstreamStream | TritonStream:
             first_byte = min(loop.time() + self._settings.first_byte_timeout_s, deadline)
+            url, data, call = await triton.route(worker.url, worker.engine, path)
             response: aiohttp.ClientResponse | None = None
             try:
                 async with asyncio.timeout_at(first_byte):
                     response = await self._session.post(
-                        worker.url + path, data=body, headers=self._headers(request_id)
+                        url, data=data, headers=self._headers(request_id)
                     )
                     if response.status != 200:
                         raise await self._status_error(response)
@@ -374,7 +385,7 @@ class Upstream:
             def release(w: Worker = worker) -> None:
                 w.in_flight -= 1
 
-            return UpstreamStream(
+            stream = UpstreamStream(
                 response,
                 first,
                 deadline,
@@ -382,11 +393,11 @@ class Upstream:
                 worker=worker,
                 on_end=release,
             )
+            return stream if call is None else call.stream(stream)
 
         return await self._attempts(
-            affinity_key, on_worker, attempt, keep_in_flight=True, dispose=UpstreamStream.discard,
-            pool=pool,
-        )  # fmt: skip
+            affinity_key, on_worker, attempt, keep_in_flight=True, dispose=_discard, pool=pool
+        )
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> GatewayError | _WorkerFailed:
         status = response.status
