@@ -10,6 +10,7 @@ import pytest
 from gateway.config import Settings
 from gateway.metrics import DEFAULT_POOL
 from tests.support.helm import (
+    AWQ_TEST_REVISION,
     KUBE_VERSIONS,
     MONITORING_API,
     PROFILES,
@@ -18,6 +19,7 @@ from tests.support.helm import (
     env_of,
     find,
     kinds,
+    merge,
     notes,
     one,
     pod_spec,
@@ -28,6 +30,7 @@ from tests.support.helm import (
 from worker.profiles import PROFILES as WORKER_PROFILES
 
 GPU = ("gpu-bf16", "gpu-fp8", "gpu-awq")
+KEDA_API = "keda.sh/v1alpha1"
 COMMON_KINDS = {
     "ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Service", "ServiceAccount",
 }  # fmt: skip
@@ -46,11 +49,9 @@ def test_every_profile_renders_for_two_kubernetes_versions(profile: str, kube_ve
         assert "HorizontalPodAutoscaler" not in present
     else:
         assert "Secret" not in present  # production: secrets by reference only
-        assert {
-            "HorizontalPodAutoscaler",
-            "PodDisruptionBudget",
-            "PersistentVolumeClaim",
-        } <= present
+        assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"} <= present
+        # Weights on the nodes' disks: no claim a stock cluster's storage could leave Pending.
+        assert "PersistentVolumeClaim" not in present
 
 
 def test_kubernetes_older_than_the_charts_floor_is_refused() -> None:
@@ -105,13 +106,15 @@ def test_schema_refuses_typos_and_unknown_profiles() -> None:
 def test_the_charts_profile_table_matches_the_workers_profiles() -> None:
     for name in ("gpu-bf16", "gpu-fp8", "gpu-awq", "cpu-tiny"):
         values = profile_values("gpu-bf16", {"workers": {"pools": {"stable": {"profile": name}}}})
-        objects = render(values)
+        pinned = {"workers": {"pools": {"stable": {"revision": AWQ_TEST_REVISION}}}}
+        objects = render(values if WORKER_PROFILES[name].revision else merge(values, pinned))
         worker = container(one(objects, "Deployment", "rel-vlm-serve-worker-stable"))
         assert f"--profile={name}" in worker["args"]
-        model = env_of(worker).get("WORKER_MODEL")
         if name != "cpu-tiny":
-            # pvc mode: <mountPath>/<the profile's own checkpoint>
-            assert model == f"/models/{WORKER_PROFILES[name].model}"
+            # hub mode: the profile's own checkpoint at the commit both pin.
+            assert "WORKER_MODEL" not in env_of(worker)
+            revision = WORKER_PROFILES[name].revision or AWQ_TEST_REVISION
+            assert env_of(worker)["WORKER_REVISION"] == revision
         smoke = container(one(objects, "Pod"))
         assert f"--model={WORKER_PROFILES[name].served_model_name}" in smoke["args"]
         tag = one(objects, "Deployment", "rel-vlm-serve-worker-stable")
@@ -202,7 +205,7 @@ def test_refuses_a_worker_prestop_shorter_than_the_gateways_notice() -> None:
 
 
 def test_refuses_a_readwriteonce_volume_shared_by_several_workers() -> None:
-    rwo = {"workers": {"modelStorage": {"pvc": {"accessModes": ["ReadWriteOnce"]}}}}
+    rwo = {"workers": {"modelStorage": {"mode": "pvc", "pvc": {"accessModes": ["ReadWriteOnce"]}}}}
     # gpu-bf16 runs two stable replicas.
     assert "cannot be shared by 2 worker pods" in _refused(profile_values("gpu-bf16", rwo))
     # One replica may keep a ReadWriteOnce volume to itself.
@@ -227,6 +230,8 @@ def test_model_storage_modes(mode: str) -> None:
     storage: dict[str, Any] = {"mode": mode}
     if mode == "existingClaim":
         storage["existingClaim"] = {"name": "qwen-weights"}
+    if mode == "pvc":
+        storage["pvc"] = {"storageClassName": "efs-sc"}
     if mode == "image":
         storage["image"] = {"reference": "registry.example.com/qwen3-vl-8b-weights:1"}
     # Image volumes exist from Kubernetes 1.31.
@@ -239,18 +244,25 @@ def test_model_storage_modes(mode: str) -> None:
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     offline = mode in ("pvc", "existingClaim", "image")
     assert (env.get("HF_HUB_OFFLINE") == "1") == offline
+    revision = WORKER_PROFILES["gpu-bf16"].revision
     if offline:
-        assert env["WORKER_MODEL"] == "/models/Qwen/Qwen3-VL-8B-Instruct"
+        # pvc: the folder the chart's Job fills, one per pinned commit.
+        folder = f"/{revision}" if mode == "pvc" else ""
+        assert env["WORKER_MODEL"] == f"/models/Qwen/Qwen3-VL-8B-Instruct{folder}"
+        assert env["WORKER_REVISION"] == ""  # a local folder has no commit to resolve
+    else:
+        assert env["WORKER_REVISION"] == revision
     assert ("models" in volumes) == (mode != "hub")
     downloads = [j for j in find(objects, "Job") if "models-" in j["metadata"]["name"]]
     assert bool(downloads) == (mode == "pvc")
     if mode == "pvc":
         claim = one(objects, "PersistentVolumeClaim")
         assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-        script = container(downloads[0])["args"][0]
-        assert "hf download Qwen/Qwen3-VL-8B-Instruct" in script.replace('"', "")
+        assert claim["spec"]["storageClassName"] == "efs-sc"
+        script = container(downloads[0])["args"][0].replace("'", "")
+        assert f"hf download Qwen/Qwen3-VL-8B-Instruct --revision {revision}" in script
         waits = pod_spec(deployment)["initContainers"][0]["command"][-1]
-        assert "/models/Qwen/Qwen3-VL-8B-Instruct/.complete" in waits
+        assert f"/models/Qwen/Qwen3-VL-8B-Instruct/{revision}/.complete" in waits
     if mode == "existingClaim":
         assert volumes["models"]["persistentVolumeClaim"] == {
             "claimName": "qwen-weights",
@@ -371,7 +383,7 @@ def test_nginx_ingress_and_httproute_point_at_the_front() -> None:
 
 def test_keda_scales_each_pool_on_waiting_requests() -> None:
     values = profile_values("canary", {"workers": {"keda": {"enabled": True}}})
-    objects = render(values)
+    objects = render(values, api_versions=(MONITORING_API, KEDA_API))
     scaled = find(objects, "ScaledObject")
     assert sorted(s["metadata"]["name"] for s in scaled) == [
         "rel-vlm-serve-worker-canary",

@@ -22,6 +22,7 @@ from tests.support.helm import (
     NODE_MODULES,
     PROFILES,
     Manifest,
+    helm_args,
     one,
     profile_values,
     render,
@@ -150,20 +151,18 @@ def test_policy_checks_pass(rendered: dict[tuple[str, str], Path]) -> None:
 
 
 def test_helm_lint_strict_for_every_profile(tmp_path: Path) -> None:
-    for profile, files in PROFILES.items():
-        args = [f"--values={CHART / 'profiles' / f}" for f in files]
-        done = _run([str(HELM_BIN), "lint", "--strict", str(CHART), *args])
+    for profile in PROFILES:
+        done = _run([str(HELM_BIN), "lint", "--strict", str(CHART), *helm_args(profile)])
         assert done.returncode == 0, f"{profile}:\n{done.stdout}{done.stderr}"
         assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
 
 
 def test_the_helm_binary_renders_what_the_library_renders() -> None:
     """The same objects from `helm template` as from the library the other tests use."""
-    for profile, files in PROFILES.items():
-        args = [f"--values={CHART / 'profiles' / f}" for f in files]
+    for profile in PROFILES:
         done = _run([str(HELM_BIN), "template", "rel", str(CHART), "--namespace", "vlm",
                      "--kube-version", KUBE_VERSIONS[0], "--api-versions", MONITORING_API,
-                     *args])  # fmt: skip
+                     *helm_args(profile)])  # fmt: skip
         assert done.returncode == 0, done.stderr
         names = sorted(f"{m['kind']}/{m['metadata']['name']}" for m in _yaml_docs(done.stdout))
         library = render(profile_values(profile), api_versions=(MONITORING_API,))

@@ -40,6 +40,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The ServiceAccount of pre-install/pre-upgrade hooks, created as an earlier hook. */}}
+{{- define "vlm-serve.hookServiceAccountName" -}}
+{{- printf "%s-hooks" (include "vlm-serve.fullname" .) -}}
+{{- end -}}
+
+{{/* Whether the migrations Job is a hook: not with the bundled database, which this same
+release creates (the hook would wait for a database that does not exist yet). */}}
+{{- define "vlm-serve.migrationsHook" -}}
+{{- if and .Values.migrations.enabled (not .Values.bundled.mariadb.enabled) }}true{{ end -}}
+{{- end -}}
+
 {{- define "vlm-serve.gatewayImage" -}}
 {{- printf "%s/%s:%s" .Values.image.registry .Values.image.gateway.repository (default .Chart.AppVersion .Values.image.gateway.tag) -}}
 {{- end -}}
