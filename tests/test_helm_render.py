@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from typing import Any
 
 import pytest
@@ -28,9 +30,11 @@ from tests.support.helm import (
     render,
 )
 from worker.profiles import PROFILES as WORKER_PROFILES
+from worker.profiles import REPO_ROOT
 
 GPU = ("gpu-bf16", "gpu-fp8", "gpu-awq")
 KEDA_API = "keda.sh/v1alpha1"
+WORKER_PY = str(REPO_ROOT / ".venv-worker" / "bin" / "python")
 COMMON_KINDS = {
     "ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Service", "ServiceAccount",
 }  # fmt: skip
@@ -177,9 +181,9 @@ def test_worker_probes_follow_the_profiles_startup_budget(profile: str) -> None:
     assert grace >= pre_stop + int(env_of(worker)["WORKER_SHUTDOWN_TIMEOUT_S"])
 
 
-def _refused(values: dict[str, Any]) -> str:
+def _refused(values: dict[str, Any], **kwargs: Any) -> str:
     with pytest.raises(RenderRefused) as refused:
-        render(values)
+        render(values, **kwargs)
     return str(refused.value)
 
 
@@ -354,6 +358,8 @@ def test_helm_test_pod_sends_a_real_request() -> None:
     assert "--create-key" in test["args"]
     script = one(objects, "ConfigMap", "rel-vlm-serve-smoke-test")["data"]["smoke_test.py"]
     assert "X-Cache" in script
+    # Gateways are ready without workers; the test waits for one that has a worker.
+    assert 'READY_PATH = "/readyz?min_workers=1"' in script
     # Through Nginx when the chart runs it.
     with_nginx = render(profile_values("dev", {"nginx": {"enabled": True}}))
     assert (
@@ -379,6 +385,85 @@ def test_nginx_ingress_and_httproute_point_at_the_front() -> None:
     assert backend["service"] == {"name": "rel-vlm-serve-nginx", "port": {"number": 80}}
     route = one(objects, "HTTPRoute")
     assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == "rel-vlm-serve-nginx"
+
+
+def test_keda_renders_only_a_scaler_that_can_read_its_metric_and_wake() -> None:
+    keda = {"workers": {"keda": {"enabled": True}}}
+    both = (MONITORING_API, KEDA_API)
+    # At zero replicas the workers' own series is gone: nothing would wake the pool.
+    zero = {"workers": {"keda": {"enabled": True, "minReplicas": 0}}}
+    assert "minReplicas must be at least 1" in _refused(
+        profile_values("gpu-bf16", zero), api_versions=both
+    )
+    # Nothing scrapes the workers without the Prometheus Operator or with the monitor off.
+    assert "nothing scrapes" in _refused(profile_values("gpu-bf16", keda), api_versions=(KEDA_API,))
+    off = {"monitoring": {"serviceMonitor": {"enabled": False}}}
+    assert "nothing scrapes" in _refused(profile_values("gpu-bf16", keda, off), api_versions=both)
+    assert "needs KEDA installed" in _refused(
+        profile_values("gpu-bf16", keda), api_versions=(MONITORING_API,)
+    )
+    # The query reads a series of the very Service the ServiceMonitor scrapes.
+    objects = render(profile_values("gpu-bf16", keda), api_versions=both)
+    scaled, monitor = one(objects, "ScaledObject"), one(objects, "ServiceMonitor")
+    assert scaled["spec"]["minReplicaCount"] >= 1
+    service = one(objects, "Service", "rel-vlm-serve-worker-stable")
+    labels = service["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    assert f'service="{service["metadata"]["name"]}"' in query
+
+
+def test_gpus_set_tensor_parallelism_and_no_override_drops_them() -> None:
+    two = {"workers": {"pools": {"stable": {"gpus": 2}}}}
+    deployment = one(render(profile_values("gpu-bf16", two)), "Deployment",
+                     "rel-vlm-serve-worker-stable")  # fmt: skip
+    worker = container(deployment, "worker")
+    assert worker["resources"]["requests"]["nvidia.com/gpu"] == 2
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 2
+    env = {k: v for k, v in env_of(worker).items() if isinstance(v, str)}
+    assert env["WORKER_TENSOR_PARALLEL_SIZE"] == "2"
+    # The launcher turns the rendered environment into vLLM's argument.
+    printed = subprocess.run(
+        [WORKER_PY, "-m", "worker", "args", *worker["args"]], cwd=REPO_ROOT,
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    command = json.loads(printed)["command"]
+    assert command[command.index("--tensor-parallel-size") + 1] == "2"
+    # A GPU profile without a GPU is refused, as is an override that contradicts gpus.
+    assert "needs at least one GPU" in _refused(
+        profile_values("gpu-bf16", {"workers": {"pools": {"stable": {"gpus": 0}}}})
+    )
+    wrong = {"limits": {"nvidia.com/gpu": 2}}
+    assert "set the GPU count with gpus only" in _refused(
+        profile_values("gpu-bf16", {"workers": {"pools": {"stable": {"resources": wrong}}}})
+    )
+    tp = {"env": {"WORKER_TENSOR_PARALLEL_SIZE": "4"}}
+    assert "differs from gpus" in _refused(
+        profile_values("gpu-bf16", {"workers": {"pools": {"stable": tp}}})
+    )
+    # cpu and memory from an override; the GPU stays.
+    mine = {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "40Gi"}}
+    override = {"workers": {"pools": {"stable": {"resources": mine}}}}
+    worker = container(one(render(profile_values("gpu-bf16", override)), "Deployment",
+                           "rel-vlm-serve-worker-stable"), "worker")  # fmt: skip
+    resources = worker["resources"]
+    assert resources["requests"]["cpu"] == "4"
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_each_pool_takes_its_own_scheduling() -> None:
+    term = {"matchExpressions": [
+        {"key": "nvidia.com/mig.config", "operator": "In", "values": ["all-3g.40gb"]}]}  # fmt: skip
+    mig = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [term]}}}  # fmt: skip
+    canary = {"priorityClassName": "gpu-canary", "runtimeClassName": "nvidia", "affinity": mig}
+    objects = render(profile_values("canary", {"workers": {"pools": {"canary": canary}}}))
+    spec = pod_spec(one(objects, "Deployment", "rel-vlm-serve-worker-canary"))
+    assert spec["priorityClassName"] == "gpu-canary"
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["affinity"] == mig
+    stable = pod_spec(one(objects, "Deployment", "rel-vlm-serve-worker-stable"))
+    assert not {"priorityClassName", "runtimeClassName", "affinity"} & set(stable)
 
 
 def test_keda_scales_each_pool_on_waiting_requests() -> None:
