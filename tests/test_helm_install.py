@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.helm import (
     AWQ_TEST_REVISION,
@@ -30,6 +31,7 @@ from tests.support.helm import (
     container,
     env_of,
     find,
+    merge,
     notes,
     one,
     pod_spec,
@@ -460,3 +462,31 @@ def test_a_checkpoint_without_a_pinned_commit_is_refused() -> None:
     # Schema: a commit, not a branch name that moves.
     with pytest.raises(RenderRefused, match="revision"):
         render(profile_values("gpu-bf16", {"workers": {"pools": {"stable": {"revision": "main"}}}}))
+
+
+def test_ci_installs_a_release_whose_migrations_run_as_a_pre_install_hook() -> None:
+    """.github/workflows/helm-kind.yaml's second install takes the GPU profiles' path on a
+    real (kind) cluster: the values it passes make the migrations a pre-install hook, and
+    the replay finds nothing missing but the Secrets the step creates first."""
+    workflow = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / "helm-kind.yaml").read_text())
+    steps = workflow["jobs"]["ct-install"]["steps"]
+    script = next(s["run"] for s in steps if "pre-install hook" in s.get("name", ""))
+    command = script[script.index("helm install hook") :].split("helm test")[0]
+    values: dict[str, Any] = {}
+    for file in re.findall(r"--values=(\S+)", command):
+        values = merge(values, yaml.safe_load((REPO_ROOT / file).read_text()))
+    for path, raw in re.findall(r"--set=([^=\s]+)=(\S+)", command):
+        value: Any = {"true": True, "false": False}.get(raw, raw)
+        *parents, leaf = path.split(".")
+        node = values
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    objects = render(values)
+    job = one(objects, "Job", "rel-vlm-serve-migrate")
+    assert _annotations(job)["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert pod_spec(job)["serviceAccountName"] == "rel-vlm-serve-hooks"
+    created = set(re.findall(r"create secret generic (\S+)", script))
+    assert created == {"vlm-serve-database", "vlm-serve-redis"}
+    for line in replay_helm(objects):
+        assert line.rsplit("/", 1)[1] in created, line

@@ -65,14 +65,25 @@ def _run(
     )  # fmt: skip
 
 
+# The storage modes' objects too: the download Job and its claim, a volume per worker.
+STORAGE = {
+    "gpu-bf16-pvc": ("gpu-bf16", {"workers": {"modelStorage": {
+        "mode": "pvc", "pvc": {"storageClassName": "efs-sc"},
+        "hfToken": {"existingSecret": "vlm-serve-hf-token"}}}}),
+    "gpu-fp8-ephemeral": ("gpu-fp8", {"workers": {"modelStorage": {
+        "hub": {"volume": "ephemeral"}}}}),
+}  # fmt: skip
+
+
 def _all_renders() -> Iterator[tuple[str, str, list[Manifest]]]:
-    for profile in sorted(PROFILES):
+    variants = {p: (p, {}) for p in sorted(PROFILES)} | STORAGE
+    for name, (profile, extra) in variants.items():
         for kube_version in KUBE_VERSIONS:
             objects = render(
-                profile_values(profile, EVERYTHING), kube_version=kube_version,
+                profile_values(profile, EVERYTHING, extra), kube_version=kube_version,
                 api_versions=CRD_APIS,
             )  # fmt: skip
-            yield profile, kube_version, objects
+            yield name, kube_version, objects
 
 
 @pytest.fixture(scope="module")
