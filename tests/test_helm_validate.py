@@ -66,7 +66,7 @@ def _run(
 
 
 # The storage modes' objects too: the download Job and its claim, a volume per worker.
-STORAGE = {
+STORAGE: dict[str, tuple[str, dict[str, Any]]] = {
     "gpu-bf16-pvc": ("gpu-bf16", {"workers": {"modelStorage": {
         "mode": "pvc", "pvc": {"storageClassName": "efs-sc"},
         "hfToken": {"existingSecret": "vlm-serve-hf-token"}}}}),
@@ -76,7 +76,8 @@ STORAGE = {
 
 
 def _all_renders() -> Iterator[tuple[str, str, list[Manifest]]]:
-    variants = {p: (p, {}) for p in sorted(PROFILES)} | STORAGE
+    variants: dict[str, tuple[str, dict[str, Any]]] = {p: (p, {}) for p in sorted(PROFILES)}
+    variants |= STORAGE
     for name, (profile, extra) in variants.items():
         for kube_version in KUBE_VERSIONS:
             objects = render(

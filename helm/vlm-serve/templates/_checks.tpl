@@ -52,6 +52,9 @@ or cannot start. Each one stops the render with a message saying what to change.
 {{- $profile := fromYaml (include "vlm-serve.profile" $ctx) -}}
 {{- $model := include "vlm-serve.poolModel" $ctx -}}
 {{- $downloads := or (include "vlm-serve.workerDownloads" $ctx) (and (eq $ms.mode "pvc") $ms.pvc.download.enabled) -}}
+{{- if and (not $model) (has $ms.mode (list "pvc" "existingClaim" "image")) -}}
+{{- fail (printf "workers.pools.%s: profile %s carries its model in the worker image; modelStorage.mode %s has no folder to give it (use hub, or set the pool's model)" $name $pool.profile $ms.mode) -}}
+{{- end -}}
 {{- if and (eq $profile.device "gpu") $downloads (not (include "vlm-serve.poolRevision" $ctx)) -}}
 {{- fail (printf "workers.pools.%s.revision: %s has no commit pinned in this chart; set the commit you validated (40 hex digits, from the model page's \"Files and versions\" history), so that every worker and every install loads the same weights" $name $model) -}}
 {{- end -}}
