@@ -79,7 +79,7 @@ cpu-tiny:
 {{- if and (eq $profile.device "gpu") (or (eq $ms.mode "hub") (and (eq $ms.mode "hostPath") (not $ms.hostPath.offline))) }}true{{ end -}}
 {{- end -}}
 
-{{/* The folder pvc mode's Job fills for a checkpoint, and the marker it writes last. */}}
+{{/* The folder pvc mode fills for a checkpoint at a commit (its .complete marker inside). */}}
 {{- define "vlm-serve.pvcModelDir" -}}
 {{- printf "%s/%s/%s" .mountPath .model .revision -}}
 {{- end -}}
