@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from localstack.processes import free_port
-from tests.support.helm import profile_values, render
+from tests.support.helm import AWQ_TEST_REVISION, profile_values, render
 from worker.profiles import PROFILES, REPO_ROOT
 
 IMAGES = REPO_ROOT / "deploy" / "images"
@@ -188,14 +188,15 @@ def test_worker_cmd_parses_and_names_vllms_server(profile: str) -> None:
     assert (site / (module.replace(".", "/") + ".py")).is_file(), module
 
 
-def test_the_worker_images_carry_the_download_jobs_cli() -> None:
-    """The chart's model-download Job runs `hf download` in the worker image."""
+def test_the_gateway_image_carries_the_download_jobs_cli() -> None:
+    """The chart's model-download Job runs `hf download --revision` in the gateway image."""
     done = subprocess.run(
-        [str(Path(WORKER_PY).parent / "hf"), "download", "--help"],
+        [str(Path(GATEWAY_PY).parent / "hf"), "download", "--help"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0
     assert "--local-dir" in done.stdout
+    assert "--revision" in done.stdout
 
 
 def test_gateway_cmd_serves_and_drains_to_exit_zero(tmp_path: Path) -> None:
@@ -244,9 +245,10 @@ def test_build_script_tags_are_the_images_the_chart_uses() -> None:
     built = {line.split()[0] for line in printed.splitlines()}
     wanted = set()
     for profile in ("gpu-bf16", "gpu-fp8", "gpu-awq", "cpu-tiny"):
-        values = profile_values(
-            "gpu-bf16", {"workers": {"pools": {"stable": {"profile": profile}}}}
-        )
+        # The AWQ export has no commit pinned in the chart: the user sets one.
+        revision = AWQ_TEST_REVISION if profile == "gpu-awq" else ""
+        stable = {"profile": profile, "revision": revision}
+        values = profile_values("gpu-bf16", {"workers": {"pools": {"stable": stable}}})
         for obj in render(values):
             if obj["kind"] in ("Deployment", "Job", "Pod"):
                 spec = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]

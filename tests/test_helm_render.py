@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from gateway.config import Settings
 from gateway.metrics import DEFAULT_POOL
 from tests.support.helm import (
+    AWQ_TEST_REVISION,
     KUBE_VERSIONS,
     MONITORING_API,
     PROFILES,
@@ -18,6 +21,7 @@ from tests.support.helm import (
     env_of,
     find,
     kinds,
+    merge,
     notes,
     one,
     pod_spec,
@@ -26,8 +30,11 @@ from tests.support.helm import (
     render,
 )
 from worker.profiles import PROFILES as WORKER_PROFILES
+from worker.profiles import REPO_ROOT
 
 GPU = ("gpu-bf16", "gpu-fp8", "gpu-awq")
+KEDA_API = "keda.sh/v1alpha1"
+WORKER_PY = str(REPO_ROOT / ".venv-worker" / "bin" / "python")
 COMMON_KINDS = {
     "ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "Service", "ServiceAccount",
 }  # fmt: skip
@@ -46,11 +53,9 @@ def test_every_profile_renders_for_two_kubernetes_versions(profile: str, kube_ve
         assert "HorizontalPodAutoscaler" not in present
     else:
         assert "Secret" not in present  # production: secrets by reference only
-        assert {
-            "HorizontalPodAutoscaler",
-            "PodDisruptionBudget",
-            "PersistentVolumeClaim",
-        } <= present
+        assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"} <= present
+        # Weights on the nodes' disks: no claim a stock cluster's storage could leave Pending.
+        assert "PersistentVolumeClaim" not in present
 
 
 def test_kubernetes_older_than_the_charts_floor_is_refused() -> None:
@@ -105,13 +110,15 @@ def test_schema_refuses_typos_and_unknown_profiles() -> None:
 def test_the_charts_profile_table_matches_the_workers_profiles() -> None:
     for name in ("gpu-bf16", "gpu-fp8", "gpu-awq", "cpu-tiny"):
         values = profile_values("gpu-bf16", {"workers": {"pools": {"stable": {"profile": name}}}})
-        objects = render(values)
+        pinned = {"workers": {"pools": {"stable": {"revision": AWQ_TEST_REVISION}}}}
+        objects = render(values if WORKER_PROFILES[name].revision else merge(values, pinned))
         worker = container(one(objects, "Deployment", "rel-vlm-serve-worker-stable"))
         assert f"--profile={name}" in worker["args"]
-        model = env_of(worker).get("WORKER_MODEL")
         if name != "cpu-tiny":
-            # pvc mode: <mountPath>/<the profile's own checkpoint>
-            assert model == f"/models/{WORKER_PROFILES[name].model}"
+            # hub mode: the profile's own checkpoint at the commit both pin.
+            assert "WORKER_MODEL" not in env_of(worker)
+            revision = WORKER_PROFILES[name].revision or AWQ_TEST_REVISION
+            assert env_of(worker)["WORKER_REVISION"] == revision
         smoke = container(one(objects, "Pod"))
         assert f"--model={WORKER_PROFILES[name].served_model_name}" in smoke["args"]
         tag = one(objects, "Deployment", "rel-vlm-serve-worker-stable")
@@ -174,9 +181,9 @@ def test_worker_probes_follow_the_profiles_startup_budget(profile: str) -> None:
     assert grace >= pre_stop + int(env_of(worker)["WORKER_SHUTDOWN_TIMEOUT_S"])
 
 
-def _refused(values: dict[str, Any]) -> str:
+def _refused(values: dict[str, Any], **kwargs: Any) -> str:
     with pytest.raises(RenderRefused) as refused:
-        render(values)
+        render(values, **kwargs)
     return str(refused.value)
 
 
@@ -202,7 +209,7 @@ def test_refuses_a_worker_prestop_shorter_than_the_gateways_notice() -> None:
 
 
 def test_refuses_a_readwriteonce_volume_shared_by_several_workers() -> None:
-    rwo = {"workers": {"modelStorage": {"pvc": {"accessModes": ["ReadWriteOnce"]}}}}
+    rwo = {"workers": {"modelStorage": {"mode": "pvc", "pvc": {"accessModes": ["ReadWriteOnce"]}}}}
     # gpu-bf16 runs two stable replicas.
     assert "cannot be shared by 2 worker pods" in _refused(profile_values("gpu-bf16", rwo))
     # One replica may keep a ReadWriteOnce volume to itself.
@@ -227,6 +234,8 @@ def test_model_storage_modes(mode: str) -> None:
     storage: dict[str, Any] = {"mode": mode}
     if mode == "existingClaim":
         storage["existingClaim"] = {"name": "qwen-weights"}
+    if mode == "pvc":
+        storage["pvc"] = {"storageClassName": "efs-sc"}
     if mode == "image":
         storage["image"] = {"reference": "registry.example.com/qwen3-vl-8b-weights:1"}
     # Image volumes exist from Kubernetes 1.31.
@@ -239,18 +248,25 @@ def test_model_storage_modes(mode: str) -> None:
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     offline = mode in ("pvc", "existingClaim", "image")
     assert (env.get("HF_HUB_OFFLINE") == "1") == offline
+    revision = WORKER_PROFILES["gpu-bf16"].revision
     if offline:
-        assert env["WORKER_MODEL"] == "/models/Qwen/Qwen3-VL-8B-Instruct"
+        # pvc: the folder the chart's Job fills, one per pinned commit.
+        folder = f"/{revision}" if mode == "pvc" else ""
+        assert env["WORKER_MODEL"] == f"/models/Qwen/Qwen3-VL-8B-Instruct{folder}"
+        assert env["WORKER_REVISION"] == ""  # a local folder has no commit to resolve
+    else:
+        assert env["WORKER_REVISION"] == revision
     assert ("models" in volumes) == (mode != "hub")
     downloads = [j for j in find(objects, "Job") if "models-" in j["metadata"]["name"]]
     assert bool(downloads) == (mode == "pvc")
     if mode == "pvc":
         claim = one(objects, "PersistentVolumeClaim")
         assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-        script = container(downloads[0])["args"][0]
-        assert "hf download Qwen/Qwen3-VL-8B-Instruct" in script.replace('"', "")
+        assert claim["spec"]["storageClassName"] == "efs-sc"
+        script = container(downloads[0])["args"][0].replace("'", "")
+        assert f"hf download Qwen/Qwen3-VL-8B-Instruct --revision {revision}" in script
         waits = pod_spec(deployment)["initContainers"][0]["command"][-1]
-        assert "/models/Qwen/Qwen3-VL-8B-Instruct/.complete" in waits
+        assert f"/models/Qwen/Qwen3-VL-8B-Instruct/{revision}/.complete" in waits
     if mode == "existingClaim":
         assert volumes["models"]["persistentVolumeClaim"] == {
             "claimName": "qwen-weights",
@@ -342,6 +358,8 @@ def test_helm_test_pod_sends_a_real_request() -> None:
     assert "--create-key" in test["args"]
     script = one(objects, "ConfigMap", "rel-vlm-serve-smoke-test")["data"]["smoke_test.py"]
     assert "X-Cache" in script
+    # Gateways are ready without workers; the test waits for one that has a worker.
+    assert 'READY_PATH = "/readyz?min_workers=1"' in script
     # Through Nginx when the chart runs it.
     with_nginx = render(profile_values("dev", {"nginx": {"enabled": True}}))
     assert (
@@ -369,9 +387,88 @@ def test_nginx_ingress_and_httproute_point_at_the_front() -> None:
     assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == "rel-vlm-serve-nginx"
 
 
+def test_keda_renders_only_a_scaler_that_can_read_its_metric_and_wake() -> None:
+    keda = {"workers": {"keda": {"enabled": True}}}
+    both = (MONITORING_API, KEDA_API)
+    # At zero replicas the workers' own series is gone: nothing would wake the pool.
+    zero = {"workers": {"keda": {"enabled": True, "minReplicas": 0}}}
+    assert "minReplicas must be at least 1" in _refused(
+        profile_values("gpu-bf16", zero), api_versions=both
+    )
+    # Nothing scrapes the workers without the Prometheus Operator or with the monitor off.
+    assert "nothing scrapes" in _refused(profile_values("gpu-bf16", keda), api_versions=(KEDA_API,))
+    off = {"monitoring": {"serviceMonitor": {"enabled": False}}}
+    assert "nothing scrapes" in _refused(profile_values("gpu-bf16", keda, off), api_versions=both)
+    assert "needs KEDA installed" in _refused(
+        profile_values("gpu-bf16", keda), api_versions=(MONITORING_API,)
+    )
+    # The query reads a series of the very Service the ServiceMonitor scrapes.
+    objects = render(profile_values("gpu-bf16", keda), api_versions=both)
+    scaled, monitor = one(objects, "ScaledObject"), one(objects, "ServiceMonitor")
+    assert scaled["spec"]["minReplicaCount"] >= 1
+    service = one(objects, "Service", "rel-vlm-serve-worker-stable")
+    labels = service["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    assert f'service="{service["metadata"]["name"]}"' in query
+
+
+def test_gpus_set_tensor_parallelism_and_no_override_drops_them() -> None:
+    two = {"workers": {"pools": {"stable": {"gpus": 2}}}}
+    deployment = one(render(profile_values("gpu-bf16", two)), "Deployment",
+                     "rel-vlm-serve-worker-stable")  # fmt: skip
+    worker = container(deployment, "worker")
+    assert worker["resources"]["requests"]["nvidia.com/gpu"] == 2
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 2
+    env = {k: v for k, v in env_of(worker).items() if isinstance(v, str)}
+    assert env["WORKER_TENSOR_PARALLEL_SIZE"] == "2"
+    # The launcher turns the rendered environment into vLLM's argument.
+    printed = subprocess.run(
+        [WORKER_PY, "-m", "worker", "args", *worker["args"]], cwd=REPO_ROOT,
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    command = json.loads(printed)["command"]
+    assert command[command.index("--tensor-parallel-size") + 1] == "2"
+    # A GPU profile without a GPU is refused, as is an override that contradicts gpus.
+    assert "needs at least one GPU" in _refused(
+        profile_values("gpu-bf16", {"workers": {"pools": {"stable": {"gpus": 0}}}})
+    )
+    wrong = {"limits": {"nvidia.com/gpu": 2}}
+    assert "set the GPU count with gpus only" in _refused(
+        profile_values("gpu-bf16", {"workers": {"pools": {"stable": {"resources": wrong}}}})
+    )
+    tp = {"env": {"WORKER_TENSOR_PARALLEL_SIZE": "4"}}
+    assert "differs from gpus" in _refused(
+        profile_values("gpu-bf16", {"workers": {"pools": {"stable": tp}}})
+    )
+    # cpu and memory from an override; the GPU stays.
+    mine = {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "40Gi"}}
+    override = {"workers": {"pools": {"stable": {"resources": mine}}}}
+    worker = container(one(render(profile_values("gpu-bf16", override)), "Deployment",
+                           "rel-vlm-serve-worker-stable"), "worker")  # fmt: skip
+    resources = worker["resources"]
+    assert resources["requests"]["cpu"] == "4"
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_each_pool_takes_its_own_scheduling() -> None:
+    term = {"matchExpressions": [
+        {"key": "nvidia.com/mig.config", "operator": "In", "values": ["all-3g.40gb"]}]}  # fmt: skip
+    mig = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [term]}}}  # fmt: skip
+    canary = {"priorityClassName": "gpu-canary", "runtimeClassName": "nvidia", "affinity": mig}
+    objects = render(profile_values("canary", {"workers": {"pools": {"canary": canary}}}))
+    spec = pod_spec(one(objects, "Deployment", "rel-vlm-serve-worker-canary"))
+    assert spec["priorityClassName"] == "gpu-canary"
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["affinity"] == mig
+    stable = pod_spec(one(objects, "Deployment", "rel-vlm-serve-worker-stable"))
+    assert not {"priorityClassName", "runtimeClassName", "affinity"} & set(stable)
+
+
 def test_keda_scales_each_pool_on_waiting_requests() -> None:
     values = profile_values("canary", {"workers": {"keda": {"enabled": True}}})
-    objects = render(values)
+    objects = render(values, api_versions=(MONITORING_API, KEDA_API))
     scaled = find(objects, "ScaledObject")
     assert sorted(s["metadata"]["name"] for s in scaled) == [
         "rel-vlm-serve-worker-canary",

@@ -22,6 +22,7 @@ from tests.support.helm import (
     NODE_MODULES,
     PROFILES,
     Manifest,
+    helm_args,
     one,
     profile_values,
     render,
@@ -64,14 +65,26 @@ def _run(
     )  # fmt: skip
 
 
+# The storage modes' objects too: the download Job and its claim, a volume per worker.
+STORAGE: dict[str, tuple[str, dict[str, Any]]] = {
+    "gpu-bf16-pvc": ("gpu-bf16", {"workers": {"modelStorage": {
+        "mode": "pvc", "pvc": {"storageClassName": "efs-sc"},
+        "hfToken": {"existingSecret": "vlm-serve-hf-token"}}}}),
+    "gpu-fp8-ephemeral": ("gpu-fp8", {"workers": {"modelStorage": {
+        "hub": {"volume": "ephemeral"}}}}),
+}  # fmt: skip
+
+
 def _all_renders() -> Iterator[tuple[str, str, list[Manifest]]]:
-    for profile in sorted(PROFILES):
+    variants: dict[str, tuple[str, dict[str, Any]]] = {p: (p, {}) for p in sorted(PROFILES)}
+    variants |= STORAGE
+    for name, (profile, extra) in variants.items():
         for kube_version in KUBE_VERSIONS:
             objects = render(
-                profile_values(profile, EVERYTHING), kube_version=kube_version,
+                profile_values(profile, EVERYTHING, extra), kube_version=kube_version,
                 api_versions=CRD_APIS,
             )  # fmt: skip
-            yield profile, kube_version, objects
+            yield name, kube_version, objects
 
 
 @pytest.fixture(scope="module")
@@ -150,20 +163,18 @@ def test_policy_checks_pass(rendered: dict[tuple[str, str], Path]) -> None:
 
 
 def test_helm_lint_strict_for_every_profile(tmp_path: Path) -> None:
-    for profile, files in PROFILES.items():
-        args = [f"--values={CHART / 'profiles' / f}" for f in files]
-        done = _run([str(HELM_BIN), "lint", "--strict", str(CHART), *args])
+    for profile in PROFILES:
+        done = _run([str(HELM_BIN), "lint", "--strict", str(CHART), *helm_args(profile)])
         assert done.returncode == 0, f"{profile}:\n{done.stdout}{done.stderr}"
         assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
 
 
 def test_the_helm_binary_renders_what_the_library_renders() -> None:
     """The same objects from `helm template` as from the library the other tests use."""
-    for profile, files in PROFILES.items():
-        args = [f"--values={CHART / 'profiles' / f}" for f in files]
+    for profile in PROFILES:
         done = _run([str(HELM_BIN), "template", "rel", str(CHART), "--namespace", "vlm",
                      "--kube-version", KUBE_VERSIONS[0], "--api-versions", MONITORING_API,
-                     *args])  # fmt: skip
+                     *helm_args(profile)])  # fmt: skip
         assert done.returncode == 0, done.stderr
         names = sorted(f"{m['kind']}/{m['metadata']['name']}" for m in _yaml_docs(done.stdout))
         library = render(profile_values(profile), api_versions=(MONITORING_API,))

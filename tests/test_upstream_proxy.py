@@ -168,9 +168,14 @@ async def test_refused_connection_is_503_and_readiness_follows(http: httpx.Async
             assert response.status_code == 503
             assert _error_code(response) == "upstream_unavailable"
             await asyncio.sleep(0.3)
+            # Still ready: the replica serves what needs no worker (cached answers).
             ready = await http.get(f"{gateway}/readyz")
-            assert ready.status_code == 503
-            assert _error_code(ready) == "no_healthy_worker"
+            assert ready.status_code == 200
+            assert ready.json()["healthy_workers"] == 0
+            wanting = await http.get(f"{gateway}/readyz?min_workers=1")
+            assert wanting.status_code == 503
+            assert _error_code(wanting) == "no_healthy_worker"
+            assert wanting.headers["retry-after"] == "1"
             samples = await scrape(http, gateway)
             assert total(samples, "gateway_upstream_errors_total", lambda k: "connect" in k) == 1
             assert total(samples, "gateway_worker_healthy") == 0
@@ -203,7 +208,11 @@ async def test_worker_api_key_is_sent(http: httpx.AsyncClient) -> None:
 
 async def test_no_worker_at_all(http: httpx.AsyncClient) -> None:
     async with run_gateway("http://127.0.0.1:9", health_timeout_s=0.2) as gateway:
-        assert (await http.get(f"{gateway}/readyz")).status_code == 503
+        assert (await http.get(f"{gateway}/readyz")).json() == {
+            "status": "ready", "healthy_workers": 0, "total_workers": 1,
+        }  # fmt: skip
+        assert (await http.get(f"{gateway}/readyz?min_workers=1")).status_code == 503
+        assert (await http.get(f"{gateway}/readyz?min_workers=-1")).status_code == 400
         assert (await http.get(f"{gateway}/v1/models")).status_code == 503
         response = await http.post(f"{gateway}/v1/chat/completions", json=chat_body())
         assert response.status_code == 503

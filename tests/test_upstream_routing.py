@@ -260,10 +260,13 @@ async def test_all_workers_down_fast_503_then_recovery(http: httpx.AsyncClient) 
                 assert _code(response) in ("upstream_unavailable", "no_healthy_worker")
                 assert response.headers["retry-after"] == "1"
             await asyncio.sleep(0.3)
-            assert (await http.get(f"{gateway}/readyz")).status_code == 503
+            # The replica stays ready (it still serves cached answers); only a caller that
+            # asks for a healthy worker is told there is none.
+            assert (await http.get(f"{gateway}/readyz")).status_code == 200
+            assert (await http.get(f"{gateway}/readyz?min_workers=1")).status_code == 503
             await proxy_b.listen()
             deadline = time.monotonic() + 10
-            while (await http.get(f"{gateway}/readyz")).status_code != 200:
+            while (await http.get(f"{gateway}/readyz?min_workers=1")).status_code != 200:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
             for _ in range(3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -150,3 +151,21 @@ def test_command_runs_the_openai_server_module() -> None:
     options = LaunchOptions("h", 1, default_ready_file(1), 10.0, None)
     cmd = command(PROFILES["cpu-tiny"], options, python="/venv/bin/python")
     assert cmd[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+
+
+def test_hub_checkpoints_are_pinned_to_a_commit_and_tensor_parallelism_is_an_override() -> None:
+    for name in ("gpu-bf16", "gpu-fp8"):
+        args = server_args(PROFILES[name], "h", 1)
+        assert re.fullmatch(r"[0-9a-f]{40}", _arg(args, "--revision")), name
+        assert "--tensor-parallel-size" not in args
+    # A local folder (cpu-tiny) or a commit left to the operator (the community AWQ export).
+    assert "--revision" not in server_args(PROFILES["cpu-tiny"], "h", 1)
+    assert "--revision" not in server_args(PROFILES["gpu-awq"], "h", 1)
+    sha = "a" * 40
+    env = {"WORKER_REVISION": sha, "WORKER_TENSOR_PARALLEL_SIZE": "2"}
+    args = server_args(resolve_profile("gpu-awq", env), "h", 1)
+    assert (_arg(args, "--revision"), _arg(args, "--tensor-parallel-size")) == (sha, "2")
+    # "" clears a pin (the chart does so where WORKER_MODEL is a local folder).
+    assert "--revision" not in server_args(
+        resolve_profile("gpu-bf16", {"WORKER_REVISION": ""}), "h", 1
+    )

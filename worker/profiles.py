@@ -59,6 +59,10 @@ class Profile:
     device: Literal["cpu", "gpu"]
     model: str
     served_model_name: str
+    # The checkpoint's commit on the hub (vLLM's --revision, which the tokenizer follows),
+    # so that two hosts or two installs cannot load different weights under one name. None
+    # for a local folder, or for a checkpoint whose commit you pin yourself (WORKER_REVISION).
+    revision: str | None
     dtype: str
     max_model_len: int
     max_num_seqs: int
@@ -76,6 +80,8 @@ class Profile:
     cpu_threads_bind: str = "nobind"
     cpu_kvcache_gib: int | None = None
     enforce_eager: bool = False
+    # GPUs one worker shards the model over (vLLM's tensor parallelism).
+    tensor_parallel_size: int = 1
     # Seconds vLLM lets running requests finish after SIGTERM (its --shutdown-timeout);
     # 0 is vLLM's default: abort them. The Helm chart sets it from its drain values.
     shutdown_timeout_s: int = 0
@@ -104,6 +110,7 @@ PROFILES: dict[str, Profile] = {
         device="gpu",
         model="Qwen/Qwen3-VL-8B-Instruct",
         served_model_name="Qwen/Qwen3-VL-8B-Instruct",
+        revision="0c351dd01ed87e9c1b53cbc748cba10e6187ff3b",
         dtype="bfloat16",
         max_model_len=32768,
         max_num_seqs=128,
@@ -118,6 +125,7 @@ PROFILES: dict[str, Profile] = {
         device="gpu",
         model="Qwen/Qwen3-VL-8B-Instruct-FP8",
         served_model_name="Qwen/Qwen3-VL-8B-Instruct",
+        revision="9cdc6310a8cb770ce18efaf4e9935334512aee45",
         dtype="bfloat16",
         max_model_len=32768,
         max_num_seqs=128,
@@ -134,6 +142,9 @@ PROFILES: dict[str, Profile] = {
         # at the copy you have validated.
         model="QuantTrio/Qwen3-VL-8B-Instruct-AWQ",
         served_model_name="Qwen/Qwen3-VL-8B-Instruct",
+        # Not pinned here: pin the commit you validated (WORKER_REVISION; the Helm chart
+        # refuses to download it without one).
+        revision=None,
         dtype="float16",
         max_model_len=16384,
         max_num_seqs=32,
@@ -151,6 +162,7 @@ PROFILES: dict[str, Profile] = {
         device="cpu",
         model=str(TINY_MODEL_DIR),
         served_model_name="qwen3-vl-tiny",
+        revision=None,
         dtype="bfloat16",
         max_model_len=8192,
         max_num_seqs=32,
@@ -237,6 +249,10 @@ def server_args(profile: Profile, host: str, port: int) -> list[str]:
         args += ["--gpu-memory-utilization", str(profile.gpu_memory_utilization)]
     if profile.quantization is not None:
         args += ["--quantization", profile.quantization]
+    if profile.revision:
+        args += ["--revision", profile.revision]
+    if profile.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(profile.tensor_parallel_size)]
     if profile.enforce_eager:
         args.append("--enforce-eager")
     if profile.shutdown_timeout_s > 0:

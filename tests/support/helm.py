@@ -37,6 +37,13 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "canary": ("gpu-bf16.yaml", "canary.yaml"),
 }
 
+# What a user must add on the command line to a profile (--set): gpu-awq's community
+# checkpoint has no commit pinned in the chart, and the chart refuses it unpinned.
+AWQ_TEST_REVISION = "0123456789abcdef0123456789abcdef01234567"
+PROFILE_SETS: dict[str, dict[str, str]] = {
+    "gpu-awq": {"workers.pools.stable.revision": AWQ_TEST_REVISION},
+}
+
 Manifest = dict[str, Any]
 
 
@@ -55,10 +62,23 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def _nested(dotted: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in dotted.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
 def profile_values(name: str, *overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A profile's files merged as `helm -f a.yaml -f b.yaml --set ...` would, then overrides."""
     values: dict[str, Any] = {}
     for file in PROFILES[name]:
         values = merge(values, yaml.safe_load((CHART / "profiles" / file).read_text()) or {})
+    values = merge(values, _nested(PROFILE_SETS.get(name, {})))
     for override in overrides:
         values = merge(values, override)
     return values
@@ -152,6 +172,12 @@ def pods(objects: list[Manifest]) -> Iterator[Manifest]:
     for obj in objects:
         if obj["kind"] in ("Deployment", "StatefulSet", "Job", "Pod"):
             yield obj
+
+
+def helm_args(profile: str) -> list[str]:
+    """The helm binary's arguments for a profile: its values files and required --sets."""
+    args = [f"--values={CHART / 'profiles' / f}" for f in PROFILES[profile]]
+    return args + [f"--set={k}={v}" for k, v in PROFILE_SETS.get(profile, {}).items()]
 
 
 def tool_env() -> dict[str, str]:

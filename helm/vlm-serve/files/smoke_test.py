@@ -1,9 +1,11 @@
 """`helm test`: one real image request through the installed stack, then the same again.
 
-Checks /readyz, the answer's shape and X-Cache (the first answer a miss, the repeat a hit
-with the same text). With API keys on, it creates a short-lived key in the database
-(`python3 -m gateway.auth create`) and revokes it at the end. Standard library only: it
-runs in the gateway image and on a developer's machine alike.
+Waits until a gateway has a healthy worker (/readyz?min_workers=1: plain /readyz is the
+gateways' own readiness, true during a worker outage too), then checks the answer's shape
+and X-Cache (the first answer a miss, the repeat a hit with the same text). With API keys
+on, it creates a short-lived key in the database (`python3 -m gateway.auth create`) and
+revokes it at the end. Standard library only: it runs in the gateway image and on a
+developer's machine alike.
 
     python3 smoke_test.py --url http://GATEWAY:8000 --model NAME [--create-key] [--no-cache]
 """
@@ -22,6 +24,9 @@ import urllib.request
 import zlib
 from base64 import b64encode
 from typing import Any
+
+# Ready, with a worker to answer: the first request must be a real generation.
+READY_PATH = "/readyz?min_workers=1"
 
 
 def png_data_uri(width: int, height: int, rgb: tuple[int, int, int]) -> str:
@@ -43,13 +48,13 @@ def wait_ready(url: str, timeout_s: float) -> float:
     started = time.monotonic()
     while True:
         try:
-            with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
+            with urllib.request.urlopen(url + READY_PATH, timeout=5) as response:
                 if response.status == 200:
                     return time.monotonic() - started
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() - started > timeout_s:
-            raise SystemExit(f"FAIL: {url}/readyz not 200 within {timeout_s:.0f} s")
+            raise SystemExit(f"FAIL: {url}{READY_PATH} not 200 within {timeout_s:.0f} s")
         time.sleep(1)
 
 

@@ -43,6 +43,50 @@ or cannot start. Each one stops the render with a message saying what to change.
 {{- if and $modes (gt (int $pods) 1) (not (has "ReadWriteMany" $modes)) (not (has "ReadOnlyMany" $modes)) -}}
 {{- fail (printf "workers.modelStorage: a %s volume cannot be shared by %d worker pods (the replicas of every enabled pool, KEDA's maximum included): use ReadWriteMany or ReadOnlyMany, hostPath or an image volume" (join "," $modes) (int $pods)) -}}
 {{- end -}}
+{{- if and (eq $ms.mode "pvc") (or (has "ReadWriteMany" $ms.pvc.accessModes) (has "ReadOnlyMany" $ms.pvc.accessModes)) (not $ms.pvc.storageClassName) -}}
+{{- fail "workers.modelStorage.pvc.storageClassName is required for a ReadWriteMany volume: the default storage classes of EKS, GKE and AKS are block storage without ReadWriteMany, and the claim would stay Pending. Name an RWX class (EKS: efs-sc with the EFS CSI driver; GKE: standard-rwx, Filestore; AKS: azurefile-csi), or use modelStorage.mode hub, which works on any cluster" -}}
+{{- end -}}
+{{- range $name, $pool := $w.pools -}}
+{{- if $pool.enabled -}}
+{{- $ctx := dict "root" $root "pool" $pool "name" $name -}}
+{{- $profile := fromYaml (include "vlm-serve.profile" $ctx) -}}
+{{- $model := include "vlm-serve.poolModel" $ctx -}}
+{{- $downloads := or (include "vlm-serve.workerDownloads" $ctx) (and (eq $ms.mode "pvc") $ms.pvc.download.enabled) -}}
+{{- if and (not $model) (has $ms.mode (list "pvc" "existingClaim" "image")) -}}
+{{- fail (printf "workers.pools.%s: profile %s carries its model in the worker image; modelStorage.mode %s has no folder to give it (use hub, or set the pool's model)" $name $pool.profile $ms.mode) -}}
+{{- end -}}
+{{- if and (eq $profile.device "gpu") $downloads (not (include "vlm-serve.poolRevision" $ctx)) -}}
+{{- fail (printf "workers.pools.%s.revision: %s has no commit pinned in this chart; set the commit you validated (40 hex digits, from the model page's \"Files and versions\" history), so that every worker and every install loads the same weights" $name $model) -}}
+{{- end -}}
+{{- if eq $profile.device "gpu" -}}
+{{- if lt (int $pool.gpus) 1 -}}
+{{- fail (printf "workers.pools.%s.gpus is %d: profile %s needs at least one GPU per worker (without a GPU request the pod lands on a node without one, or shares one by accident)" $name (int $pool.gpus) $pool.profile) -}}
+{{- end -}}
+{{- range $part := list "requests" "limits" -}}
+{{- $given := index (default dict (index (default dict $pool.resources) $part)) "nvidia.com/gpu" -}}
+{{- if and (not (kindIs "invalid" $given)) (ne (int $given) (int $pool.gpus)) -}}
+{{- fail (printf "workers.pools.%s.resources.%s asks for %v nvidia.com/gpu but gpus is %d: set the GPU count with gpus only" $name $part $given (int $pool.gpus)) -}}
+{{- end -}}
+{{- end -}}
+{{- $tp := index (default dict $pool.env) "WORKER_TENSOR_PARALLEL_SIZE" -}}
+{{- if and $tp (ne (int $tp) (int $pool.gpus)) -}}
+{{- fail (printf "workers.pools.%s.env.WORKER_TENSOR_PARALLEL_SIZE (%s) differs from gpus (%d): a worker shards the model over exactly the GPUs it requests" $name $tp (int $pool.gpus)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $k := $w.keda -}}
+{{- if $k.enabled -}}
+{{- if lt (int $k.minReplicas) 1 -}}
+{{- fail "workers.keda.minReplicas must be at least 1: the trigger reads the workers' own vllm:num_requests_waiting, which no worker reports at zero replicas, so a pool scaled to zero would never wake up" -}}
+{{- end -}}
+{{- if not (.Capabilities.APIVersions.Has "keda.sh/v1alpha1") -}}
+{{- fail "workers.keda.enabled needs KEDA installed (the cluster serves no keda.sh/v1alpha1 API)" -}}
+{{- end -}}
+{{- if not (and .Values.monitoring.serviceMonitor.enabled (include "vlm-serve.monitoringCRDs" .)) -}}
+{{- fail "workers.keda.enabled needs the workers' metrics in Prometheus: enable monitoring.serviceMonitor on a cluster with the Prometheus Operator (monitoring.coreos.com/v1); otherwise nothing scrapes the series the ScaledObject reads" -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq $ms.mode "existingClaim") (not $ms.existingClaim.name) -}}
 {{- fail "workers.modelStorage.existingClaim.name is required in existingClaim mode" -}}
 {{- end -}}

@@ -40,6 +40,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The ServiceAccount of pre-install/pre-upgrade hooks, created as an earlier hook. */}}
+{{- define "vlm-serve.hookServiceAccountName" -}}
+{{- printf "%s-hooks" (include "vlm-serve.fullname" .) -}}
+{{- end -}}
+
+{{/* Whether the migrations Job is a hook: not with the bundled database, which this same
+release creates (the hook would wait for a database that does not exist yet). */}}
+{{- define "vlm-serve.migrationsHook" -}}
+{{- if and .Values.migrations.enabled (not .Values.bundled.mariadb.enabled) }}true{{ end -}}
+{{- end -}}
+
 {{- define "vlm-serve.gatewayImage" -}}
 {{- printf "%s/%s:%s" .Values.image.registry .Values.image.gateway.repository (default .Chart.AppVersion .Values.image.gateway.tag) -}}
 {{- end -}}
@@ -140,4 +151,27 @@ topologySpreadConstraints:
 
 {{- define "vlm-serve.monitoringCRDs" -}}
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+What the release refers to but does not create: the user creates these first (a pod that
+needs a missing one waits in CreateContainerConfigError, a hook until Helm's timeout).
+A YAML list of {kind, name, value}; NOTES.txt and docs/KUBERNETES.md name them.
+*/}}
+{{- define "vlm-serve.userObjects" -}}
+{{- $ms := .Values.workers.modelStorage -}}
+{{- $out := list -}}
+{{- range $value, $name := dict "database.existingSecret" .Values.database.existingSecret "redis.existingSecret" .Values.redis.existingSecret "workers.apiKey.existingSecret" .Values.workers.apiKey.existingSecret "workers.modelStorage.hfToken.existingSecret" $ms.hfToken.existingSecret "ingress.tlsSecret" (and .Values.ingress.enabled .Values.ingress.tlsSecret) -}}
+{{- if $name }}{{ $out = append $out (dict "kind" "Secret" "name" $name "value" $value) }}{{ end -}}
+{{- end -}}
+{{- range .Values.image.pullSecrets -}}
+{{- $out = append $out (dict "kind" "Secret" "name" . "value" "image.pullSecrets") -}}
+{{- end -}}
+{{- if eq $ms.mode "existingClaim" -}}
+{{- $out = append $out (dict "kind" "PersistentVolumeClaim" "name" $ms.existingClaim.name "value" "workers.modelStorage.existingClaim.name") -}}
+{{- end -}}
+{{- if and (not .Values.serviceAccount.create) .Values.serviceAccount.name -}}
+{{- $out = append $out (dict "kind" "ServiceAccount" "name" .Values.serviceAccount.name "value" "serviceAccount.name") -}}
+{{- end -}}
+{{- toYaml $out -}}
 {{- end -}}

@@ -1,34 +1,43 @@
 {{/*
 What the chart knows of each worker profile (worker/profiles.py; a test keeps the two in
-step): the default checkpoint, the name it is served under, the image tag suffix (model
-and precision) and the startup budget. The budget covers a hub download of the weights
-plus model load, CUDA graph capture and the warm-up answer: minutes on a GPU.
+step): the default checkpoint and its pinned commit, the name it is served under, the image
+tag suffix (model and precision), the startup budget and the disk a hub download needs.
+The budget covers a hub download of the weights plus model load, CUDA graph capture and
+the warm-up answer: minutes on a GPU. The disk: the weights plus compile caches.
 */}}
 {{- define "vlm-serve.profiles" -}}
 gpu-bf16:
   device: gpu
   model: Qwen/Qwen3-VL-8B-Instruct
+  revision: 0c351dd01ed87e9c1b53cbc748cba10e6187ff3b
   served: Qwen/Qwen3-VL-8B-Instruct
   tag: qwen3vl8b-bf16
   startupBudgetSeconds: 1200
+  cacheSize: 40Gi
 gpu-fp8:
   device: gpu
   model: Qwen/Qwen3-VL-8B-Instruct-FP8
+  revision: 9cdc6310a8cb770ce18efaf4e9935334512aee45
   served: Qwen/Qwen3-VL-8B-Instruct
   tag: qwen3vl8b-fp8
   startupBudgetSeconds: 1200
+  cacheSize: 24Gi
 gpu-awq:
   device: gpu
   model: QuantTrio/Qwen3-VL-8B-Instruct-AWQ
+  revision: ""
   served: Qwen/Qwen3-VL-8B-Instruct
   tag: qwen3vl8b-awq
   startupBudgetSeconds: 900
+  cacheSize: 16Gi
 cpu-tiny:
   device: cpu
   model: ""
+  revision: ""
   served: qwen3-vl-tiny
   tag: tiny-cpu
   startupBudgetSeconds: 300
+  cacheSize: 4Gi
 {{- end -}}
 
 {{/* One profile's entry: (dict "root" $ "pool" $pool). */}}
@@ -55,6 +64,24 @@ cpu-tiny:
 {{- define "vlm-serve.poolModel" -}}
 {{- $profile := fromYaml (include "vlm-serve.profile" .) -}}
 {{- default $profile.model .pool.model -}}
+{{- end -}}
+
+{{/* The commit a pool's checkpoint is pinned to: its own, else its profile's ("" = none). */}}
+{{- define "vlm-serve.poolRevision" -}}
+{{- $profile := fromYaml (include "vlm-serve.profile" .) -}}
+{{- if .pool.model -}}{{ .pool.revision }}{{- else -}}{{ default $profile.revision .pool.revision }}{{- end -}}
+{{- end -}}
+
+{{/* Whether a pool's worker downloads from the hub itself (hub, and hostPath unless offline). */}}
+{{- define "vlm-serve.workerDownloads" -}}
+{{- $ms := .root.Values.workers.modelStorage -}}
+{{- $profile := fromYaml (include "vlm-serve.profile" .) -}}
+{{- if and (eq $profile.device "gpu") (or (eq $ms.mode "hub") (and (eq $ms.mode "hostPath") (not $ms.hostPath.offline))) }}true{{ end -}}
+{{- end -}}
+
+{{/* The folder pvc mode fills for a checkpoint at a commit (its .complete marker inside). */}}
+{{- define "vlm-serve.pvcModelDir" -}}
+{{- printf "%s/%s/%s" .mountPath .model .revision -}}
 {{- end -}}
 
 {{- define "vlm-serve.startupBudget" -}}
@@ -102,4 +129,31 @@ cpu-tiny:
 - name: GATEWAY_WORKER_POOLS
   value: {{ toJson $pools | quote }}
 {{- end }}
+{{- end -}}
+
+{{/*
+A worker's resources: the pool's override or the profile's defaults, with the GPU count
+always from gpus (an override cannot drop it) and, for a hub download onto the node's
+disk, the profile's cache size requested as ephemeral-storage (a node without room leaves
+the pod Pending with a message, instead of evicting it half-way through the download).
+(dict "pool" $pool "gpu" bool "disk" bool "cacheSize" "40Gi")
+*/}}
+{{- define "vlm-serve.workerResources" -}}
+{{- $defaults := dict "requests" (dict "cpu" "1" "memory" "4Gi") "limits" (dict "memory" "6Gi") -}}
+{{- if .gpu -}}
+{{- $defaults = dict "requests" (dict "cpu" "8" "memory" "48Gi") "limits" (dict "memory" "64Gi") -}}
+{{- end -}}
+{{- $resources := deepCopy (default $defaults .pool.resources) -}}
+{{- $requests := default dict $resources.requests -}}
+{{- $limits := default dict $resources.limits -}}
+{{- if .gpu -}}
+{{- $_ := set $requests "nvidia.com/gpu" (int .pool.gpus) -}}
+{{- $_ := set $limits "nvidia.com/gpu" (int .pool.gpus) -}}
+{{- end -}}
+{{- if and .disk (not (hasKey $requests "ephemeral-storage")) -}}
+{{- $_ := set $requests "ephemeral-storage" .cacheSize -}}
+{{- end -}}
+{{- $_ := set $resources "requests" $requests -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- toYaml $resources -}}
 {{- end -}}
