@@ -72,7 +72,7 @@ OVERVIEW = Dashboard(
         Panel(
             "Front door",
             "1 when the blackbox exporter's real request through Nginx (or the ingress) "
-            "succeeded: what clients meet before any gateway. 0 for 3 minutes pages "
+            "succeeded: what clients meet before any gateway. 0 for 2 minutes pages "
             "VlmFrontDoorDown. Needs the front-door probe (`make observe` runs it; Helm: "
             "monitoring.frontDoorProbe.enabled).",
             (q(f'min by (instance) (probe_success{{job="front-door", {REL}}})', "{{instance}}"),),
