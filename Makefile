@@ -166,17 +166,20 @@ helm-check: install services helm-tools observe-tools ## chart, images and compo
 
 # --- on call: Prometheus, Alertmanager and the exporters (Debian packages) -------------------
 OBSERVE_PACKAGES := prometheus prometheus-alertmanager prometheus-nginx-exporter \
-  prometheus-redis-exporter prometheus-mysqld-exporter
+  prometheus-redis-exporter prometheus-mysqld-exporter prometheus-blackbox-exporter mtail
 
-.tools/.observe-installed:
+# The stamp's name changes with the package list, so a checkout that has the old one
+# installs what was added (the front door's blackbox exporter and mtail).
+.tools/.observe-installed-2:
 	@command -v promtool >/dev/null && command -v amtool >/dev/null && \
 	  command -v prometheus-alertmanager >/dev/null && command -v prometheus-nginx-exporter >/dev/null && \
-	  command -v prometheus-redis-exporter >/dev/null && command -v prometheus-mysqld-exporter >/dev/null || \
+	  command -v prometheus-redis-exporter >/dev/null && command -v prometheus-mysqld-exporter >/dev/null && \
+	  command -v prometheus-blackbox-exporter >/dev/null && command -v mtail >/dev/null || \
 	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	      --no-install-recommends $(OBSERVE_PACKAGES) >/dev/null; }
 	mkdir -p $(@D) && touch $@
 
-observe-tools: .tools/.observe-installed ## Prometheus, Alertmanager, promtool, amtool and the exporters
+observe-tools: .tools/.observe-installed-2 ## Prometheus, Alertmanager, promtool, amtool, the exporters, mtail
 
 observe: $(VENV)/.installed observe-tools ## Prometheus + Alertmanager + exporters next to `make up`; prints URLs
 	RUN_DIR=$(RUN_DIR) deploy/local/observe.sh up

@@ -86,6 +86,7 @@ def _lanes(
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     metrics = Metrics()  # per app: tests can build several apps in one process
+    metrics.cache_namespace.labels(settings.cache_namespace).set(1)
     sink = RecordSink()
     admission = AdmissionSlot()
 

@@ -46,6 +46,11 @@ UPSTREAM_ERROR_KINDS = (
     "connect", "disconnect", "timeout", "status_4xx", "status_5xx", "protocol", "ejected",
 )  # fmt: skip
 RETRY_CAUSES = ("connect", "disconnect", "status_503", "ejected")
+INFERENCE_ROUTES = ("/v1/chat/completions", "/v1/vqa")
+# How an inference request ended, as the client lived it (the SLO counts ok and rejected as
+# good): ok; rejected (a 4xx of the client's making); failed (a 5xx, or an error event after
+# a streamed 200); abandoned (the client left before the answer was complete: 499).
+INFERENCE_OUTCOMES = ("ok", "rejected", "failed", "abandoned")
 
 
 class Metrics:
@@ -266,6 +271,35 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.inference_outcomes = Counter(
+            "gateway_inference_outcomes",
+            "Inference requests by how they ended for the client: ok, rejected (4xx), failed "
+            "(5xx, or an SSE error event after a 200), abandoned (client gone, 499).",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.answer_seconds = Histogram(
+            "gateway_answer_seconds",
+            "Non-streamed inference answers that succeeded: start to last byte, by route and "
+            "answer-cache outcome (the latency SLI per path; misses apart from hits).",
+            ["route", "cache"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.worker_pool = Gauge(
+            "gateway_worker_pool",
+            "1 for each worker this gateway knows, labelled with its pool: join it to "
+            "gateway_worker_healthy for a per-pool view.",
+            ["worker", "pool"],
+            registry=r,
+        )
+        self.cache_namespace = Gauge(
+            "gateway_cache_namespace_info",
+            "1, labelled with the answer cache's key namespace (a change explains a hit-ratio "
+            "drop).",
+            ["cache_namespace"],
+            registry=r,
+        )
         self.key_requests = Counter(
             "gateway_key_requests",
             f"Authenticated requests (429s included) per API key id: the first "
@@ -292,6 +326,10 @@ class Metrics:
             self.upstream_retries.labels(cause)
         for operation in ("get", "put", "delete"):
             self.cache_errors.labels(operation)
+        # The SLO's selector matches from the start: an SLI over no series reads as absent.
+        for route in INFERENCE_ROUTES:
+            for outcome in INFERENCE_OUTCOMES:
+                self.inference_outcomes.labels(route, outcome)
 
     def key_label(self, key_id: str) -> str:
         """The key's own label while fewer than MAX_KEY_LABELS are in use, else "other"."""
@@ -303,10 +341,13 @@ class Metrics:
         return OTHER_KEYS
 
     def worker_joined(self, worker: str, pool: str = DEFAULT_POOL) -> None:
+        self.worker_pool.labels(worker, pool).set(1)
         for outcome in WORKER_OUTCOMES:
             self.worker_requests.labels(worker, pool, outcome)
 
     def worker_left(self, worker: str, pool: str = DEFAULT_POOL) -> None:
+        with contextlib.suppress(KeyError):
+            self.worker_pool.remove(worker, pool)
         for outcome in WORKER_OUTCOMES:
             with contextlib.suppress(KeyError):
                 self.worker_requests.remove(worker, pool, outcome)

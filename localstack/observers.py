@@ -1,5 +1,6 @@
-"""Prometheus, Alertmanager, the exporters and a webhook receiver on free loopback ports,
-each with its own data directory: what the live observability test starts and stops."""
+"""Prometheus, Alertmanager, the exporters (the front door's blackbox probe and mtail on
+Nginx's access log among them) and a webhook receiver on free loopback ports, each with
+its own data directory: what the live observability test starts and stops."""
 
 from __future__ import annotations
 
@@ -19,11 +20,15 @@ from typing import Any
 
 import yaml
 
+from deploy.prometheus import blackbox
+from deploy.prometheus.check import rule_files
 from deploy.prometheus.config import Targets, render
 from localstack.processes import LocalProcess, StartError, free_port
 from worker.profiles import REPO_ROOT
 
 ALERTMANAGER_CONFIG = REPO_ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+MTAIL_PROGRAMS = REPO_ROOT / "deploy" / "prometheus" / "mtail"
+_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
 def binary(name: str) -> str:
@@ -102,6 +107,56 @@ def start_mysqld_exporter(directory: Path, mysql_port: int) -> LocalProcess:
     )
 
 
+def start_blackbox_exporter(
+    directory: Path, model: str, api_key_file: Path | None = None
+) -> LocalProcess:
+    """Debian's blackbox exporter with the front-door module (deploy/prometheus/blackbox.py)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "blackbox.yml"
+    key = str(api_key_file) if api_key_file else None
+    config.write_text(json.dumps(blackbox.render(model, key)))
+    return _start_exporter(
+        "blackbox-exporter", directory, [f"--config.file={config}"], "--web.listen-address"
+    )
+
+
+def start_mtail(directory: Path, access_log: Path) -> LocalProcess:
+    """mtail (Debian) with the front door's program, tailing Nginx's JSON access log from its
+    end: counts start with the lines written after it."""
+    port = free_port()
+    command = [
+        binary("mtail"), "-progs", str(MTAIL_PROGRAMS), "-logs", str(access_log),
+        "-address", "127.0.0.1", "-port", str(port), "-logtostderr",
+    ]  # fmt: skip
+    proc = _start("mtail", command, directory, port)
+    wait_ready(proc, f"http://127.0.0.1:{port}/metrics")
+    return proc
+
+
+def _seconds(duration: str) -> float:
+    return float(duration[:-1]) * _UNITS[duration[-1]]
+
+
+def scaled_rules(directory: Path, factor: float) -> list[Path]:
+    """Copies of the shipped rules with every `for:` and group interval divided by
+    ``factor`` (at least 1 s): a live drill sees the same expressions page sooner. The
+    shipped durations are what the promtool tests check."""
+    directory.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in rule_files():
+        doc = yaml.safe_load(path.read_text())
+        for group in doc["groups"]:
+            if "interval" in group:
+                group["interval"] = f"{max(1, round(_seconds(group['interval']) / factor))}s"
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = f"{max(1, round(_seconds(rule['for']) / factor))}s"
+        copy = directory / path.name
+        copy.write_text(yaml.safe_dump(doc, sort_keys=False))
+        copies.append(copy)
+    return copies
+
+
 def alertmanager_config(webhook_url: str) -> dict[str, Any]:
     """The shipped example, its receivers pointed at ``webhook_url`` and its waits short."""
     config: dict[str, Any] = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
@@ -131,15 +186,20 @@ def start_alertmanager(directory: Path, webhook_url: str) -> LocalProcess:
     return proc
 
 
-def start_prometheus(directory: Path, targets: Targets, interval: str = "1s") -> LocalProcess:
+def start_prometheus(
+    directory: Path, targets: Targets, interval: str = "1s", rules: list[Path] | None = None
+) -> LocalProcess:
     port = free_port()
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "prometheus.yml"
-    config.write_text(json.dumps(render(targets, interval, interval)))
+    config.write_text(json.dumps(render(targets, interval, interval, rules)))
     proc = _start(
         "prometheus",
         [binary("prometheus"), f"--config.file={config}",
-         f"--storage.tsdb.path={directory / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+         f"--storage.tsdb.path={directory / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+         # Firing alerts are sent again this often: one that fired before Alertmanager was
+         # discovered (the Watchdog, at the first evaluation) is not a minute late.
+         "--rules.alert.resend-delay=2s"],
         directory,
         port,
     )  # fmt: skip

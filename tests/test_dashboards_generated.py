@@ -1,5 +1,8 @@
 """The dashboards: committed JSON equals the generator's output, every query parses
-(promtool, as recording rules), latency panels are rates, vLLM names are real ones."""
+(promtool, as recording rules), latency panels are rates, vLLM names are real ones; the
+overview is scoped by namespace, release, pool, worker and replica variables, colours "0
+up" red, shows the error budget, keeps one unit per panel and the 24-column grid; panels
+on exporters the chart does not install say which one they need."""
 
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.dashboards.build import to_json
+from deploy.dashboards.build import build, to_json
 from deploy.dashboards.generate import DASHBOARDS, path_of, stale
-from deploy.dashboards.spec import Dashboard, concrete
+from deploy.dashboards.overview import OVERVIEW
+from deploy.dashboards.spec import VARIABLE_NAMES, Dashboard, concrete
 from deploy.prometheus.check import promtool
 from worker.profiles import REPO_ROOT
 
@@ -90,6 +94,7 @@ def test_gpu_panels_are_marked() -> None:
             assert uses_dcgm <= (panel.not_here is not None), panel.title
             if panel.not_here:
                 assert "Not checked by the live test" in built["description"]
+            assert built["id"] == spec.panel_id(panel.title)
 
 
 def _vllm_names() -> set[str]:
@@ -109,3 +114,64 @@ def test_vllm_names_exist_in_the_installed_engine() -> None:
     suffixes = re.compile(r"_(total|bucket|sum|count)$")
     unknown = {name for name in used if name not in known and suffixes.sub("", name) not in known}
     assert not unknown, f"not in the installed vLLM: {sorted(unknown)}"
+
+
+def test_panels_stay_on_the_grid() -> None:
+    """Grafana's grid is 24 columns: a panel past it is drawn cut or moved."""
+    for spec in DASHBOARDS:
+        for panel in build(spec)["panels"]:
+            grid = panel["gridPos"]
+            assert grid["x"] + grid["w"] <= 24, (spec.uid, panel["title"], grid)
+
+
+def test_overview_is_scoped_by_variables() -> None:
+    board = build(OVERVIEW)
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert names == ["datasource", *VARIABLE_NAMES]
+    for panel in OVERVIEW.panels:
+        for query in panel.queries:
+            assert "$namespace" in query.expr, (panel.title, query.expr)
+    # "All" is a regex that also matches series without the label (a local stack).
+    assert all(v.get("allValue") == ".*" for v in board["templating"]["list"][1:])
+    assert concrete('up{namespace=~"$namespace", pool=~"$pool"}') == (
+        'up{namespace=~".*", pool=~".*"}'
+    )
+
+
+def test_zero_up_is_red() -> None:
+    for title in ("Workers up per pool", "Workers the gateways reach", "Gateways up"):
+        panel = build(OVERVIEW)["panels"][OVERVIEW.panel_id(title) - 1]
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert steps[0] == {"color": "red", "value": None}, title
+        assert steps[1] == {"color": "green", "value": 1}, title
+
+
+def test_error_budget_left_is_shown() -> None:
+    panel = OVERVIEW.panels[OVERVIEW.panel_id("Error budget left (30 days)") - 1]
+    exprs = " ".join(q.expr for q in panel.queries)
+    for slo in ("availability", "ttft", "answer_latency", "hit_latency"):
+        assert f"vlm:slo_{slo}:budget_left30d" in exprs
+
+
+def test_one_unit_per_panel() -> None:
+    """Counts and 0-1 fractions, or 0-100 and 0-1, never share an axis."""
+    for spec in DASHBOARDS:
+        for panel in spec.panels:
+            exprs = [q.expr for q in panel.queries]
+            if any("kv_cache_usage_perc" in e or "FB_USED" in e for e in exprs):
+                assert panel.unit == "percentunit", (spec.uid, panel.title)
+                assert len(exprs) == 1, (spec.uid, panel.title)
+            if any("DCGM_FI_DEV_GPU_UTIL" in e for e in exprs):
+                assert (panel.unit, len(exprs)) == ("percent", 1), (spec.uid, panel.title)
+
+
+def test_exporter_panels_say_what_they_need() -> None:
+    """Under Helm the chart installs no Redis, mysqld or Nginx exporter: a panel on their
+    series says which one to add instead of showing "No data" without a word."""
+    exporter_series = re.compile(r"\b(redis|mysql|nginx)_\w+")
+    built = {spec.uid: build(spec)["panels"] for spec in DASHBOARDS}
+    for spec in DASHBOARDS:
+        for panel, as_built in zip(spec.panels, built[spec.uid], strict=True):
+            if any(exporter_series.search(q.expr) for q in panel.queries):
+                assert panel.exporter, (spec.uid, panel.title)
+                assert "Needs the" in as_built["description"], (spec.uid, panel.title)

@@ -443,3 +443,22 @@ async def test_ops_cli_end_to_end(tmp_path: Path) -> None:
             assert spool_path.stat().st_size == 0
         finally:
             sync.dispose()
+
+
+async def test_close_replays_the_spool_while_mysql_answers(
+    engine: AsyncEngine, sync_engine: Engine, db_url: str, tmp_path: Path, prefix: str
+) -> None:
+    """A pod whose spool is an emptyDir takes what is left in it: close() replays the spool
+    (within its time-out) when MySQL answers, instead of leaving it to a next start."""
+    settings = settings_for(db_url, tmp_path / "spool.jsonl", batch_size=50)
+    spool = Spool(settings.spool_path, settings.spool_max_bytes)
+    spool.open()
+    spool.append([to_row(make(f"{prefix}-{i}"), RowPolicy()) for i in range(120)], sync=True)
+    assert spool.rows == 120
+    spool.close()
+    async with running(engine, settings) as (writer, metrics):
+        pass  # closed at once: no idle moment in which the writer would replay anyway
+    assert len(by_prefix(sync_engine, prefix)) == 120
+    assert metric(metrics, "written", "replay") == 120
+    assert writer.spool_bytes == 0
+    assert metrics.registry.get_sample_value("gateway_interactions_spool_rows") == 0

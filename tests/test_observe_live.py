@@ -1,23 +1,33 @@
 """Live: Prometheus (Debian's) scrapes a running stack with the shipped rules; every
-dashboard panel's query returns data; a SIGKILLed worker's alert reaches Alertmanager
-and its webhook.
+dashboard panel's query returns data; then three drills, each ending at the webhook
+behind the shipped Alertmanager config: a SIGKILLed worker (a ticket), errors answered at
+the front door by Nginx itself (a page), and every worker stopped as the gateways see it
+while they run and Prometheus still scrapes one (a page nothing paged before).
 
 Everything here is this test's own: a second cpu-tiny worker (the one it kills), a
 gateway process, Nginx with stub_status on a port of its own, a private Redis and
-MariaDB, the three exporters, Prometheus and Alertmanager on free loopback ports, and a
-webhook receiver. The session's worker (conftest) is scraped as the stable pool.
-Scrape and evaluation every second, so the whole run takes a couple of minutes.
+MariaDB, the three exporters, the front door's blackbox probe and mtail on Nginx's access
+log, Prometheus and Alertmanager on free loopback ports, and a webhook receiver. The
+session's worker (conftest) is the stable pool, reached by the gateway through a TCP
+proxy this test can close (the session's worker itself is never stopped). Scrape and
+evaluation every second, and the rules' `for:` divided by FOR_SCALE (the shipped
+durations are the promtool tests'), so the whole run takes a few minutes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
+import os
 import signal
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -27,6 +37,7 @@ from deploy.dashboards.spec import concrete
 from deploy.prometheus.config import Targets
 from gateway.db.migrate import upgrade
 from localstack import observers
+from localstack.fault_proxy import FaultProxy
 from localstack.processes import (
     LocalProcess,
     free_port,
@@ -48,13 +59,48 @@ LIVE_PANELS = [(uid, panel) for uid, panel in PANELS if panel.not_here is None]
 # A rate window long enough to hold the whole load phase, short enough to be recent.
 WINDOW = "2m"
 JSON = {"Content-Type": "application/json"}
+# The rules' `for:` (1 m, 2 m ...) divided by this: the drills page in seconds.
+FOR_SCALE = 6
+T = TypeVar("T")
+
+
+class ThreadedProxy:
+    """localstack's FaultProxy on an event loop of its own, for this synchronous test."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._proxy = FaultProxy(host, port)
+        self._call(self._proxy.__aenter__())
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    @property
+    def url(self) -> str:
+        return self._proxy.url
+
+    def stop_listening(self) -> None:
+        """Connections are refused from now on, as by a stopped worker."""
+        self._call(self._proxy.stop_listening())
+
+    def close(self) -> None:
+        self._call(self._proxy.__aexit__(None, None, None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
 
 @dataclass
 class Stack:
     nginx_url: str
+    nginx: LocalProcess
+    nginx_conf: Path
+    gateway_port: int
     prometheus_url: str
     doomed_worker: LocalProcess
+    stable_link: ThreadedProxy
     webhook: observers.WebhookReceiver
     key: str
     limited_key: str
@@ -70,6 +116,7 @@ def stack(worker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     root = tmp_path_factory.mktemp("observe")
     processes: list[LocalProcess] = []
     db, redis, webhook = PrivateMariaDB(), PrivateRedis(root / "redis"), observers.WebhookReceiver()
+    stable_link = ThreadedProxy("127.0.0.1", int(worker_url.rsplit(":", 1)[1]))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # The worker to kill loads for about a minute: meanwhile the rest starts.
         second = pool.submit(start_worker, root / "worker", None, "cpu-tiny", 600.0)
@@ -81,10 +128,12 @@ def stack(worker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             upgrade(database_url)
             key = create_key(database_url, name="observe")
             limited_key = create_key(database_url, "--rpm", "2", name="observe-limited")
+            probe_key = root / "front-door-probe.key"
+            probe_key.write_text(create_key(database_url, name="front-door-probe"))
             doomed = second.result()
             processes.append(doomed)
             gateway = start_gateway(
-                [worker_url, doomed.url],
+                [stable_link.url, doomed.url],
                 root / "gateway",
                 env={
                     "GATEWAY_LOG_DATABASE_URL": database_url,
@@ -96,7 +145,7 @@ def stack(worker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     "GATEWAY_WORKER_URLS": "",
                     "GATEWAY_WORKER_POOLS": json.dumps(
                         [
-                            {"name": "stable", "weight": 50, "urls": [worker_url]},
+                            {"name": "stable", "weight": 50, "urls": [stable_link.url]},
                             {"name": "canary", "weight": 50, "urls": [doomed.url]},
                         ]
                     ),
@@ -108,32 +157,45 @@ def stack(worker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 [f"127.0.0.1:{gateway.port}"], root / "nginx", status_port=status_port
             )
             processes.append(nginx)
+            nginx_dir = (root / "nginx").resolve() / f"nginx-{nginx.port}"
             exporters = [
                 observers.start_nginx_exporter(
                     root / "exporters", f"http://127.0.0.1:{status_port}/stub_status"
                 ),
                 observers.start_redis_exporter(root / "exporters", redis.url),
                 observers.start_mysqld_exporter(root / "exporters", db.port),
+                observers.start_blackbox_exporter(root / "exporters", MODEL, probe_key),
+                observers.start_mtail(root / "exporters", nginx_dir / "nginx-access.json"),
             ]
             processes += exporters
             alertmanager = observers.start_alertmanager(root / "alertmanager", webhook.url)
             processes.append(alertmanager)
             targets = Targets(
                 gateways=[f"127.0.0.1:{gateway.port}"],
+                # Prometheus scrapes the stable worker itself, not through the gateway's link.
                 workers=[(worker_url.removeprefix("http://"), "stable"),
                          (f"127.0.0.1:{doomed.port}", "canary")],
                 nginx_exporter=f"127.0.0.1:{exporters[0].port}",
                 redis_exporter=f"127.0.0.1:{exporters[1].port}",
                 mysqld_exporter=f"127.0.0.1:{exporters[2].port}",
                 alertmanagers=[f"127.0.0.1:{alertmanager.port}"],
+                blackbox_exporter=f"127.0.0.1:{exporters[3].port}",
+                front_door=f"{nginx.url}/v1/chat/completions",
+                front_door_log=f"127.0.0.1:{exporters[4].port}",
+                probe_interval="5s",
             )  # fmt: skip
-            prometheus = observers.start_prometheus(root / "prometheus", targets)
+            rules = observers.scaled_rules(root / "rules", FOR_SCALE)
+            prometheus = observers.start_prometheus(root / "prometheus", targets, rules=rules)
             processes.append(prometheus)
-            yield Stack(nginx.url, prometheus.url, doomed, webhook, key, limited_key)
+            yield Stack(
+                nginx.url, nginx, nginx_dir / "nginx.conf", gateway.port, prometheus.url,
+                doomed, stable_link, webhook, key, limited_key,
+            )  # fmt: skip
         finally:
             if second.done() and second.exception() is None:
                 processes.append(second.result())
             _stop_all(processes)
+            stable_link.close()
             webhook.stop()
             redis.stop()
             db.remove()
@@ -175,6 +237,30 @@ def _missing(stack: Stack) -> list[str]:
     return missing
 
 
+def _wait_for(what: str, condition: Any, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _paged(stack: Stack, alertname: str) -> list[dict[str, Any]]:
+    return [a for a in stack.webhook.firing(alertname) if a["receiver"] == "oncall-pager"]
+
+
+def _point_nginx_at(stack: Stack, upstream: str) -> None:
+    """Rewrite Nginx's upstream and reload it (SIGHUP), as a bad config rollout would."""
+    conf = stack.nginx_conf.read_text()
+    current = conf.split("upstream gateways {", 1)[1].split("server ", 1)[1].split(" ", 1)[0]
+    stack.nginx_conf.write_text(conf.replace(f"server {current} ", f"server {upstream} "))
+    os.kill(stack.nginx.process.pid, signal.SIGHUP)
+
+
+def _front_door_status(stack: Stack) -> int:
+    with httpx.Client(timeout=10) as client:
+        return client.get(f"{stack.nginx_url}/healthz").status_code
+
+
 def test_every_panel_returns_data_then_a_killed_worker_pages(stack: Stack) -> None:
     _drive_load(stack)
     # Poll: the last scrapes and rule evaluations after the load land within seconds.
@@ -185,25 +271,32 @@ def test_every_panel_returns_data_then_a_killed_worker_pages(stack: Stack) -> No
         missing = _missing(stack)
     assert not missing, "panels without data:\n" + "\n".join(missing)
     checked = sum(len(panel.queries) for _, panel in LIVE_PANELS)
-    assert len(LIVE_PANELS) == len(PANELS) - 2  # all but GPU and replication lag
-    assert checked > 60
+    # All but GPU (2), replication lag and kube-state-metrics (2): series a CPU host lacks.
+    assert len(LIVE_PANELS) == len(PANELS) - 5
+    assert checked > 70
     print(f"\n{len(LIVE_PANELS)} of {len(PANELS)} panels ({checked} queries) returned data")
 
-    # Nothing pages on a healthy stack.
+    # Nothing pages on a healthy stack, and the pager path itself works: the Watchdog
+    # reaches the heartbeat receiver (a dead man's switch pages when it stops).
     assert not stack.webhook.firing("VlmWorkerDown")
+    assert not [post for post in stack.webhook.posts if post["receiver"] == "oncall-pager"]
+    _wait_for("the Watchdog at the heartbeat route", lambda: stack.webhook.firing("Watchdog"))
+    assert stack.webhook.firing("Watchdog")[0]["path"] == "/heartbeat"
     # The gateway labels its worker series with the pools it was given.
     pools = observers.query(stack.prometheus_url, "sum by (pool) (gateway_worker_requests_total)")
     assert {series["metric"]["pool"] for series in pools} == {"stable", "canary"}
     firing = 'ALERTS{alertname="VlmWorkerDown",alertstate="firing"}'
     assert not observers.query(stack.prometheus_url, firing)
 
+    # Drill 1 (a ticket) and drill 2 (a page), side by side: the canary worker is killed,
+    # and Nginx is reloaded pointing at a port where no gateway listens, so it answers
+    # 503 itself: no gateway counts those, the gateway's `up` stays 1.
     signal_tree(stack.doomed_worker, signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    while not stack.webhook.firing("VlmWorkerDown") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    alerts = stack.webhook.firing("VlmWorkerDown")
-    assert alerts, f"no VlmWorkerDown reached the webhook; posts: {stack.webhook.posts}"
-    alert = alerts[0]
+    _point_nginx_at(stack, f"127.0.0.1:{free_port()}")
+    _wait_for("Nginx to answer by itself", lambda: _front_door_status(stack) == 503)
+
+    _wait_for("VlmWorkerDown at the webhook", lambda: stack.webhook.firing("VlmWorkerDown"))
+    alert = stack.webhook.firing("VlmWorkerDown")[0]
     assert alert["labels"]["instance"] == f"127.0.0.1:{stack.doomed_worker.port}"
     assert alert["labels"]["pool"] == "canary"
     # Routed as the shipped config says: a warning goes to the ticket queue, not the pager.
@@ -212,3 +305,27 @@ def test_every_panel_returns_data_then_a_killed_worker_pages(stack: Stack) -> No
     assert alert["annotations"]["runbook_url"].endswith("/docs/runbooks.md#vlmworkerdown")
     # The stable worker still serves: nobody is told that no worker is left.
     assert not stack.webhook.firing("VlmNoHealthyWorker")
+
+    _wait_for("VlmFrontDoorDown at the pager", lambda: _paged(stack, "VlmFrontDoorDown"))
+    door = _paged(stack, "VlmFrontDoorDown")[0]
+    assert door["labels"]["instance"] == f"{stack.nginx_url}/v1/chat/completions"
+    assert "viewPanel=4" in door["annotations"]["dashboard"]
+    # Nginx's own 503s reach the availability SLI through its access log.
+    own = 'vlm_frontdoor_requests_total{answered_by="nginx",status="503"}'
+    assert observers.query(stack.prometheus_url, f"{own} > 0")
+    assert observers.query(stack.prometheus_url, "vlm:slo_availability:bad_rate5m > 0")
+    assert observers.query(stack.prometheus_url, 'up{job="gateway"} == 1')
+
+    # Drill 3: Nginx is fixed; then every worker is stopped as the gateway sees it (the
+    # canary is dead, the stable's port closes to the gateway) while the gateway runs and
+    # Prometheus still scrapes the stable worker: `up` alone pages nobody here.
+    _point_nginx_at(stack, f"127.0.0.1:{stack.gateway_port}")
+    _wait_for("Nginx to reach the gateway again", lambda: _front_door_status(stack) == 200)
+    stack.stable_link.stop_listening()
+    _wait_for("VlmNoReachableWorker at the pager", lambda: _paged(stack, "VlmNoReachableWorker"))
+    page = _paged(stack, "VlmNoReachableWorker")[0]
+    assert page["path"] == "/oncall-pager"
+    assert page["annotations"]["runbook_url"].endswith("#vlmnoreachableworker")
+    assert observers.query(stack.prometheus_url, 'up{job="vllm-worker",pool="stable"} == 1')
+    assert not stack.webhook.firing("VlmNoHealthyWorker")
+    assert not observers.query(stack.prometheus_url, 'ALERTS{alertname="VlmNoHealthyWorker"}')

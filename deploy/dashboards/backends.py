@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from deploy.dashboards.spec import NEEDS_REPLICA, RATE, Dashboard, Panel, p_quantile, q
+from deploy.dashboards.spec import (
+    MYSQLD_EXPORTER,
+    NEEDS_REPLICA,
+    NGINX_EXPORTER,
+    RATE,
+    REDIS_EXPORTER,
+    Dashboard,
+    Panel,
+    p_quantile,
+    q,
+)
 
 DATA_PATH = Dashboard(
     uid="vlm-data-path",
@@ -43,23 +53,29 @@ DATA_PATH = Dashboard(
         ),
         Panel(
             "Redis server",
-            "From the Redis exporter: commands per second and clients.",
+            "From the Redis exporter: commands per second, clients, and redis_up (0 when the "
+            "exporter cannot reach Redis).",
             (
                 q(f"sum(rate(redis_commands_processed_total[{RATE}]))", "commands/s"),
                 q("sum(redis_connected_clients)", "clients"),
+                q("min(redis_up)", "up"),
             ),
+            exporter=REDIS_EXPORTER,
         ),
         Panel(
-            "Redis memory and availability",
-            "Used memory; redis_up is 0 when the exporter cannot reach Redis.",
-            (q("redis_memory_used_bytes", "used {{instance}}"), q("redis_up", "up {{instance}}")),
+            "Redis memory",
+            "Used memory per Redis.",
+            (q("redis_memory_used_bytes", "used {{instance}}"),),
             unit="bytes",
+            exporter=REDIS_EXPORTER,
         ),
         Panel(
             "Interaction log: queue and writes",
-            "Records waiting in memory; rows committed to MySQL per second, by path.",
+            "Records waiting in memory and in the spool (what a pod that ends now would take "
+            "with it when its spool is an emptyDir); rows committed to MySQL per second.",
             (
                 q("sum by (instance) (gateway_interactions_queue_depth)", "queue {{instance}}"),
+                q("sum by (instance) (gateway_interactions_spool_rows)", "spool {{instance}}"),
                 q(
                     f"sum by (path) (rate(gateway_interactions_written_total[{RATE}]))",
                     "written {{path}}",
@@ -68,12 +84,16 @@ DATA_PATH = Dashboard(
         ),
         Panel(
             "Interaction log: spool",
-            "Bytes spooled locally while MySQL is unavailable, against the limit.",
+            "Share of each gateway's spool limit in use while MySQL is unavailable (over 80% "
+            "pages VlmInteractionSpoolFilling).",
             (
-                q("gateway_interactions_spool_bytes", "spool {{instance}}"),
-                q("gateway_interactions_spool_max_bytes", "limit {{instance}}"),
+                q(
+                    "gateway_interactions_spool_bytes / gateway_interactions_spool_max_bytes",
+                    "{{instance}}",
+                ),
             ),
-            unit="bytes",
+            unit="percentunit",
+            max=1,
         ),
         Panel(
             "Interaction log: oldest spooled record",
@@ -83,13 +103,18 @@ DATA_PATH = Dashboard(
         ),
         Panel(
             "Interaction log: drops and MySQL state",
-            "Records lost, by reason (should stay 0); db_up per gateway.",
+            "Records lost, by reason (should stay 0); db_up per gateway; records MySQL "
+            "refused as sent and stored sanitized (poisoned=1).",
             (
                 q(
                     f"sum by (reason) (increase(gateway_interactions_dropped_total[{RATE}]))",
                     "dropped {{reason}}",
                 ),
                 q("min by (instance) (gateway_interactions_db_up)", "db up {{instance}}"),
+                q(
+                    f"sum (increase(gateway_interactions_poisoned_total[{RATE}]))",
+                    "stored poisoned",
+                ),
             ),
         ),
         Panel(
@@ -115,6 +140,7 @@ DATA_PATH = Dashboard(
                     "INSERT statements/s",
                 ),
             ),
+            exporter=MYSQLD_EXPORTER,
         ),
         Panel(
             "MySQL replication lag",
@@ -122,6 +148,7 @@ DATA_PATH = Dashboard(
             (q("mysql_slave_status_seconds_behind_master", "{{instance}}"),),
             unit="s",
             not_here=NEEDS_REPLICA,
+            exporter=MYSQLD_EXPORTER,
         ),
         Panel(
             "Nginx",
@@ -130,6 +157,7 @@ DATA_PATH = Dashboard(
                 q(f"rate(nginx_http_requests_total[{RATE}])", "requests/s"),
                 q("nginx_connections_active", "connections"),
             ),
+            exporter=NGINX_EXPORTER,
         ),
         Panel(
             "Moderation decisions",
@@ -237,12 +265,16 @@ CANARY = Dashboard(
             (q(f"sum by (pool) (rate(vllm:generation_tokens_total[{RATE}]))", "{{pool}}"),),
         ),
         Panel(
-            "Queue and KV cache per pool",
-            "Requests waiting, and the fullest KV cache, by pool.",
-            (
-                q("sum by (pool) (vllm:num_requests_waiting)", "waiting {{pool}}"),
-                q("max by (pool) (vllm:kv_cache_usage_perc)", "KV {{pool}}"),
-            ),
+            "Queue per pool",
+            "Requests waiting on the workers, by pool.",
+            (q("sum by (pool) (vllm:num_requests_waiting)", "{{pool}}"),),
+        ),
+        Panel(
+            "KV cache per pool",
+            "The fullest KV cache, by pool (1 = full).",
+            (q("max by (pool) (vllm:kv_cache_usage_perc)", "{{pool}}"),),
+            unit="percentunit",
+            max=1,
         ),
     ),
 )

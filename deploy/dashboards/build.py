@@ -8,9 +8,16 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard as gdash
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.dashboard import DataSourceRef
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    Threshold,
+    ThresholdsMode,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
 
-from deploy.dashboards.spec import Dashboard, Panel
+from deploy.dashboards.spec import Dashboard, Panel, Variable
 
 # Every query goes to the data source picked in the dashboard's `datasource` variable.
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -18,23 +25,46 @@ REF_IDS = "ABCDEFGH"
 
 
 def _description(panel: Panel) -> str:
+    text = panel.description
+    if panel.exporter:
+        text += f"\n\nNeeds {panel.exporter}."
     if panel.not_here:
-        return f"{panel.description}\n\nNot checked by the live test: {panel.not_here}."
-    return panel.description
+        text += f"\n\nNot checked by the live test: {panel.not_here}."
+    return text
 
 
-def _panel(panel: Panel) -> stat.Panel | timeseries.Panel:
+def _panel(panel: Panel, panel_id: int) -> stat.Panel | timeseries.Panel:
     built: stat.Panel | timeseries.Panel = (
         stat.Panel() if panel.kind == "stat" else timeseries.Panel()
     )
-    built.title(panel.title).description(_description(panel)).unit(panel.unit)
+    built.id(panel_id).title(panel.title).description(_description(panel)).unit(panel.unit)
     built.datasource(DATASOURCE).span(panel.width).height(8)
+    if panel.thresholds:
+        steps = [Threshold(value=value, color=color) for value, color in panel.thresholds]
+        built.thresholds(gdash.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(steps))
+    if panel.max is not None:
+        built.min(0).max(panel.max)
     for ref_id, query in zip(REF_IDS, panel.queries, strict=False):
         target = prometheus.Dataquery().expr(query.expr).ref_id(ref_id).datasource(DATASOURCE)
         if query.legend:
             target.legend_format(query.legend)
         built.with_target(target)
     return built
+
+
+def _variable(variable: Variable) -> gdash.QueryVariable:
+    return (
+        gdash.QueryVariable(variable.name)
+        .label(variable.title)
+        .datasource(DATASOURCE)
+        .query(f"label_values({variable.series}, {variable.label})")
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(VariableOption(selected=True, text="All", value="$__all"))
+    )
 
 
 def build(spec: Dashboard) -> dict[str, Any]:
@@ -49,8 +79,10 @@ def build(spec: Dashboard) -> dict[str, Any]:
         .timezone("browser")
         .with_variable(variable)
     )
-    for panel in spec.panels:
-        board.with_panel(_panel(panel))
+    for scope in spec.variables:
+        board.with_variable(_variable(scope))
+    for panel_id, panel in enumerate(spec.panels, start=1):
+        board.with_panel(_panel(panel, panel_id))
     encoded: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
     return encoded
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from deploy.dashboards.backends import CANARY, DATA_PATH, TENANTS
 from deploy.dashboards.build import to_json
-from deploy.dashboards.service import OVERVIEW, WORKERS
+from deploy.dashboards.overview import OVERVIEW
+from deploy.dashboards.service import WORKERS
 from deploy.dashboards.spec import Dashboard
 
 JSON_DIR = Path(__file__).resolve().parent / "json"

@@ -1,4 +1,4 @@
-"""Dashboards of the serving path: overview and workers.
+"""The Workers dashboard: the vLLM workers, their GPUs and their capacity.
 
 Every latency panel is a quantile of a rate over $__rate_interval, never a lifetime
 average (sum/count since start). vLLM's series are `vllm:*` as vLLM 0.32 names them
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from deploy.dashboards.spec import (
     NEEDS_GPU,
+    NEEDS_KUBE_STATE,
     RATE,
     Dashboard,
     Panel,
@@ -16,128 +17,11 @@ from deploy.dashboards.spec import (
     q,
 )
 
-INFERENCE = '{route=~"/v1/chat/completions|/v1/vqa"}'
-ALL_CACHE = "sum(rate(gateway_cache_requests_total[" + RATE + "]))"
-
-OVERVIEW = Dashboard(
-    uid="vlm-overview",
-    title="vlm-serve / Overview",
-    description="Start here: traffic, latency, errors, cache and saturation of the whole stack.",
-    panels=(
-        Panel(
-            "Healthy workers and gateways",
-            "Scrape targets up. 0 workers pages VlmNoHealthyWorker.",
-            (
-                q('sum(up{job="vllm-worker"})', "workers up"),
-                q('sum(up{job="gateway"})', "gateways up"),
-            ),
-            kind="stat",
-            width=8,
-        ),
-        Panel(
-            "Alerts firing",
-            "Prometheus's own ALERTS series; 0 when all is well.",
-            (q('count(ALERTS{alertstate="firing"}) or vector(0)', "firing"),),
-            kind="stat",
-            width=8,
-        ),
-        Panel(
-            "Availability and TTFT SLIs (5 m)",
-            "Share of inference requests answered with a 5xx, and of streams slower than 2 s "
-            "to the first token: the ratios the burn-rate alerts read.",
-            (
-                q("vlm:slo_availability:error_ratio_rate5m", "5xx ratio"),
-                q("vlm:slo_ttft:slow_ratio_rate5m", "TTFT > 2 s ratio"),
-            ),
-            unit="percentunit",
-            kind="stat",
-            width=8,
-        ),
-        Panel(
-            "Requests per second by route",
-            "All answers, rejections included, per route template.",
-            (
-                q(
-                    f'sum by (route) (rate(gateway_requests_total{{route=~"/v1/.*"}}[{RATE}]))',
-                    "{{route}}",
-                ),
-            ),
-            unit="reqps",
-        ),
-        Panel(
-            "Answers by status",
-            "Per HTTP status, inference routes only.",
-            (
-                q(
-                    f"sum by (status) (rate(gateway_requests_total{INFERENCE}[{RATE}]))",
-                    "{{status}}",
-                ),
-            ),
-            unit="reqps",
-        ),
-        Panel(
-            "End-to-end latency p50 / p99 by route",
-            "Request start to last byte at the gateway.",
-            (
-                q(
-                    p_quantile(0.5, "gateway_request_duration_seconds", "route", INFERENCE),
-                    "p50 {{route}}",
-                ),
-                q(
-                    p_quantile(0.99, "gateway_request_duration_seconds", "route", INFERENCE),
-                    "p99 {{route}}",
-                ),
-            ),
-            unit="s",
-        ),
-        Panel(
-            "Time to first token p50 / p99 by cache outcome",
-            "Streamed answers: request start to the first token sent (a cache hit replays).",
-            (
-                q(p_quantile(0.5, "gateway_time_to_first_token_seconds", "cache"), "p50 {{cache}}"),
-                q(
-                    p_quantile(0.99, "gateway_time_to_first_token_seconds", "cache"),
-                    "p99 {{cache}}",
-                ),
-            ),
-            unit="s",
-        ),
-        Panel(
-            "Inference latency p99 by cache outcome",
-            "Chat and vqa requests, start to last byte, split by hit / miss / coalesced / bypass.",
-            (q(p_quantile(0.99, "gateway_inference_duration_seconds", "cache"), "{{cache}}"),),
-            unit="s",
-        ),
-        Panel(
-            "Errors by code",
-            "Error answers (JSON bodies and SSE error events) by our error code.",
-            (q(f"sum by (code) (rate(gateway_errors_total[{RATE}]))", "{{code}}"),),
-            unit="reqps",
-        ),
-        Panel(
-            "Answer cache: hit / coalesced / miss / bypass share",
-            "Share of requests by cache outcome.",
-            (
-                q(
-                    f"sum by (outcome) (rate(gateway_cache_requests_total[{RATE}])) "
-                    f"/ ignoring(outcome) group_left {ALL_CACHE}",
-                    "{{outcome}}",
-                ),
-            ),
-            unit="percentunit",
-        ),
-        Panel(
-            "Saturation",
-            "In flight per gateway; waiting on each worker; the fullest KV cache.",
-            (
-                q("sum by (instance) (gateway_requests_in_flight)", "in flight {{instance}}"),
-                q("sum by (instance) (vllm:num_requests_waiting)", "waiting {{instance}}"),
-                q("max(vllm:kv_cache_usage_perc)", "max KV cache use"),
-            ),
-            width=24,
-        ),
-    ),
-)
+# kube-state-metrics carries no release label: our objects are named after the release's
+# full name, which holds "vlm-serve" (as the capacity rules select them).
+OUR_PODS = 'pod=~".*vlm-serve.*", namespace=~"$namespace"'
+OUR_DEPLOYMENTS = 'deployment=~".*vlm-serve.*-worker-.+", namespace=~"$namespace"'
+OUR_AUTOSCALERS = 'horizontalpodautoscaler=~".*vlm-serve.*", namespace=~"$namespace"'
 
 WORKERS = Dashboard(
     uid="vlm-workers",
@@ -258,16 +142,78 @@ WORKERS = Dashboard(
             unit="short",
         ),
         Panel(
-            "GPU utilisation and memory",
-            "From the DCGM exporter: SM utilisation and framebuffer used share.",
+            "GPU utilisation",
+            "From the DCGM exporter: SM utilisation per GPU (0-100%).",
+            (q("DCGM_FI_DEV_GPU_UTIL", "{{Hostname}} gpu {{gpu}}"),),
+            unit="percent",
+            not_here=NEEDS_GPU,
+        ),
+        Panel(
+            "GPU memory used",
+            "From the DCGM exporter: framebuffer used, as a share of the GPU's memory.",
             (
-                q("DCGM_FI_DEV_GPU_UTIL", "util {{Hostname}} gpu {{gpu}}"),
                 q(
                     "DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)",
-                    "memory {{Hostname}} gpu {{gpu}}",
+                    "{{Hostname}} gpu {{gpu}}",
                 ),
             ),
+            unit="percentunit",
+            max=1,
             not_here=NEEDS_GPU,
+        ),
+        Panel(
+            "Worker replicas: desired and available",
+            "kube-state-metrics: each worker Deployment's desired and available replicas, "
+            "pods that cannot be scheduled (no free GPU), and the autoscalers' replicas "
+            "against their maximum (KEDA's keda-hpa-*, the gateways' HPA).",
+            (
+                q(f"kube_deployment_spec_replicas{{{OUR_DEPLOYMENTS}}}", "desired {{deployment}}"),
+                q(
+                    f"kube_deployment_status_replicas_available{{{OUR_DEPLOYMENTS}}}",
+                    "available {{deployment}}",
+                ),
+                q(
+                    f"sum by (namespace) (kube_pod_status_unschedulable{{{OUR_PODS}}})",
+                    "unschedulable pods",
+                ),
+                q(
+                    f"kube_horizontalpodautoscaler_status_current_replicas{{{OUR_AUTOSCALERS}}}",
+                    "{{horizontalpodautoscaler}}",
+                ),
+                q(
+                    f"kube_horizontalpodautoscaler_spec_max_replicas{{{OUR_AUTOSCALERS}}}",
+                    "max {{horizontalpodautoscaler}}",
+                ),
+            ),
+            not_here=NEEDS_KUBE_STATE,
+        ),
+        Panel(
+            "Restarts, crash loops and OOM kills",
+            "kube-state-metrics per container of the release: restarts, containers waiting "
+            "in CrashLoopBackOff, and those whose last end was an OOM kill.",
+            (
+                q(
+                    "sum by (pod, container) (increase(kube_pod_container_status_restarts_total"
+                    f"{{{OUR_PODS}}}[{RATE}]))",
+                    "restarts {{pod}}/{{container}}",
+                ),
+                q(
+                    "sum by (namespace) (kube_pod_container_status_waiting_reason"
+                    f'{{reason="CrashLoopBackOff", {OUR_PODS}}})',
+                    "in CrashLoopBackOff",
+                ),
+                q(
+                    "sum by (namespace) (kube_pod_container_status_last_terminated_reason"
+                    f'{{reason="OOMKilled", {OUR_PODS}}})',
+                    "last ended OOM-killed",
+                ),
+                q(
+                    "sum by (namespace) (kube_pod_container_status_ready"
+                    f'{{container="worker", {OUR_PODS}}} == 0)',
+                    "workers not ready",
+                ),
+            ),
+            not_here=NEEDS_KUBE_STATE,
         ),
     ),
 )

@@ -1,12 +1,16 @@
-"""prometheus.yml for a local stack: gateways, workers (with their pool), exporters.
+"""prometheus.yml for a local stack: gateways, workers (with their pool), exporters, the
+front door.
 
 python -m deploy.prometheus.config OUT --gateway 127.0.0.1:8001 \
     --worker 127.0.0.1:8100 --worker canary=127.0.0.1:8101 \
-    --nginx-exporter 127.0.0.1:9113 --alertmanager 127.0.0.1:9093
+    --nginx-exporter 127.0.0.1:9113 --alertmanager 127.0.0.1:9093 \
+    --blackbox-exporter 127.0.0.1:9115 --front-door http://127.0.0.1:8080/v1/chat/completions \
+    --front-door-log 127.0.0.1:3903
 
 Job names are what the rules and dashboards select on: gateway, vllm-worker, nginx,
-redis, mysql. A worker given as POOL=ADDRESS carries label pool=POOL (default "default",
-as the gateway labels a worker outside any named pool). The output is JSON, which is YAML.
+redis, mysql, front-door (the blackbox probe), front-door-log (mtail on Nginx's access
+log). A worker given as POOL=ADDRESS carries label pool=POOL (default "default", as the
+gateway labels a worker outside any named pool). The output is JSON, which is YAML.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy.prometheus import blackbox
 from deploy.prometheus.check import rule_files
 
 DEFAULT_POOL = "default"
@@ -31,6 +36,12 @@ class Targets:
     redis_exporter: str | None = None
     mysqld_exporter: str | None = None
     alertmanagers: list[str] = field(default_factory=list)
+    # The front door: the blackbox exporter, the URL it sends a real request to, and mtail
+    # reading Nginx's access log.
+    blackbox_exporter: str | None = None
+    front_door: str | None = None
+    front_door_log: str | None = None
+    probe_interval: str = "10s"
 
 
 def parse_worker(spec: str) -> tuple[str, str]:
@@ -71,6 +82,14 @@ def render(
     for name, exporter in exporters:
         if exporter:
             jobs.append(_job(name, [exporter]))
+    if targets.blackbox_exporter and targets.front_door:
+        jobs.append(
+            blackbox.scrape_job(
+                targets.blackbox_exporter, targets.front_door, targets.probe_interval
+            )
+        )
+    if targets.front_door_log:
+        jobs.append(_job("front-door-log", [targets.front_door_log]))
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": scrape_interval,
@@ -98,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-exporter")
     parser.add_argument("--mysqld-exporter")
     parser.add_argument("--alertmanager", action="append", default=[])
+    parser.add_argument("--blackbox-exporter", help="the exporter that probes the front door")
+    parser.add_argument("--front-door", help="the URL it probes (through Nginx)")
+    parser.add_argument("--front-door-log", help="mtail reading Nginx's access log")
     parser.add_argument("--scrape-interval", default="15s")
     parser.add_argument("--evaluation-interval", default="15s")
     args = parser.parse_args(argv)
@@ -108,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         redis_exporter=args.redis_exporter,
         mysqld_exporter=args.mysqld_exporter,
         alertmanagers=args.alertmanager,
+        blackbox_exporter=args.blackbox_exporter,
+        front_door=args.front_door,
+        front_door_log=args.front_door_log,
     )
     config = render(targets, args.scrape_interval, args.evaluation_interval)
     args.out.write_text(json.dumps(config, indent=2) + "\n")

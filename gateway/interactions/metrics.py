@@ -1,8 +1,9 @@
 """Prometheus metrics of the interaction log, registered on the registry passed in.
 
-Alert on: spool_bytes / spool_max_bytes rising (MySQL is down or slow), any increase of
-dropped_total (records lost), db_up == 0 for minutes, poisoned_total (a code path sends
-values the schema refuses).
+Alerted on (deploy/prometheus/rules/): spool_bytes / spool_max_bytes rising (MySQL is down
+or slow), any increase of dropped_total (records lost), db_up == 0 for minutes,
+poisoned_total (a code path sends values the schema refuses), and spool_rows last seen on a
+gateway that is gone (its spool went with the pod unless its volume outlives it).
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ class InteractionLogMetrics:
         self.spool_bytes = Gauge(
             "gateway_interactions_spool_bytes",
             "Bytes in the local spool waiting for replay (active and rotated files).",
+            registry=r,
+        )
+        self.spool_rows = Gauge(
+            "gateway_interactions_spool_rows",
+            "Records in the local spool waiting for replay (what a pod that ends now would "
+            "take with it when its spool is on an emptyDir).",
             registry=r,
         )
         self.spool_oldest_age = Gauge(

@@ -20,6 +20,7 @@ from typing import Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.db.models import REQUEST_ID_BYTES
+from gateway.errors import ERROR_TABLE, ErrorCode
 from gateway.interactions.draft import CLIENT_GONE, STATE_KEY, InteractionDraft
 from gateway.interactions.records import InteractionRecord
 from gateway.interactions.writer import InteractionWriter
@@ -27,6 +28,8 @@ from gateway.metrics import Metrics
 from gateway.middleware import request_header
 
 LOGGED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/vqa"})
+# Nginx's status for "the client closed the connection first" (routes answer it too).
+CLIENT_CLOSED: Final = 499
 # Error bodies are small; a larger body is an answer, not an error, and is not parsed.
 _ERROR_BODY_LIMIT: Final = 16 * 1024
 
@@ -109,10 +112,20 @@ class InteractionLogMiddleware:
                 draft.fail("client_error", CLIENT_GONE)
             self.sink.submit(self._record(scope, draft, status, received_ms))
             if self.metrics is not None:
-                # The one place that knows both the end of the answer and its cache outcome.
-                self.metrics.inference_duration.labels(
-                    scope["path"], draft.cache or "none"
-                ).observe(time.perf_counter() - started)
+                self._observe(scope["path"], draft, status, finished, started)
+
+    def _observe(
+        self, route: str, draft: InteractionDraft, status: int, finished: bool, started: float
+    ) -> None:
+        # The one place that knows how the answer ended and its cache outcome.
+        assert self.metrics is not None
+        elapsed = time.perf_counter() - started
+        cache = draft.cache or "none"
+        self.metrics.inference_duration.labels(route, cache).observe(elapsed)
+        result = outcome(status, finished, draft.error_code)
+        self.metrics.inference_outcomes.labels(route, result).inc()
+        if result == "ok" and not draft.stream:
+            self.metrics.answer_seconds.labels(route, cache).observe(elapsed)
 
     def _record(
         self, scope: Scope, draft: InteractionDraft, status: int, received_ms: int
@@ -151,6 +164,24 @@ class InteractionLogMiddleware:
             request_options=draft.request_options,
             tool_calls=draft.tool_calls,
         )
+
+
+def outcome(status: int, finished: bool, error_code: str | None) -> str:
+    """How a request ended for its client (gateway.metrics.INFERENCE_OUTCOMES): a stream is
+    judged by its end, not by the 200 that began it."""
+    if status == CLIENT_CLOSED or error_code == CLIENT_GONE or (status < 400 and not finished):
+        return "abandoned"
+    if status >= 500:
+        return "failed"
+    if status >= 400:
+        return "rejected"
+    if error_code is None:
+        return "ok"
+    try:  # an error event after the 200: the status its code would have had
+        failed = ERROR_TABLE[ErrorCode(error_code)].status >= 500
+    except ValueError:
+        failed = True
+    return "failed" if failed else "rejected"
 
 
 def log_key(request_id: str) -> str:

@@ -54,6 +54,7 @@ class Chunk:
     next_offset: int = 0
     eof: bool = False
     corrupt: int = 0
+    path: Path | None = None
 
 
 def encode_rows(rows: Iterable[Mapping[str, Any]]) -> bytes:
@@ -77,6 +78,12 @@ class Spool:
         self._lock_fd = -1
         self._active_bytes = 0
         self._sealed_bytes = 0
+        # Rows (lines) per file, so the gauge and the shutdown log can say how many wait.
+        self._active_rows = 0
+        self._sealed_rows: dict[Path, int] = {}
+        # The replay's place: the sealed file being replayed, the offset and rows done.
+        self._cursor: tuple[Path, int] | None = None
+        self._replayed_in_file = 0
         # Appends made, and appends an fsync has covered: dirty while they differ. An fsync
         # that fails covers nothing, so the next sync() tries again.
         self._appends = 0
@@ -93,7 +100,9 @@ class Spool:
             raise SpoolLocked(f"another process holds the spool {self.path}") from None
         self._lock_fd = lock_fd
         self._fd = self._open_active()
-        self._sealed_bytes = sum(p.stat().st_size for p in self.sealed_files())
+        sealed = self.sealed_files()
+        self._sealed_bytes = sum(p.stat().st_size for p in sealed)
+        self._sealed_rows = {p: _count_lines(p) for p in sealed}
 
     def _open_active(self) -> int:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -105,6 +114,7 @@ class Spool:
                     os.write(fd, b"\n")
                     size += 1
         self._active_bytes = size
+        self._active_rows = _count_lines(self.path) if size else 0
         return fd
 
     def close(self) -> None:
@@ -131,6 +141,12 @@ class Spool:
         return self._active_bytes + self._sealed_bytes
 
     @property
+    def rows(self) -> int:
+        """Rows not yet replayed, in the active and sealed files (a torn line counts)."""
+        waiting = self._active_rows + sum(self._sealed_rows.values()) - self._replayed_in_file
+        return max(0, waiting)
+
+    @property
     def active_bytes(self) -> int:
         return self._active_bytes
 
@@ -142,8 +158,10 @@ class Spool:
     def oldest_age_s(self, cursor: tuple[Path, int] | None = None) -> float:
         """Seconds since the oldest record still waiting here arrived (0: spool empty).
 
-        Read from the first row left to replay (``cursor``: the replay's file and offset),
-        so the alert on records older than N minutes needs no bookkeeping per row."""
+        Read from the first row left to replay (``cursor``: a file and offset; by default
+        the replay's own), so the alert on records older than N minutes needs no
+        bookkeeping per row."""
+        cursor = cursor or self._cursor
         files = [*self.sealed_files(), *([self.path] if self._active_bytes else [])]
         for path in files:
             offset = cursor[1] if cursor is not None and cursor[0] == path else 0
@@ -172,6 +190,7 @@ class Spool:
                 written = os.write(self._fd, view)
                 view = view[written:]
             self._active_bytes += len(data)
+            self._active_rows += data.count(b"\n")
             self._appends += 1
         if sync:
             self.sync()
@@ -226,6 +245,7 @@ class Spool:
             sealed = self.path.with_name(f"{self.path.name}.{time.time_ns():020d}.replay")
             os.replace(self.path, sealed)
             self._sealed_bytes += self._active_bytes
+            self._sealed_rows[sealed] = self._active_rows
             self._fd = self._open_active()  # a new, empty active file
         try:
             if self.fsync_enabled:
@@ -261,9 +281,41 @@ class Spool:
                 chunk.eof = f.read(1) == b""
         return chunk
 
+    def next_chunk(self, max_rows: int) -> Chunk | None:
+        """The next rows to replay, oldest first (None: nothing is spooled). Call
+        ``advance(chunk)`` once they are in MySQL; until then the same rows come again."""
+        if self._cursor is None:
+            files = self.sealed_files() or [sealed for sealed in (self.rotate(),) if sealed]
+            if not files:
+                return None
+            self._cursor = (files[0], 0)
+        path, offset = self._cursor
+        chunk = self.read_chunk(path, offset, max_rows)
+        chunk.path = path
+        return chunk
+
+    def advance(self, chunk: Chunk) -> None:
+        """The chunk is in MySQL: move past it, and delete its file once all of it is."""
+        assert chunk.path is not None, "a chunk from next_chunk()"
+        if chunk.eof:
+            self.remove(chunk.path)
+            self._cursor, self._replayed_in_file = None, 0
+        else:
+            self._cursor = (chunk.path, chunk.next_offset)
+            self._replayed_in_file += len(chunk.rows) + chunk.corrupt
+
     def remove(self, path: Path) -> None:
         """Delete a sealed file once every row in it is in MySQL."""
         size = path.stat().st_size
         path.unlink()
         with self._mutex:
             self._sealed_bytes = max(0, self._sealed_bytes - size)
+            self._sealed_rows.pop(path, None)
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            count += block.count(b"\n")
+    return count

@@ -23,7 +23,11 @@ Failure handling, in order:
   Re-inserting a row that is already there is a no-op (unique ``request_id``), so a replay
   after a crash, a time-out whose insert did land, or a half-replayed file never duplicates.
 * ``close()``: writes what is queued (or spools it when MySQL is down, or when
-  ``close_timeout_s`` runs out) and fsyncs the spool before it returns.
+  ``close_timeout_s`` runs out), then, while MySQL answers, keeps replaying the spool within
+  the same time-out (a pod whose spool is an emptyDir takes what is left with it), and
+  fsyncs the spool before it returns. Rows still spooled are logged as an error; the gauge
+  ``gateway_interactions_spool_rows`` showed them, and the alert on a gateway that vanished
+  with rows in its spool says how many.
 
 "Durable" means committed to MySQL or fsynced to the spool; ``on_durable`` (optional) is
 called with the request ids as they become so. A SIGKILL loses only records not yet durable:
@@ -105,12 +109,12 @@ class InteractionWriter:
         self._db_up = True
         self._retry_delay = 0.0
         self._next_probe_at = 0.0
-        self._replay_cursor: tuple[Path, int] | None = None
         self._live_batches = 0
         self.replayed_rows = 0
         metrics.queue_depth.set_function(lambda: len(self._buf))
         metrics.spool_bytes.set_function(lambda: self._spool.bytes)
-        metrics.spool_oldest_age.set_function(lambda: self._spool.oldest_age_s(self._replay_cursor))
+        metrics.spool_rows.set_function(lambda: self._spool.rows)
+        metrics.spool_oldest_age.set_function(self._spool.oldest_age_s)
         metrics.spool_max_bytes.set(settings.spool_max_bytes)
         metrics.db_up.set(1)
 
@@ -203,6 +207,13 @@ class InteractionWriter:
             self.metrics.dropped.labels("closed").inc(len(leftovers))
         self._closed = True  # from here on submit() counts a drop (reason "closed")
         try:
+            if self._spool.rows:
+                log.error(
+                    "interaction log: %d records stay in the spool %s at exit; they are lost "
+                    "unless this volume outlives the process",
+                    self._spool.rows,
+                    self._spool.path,
+                )
             if self._spool.is_open:
                 await asyncio.to_thread(self._spool.sync)
                 self._durable_unsynced(len(self._unsynced_ids))
@@ -238,8 +249,13 @@ class InteractionWriter:
                 await asyncio.sleep(self.settings.retry_initial_s)
             finally:
                 self._progress.set()
-            if self._closing and not self._buf:
+            if self._closing and not self._buf and not self._draining():
                 return
+
+    def _draining(self) -> bool:
+        """Closing, with spooled rows and MySQL answering: replay them before the pod (and
+        an emptyDir spool with it) goes; close()'s time-out bounds the wait."""
+        return self._db_up and self._spool.bytes > 0 and self._task is not None
 
     async def _step(self) -> None:
         batch = await self._next_batch()
@@ -256,7 +272,7 @@ class InteractionWriter:
             count = len(self._unsynced_ids)
             await asyncio.to_thread(self._spool.sync)
             self._durable_unsynced(count)
-        if self._closing:
+        if self._closing and not self._draining():
             return
         now = time.monotonic()
         if not self._db_up and not self._buf and now >= self._next_probe_at:
@@ -397,21 +413,14 @@ class InteractionWriter:
         self._wake.set()
 
     async def _replay_step(self) -> None:
-        if self._replay_cursor is None:
-            files = await asyncio.to_thread(self._spool.sealed_files)
-            if not files:
-                sealed = await asyncio.to_thread(self._spool.rotate)
-                if sealed is None:
-                    return
-                files = [sealed]
-            self._replay_cursor = (files[0], 0)
-        path, offset = self._replay_cursor
-        chunk = await asyncio.to_thread(
-            self._spool.read_chunk, path, offset, self.settings.batch_size
-        )
+        chunk = await asyncio.to_thread(self._spool.next_chunk, self.settings.batch_size)
+        if chunk is None:
+            return
         if chunk.corrupt:
             self.metrics.spool_corrupt_lines.inc(chunk.corrupt)
-            log.warning("interaction spool %s: %d unreadable lines skipped", path, chunk.corrupt)
+            log.warning(
+                "interaction spool %s: %d unreadable lines skipped", chunk.path, chunk.corrupt
+            )
         if chunk.rows:
             try:
                 duplicates = await self._database().write(chunk.rows)
@@ -421,13 +430,9 @@ class InteractionWriter:
             self.metrics.written.labels("replay").inc(len(chunk.rows))
             self.metrics.duplicates.labels("replay").inc(duplicates)
             self.replayed_rows += len(chunk.rows)
-        if chunk.eof:
-            await asyncio.to_thread(self._spool.remove, path)
-            self._replay_cursor = None
-            if not self._spool.bytes:
-                log.warning("interaction spool replayed and empty")
-        else:
-            self._replay_cursor = (path, chunk.next_offset)
+        await asyncio.to_thread(self._spool.advance, chunk)
+        if chunk.eof and not self._spool.bytes:
+            log.warning("interaction spool replayed and empty")
 
     # --- durability notifications --------------------------------------------------------
     def _durable(self, request_ids: Sequence[Any]) -> None:
