@@ -17,7 +17,8 @@ from redis.crc import key_slot
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import Joined, Lead, lock_key
 from gateway.cache.keys import derive_key
-from tests.support.coalescing import SHARED_REDIS, Replica
+from tests.support.coalescing import Replica
+from tests.support.redis_cluster import RedisTarget
 from tests.support.redis_server import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
@@ -29,9 +30,9 @@ def namespace() -> str:
 
 
 @pytest.fixture
-async def replica(namespace: str) -> AsyncIterator[Replica]:
+async def replica(redis_target: RedisTarget, namespace: str) -> AsyncIterator[Replica]:
     async with Replica(
-        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+        redis_target, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as r:
         yield r
         keys = [k async for k in r.redis.scan_iter(f"{namespace}:*")]
@@ -40,13 +41,13 @@ async def replica(namespace: str) -> AsyncIterator[Replica]:
 
 
 async def test_a_leader_renews_its_lease_while_it_generates(
-    replica: Replica, namespace: str
+    replica: Replica, redis_target: RedisTarget, namespace: str
 ) -> None:
     key = f"{namespace}:v1:answer:{{slow}}"
     leader = await replica.coalescer.acquire(key)
     assert isinstance(leader, Lead)
     async with Replica(
-        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+        redis_target, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as other:
         waiter = asyncio.create_task(other.coalescer.acquire(key))
         await asyncio.sleep(1.5)  # five leases: without renewal the waiter would lead
@@ -56,12 +57,14 @@ async def test_a_leader_renews_its_lease_while_it_generates(
         assert await waiter == Joined(ANSWER)
 
 
-async def test_a_refused_answer_is_shared_but_not_stored(replica: Replica, namespace: str) -> None:
+async def test_a_refused_answer_is_shared_but_not_stored(
+    replica: Replica, redis_target: RedisTarget, namespace: str
+) -> None:
     key = f"{namespace}:v1:answer:{{refused}}"
     leader = await replica.coalescer.acquire(key)
     assert isinstance(leader, Lead)
     async with Replica(
-        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+        redis_target, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as other:
         waiters = [asyncio.create_task(other.coalescer.acquire(key)) for _ in range(3)]
         await asyncio.sleep(0.2)
