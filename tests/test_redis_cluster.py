@@ -119,36 +119,39 @@ async def test_the_subscription_moves_to_a_live_node_when_its_node_dies(
 async def test_a_node_or_the_whole_cluster_down_fails_open(
     drill_cluster: PrivateCluster, namespace: str
 ) -> None:
-    async with Replica(drill_cluster.target, namespace, socket_timeout_s=0.5) as replica:
+    timeout = 0.5
+    async with Replica(drill_cluster.target, namespace, socket_timeout_s=timeout) as replica:
         windows = WindowLimiter(replica.redis, namespace, replica.breaker)
         leases = ConcurrencyLimiter(replica.redis, namespace, replica.breaker, lease_ttl_s=30)
         key = f"{namespace}:v1:answer:{{photo}}"
         await replica.cache.put(key, ANSWER)
         assert (await leases.acquire("k1", 5))[0] is not None
-        assert (await windows.hit("requests", "k1", 10)).allowed
 
         frozen = drill_cluster.node_of(key)
         drill_cluster.freeze(frozen)  # hung: no error, no answer
         try:
+            started = time.monotonic()
             with pytest.raises(CacheUnavailable):
                 await replica.cache.get(key)
+            # One try more after the slot map is read again, not redis-py's eleven (with a
+            # pause after each): the first request to meet a hung node is not held long.
+            assert time.monotonic() - started < 8 * timeout
             assert replica.breaker.state.name == "OPEN"
             assert await replica.coalescer.acquire(key) == Alone(REDIS_UNAVAILABLE)
-            with pytest.raises(LimiterUnavailable):
-                await windows.hit("requests", "k1", 10)
         finally:
             drill_cluster.thaw(frozen)
         await until(lambda: _probe(replica, key))  # back after the breaker's window
-        assert await replica.cache.get(key) == ANSWER
 
         for port in drill_cluster.ports:  # no node answers: the client cannot even start
             drill_cluster.kill(port)
-        await asyncio.sleep(1.05)  # the breaker's window: the next calls ask Redis again
-        with pytest.raises(CacheUnavailable):
-            await replica.cache.get(key)
-        await asyncio.sleep(1.05)
-        with pytest.raises(LimiterUnavailable):
-            await leases.renew()
+        for failing in (
+            lambda: replica.cache.get(key),
+            leases.renew,
+            lambda: windows.hit("requests", "k1", 10),
+        ):
+            await asyncio.sleep(1.05)  # the breaker's window: the next call asks Redis
+            with pytest.raises((CacheUnavailable, LimiterUnavailable)):
+                await failing()
         await asyncio.sleep(1.05)
         assert await replica.coalescer.acquire(key) == Alone(REDIS_UNAVAILABLE)
 

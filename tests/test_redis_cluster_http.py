@@ -83,30 +83,37 @@ async def test_a_keys_limits_are_shared_by_the_replicas(
     assert tokens_left == [100_000 - cost, 100_000 - 2 * cost, 100_000 - 3 * cost]
 
 
+# Three photos: three keys, each in a slot of its own, so on more than one node.
+PHOTOS = (32, 33, 34)
+
+
 async def test_an_answer_from_one_replica_is_a_hit_on_the_other(
     gateways: list[str], worker_url: str, log_database_url: str
 ) -> None:
     key = create_key(log_database_url)
-    body = _chat(32)
-    first = await _post(gateways[0], body, key)
-    before = await finished_requests(worker_url)
-    second = await _post(gateways[1], body, key)
-    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
-    assert await finished_requests(worker_url) == before
-    content = [r.json()["choices"][0]["message"]["content"] for r in (first, second)]
-    assert content[0] == content[1]
+    for seed in PHOTOS:
+        body = _chat(seed)
+        first = await _post(gateways[0], body, key)
+        before = await finished_requests(worker_url)
+        second = await _post(gateways[1], body, key)
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+        assert await finished_requests(worker_url) == before
+        content = [r.json()["choices"][0]["message"]["content"] for r in (first, second)]
+        assert content[0] == content[1]
 
 
 async def test_identical_requests_on_both_replicas_cost_one_generation(
     gateways: list[str], worker_url: str, log_database_url: str
 ) -> None:
     key = create_key(log_database_url)
-    body = _chat(33, max_tokens=24, ignore_eos=True)  # long enough to overlap
+    # Long enough to overlap; eight identical requests per photo, over both replicas.
+    bodies = [_chat(seed + 10, max_tokens=24, ignore_eos=True) for seed in PHOTOS] * 8
     before = await finished_requests(worker_url)
-    responses = await asyncio.gather(*[_post(gateways[i % 2], body, key) for i in range(20)])
-    assert [r.status_code for r in responses] == [200] * 20
-    assert await finished_requests(worker_url) == before + 1
+    responses = await asyncio.gather(
+        *[_post(gateways[i % 2], body, key) for i, body in enumerate(bodies)]
+    )
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    assert await finished_requests(worker_url) == before + len(PHOTOS)
     outcomes = [r.headers["x-cache"] for r in responses]
-    assert outcomes.count("miss") == 1
+    assert outcomes.count("miss") == len(PHOTOS)
     assert set(outcomes) <= {"miss", "coalesced", "hit"}
-    assert len({r.json()["choices"][0]["message"]["content"] for r in responses}) == 1
