@@ -22,6 +22,9 @@ from tests.support.redis_cluster import RedisTarget
 from tests.support.redis_server import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
+# Renewed every third of it: a loaded machine may stall the loop for half of it, and the
+# lease must not lapse (these runs are doubled: on Redis and on the Redis Cluster).
+LEASE_S = 1.0
 
 
 @pytest.fixture
@@ -32,7 +35,7 @@ def namespace() -> str:
 @pytest.fixture
 async def replica(redis_target: RedisTarget, namespace: str) -> AsyncIterator[Replica]:
     async with Replica(
-        redis_target, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+        redis_target, namespace, lease_s=LEASE_S, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as r:
         yield r
         keys = [k async for k in r.redis.scan_iter(f"{namespace}:*")]
@@ -47,10 +50,10 @@ async def test_a_leader_renews_its_lease_while_it_generates(
     leader = await replica.coalescer.acquire(key)
     assert isinstance(leader, Lead)
     async with Replica(
-        redis_target, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+        redis_target, namespace, lease_s=LEASE_S, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as other:
         waiter = asyncio.create_task(other.coalescer.acquire(key))
-        await asyncio.sleep(1.5)  # five leases: without renewal the waiter would lead
+        await asyncio.sleep(3 * LEASE_S)  # without renewal the waiter would lead
         assert not waiter.done()
         assert await replica.redis.exists(lock_key(key))
         await replica.coalescer.finish(leader, ANSWER, store_ttl_s=60)
@@ -64,7 +67,7 @@ async def test_a_refused_answer_is_shared_but_not_stored(
     leader = await replica.coalescer.acquire(key)
     assert isinstance(leader, Lead)
     async with Replica(
-        redis_target, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+        redis_target, namespace, lease_s=LEASE_S, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as other:
         waiters = [asyncio.create_task(other.coalescer.acquire(key)) for _ in range(3)]
         await asyncio.sleep(0.2)
