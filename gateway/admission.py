@@ -328,8 +328,10 @@ async def open_admission(
         return AdmissionControl(metrics, limits, store, None, None)
     redis_url = limits.redis_url or settings.redis_url
     cluster = settings.redis_cluster if limits.redis_cluster is None else limits.redis_cluster
+    own = limits.redis_url is not None or limits.redis_cluster is not None
+    setting = "GATEWAY_RATELIMIT_REDIS_CLUSTER" if own else "GATEWAY_REDIS_CLUSTER"
     timeout = limits.socket_timeout_s
-    await check_cluster_setting(redis_url, cluster, "GATEWAY_RATELIMIT_REDIS_CLUSTER", timeout)
+    await check_cluster_setting(redis_url, cluster, setting, timeout)
     redis = redis_client(redis_url, cluster, socket_timeout=timeout, socket_connect_timeout=timeout)
     stack.push_async_callback(redis.aclose)
     breaker = CircuitBreaker(

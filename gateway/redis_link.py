@@ -32,8 +32,8 @@ REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutErro
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
-# A failed cluster command is tried once more after the client reread the slot map (it
-# follows a failover). redis-py's default, ten tries with a pause of 0.25 s after each
+# A failed cluster command is tried once more after the client rereads the slot map (so
+# it follows a failover). redis-py's default, ten tries with a pause of 0.25 s after each
 # CLUSTERDOWN, would hold a request for seconds before the breaker could open.
 _CLUSTER_RETRY: Final = Retry(NoBackoff(), retries=1)
 

@@ -158,7 +158,7 @@ async def test_values_over_the_cap_are_not_stored(
 async def test_dead_redis_costs_one_timeout_per_breaker_window(
     private_redis: PrivateRedis,
 ) -> None:
-    async with Replica(private_redis.url, "drill") as replica:
+    async with Replica(private_redis.url, "drill", socket_timeout_s=0.2) as replica:
         await replica.cache.put("drill:v1:answer:k", ANSWER)
         private_redis.freeze()  # hung: every call would wait for its socket timeout
         loop = asyncio.get_running_loop()

@@ -160,6 +160,7 @@ class Coalescer:
         self._listener: asyncio.Task[None] | None = None
         self._renewals: set[asyncio.Task[None]] = set()
         self.listener_reconnects = 0
+        self.listening = False  # Redis confirmed the pattern subscription
 
     # -- lifespan -----------------------------------------------------------------------------
 
@@ -185,6 +186,7 @@ class Coalescer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis gone or silent: waiters poll meanwhile
+                self.listening = False
                 self.listener_reconnects += 1
                 logger.warning("coalescing listener lost Redis (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(backoff)
@@ -203,6 +205,8 @@ class Coalescer:
                 heard, pinged = now, False
                 if message.get("type") == "pmessage":
                     self._deliver(message["channel"], message["data"])
+                elif message.get("type") == "psubscribe":
+                    self.listening = True
                 continue
             quiet = now - heard
             if quiet > 2 * self._keepalive_s:

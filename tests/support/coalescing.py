@@ -10,9 +10,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.cache.coalesce import Coalescer
 from gateway.cache.store import AnswerCache
 from gateway.redis_link import redis_client
-from tests.support.redis_cluster import SHARED_REDIS, RedisTarget
-
-__all__ = ["SHARED_REDIS", "Replica"]
+from tests.support.redis_cluster import RedisTarget
 
 
 class Replica:
@@ -24,7 +22,8 @@ class Replica:
         lease_s: float = 5.0,
         wait_timeout_s: float = 10.0,
         keepalive_s: float = 10.0,
-        socket_timeout_s: float = 0.2,
+        # Generous: a loaded test machine must not turn every test into a fail-open drill.
+        socket_timeout_s: float = 1.0,
         poll_interval_s: float = 0.1,
     ) -> None:
         url, cluster = where if isinstance(where, RedisTarget) else (where, False)
@@ -42,7 +41,12 @@ class Replica:
 
     async def __aenter__(self) -> Replica:
         await self.coalescer.start()
-        await asyncio.sleep(0.05)  # let the pattern subscription settle
+        deadline = asyncio.get_running_loop().time() + 30
+        while not self.coalescer.listening:  # a message published before it would be missed
+            if asyncio.get_running_loop().time() > deadline:
+                await self.__aexit__()
+                raise TimeoutError("the coalescer's subscription was not confirmed")
+            await asyncio.sleep(0.01)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
