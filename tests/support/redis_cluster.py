@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,7 +27,7 @@ from localstack.processes import free_port
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 MASTERS = 3
-# A dead node is declared failed this long after it stops answering (the drills wait it).
+# A node that stops answering is marked failed after this long (Redis' default: 15 s).
 NODE_TIMEOUT_MS = 2000
 
 
@@ -83,8 +84,7 @@ class PrivateCluster:
     def start(self) -> None:
         for port, bus in zip(self.ports, self.bus_ports, strict=True):
             self._start_node(port, bus)
-        for port in self.ports:
-            self._wait(lambda p=port: _cli(p, "ping").strip() == "PONG", "node did not start")
+        self._wait(self._answering, "a node did not start")
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         created = subprocess.run(
             [_tool("redis-cli"), "--cluster", "create", *nodes,
@@ -109,6 +109,9 @@ class PrivateCluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
+    def _answering(self) -> bool:
+        return all(_cli(port, "ping").strip() == "PONG" for port in self.ports)
+
     def healthy(self) -> bool:
         """Every node sees every slot served and every other node."""
         for port in self.ports:
@@ -118,8 +121,7 @@ class PrivateCluster:
         return True
 
     @staticmethod
-    def _wait(check: object, message: str, within_s: float = 30.0) -> None:
-        assert callable(check)
+    def _wait(check: Callable[[], bool], message: str, within_s: float = 30.0) -> None:
         deadline = time.monotonic() + within_s
         while not check():
             if time.monotonic() > deadline:
