@@ -21,7 +21,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Final
 
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import AuthFailure, AuthUnavailable, KeyRecord, KeyStore, bearer_token
@@ -41,6 +40,7 @@ from gateway.ratelimit import (
     WindowLimiter,
     retry_after_s,
 )
+from gateway.redis_link import check_cluster_setting, redis_client
 
 log = logging.getLogger("gateway.admission")
 
@@ -327,8 +327,12 @@ async def open_admission(
     if not limits.enabled:
         return AdmissionControl(metrics, limits, store, None, None)
     redis_url = limits.redis_url or settings.redis_url
+    cluster = settings.redis_cluster if limits.redis_cluster is None else limits.redis_cluster
+    own = limits.redis_url is not None or limits.redis_cluster is not None
+    setting = "GATEWAY_RATELIMIT_REDIS_CLUSTER" if own else "GATEWAY_REDIS_CLUSTER"
     timeout = limits.socket_timeout_s
-    redis = Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    await check_cluster_setting(redis_url, cluster, setting, timeout)
+    redis = redis_client(redis_url, cluster, socket_timeout=timeout, socket_connect_timeout=timeout)
     stack.push_async_callback(redis.aclose)
     breaker = CircuitBreaker(
         limits.breaker_open_s,

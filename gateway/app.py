@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             admission.control = await open_admission(settings, metrics, stack)
             pool = await open_pool(session, settings, metrics, stack)
             upstream = Upstream(session, pool, settings, metrics)
-            redis = open_redis(settings, metrics, stack)
+            redis = await open_redis(settings, metrics, stack)
             cache = await open_cache_stage(settings, metrics, redis, pool.model_root, stack)
             remote_images = open_fetcher(
                 settings.remote_images, settings.max_body_bytes, metrics, stack

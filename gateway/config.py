@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # Answer cache and request coalescing in Redis (gateway/cache/).
     cache_enabled: bool = True
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # redis_url is one node of a Redis Cluster (the others are read from it): answers,
+    # coalescing and rate limits spread over its slots (gateway/redis_link.py).
+    redis_cluster: bool = False
     # Keys are "<namespace>:v<format>:answer:<sha256>": one Redis can serve several stacks.
     cache_namespace: str = Field(default="vlm", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     cache_ttl_s: int = Field(default=3600, gt=0)

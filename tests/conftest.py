@@ -21,6 +21,7 @@ from gateway.db.migrate import upgrade
 from localstack.processes import StartError, start_worker
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.mariadb import shared_database
+from tests.support.redis_cluster import STANDALONE, PrivateCluster, RedisTarget
 from tests.support.servers import run_gateway, serve
 from tests.support.triton import TritonWorker, start_triton
 from tests.support.worker import LOG_DIR, WORKER_STARTUP_TIMEOUT_S
@@ -63,6 +64,27 @@ def log_database_url() -> Iterator[str]:
     with shared_database() as url:
         upgrade(url)
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateCluster]:
+    """A Redis Cluster of three masters of this session's own, torn down at the end."""
+    cluster = PrivateCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """The machine's Redis, then this session's Redis Cluster: a test that takes it runs
+    against both."""
+    if request.param == "standalone":
+        return STANDALONE
+    cluster: PrivateCluster = request.getfixturevalue("redis_cluster")
+    return cluster.target
 
 
 @pytest.fixture(scope="session")

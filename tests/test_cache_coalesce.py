@@ -1,7 +1,9 @@
-"""The coalescer and the cache against a real Redis server.
+"""The coalescer and the cache against a real Redis server and a real Redis Cluster.
 
-Normal behaviour uses the machine's Redis with a namespace of its own; drills
-that kill or freeze Redis use a private instance (tests/support/redis_server.py).
+Normal behaviour runs twice (``redis_target``): on the machine's Redis and on this
+session's three-master cluster, each with a namespace of its own. Keys carry a hash tag
+as derive_key's do. Drills that kill or freeze Redis use a private instance
+(tests/support/redis_server.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pytest
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import Alone, Joined, Lead, Stored
 from gateway.cache.store import CacheUnavailable
-from tests.support.coalescing import SHARED_REDIS, Replica
+from tests.support.coalescing import Replica
+from tests.support.redis_cluster import RedisTarget
 from tests.support.redis_server import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
@@ -28,10 +31,12 @@ def namespace() -> str:
 
 
 @pytest.fixture
-async def replicas(namespace: str) -> AsyncIterator[tuple[Replica, Replica]]:
+async def replicas(
+    redis_target: RedisTarget, namespace: str
+) -> AsyncIterator[tuple[Replica, Replica]]:
     async with (
-        Replica(SHARED_REDIS, namespace) as a,
-        Replica(SHARED_REDIS, namespace) as b,
+        Replica(redis_target, namespace) as a,
+        Replica(redis_target, namespace) as b,
     ):
         yield a, b
         keys = [k async for k in a.redis.scan_iter(f"{namespace}:*")]
@@ -64,7 +69,7 @@ async def _simulate_request(replica: Replica, key: str, generations: list[int]) 
 async def test_fifty_identical_requests_over_two_replicas_generate_once(
     replicas: tuple[Replica, Replica], namespace: str
 ) -> None:
-    key = f"{namespace}:v1:answer:abc"
+    key = f"{namespace}:v1:answer:{{abc}}"
     generations: list[int] = []
     outcomes = await asyncio.gather(
         *[_simulate_request(replicas[i % 2], key, generations) for i in range(50)]
@@ -78,7 +83,7 @@ async def test_fifty_identical_requests_over_two_replicas_generate_once(
 async def test_waiters_elect_one_new_leader_when_the_leader_fails(
     replicas: tuple[Replica, Replica], namespace: str
 ) -> None:
-    key = f"{namespace}:v1:answer:fails"
+    key = f"{namespace}:v1:answer:{{fails}}"
     leader = await replicas[0].coalescer.acquire(key)
     assert isinstance(leader, Lead)
     waiters = [asyncio.create_task(replicas[i % 2].coalescer.acquire(key)) for i in range(4)]
@@ -94,9 +99,11 @@ async def test_waiters_elect_one_new_leader_when_the_leader_fails(
     assert sum(isinstance(r, Joined) and r.answer == ANSWER for r in results) == 3
 
 
-async def test_a_leader_that_dies_is_replaced_when_its_lease_lapses(namespace: str) -> None:
-    async with Replica(SHARED_REDIS, namespace) as replica:
-        key = f"{namespace}:v1:answer:dead"
+async def test_a_leader_that_dies_is_replaced_when_its_lease_lapses(
+    redis_target: RedisTarget, namespace: str
+) -> None:
+    async with Replica(redis_target, namespace) as replica:
+        key = f"{namespace}:v1:answer:{{dead}}"
         # A leader elsewhere took the lease and died: it never renews, publishes or releases.
         await replica.redis.set(f"{key}:lock", "dead-leader", px=300)
         started = asyncio.get_running_loop().time()
@@ -106,9 +113,11 @@ async def test_a_leader_that_dies_is_replaced_when_its_lease_lapses(namespace: s
         await replica.coalescer.finish(result, None, store_ttl_s=None)
 
 
-async def test_a_waiter_gives_up_after_its_wait_timeout(namespace: str) -> None:
-    async with Replica(SHARED_REDIS, namespace, wait_timeout_s=0.5) as replica:
-        key = f"{namespace}:v1:answer:slow"
+async def test_a_waiter_gives_up_after_its_wait_timeout(
+    redis_target: RedisTarget, namespace: str
+) -> None:
+    async with Replica(redis_target, namespace, wait_timeout_s=0.5) as replica:
+        key = f"{namespace}:v1:answer:{{slow}}"
         await replica.redis.set(f"{key}:lock", "slow-leader", px=10_000)
         result = await replica.coalescer.acquire(key)
         assert result == Alone("waited too long")
@@ -118,7 +127,7 @@ async def test_a_waiter_gives_up_after_its_wait_timeout(namespace: str) -> None:
 async def test_a_stored_answer_is_a_hit_in_the_same_round_trip(
     replicas: tuple[Replica, Replica], namespace: str
 ) -> None:
-    key = f"{namespace}:v1:answer:stored"
+    key = f"{namespace}:v1:answer:{{stored}}"
     await replicas[0].cache.put(key, ANSWER)
     assert await replicas[1].coalescer.acquire(key) == Stored(ANSWER)
     assert not await replicas[1].redis.exists(f"{key}:lock"), "a hit takes no lock"
@@ -128,7 +137,7 @@ async def test_an_answer_stored_without_a_message_is_found_by_a_waiter(
     replicas: tuple[Replica, Replica], namespace: str
 ) -> None:
     """The waiter polls the cache too: a publish it missed does not leave it waiting."""
-    key = f"{namespace}:v1:answer:late"
+    key = f"{namespace}:v1:answer:{{late}}"
     await replicas[0].redis.set(f"{key}:lock", "someone", px=5000)
     waiter = asyncio.create_task(replicas[1].coalescer.acquire(key))
     await asyncio.sleep(0.2)
@@ -139,7 +148,7 @@ async def test_an_answer_stored_without_a_message_is_found_by_a_waiter(
 async def test_values_over_the_cap_are_not_stored(
     replicas: tuple[Replica, Replica], namespace: str
 ) -> None:
-    key = f"{namespace}:v1:answer:big"
+    key = f"{namespace}:v1:answer:{{big}}"
     assert not await replicas[0].cache.put(key, CachedAnswer("x" * 5000, "stop", 1, 1))
     assert await replicas[0].cache.get(key) is None
     assert await replicas[0].cache.put(key, ANSWER)
@@ -149,7 +158,7 @@ async def test_values_over_the_cap_are_not_stored(
 async def test_dead_redis_costs_one_timeout_per_breaker_window(
     private_redis: PrivateRedis,
 ) -> None:
-    async with Replica(private_redis.url, "drill") as replica:
+    async with Replica(private_redis.url, "drill", socket_timeout_s=0.2) as replica:
         await replica.cache.put("drill:v1:answer:k", ANSWER)
         private_redis.freeze()  # hung: every call would wait for its socket timeout
         loop = asyncio.get_running_loop()

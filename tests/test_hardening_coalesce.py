@@ -7,6 +7,7 @@ leaving) are in tests/test_hardening_drills.py.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,10 +18,14 @@ from redis.crc import key_slot
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import Joined, Lead, lock_key
 from gateway.cache.keys import derive_key
-from tests.support.coalescing import SHARED_REDIS, Replica
+from tests.support.coalescing import Replica
+from tests.support.redis_cluster import RedisTarget
 from tests.support.redis_server import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
+# Renewed every third of it. Generous: on a loaded test machine (a load of 20 on 2 cores
+# was seen) a 1 s lease lapsed between two renewals.
+LEASE_S = 2.0
 
 
 @pytest.fixture
@@ -29,9 +34,9 @@ def namespace() -> str:
 
 
 @pytest.fixture
-async def replica(namespace: str) -> AsyncIterator[Replica]:
+async def replica(redis_target: RedisTarget, namespace: str) -> AsyncIterator[Replica]:
     async with Replica(
-        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+        redis_target, namespace, lease_s=LEASE_S, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as r:
         yield r
         keys = [k async for k in r.redis.scan_iter(f"{namespace}:*")]
@@ -40,31 +45,37 @@ async def replica(namespace: str) -> AsyncIterator[Replica]:
 
 
 async def test_a_leader_renews_its_lease_while_it_generates(
-    replica: Replica, namespace: str
+    replica: Replica, redis_target: RedisTarget, namespace: str
 ) -> None:
     key = f"{namespace}:v1:answer:{{slow}}"
     leader = await replica.coalescer.acquire(key)
     assert isinstance(leader, Lead)
     async with Replica(
-        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+        redis_target, namespace, lease_s=LEASE_S, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as other:
         waiter = asyncio.create_task(other.coalescer.acquire(key))
-        await asyncio.sleep(1.5)  # five leases: without renewal the waiter would lead
+        await asyncio.sleep(2 * LEASE_S)  # without renewal the waiter would lead
         assert not waiter.done()
         assert await replica.redis.exists(lock_key(key))
         await replica.coalescer.finish(leader, ANSWER, store_ttl_s=60)
         assert await waiter == Joined(ANSWER)
 
 
-async def test_a_refused_answer_is_shared_but_not_stored(replica: Replica, namespace: str) -> None:
+async def test_a_refused_answer_is_shared_but_not_stored(
+    replica: Replica, redis_target: RedisTarget, namespace: str
+) -> None:
     key = f"{namespace}:v1:answer:{{refused}}"
     leader = await replica.coalescer.acquire(key)
     assert isinstance(leader, Lead)
+    # Its waiters look at Redis every 30 s: only the leader's message can answer them.
     async with Replica(
-        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
+        redis_target, namespace, lease_s=120.0, wait_timeout_s=60.0, poll_interval_s=30.0
     ) as other:
         waiters = [asyncio.create_task(other.coalescer.acquire(key)) for _ in range(3)]
-        await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while len(other.coalescer._waiters.get(key, ())) < 3:  # all three listening
+            assert time.monotonic() < deadline, [w.result() for w in waiters if w.done()]
+            await asyncio.sleep(0.01)
         await replica.coalescer.finish(leader, ANSWER, store_ttl_s=None)
         assert await asyncio.gather(*waiters) == [Joined(ANSWER)] * 3
     assert await replica.cache.get(key) is None

@@ -497,3 +497,19 @@ def test_the_gateway_accepts_the_rendered_environment(
                          "canary": (5, (dns.format("canary"),))}  # fmt: skip
     else:
         assert pools == {DEFAULT_POOL: (1, (dns.format("stable"),))}
+
+
+def test_a_redis_cluster_is_a_value() -> None:
+    def gateway_settings(values: dict[str, Any]) -> Settings:
+        gateway = container(one(render(values), "Deployment", "rel-vlm-serve-gateway"))
+        env = {k: v for k, v in env_of(gateway).items() if k.startswith("GATEWAY_REDIS")}
+        url = env.pop("GATEWAY_REDIS_URL")
+        assert isinstance(url, dict)  # a Secret reference: not rendered into the manifest
+        return Settings.model_validate({k.removeprefix("GATEWAY_").lower(): v
+                                        for k, v in env.items()})  # fmt: skip
+
+    assert not gateway_settings(profile_values("gpu-bf16")).redis_cluster
+    cluster = profile_values("gpu-bf16", {"redis": {"cluster": True}})
+    assert gateway_settings(cluster).redis_cluster
+    with pytest.raises(RenderRefused):
+        render(profile_values("gpu-bf16", {"redis": {"cluster": "yes"}}))

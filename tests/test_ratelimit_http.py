@@ -1,7 +1,10 @@
 """Per-key rate limits end to end, on real Redis: requests per minute shared by two
 gateways, tokens per minute charged for images, concurrency slots held by slow requests
 and given back when a stream ends or its client leaves, leases that run out, and a Redis
-outage failing open or closed as configured."""
+outage failing open or closed as configured.
+
+The limits run twice (``redis_target``): on the machine's Redis and on this session's
+Redis Cluster, where every script of a key's limits must run in one slot."""
 
 from __future__ import annotations
 
@@ -11,23 +14,26 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from gateway.breaker import CircuitBreaker
 from gateway.protocol import ErrorResponse
 from gateway.ratelimit import ConcurrencyLimiter, RateLimitSettings
+from gateway.ratelimit.scripts import lease_set_key
+from gateway.redis_link import RedisClient, redis_client
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.auth import bearer, create_key, key_id, keyed_gateway
 from tests.support.images import data_uri, image_bytes
 from tests.support.metrics import scrape
+from tests.support.redis_cluster import RedisTarget
 from tests.support.redis_server import PrivateRedis
 from tests.support.requests import chat_body, image_chat_body
 
 CHAT = "/v1/chat/completions"
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
 _DURATION = re.compile(r"(\d+m)?\d+(\.\d+)?s|\d+ms")
 
 
@@ -47,28 +53,42 @@ async def until(check: Callable[[], Awaitable[bool]], within_s: float = 15.0) ->
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(SHARED_REDIS)
+async def redis(redis_target: RedisTarget) -> AsyncIterator[RedisClient]:
+    client = redis_client(*redis_target)
     yield client
     await client.aclose()
 
 
-def slots(redis: Redis, namespace: str, key: str) -> Callable[[int], Awaitable[bool]]:
+def on(target: RedisTarget) -> dict[str, Any]:
+    """keyed_gateway's settings for the limits in ``target``. The socket timeout is
+    generous: a loaded test machine must not turn these tests into fail-open drills."""
+    return {
+        "ratelimit": RateLimitSettings(socket_timeout_s=2.0),
+        "redis_url": target.url,
+        "redis_cluster": target.cluster,
+    }
+
+
+def slots(redis: RedisClient, namespace: str, key: str) -> Callable[[int], Awaitable[bool]]:
     async def count_is(expected: int) -> bool:
-        used = await redis.zcard(f"{namespace}:ratelimit:concurrent:{key_id(key)}")
+        used = await redis.zcard(lease_set_key(namespace, key_id(key)))
         return int(used) == expected
 
     return count_is
 
 
 async def test_requests_per_minute_are_shared_by_replicas(
-    fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient
+    fake_worker: FakeWorker,
+    log_database_url: str,
+    http: httpx.AsyncClient,
+    redis_target: RedisTarget,
 ) -> None:
     key = create_key(log_database_url, "--rpm", "3")
     namespace = f"test-rpm-{uuid.uuid4().hex[:8]}"
+    where = on(redis_target)
     async with (
-        keyed_gateway(fake_worker.url, log_database_url, namespace=namespace) as first,
-        keyed_gateway(fake_worker.url, log_database_url, namespace=namespace) as second,
+        keyed_gateway(fake_worker.url, log_database_url, namespace=namespace, **where) as first,
+        keyed_gateway(fake_worker.url, log_database_url, namespace=namespace, **where) as second,
     ):
         for url, remaining in ((first, 2), (second, 1), (first, 0)):
             ok = await http.post(url + CHAT, json=chat_body(), headers=bearer(key))
@@ -91,14 +111,17 @@ async def test_requests_per_minute_are_shared_by_replicas(
 
 
 async def test_tokens_per_minute_count_images(
-    fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient
+    fake_worker: FakeWorker,
+    log_database_url: str,
+    http: httpx.AsyncClient,
+    redis_target: RedisTarget,
 ) -> None:
     key = create_key(log_database_url, "--tpm", "1200")
     # 960 x 960 is 30 x 30 = 900 image tokens; "what is it?" is 4; its one message's
     # template 5; max_tokens 16: 925.
     photo = image_chat_body("what is it?", data_uri(image_bytes(size=(960, 960))), max_tokens=16)
     small = chat_body("hello", max_tokens=16)  # 2 + 5 + 16 = 23
-    async with keyed_gateway(fake_worker.url, log_database_url) as url:
+    async with keyed_gateway(fake_worker.url, log_database_url, **on(redis_target)) as url:
         ok = await http.post(url + CHAT, json=small, headers=bearer(key))
         assert ok.headers["x-ratelimit-remaining-tokens"] == str(1200 - 23)
         ok = await http.post(url + CHAT, json=photo, headers=bearer(key))
@@ -116,12 +139,19 @@ async def test_tokens_per_minute_count_images(
 
 
 async def test_concurrency_slots_are_held_and_given_back(
-    fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient, redis: Redis
+    fake_worker: FakeWorker,
+    log_database_url: str,
+    http: httpx.AsyncClient,
+    redis: RedisClient,
+    redis_target: RedisTarget,
 ) -> None:
     key = create_key(log_database_url, "--concurrent", "1")
     namespace = f"test-conc-{uuid.uuid4().hex[:8]}"
     in_use = slots(redis, namespace, key)
-    async with keyed_gateway(fake_worker.url, log_database_url, namespace=namespace) as url:
+    where = on(redis_target)
+    async with keyed_gateway(
+        fake_worker.url, log_database_url, namespace=namespace, **where
+    ) as url:
         slow = asyncio.create_task(
             http.post(url + CHAT, json=chat_body("fake:sleep:1.5"), headers=bearer(key))
         )
@@ -159,7 +189,53 @@ async def test_concurrency_slots_are_held_and_given_back(
         assert int(last.headers["x-ratelimit-remaining-requests"]) == limit - 4
 
 
-async def test_leases_of_a_dead_replica_run_out_and_live_ones_are_renewed(redis: Redis) -> None:
+async def test_a_slot_taken_on_one_replica_is_taken_on_the_other(
+    fake_worker: FakeWorker,
+    log_database_url: str,
+    http: httpx.AsyncClient,
+    redis: RedisClient,
+    redis_target: RedisTarget,
+) -> None:
+    key = create_key(log_database_url, "--concurrent", "1")
+    namespace = f"test-conc2-{uuid.uuid4().hex[:8]}"
+    in_use = slots(redis, namespace, key)
+    where = on(redis_target)
+    async with (
+        keyed_gateway(fake_worker.url, log_database_url, namespace=namespace, **where) as first,
+        keyed_gateway(fake_worker.url, log_database_url, namespace=namespace, **where) as second,
+    ):
+        slow = asyncio.create_task(
+            http.post(first + CHAT, json=chat_body("fake:sleep:1.5"), headers=bearer(key))
+        )
+        await until(lambda: in_use(1))
+        assert_429(await http.post(second + CHAT, json=chat_body(), headers=bearer(key)))
+        assert (await slow).status_code == 200
+        await until(lambda: in_use(0))
+        assert (await http.post(second + CHAT, json=chat_body(), headers=bearer(key))).is_success
+
+
+async def test_every_keys_leases_are_renewed(redis: RedisClient) -> None:
+    namespace = f"test-renew-{uuid.uuid4().hex[:8]}"
+    limiter = ConcurrencyLimiter(redis, namespace, CircuitBreaker(1.0), lease_ttl_s=30)
+    ids = [f"key{n}" for n in range(6)]
+    lease_sets = [lease_set_key(namespace, api_key) for api_key in ids]
+    # On a cluster their lease sets lie in several slots: one script for all is CROSSSLOT.
+    assert len({key_slot(name.encode()) for name in lease_sets}) > 1
+    expiries: dict[str, tuple[str, float | None]] = {}
+    for api_key, name in zip(ids, lease_sets, strict=True):
+        lease, _ = await limiter.acquire(api_key, 2)
+        assert lease is not None
+        expiries[name] = (lease, await redis.zscore(name, lease))
+    await asyncio.sleep(0.01)  # Redis' clock moves on: a renewed lease expires later
+    await limiter.renew()
+    for name, (lease, expiry) in expiries.items():
+        assert expiry is not None
+        assert (await redis.zscore(name, lease) or 0) > expiry
+
+
+async def test_leases_of_a_dead_replica_run_out_and_live_ones_are_renewed(
+    redis: RedisClient,
+) -> None:
     namespace = f"test-lease-{uuid.uuid4().hex[:8]}"
     # Two limiters stand for two replicas; the first never renews, as if it had crashed.
     dead = ConcurrencyLimiter(redis, namespace, CircuitBreaker(1.0), lease_ttl_s=0.5)

@@ -27,7 +27,11 @@ The answer key carries a Redis Cluster hash tag ("...:answer:{sha}"), so the ans
 its lease live in one slot and the two-key scripts run on a cluster too.
 
 Each replica keeps one pattern subscription for all keys (not one connection per waiter),
-owned by the lifespan through start() and stop(). Its connection is silent between
+owned by the lifespan through start() and stop(). On a cluster it is regular pub/sub on
+one node: the cluster bus carries every PUBLISH to every node, once per generation (never
+per token). Sharded pub/sub would keep each message in its shard, but it has no pattern
+form: every waiter would SSUBSCRIBE and SUNSUBSCRIBE its key, two round trips more per
+coalesced request, on a connection to every shard. Its connection is silent between
 messages, so the listener pings it: a connection that does not answer within
 ``keepalive_s`` is dropped and opened again (a half-open TCP connection would otherwise
 leave every waiter of the replica polling).
@@ -43,14 +47,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from gateway.answers import CachedAnswer
 from gateway.background import cancel_task
 from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.cache.store import AnswerCache, CacheUnavailable
-from gateway.redis_link import REDIS_FAILURES
+from gateway.redis_link import REDIS_FAILURES, RedisClient, Script, subscriber
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +129,8 @@ Outcome = Stored | Joined | Lead | Alone
 class Coalescer:
     def __init__(
         self,
-        redis: Redis,
-        pubsub_redis: Redis,
+        redis: RedisClient,
+        pubsub_redis: RedisClient,
         breaker: CircuitBreaker,
         cache: AnswerCache,
         namespace: str,
@@ -139,9 +142,9 @@ class Coalescer:
     ) -> None:
         self._redis = redis
         # EVALSHA: the scripts' text is sent once, not with every lookup.
-        self._lookup = redis.register_script(_LOOKUP_SCRIPT)
-        self._renew_lease = redis.register_script(_RENEW_SCRIPT)
-        self._finish = redis.register_script(_FINISH_SCRIPT)
+        self._lookup = Script(redis, _LOOKUP_SCRIPT)
+        self._renew_lease = Script(redis, _RENEW_SCRIPT)
+        self._finish = Script(redis, _FINISH_SCRIPT)
         self._pubsub_redis = pubsub_redis
         self._breaker = breaker
         self._cache = cache
@@ -157,6 +160,7 @@ class Coalescer:
         self._listener: asyncio.Task[None] | None = None
         self._renewals: set[asyncio.Task[None]] = set()
         self.listener_reconnects = 0
+        self.listening = False  # Redis confirmed the pattern subscription
 
     # -- lifespan -----------------------------------------------------------------------------
 
@@ -175,13 +179,14 @@ class Coalescer:
         backoff = 0.2
         while True:
             try:
-                async with self._pubsub_redis.pubsub() as pubsub:
+                async with await subscriber(self._pubsub_redis) as pubsub:
                     await pubsub.psubscribe(self._pattern)
                     backoff = 0.2
                     await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis gone or silent: waiters poll meanwhile
+                self.listening = False
                 self.listener_reconnects += 1
                 logger.warning("coalescing listener lost Redis (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(backoff)
@@ -200,6 +205,8 @@ class Coalescer:
                 heard, pinged = now, False
                 if message.get("type") == "pmessage":
                     self._deliver(message["channel"], message["data"])
+                elif message.get("type") == "psubscribe":
+                    self.listening = True
                 continue
             quiet = now - heard
             if quiet > 2 * self._keepalive_s:

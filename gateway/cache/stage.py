@@ -18,8 +18,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from typing import Final
 
-from redis.asyncio import Redis
-
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
 from gateway.cache.keys import derive_key, is_deterministic
@@ -27,7 +25,7 @@ from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
 from gateway.interactions.records import CacheOutcome
 from gateway.metrics import Metrics
-from gateway.redis_link import RedisLink
+from gateway.redis_link import RedisLink, redis_client
 from gateway.validation.prepare import PreparedRequest
 
 HIT: Final[CacheOutcome] = "hit"
@@ -226,8 +224,11 @@ async def open_cache_stage(
     if settings.coalesce_enabled:
         # Its own client without a read timeout: the subscription waits for messages.
         # Keepalive: the subscription is idle between messages (the listener pings it too).
-        pubsub = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=timeout, socket_keepalive=True
+        pubsub = redis_client(
+            settings.redis_url,
+            settings.redis_cluster,
+            socket_connect_timeout=timeout,
+            socket_keepalive=True,
         )
         stack.push_async_callback(pubsub.aclose)
         coalescer = Coalescer(

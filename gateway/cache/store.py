@@ -42,13 +42,17 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from gateway.answers import CachedAnswer
 from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.config import Settings
 from gateway.metrics import Metrics
-from gateway.redis_link import REDIS_FAILURES, RedisLink
+from gateway.redis_link import (
+    REDIS_FAILURES,
+    RedisClient,
+    RedisLink,
+    check_cluster_setting,
+    redis_client,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,7 @@ class AnswerCache:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         breaker: CircuitBreaker,
         ttl_seconds: int,
         max_value_bytes: int,
@@ -118,15 +122,17 @@ class CacheUnavailable(Exception):
     """Redis could not be used for this call; the request goes on without the cache."""
 
 
-def open_redis(settings: Settings, metrics: Metrics, stack: AsyncExitStack) -> RedisLink | None:
+async def open_redis(
+    settings: Settings, metrics: Metrics, stack: AsyncExitStack
+) -> RedisLink | None:
     """The request path's Redis client (closed by ``stack``) and its breaker, shared by the
     answer cache and moderation's image verdicts; None when the cache is off."""
     if not settings.cache_enabled:
         return None
     timeout = settings.redis_socket_timeout_s
-    redis = Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    url, cluster = settings.redis_url, settings.redis_cluster
+    await check_cluster_setting(url, cluster, "GATEWAY_REDIS_CLUSTER", timeout)
+    redis = redis_client(url, cluster, socket_timeout=timeout, socket_connect_timeout=timeout)
     stack.push_async_callback(redis.aclose)
     breaker = CircuitBreaker(
         settings.redis_breaker_open_s,

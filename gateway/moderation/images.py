@@ -18,14 +18,12 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from redis.asyncio import Redis
-
 from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.moderation.normalize import normalize
 from gateway.moderation.settings import ModerationSettings
-from gateway.redis_link import REDIS_FAILURES
+from gateway.redis_link import REDIS_FAILURES, RedisClient
 
 # (body, request id, affinity key) -> the worker's 200 body; raises GatewayError.
 AskWorker = Callable[[bytes, str, str], Awaitable[bytes]]
@@ -75,7 +73,7 @@ class ImageVerdicts:
         settings: ModerationSettings,
         ask: AskWorker,
         metrics: Metrics,
-        redis: Redis | None,
+        redis: RedisClient | None,
         breaker: CircuitBreaker | None,
         namespace: str,
     ) -> None:
@@ -158,7 +156,7 @@ class ImageVerdicts:
             raise ImageCheckFailed("malformed answer")
         return parse_verdict(content)
 
-    async def _redis_call(self, operation: Callable[[Redis], Awaitable[Any]]) -> Any:
+    async def _redis_call(self, operation: Callable[[RedisClient], Awaitable[Any]]) -> Any:
         """The operation's result; None when there is no Redis or it failed (the verdict is
         then asked again next time: a Redis outage costs worker calls, never refusals)."""
         if self._redis is None or self._breaker is None:

@@ -16,16 +16,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Final
-
-from redis.asyncio import Redis
 
 from gateway.background import cancel_task
 from gateway.breaker import CircuitBreaker
-from gateway.ratelimit.scripts import ADMIT, WINDOW_MS, window_keys
+from gateway.ratelimit.scripts import ADMIT, WINDOW_MS, lease_set_key, window_keys
 from gateway.ratelimit.windows import LimiterUnavailable, Window, guarded, window_from_reply
-from gateway.redis_link import REDIS_FAILURES
+from gateway.redis_link import REDIS_FAILURES, RedisClient, Script
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -40,25 +38,25 @@ redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ttl)
 return redis.call('ZCARD', KEYS[1])
 """
+# One API key's lease set (KEYS[1]): its leases ARGV[2..] still there get a new expiry.
 _RENEW: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  if redis.call('ZADD', key, 'XX', 'CH', now + ttl, ARGV[i + 1]) == 1 then
-    redis.call('PEXPIRE', key, ttl)
-  end
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + ttl, ARGV[i])
 end
-return 0
+if renewed > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return renewed
 """
 
 
 class ConcurrencyLimiter:
     def __init__(
-        self, redis: Redis, namespace: str, breaker: CircuitBreaker, lease_ttl_s: float
+        self, redis: RedisClient, namespace: str, breaker: CircuitBreaker, lease_ttl_s: float
     ) -> None:
         self._redis = redis
-        self._prefix = f"{namespace}:ratelimit:concurrent:"
         self._breaker = breaker
         self._ttl_ms = int(lease_ttl_s * 1000)
         self._leases: dict[str, str] = {}  # lease id -> its key's set
@@ -66,12 +64,12 @@ class ConcurrencyLimiter:
         self._local_in_use: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
         self._namespace = namespace
-        self._admit = redis.register_script(ADMIT)
+        self._admit = Script(redis, ADMIT)
 
     async def acquire(self, key_id: str, limit: int) -> tuple[str | None, int]:
         """(lease id, slots in use); the lease is None when the key has no free slot."""
         lease = secrets.token_hex(8)
-        key = self._prefix + key_id
+        key = lease_set_key(self._namespace, key_id)
 
         async def run() -> int:
             return int(await self._redis.eval(_ACQUIRE, 1, key, limit, self._ttl_ms, lease))
@@ -90,7 +88,7 @@ class ConcurrencyLimiter:
         (None, None): no free slot, and no request unit used; (None, window): refused for
         requests per minute, and no slot taken; (lease, window): admitted."""
         lease = secrets.token_hex(8)
-        key = self._prefix + key_id
+        key = lease_set_key(self._namespace, key_id)
         keys = [key, *window_keys(self._namespace, "requests", key_id)]
         args: list[str | int] = [WINDOW_MS, requests_per_minute, slots, self._ttl_ms, lease]
 
@@ -128,12 +126,21 @@ class ConcurrencyLimiter:
             await guarded(self._breaker, lambda: self._redis.zrem(key, lease))
 
     async def renew(self) -> None:
-        leases = list(self._leases.items())
-        if not leases:
+        leases_of: defaultdict[str, list[str]] = defaultdict(list)
+        for lease, key in self._leases.items():
+            leases_of[key].append(lease)
+        if not leases_of:
             return
-        keys = [key for _, key in leases]
-        args: list[str | int] = [self._ttl_ms, *(lease for lease, _ in leases)]
-        await guarded(self._breaker, lambda: self._redis.eval(_RENEW, len(keys), *keys, *args))
+
+        async def run() -> None:
+            # A script per API key (its lease set is its own slot on a cluster), all in
+            # one round trip per Redis node.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, leases in leases_of.items():
+                    pipe.eval(_RENEW, 1, key, self._ttl_ms, *leases)
+                await pipe.execute()
+
+        await guarded(self._breaker, run)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._renew_loop(), name="ratelimit-lease-renewal")

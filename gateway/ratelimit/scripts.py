@@ -74,6 +74,18 @@ return result
 )
 
 
+def _limits_of(namespace: str, key_id: str) -> str:
+    """Every Redis key of one API key's limits carries its id as the Redis Cluster hash tag:
+    one slot, so the scripts that touch several of them (the window's two counters and
+    their RENAME, the lease set beside the requests window) run on a cluster too."""
+    return f"{namespace}:ratelimit:{{{key_id}}}"
+
+
 def window_keys(namespace: str, kind: str, key_id: str) -> tuple[str, str]:
-    prefix = f"{namespace}:ratelimit:{kind}:{key_id}"
+    prefix = f"{_limits_of(namespace, key_id)}:{kind}"
     return f"{prefix}:prev", f"{prefix}:cur"
+
+
+def lease_set_key(namespace: str, key_id: str) -> str:
+    """The sorted set of the API key's concurrency leases."""
+    return f"{_limits_of(namespace, key_id)}:concurrent"

@@ -18,6 +18,8 @@ class RateLimitSettings(BaseSettings):
     enabled: bool = True
     # None: the answer cache's Redis (GATEWAY_REDIS_URL).
     redis_url: str | None = None
+    # Whether that Redis is a cluster; None: as the answer cache's (GATEWAY_REDIS_CLUSTER).
+    redis_cluster: bool | None = None
     # Defaults for keys whose own columns are NULL.
     requests_per_minute: int = Field(default=600, gt=0)
     tokens_per_minute: int = Field(default=400_000, gt=0)

@@ -23,11 +23,10 @@ from typing import Literal, TypeVar
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from redis.asyncio import Redis
 
 from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.ratelimit.scripts import CHARGE, WINDOW_MS, window_keys
-from gateway.redis_link import REDIS_FAILURES
+from gateway.redis_link import REDIS_FAILURES, RedisClient, Script
 
 T = TypeVar("T")
 LimitKind = Literal["requests", "tokens", "concurrent"]
@@ -73,8 +72,8 @@ def window_from_reply(kind: LimitKind, limit: int, reply: list[int]) -> Window:
 
 
 class WindowLimiter:
-    def __init__(self, redis: Redis, namespace: str, breaker: CircuitBreaker):
-        self._charge = redis.register_script(CHARGE)
+    def __init__(self, redis: RedisClient, namespace: str, breaker: CircuitBreaker):
+        self._charge = Script(redis, CHARGE)
         self._namespace = namespace
         self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._breaker = breaker

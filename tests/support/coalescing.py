@@ -1,45 +1,52 @@
 """One gateway replica's cache objects (own clients, breaker, cache and coalescer), built
-the way the lifespan builds them, for tests of coalescing against a real Redis."""
+the way the lifespan builds them, for tests of coalescing against a real Redis or a real
+Redis Cluster."""
 
 from __future__ import annotations
 
 import asyncio
 
-from redis.asyncio import Redis
-
 from gateway.breaker import CircuitBreaker
 from gateway.cache.coalesce import Coalescer
 from gateway.cache.store import AnswerCache
-
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
+from gateway.redis_link import redis_client
+from tests.support.redis_cluster import RedisTarget
 
 
 class Replica:
     def __init__(
         self,
-        url: str,
+        where: str | RedisTarget,
         namespace: str,
         *,
         lease_s: float = 5.0,
         wait_timeout_s: float = 10.0,
         keepalive_s: float = 10.0,
-        socket_timeout_s: float = 0.2,
+        # Generous: a loaded test machine must not turn every test into a fail-open drill.
+        socket_timeout_s: float = 1.0,
+        poll_interval_s: float = 0.1,
     ) -> None:
-        self.redis = Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+        url, cluster = where if isinstance(where, RedisTarget) else (where, False)
+        self.redis = redis_client(
+            url, cluster, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
         )
-        self.pubsub = Redis.from_url(url, socket_connect_timeout=0.5)
+        self.pubsub = redis_client(url, cluster, socket_connect_timeout=0.5)
         self.breaker = CircuitBreaker(open_seconds=1.0)
         self.cache = AnswerCache(self.redis, self.breaker, ttl_seconds=60, max_value_bytes=4096)
         self.coalescer = Coalescer(
             self.redis, self.pubsub, self.breaker, self.cache, namespace,
-            lease_s=lease_s, wait_timeout_s=wait_timeout_s, poll_interval_s=0.1,
+            lease_s=lease_s, wait_timeout_s=wait_timeout_s, poll_interval_s=poll_interval_s,
             keepalive_s=keepalive_s,
         )  # fmt: skip
 
     async def __aenter__(self) -> Replica:
         await self.coalescer.start()
-        await asyncio.sleep(0.05)  # let the pattern subscription settle
+        deadline = asyncio.get_running_loop().time() + 30
+        while not self.coalescer.listening:  # a message published before it would be missed
+            if asyncio.get_running_loop().time() > deadline:
+                await self.__aexit__()
+                raise TimeoutError("the coalescer's subscription was not confirmed")
+            await asyncio.sleep(0.01)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

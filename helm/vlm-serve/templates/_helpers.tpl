@@ -147,6 +147,10 @@ topologySpreadConstraints:
 - name: GATEWAY_REDIS_URL
   value: {{ printf "redis://%s.%s:6379/0" (include "vlm-serve.redisService" .) (include "vlm-serve.clusterDomain" .) | quote }}
 {{- end }}
+{{- if .Values.redis.cluster }}
+- name: GATEWAY_REDIS_CLUSTER
+  value: "true"
+{{- end }}
 {{- end -}}
 
 {{- define "vlm-serve.monitoringCRDs" -}}
