@@ -26,8 +26,9 @@ from importlib import resources
 from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
 from gateway.moderation import Moderator, load_policy
+from gateway.moderation.document import PolicyDocument
 from gateway.moderation.normalize import variants
-from gateway.moderation.policy import Policy, PolicyDocument
+from gateway.moderation.policy import Policy
 from gateway.moderation.settings import ModerationSettings
 from gateway.streams import AnswerRecorder
 from loadtest.locust.questions import SYSTEM_PROMPT, all_questions
