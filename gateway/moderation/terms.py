@@ -24,8 +24,9 @@ def _is_word(spelling: str) -> bool:
     return spelling.isascii() and spelling[0].isalnum() and spelling[-1].isalnum()
 
 
-def _latin_word_char(char: str) -> bool:
-    return char.isascii() and (char.isalnum() or char == "_")
+def _latin_word_chars(chars: str) -> bool:
+    """Whether every one of ``chars`` is a Latin letter, digit or underscore."""
+    return chars.isascii() and chars.replace("_", "a").isalnum()
 
 
 class TermSearch(Generic[T]):
@@ -58,18 +59,21 @@ class TermSearch(Generic[T]):
         if self._automaton is None:
             return
         for index, start, end in self._automaton.find_matches_as_indexes(text, overlapping=True):
-            if self._starts_word[index] and start > 0 and _latin_word_char(text[start - 1]):
+            if self._starts_word[index] and start > 0 and _latin_word_chars(text[start - 1]):
                 continue
-            ends_word = end == len(text) or not _latin_word_char(text[end])
+            ends_word = end == len(text) or not _latin_word_chars(text[end])
             for must_end_word, payload in self._payloads[index]:
                 if ends_word or not must_end_word:
                     yield payload, start, end
 
     def blank(self, text: str) -> str:
         """``text`` with every term replaced by as many spaces (positions stay put, and the
-        spaces separate words: no other term is made across a blank)."""
+        spaces separate words: no other term is made across a blank). A Latin match is
+        blanked to the end of its word ("bath bomb*" blanks all of "bath bombs")."""
         chars: list[str] | None = None
         for _, start, end in self.find(text):
+            while end < len(text) and _latin_word_chars(text[end - 1] + text[end]):
+                end += 1
             chars = chars or list(text)
             chars[start:end] = " " * (end - start)
         return text if chars is None else "".join(chars)
