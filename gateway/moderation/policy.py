@@ -28,8 +28,9 @@ from gateway.moderation.terms import TermSearch
 
 DEFAULT_POLICY: Final = "default_policy.json"
 # The verdicts of recent texts, per Policy: a cache-hit workload checks the same prompts
-# (and replayed answers) again and again, about 12 µs each for a 225-character prompt
-# against well under 1 µs from the memo. Bounded: at most MEMO_ENTRIES texts of at most
+# (and replayed answers) again and again, about 75 µs of CPU each for the load test's
+# system prompt and question (loadtest/bench/moderation.py) against well under 1 µs from
+# the memo. Bounded: at most MEMO_ENTRIES texts of at most
 # MEMO_MAX_CHARS characters (16 MiB in the worst case of 4-byte characters; 4 MiB of
 # ASCII). Longer texts are checked in a thread anyway (moderation/stage.py) and rarely
 # repeat. A policy never changes once compiled (no reload: a new file means a new Policy
@@ -80,10 +81,9 @@ class _Near:
 
 class Policy:
     """A compiled policy. The literal terms of every category and near rule are one
-    Aho-Corasick automaton (one pass over the text, whatever the number of terms;
-    measured in loadtest/bench/moderation.py against one regular expression), the allowed
-    phrases another; each pattern is its own compiled expression; a near rule is decided
-    from the term hits.
+    Aho-Corasick automaton (one pass over the text, whatever the number of terms), the
+    allowed phrases another; each pattern is its own compiled expression (one alternation
+    per category measured slower); a near rule is decided from the term hits.
     """
 
     def __init__(self, document: PolicyDocument) -> None:
