@@ -1,18 +1,13 @@
-"""The content policy: categories of terms and regular expressions, compiled once.
+"""The content policy, compiled once: ``violation(text)`` names the category a text falls in.
 
-A policy file is JSON (the default ships as ``default_policy.json`` beside this module;
-GATEWAY_MODERATION_POLICY_FILE replaces it)::
-
-    {"version": "2026-11-24",
-     "categories": {"sexual": {"terms": ["色情", "porn"], "patterns": ["p[o0]rn"]}, ...}}
-
-Terms are literal phrases, matched after normalisation (gateway/moderation/normalize.py):
-Latin ones only as whole words ("sex video" does not match "essex video"), a term with
-spaces also without them ("sexvideo"), CJK ones anywhere. Patterns are Python regular
-expressions matched against the same normalised, lower-case text, in which whitespace is
-always one space. A pattern that starts with a literal character (or with alternatives
-that all do) is searched fastest: the engine skips to the positions where that character
-occurs; one that starts with \b or a lookbehind is tried at every position.
+The file's format is in gateway/moderation/document.py (docs/MODERATION.md for
+operators); the default ships as ``default_policy.json`` beside this module, and
+GATEWAY_MODERATION_POLICY_FILE replaces it. Terms are matched after normalisation
+(normalize.py) with the word rules of terms.py. Patterns are Python regular expressions
+matched against the same normalised, lower-case text, in which whitespace is always one
+space. A pattern that starts with a literal character (or with alternatives that all do)
+is searched fastest: the engine skips to the positions where that character occurs; one
+that starts with ``\\b`` or a lookbehind is tried at every position.
 """
 
 from __future__ import annotations
@@ -25,61 +20,28 @@ from importlib import resources
 from pathlib import Path
 from typing import Final
 
-from ahocorasick_rs import AhoCorasick
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from gateway.moderation.normalize import normalize, variants
+from gateway.moderation.document import PolicyDocument
+from gateway.moderation.normalize import variants
+from gateway.moderation.terms import TermSearch
 
 DEFAULT_POLICY: Final = "default_policy.json"
-# Category names end up in the log's moderation column ("blocked:answer:<name>", 64 chars).
-CATEGORY_NAME: Final = r"^[a-z][a-z0-9_]{0,23}$"
 # The verdicts of recent texts, per Policy: a cache-hit workload checks the same prompts
-# (and replayed answers) again and again, about 12 µs each for a 225-character prompt
-# against well under 1 µs from the memo. Bounded: at most MEMO_ENTRIES texts of at most
+# (and replayed answers) again and again, about 75 µs of CPU each for the load test's
+# system prompt and question (loadtest/bench/moderation.py) against well under 1 µs from
+# the memo. Bounded: at most MEMO_ENTRIES texts of at most
 # MEMO_MAX_CHARS characters (16 MiB in the worst case of 4-byte characters; 4 MiB of
 # ASCII). Longer texts are checked in a thread anyway (moderation/stage.py) and rarely
 # repeat. A policy never changes once compiled (no reload: a new file means a new Policy
 # and so a new memo), so a verdict never goes stale.
 MEMO_ENTRIES: Final = 1024
 MEMO_MAX_CHARS: Final = 4096
+_TERM: Final = -1  # the rule of a plain term (near rules are numbered from 0)
 
 
 class PolicyError(ValueError):
     """The policy file is missing, not JSON, or holds an invalid term or pattern."""
-
-
-class CategoryRules(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    terms: list[str] = Field(default_factory=list)
-    patterns: list[str] = Field(default_factory=list)
-
-    @field_validator("patterns")
-    @classmethod
-    def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern {pattern!r} does not compile: {exc}") from None
-            if "(?P<" in pattern:
-                raise ValueError(f"pattern {pattern!r}: named groups are reserved")
-        return patterns
-
-
-class PolicyDocument(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: str = Field(min_length=1, max_length=64)
-    categories: dict[str, CategoryRules]
-
-    @field_validator("categories")
-    @classmethod
-    def _names(cls, categories: dict[str, CategoryRules]) -> dict[str, CategoryRules]:
-        for name in categories:
-            if not re.match(CATEGORY_NAME, name):
-                raise ValueError(f"category name {name!r} must match {CATEGORY_NAME}")
-        return categories
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,48 +49,59 @@ class Violation:
     category: str
 
 
-def _is_word(term: str) -> bool:
-    """Latin terms that start and end with a letter or digit match whole words only;
-    others (CJK ones: words are not separated there) match anywhere."""
-    return term.isascii() and term[0].isalnum() and term[-1].isalnum()
+@dataclass(frozen=True, slots=True)
+class _Use:
+    """What a term found means: a plain term of a category (``rule`` is _TERM) or a
+    group's term in a near rule. ``rank``: the category's place in the file."""
+
+    rank: int
+    rule: int
+    group: int
 
 
-def _latin_word_char(char: str) -> bool:
-    return char.isascii() and (char.isalnum() or char == "_")
+@dataclass(frozen=True, slots=True)
+class _Near:
+    rank: int
+    groups: int
+    within: int
 
-
-def _whole_word(text: str, start: int, end: int) -> bool:
-    # A Latin term beside CJK text ("看porn视频") is still a whole word.
-    before = start > 0 and _latin_word_char(text[start - 1])
-    after = end < len(text) and _latin_word_char(text[end])
-    return not before and not after
+    def matches(self, hits: list[tuple[int, int, int]]) -> bool:
+        """Whether one term of every group lies within ``within`` characters, given each
+        hit as (group, start, end). Hits are few (the rule's terms in one text): the
+        window is tried from each hit's start."""
+        if len({group for group, _, _ in hits}) < self.groups:
+            return False
+        for _, first, _ in hits:
+            last = first + self.within
+            covered = {group for group, start, end in hits if first <= start and end <= last}
+            if len(covered) == self.groups:
+                return True
+        return False
 
 
 class Policy:
-    """A compiled policy: ``violation(text)`` names the category a text falls in.
-
-    The literal terms of every category are one Aho-Corasick automaton (one pass over the
-    text, whatever the number of terms; measured in loadtest/bench/moderation.py against
-    one regular expression); each pattern is its own compiled expression.
+    """A compiled policy. The literal terms of every category and near rule are one
+    Aho-Corasick automaton (one pass over the text, whatever the number of terms), the
+    allowed phrases another; each pattern is its own compiled expression (one alternation
+    per category measured slower); a near rule is decided from the term hits.
     """
 
     def __init__(self, document: PolicyDocument) -> None:
         self.version = document.version
         self.categories = tuple(document.categories)
-        # One entry per searched string: (category, whole words only).
-        self._term_info: list[tuple[str, bool]] = []
-        searched: dict[str, int] = {}
-        for name, rules in document.categories.items():
-            for term in map(normalize, rules.terms):
-                # "sex video" also matches "sexvideo"; normalised text has single spaces.
-                for spelling in dict.fromkeys((term, term.replace(" ", ""))):
-                    if spelling and spelling not in searched:
-                        searched[spelling] = len(self._term_info)
-                        self._term_info.append((name, _is_word(spelling)))
-        self._terms = AhoCorasick(list(searched)) if searched else None
+        self._near: list[_Near] = []
+        terms: list[tuple[str, _Use]] = []
+        for rank, rules in enumerate(document.categories.values()):
+            terms += [(term, _Use(rank, _TERM, 0)) for term in rules.terms]
+            for rule in rules.near:
+                for group, members in enumerate(map(document.terms_of, rule.groups)):
+                    terms += [(term, _Use(rank, len(self._near), group)) for term in members]
+                self._near.append(_Near(rank, len(rule.groups), rule.within))
+        self._terms = TermSearch(terms)
+        self._allowed = TermSearch([(phrase, None) for phrase in document.allow])
         self._patterns = [
-            (name, re.compile(pattern))
-            for name, rules in document.categories.items()
+            (rank, re.compile(pattern))
+            for rank, rules in enumerate(document.categories.values())
             for pattern in rules.patterns
         ]
         # functools' LRU is C code and thread-safe (long texts are checked in threads);
@@ -137,26 +110,42 @@ class Policy:
 
     def violation(self, text: str) -> Violation | None:
         """The category ``text`` falls in (None: it passes), memoised for short texts."""
-        if not text or (self._terms is None and not self._patterns):
+        if not text or (not self._terms and not self._patterns):
             return None
         if len(text) <= MEMO_MAX_CHARS:
             return self._memo(text)
         return self.check(text)
 
     def check(self, text: str) -> Violation | None:
-        """``violation`` without the memo (for one-off texts: streamed windows; benchmarks)."""
+        """``violation`` without the memo (for one-off texts: streamed windows; benchmarks).
+        A text in several categories is named after the first in the file."""
+        best = len(self.categories)
         for reading in variants(text):
-            if self._terms is not None:
-                for index, start, end in self._terms.find_matches_as_indexes(
-                    reading, overlapping=True
-                ):
-                    category, whole_word = self._term_info[index]
-                    if not whole_word or _whole_word(reading, start, end):
-                        return Violation(category)
-            for category, pattern in self._patterns:
-                if pattern.search(reading):
-                    return Violation(category)
-        return None
+            best = self._best_rank(self._allowed.blank(reading), best)
+            if best == 0:
+                break
+        return Violation(self.categories[best]) if best < len(self.categories) else None
+
+    def _best_rank(self, reading: str, best: int) -> int:
+        """The rank of the first category ``reading`` falls in, if lower than ``best``."""
+        near_hits: dict[int, list[tuple[int, int, int]]] = {}
+        for use, start, end in self._terms.find(reading):
+            if use.rank >= best:
+                continue
+            if use.rule == _TERM:
+                best = use.rank
+            else:
+                near_hits.setdefault(use.rule, []).append((use.group, start, end))
+        for rank, pattern in self._patterns:  # in rank order
+            if rank >= best:
+                break
+            if pattern.search(reading):
+                best = rank
+        for rule, hits in near_hits.items():
+            near = self._near[rule]
+            if near.rank < best and near.matches(hits):
+                best = near.rank
+        return best
 
 
 def parse_policy(raw: str | bytes, source: str) -> Policy:

@@ -46,10 +46,12 @@ class ModerationSettings(BaseSettings):
 
     # Streamed answers are checked as they arrive: each check covers the new text plus
     # this many characters before it, so a term split across chunks is still seen; it
-    # must exceed the longest match a term or pattern can make (the shipped policy's
-    # longest is 25). A longer match is caught when the stream ends, where the whole
-    # answer is checked once more: the client has seen it then, but it is neither cached
-    # nor logged as passed. A larger overlap costs CPU on every streamed chunk.
+    # must exceed the longest match a term, pattern or near rule can make (the shipped
+    # policy's near rules span at most 60 characters; a few of its patterns can span
+    # more). A longer match is caught when the stream ends, where the whole answer is
+    # checked once more: the client has seen it then, but it is neither cached nor
+    # logged as passed. A larger overlap costs CPU on every streamed chunk (128 costs
+    # 1.5 times 64: loadtest/bench/moderation.py).
     stream_overlap_chars: int = Field(default=64, ge=16, le=65536)
 
     @field_validator("policy_file")
