@@ -26,12 +26,7 @@ from gateway.routes.common import (
 )
 from gateway.routes.deps import Services, context_of, services_of
 from gateway.routes.sse import ProxyStreamResponse
-from gateway.validation.parse import (
-    check_content_type,
-    parse_chat_request,
-    parse_json_object,
-    parse_vqa_body,
-)
+from gateway.validation.parse import check_content_type
 
 CHAT_COMPLETIONS: Final = "/v1/chat/completions"
 VQA: Final = "/v1/vqa"
@@ -67,10 +62,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
-    if services.parser is not None:
-        parsed = await services.parser.parse_chat(raw)
-    else:
-        parsed = await parse_chat_request(raw, services.settings)
+    parsed = await services.parser.parse_chat(raw)
     if isinstance(parsed, VQARequest):
         return await _vqa(receive, send, services, ctx, parsed)
     if parsed.stream:
@@ -101,7 +93,7 @@ async def vqa(scope: Scope, receive: Receive, send: Send) -> None:
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
-    parsed = parse_vqa_body(await parse_json_object(raw))
+    parsed = await services.parser.parse_vqa(raw)
     await _vqa(receive, send, services, ctx, parsed)
 
 
