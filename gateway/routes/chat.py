@@ -124,7 +124,18 @@ _REQUEST_ID_PARAM: Final = {
 _SSE_EVENT: Final = {
     "type": "object",
     "properties": {
-        "data": {"type": "string"},
+        "data": {
+            "type": "string",
+            "description": "A ChatCompletionChunk, an ErrorResponse, or the final [DONE].",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/ChatCompletionChunk"},
+                    {"$ref": "#/components/schemas/ErrorResponse"},
+                    {"const": "[DONE]"},
+                ]
+            },
+        },
         "event": {"type": "string"},
         "id": {"type": "string"},
         "retry": {"type": "integer"},
