@@ -12,7 +12,7 @@ from typing import Any, Final
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions.draft import CLIENT_GONE
 from gateway.middleware import request_header
 from gateway.pipeline import RequestContext
@@ -73,6 +73,8 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         def on_error(error: GatewayError) -> None:
             services.metrics.errors.labels(error.code.value).inc()
             ctx.draft.fail(error.type, error.code.value)
+            if error.code is ErrorCode.INTERNAL_ERROR:
+                ctx.draft.status = error.status  # a bug of ours, after the stream's 200
 
         def on_disconnect() -> None:
             services.metrics.client_disconnects.labels(ctx.route).inc()
