@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AsyncExitStack
 
+from gateway.children import end_with_parent
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.protocol import ChatCompletionRequest, VQARequest
@@ -96,7 +98,12 @@ class BodyParser:
         if self._executor is None:
             # spawn: a fork would copy the event loop's threads and sockets into the child.
             context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=context,
+                initializer=end_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._executor
 
     def close(self) -> None:
