@@ -287,9 +287,12 @@ class Pipeline:
             pool = self._pool.pick_pool()
             plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx), pool)
             ctx.draft.pool = pool  # a hit's row names the pool whose answer it replays
-            # Run to its end even if the client leaves meanwhile: a lease taken for this
-            # request (SET NX) is then released at once, not left to lapse.
-            lookup = await keep_going(self._cache.lookup(plan), orphan=self._release(plan))
+            lookup_call = self._cache.lookup(plan)
+            if plan.key is not None and plan.read:  # it may take a lease (SET NX): let it
+                # finish if the client leaves meanwhile; the lease is then released at once
+                lookup = await keep_going(lookup_call, orphan=self._release(plan))
+            else:
+                lookup = await lookup_call
         ctx.draft.cache = lookup.outcome
         return plan, lookup
 
