@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import ErrorCode, GatewayError
+from gateway.protocol import ChatCompletionChunk, ChatCompletionResponse
 from gateway.upstream.json_repair import StringEscaper, escape_control_characters
 from gateway.upstream.shape import Repairs, shape_completion, shape_event
 from tests.doubles.fake_worker import FakeWorker
@@ -150,6 +151,7 @@ def test_a_worker_answer_keeps_openai_fields_only() -> None:
         }
     )
     assert repaired == ["content"]
+    ChatCompletionResponse.model_validate(shaped.data)  # as documented in /openapi.json
     plain = shape_completion(json.dumps(VLLM_ANSWER).encode(), Repairs(False))
     assert plain.data["choices"][0]["message"]["content"] == '{"brand":"a\x01b"}'  # text
 
@@ -166,6 +168,7 @@ def test_a_chunk_keeps_openai_fields_only() -> None:
         "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
         "choices": [{"index": 0, "delta": {"content": "x\x02"}, "finish_reason": None}],
     }  # fmt: skip
+    ChatCompletionChunk.model_validate(shaped)
     for passed in (b"[DONE]", b'{"error": {"message": "x"}}', b"not json"):
         assert shape_event(passed, Repairs(False)) == passed
 
