@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -63,11 +64,16 @@ class CachedAnswer:
         return cls(content, finish, prompt, completion, tuple(more))
 
 
-def answer_from_completion(body: bytes) -> CachedAnswer | None:
-    """The cacheable part of a worker's non-streamed answer (every choice, each complete
-    text without tool calls or logprobs); None if it is not complete."""
+def _loaded(body: bytes | dict[str, Any]) -> Any:
+    return json.loads(body) if isinstance(body, bytes) else body
+
+
+def answer_from_completion(body: bytes | dict[str, Any]) -> CachedAnswer | None:
+    """The cacheable part of a worker's non-streamed answer, as bytes or already parsed
+    (every choice, each complete text without tool calls or logprobs); None if it is not
+    complete."""
     try:
-        completion = json.loads(body)
+        completion = _loaded(body)
         choices = sorted(completion["choices"], key=lambda choice: choice["index"])
         texts = [_complete_text(choice) for choice in choices]
         usage = completion["usage"]
@@ -134,10 +140,10 @@ class CompletionSummary:
                 for c in self.tool_calls]  # fmt: skip
 
 
-def summary_from_completion(body: bytes) -> CompletionSummary | None:
+def summary_from_completion(body: bytes | dict[str, Any]) -> CompletionSummary | None:
     """The texts, tool calls and usage of a worker's non-streamed answer, however partial."""
     try:
-        completion = json.loads(body)
+        completion = _loaded(body)
         choices = completion["choices"]
     except (ValueError, KeyError, TypeError):
         return None

@@ -155,6 +155,15 @@ class Metrics:
             "Redis circuit breaker: 0 closed, 1 open (Redis skipped), 2 half-open (probing).",
             registry=r,
         )
+        self.json_repairs = Counter(
+            "gateway_json_repairs",
+            "Answer parts that are JSON (a structured output's content, tool-call arguments) "
+            "sent with the raw control characters in their strings escaped, by part.",
+            ["part"],
+            registry=r,
+        )
+        for part in ("content", "tool_arguments"):
+            self.json_repairs.labels(part)
         self.coalesce_fallbacks = Counter(
             "gateway_coalesce_fallbacks",
             "Waiters that called a worker themselves, by reason.",

@@ -15,12 +15,10 @@ stage fills in (ctx.draft).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from gateway.admission import Admission
 from gateway.answers import (
@@ -29,6 +27,7 @@ from gateway.answers import (
     answer_from_completion,
     summary_from_completion,
 )
+from gateway.background import detach, keep_going
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.stage import (
     BYPASS,
@@ -53,6 +52,7 @@ from gateway.remote_images import RemoteImageFetcher
 from gateway.streams import ChunkStream, GapTimer, RecordingStream, ReplayStream
 from gateway.upstream.pool import WorkerPool
 from gateway.upstream.proxy import Upstream
+from gateway.upstream.shape import Repairs, ShapedStream, shape_completion
 from gateway.validation.pixels import DecodedImages
 from gateway.validation.prepare import PreparedRequest, prepare_chat, prepare_vqa, read_chat
 
@@ -99,32 +99,6 @@ def _cache_scope(ctx: RequestContext) -> str | None:
     one asked about the same photo."""
     key = ctx.admission.key if ctx.admission is not None else None
     return key.key_id if key is not None and key.private_cache else None
-
-
-# Generations that outlive their request (keep_going): referenced until done.
-_detached: set[asyncio.Task[Any]] = set()
-
-
-async def keep_going(
-    work: Coroutine[Any, Any, _R], orphan: Callable[[_R], None] | None = None
-) -> _R:
-    """Await ``work``, which runs to its end even when the caller is cancelled; then its
-    result goes to ``orphan`` (an opened stream must still be read or closed)."""
-    task = asyncio.ensure_future(work)
-    _detached.add(task)
-    task.add_done_callback(_detached.discard)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if orphan is not None:
-            task.add_done_callback(partial(_hand_over, orphan))
-        raise
-
-
-def _hand_over(orphan: Callable[[_R], None], task: asyncio.Future[_R]) -> None:
-    if not task.cancelled() and task.exception() is None:
-        orphan(task.result())
 
 
 class Pipeline:
@@ -190,11 +164,12 @@ class Pipeline:
                 if answer is not None:
                     self._note_answer(ctx, answer)
                 self._note_summary(ctx, recording.recorder.summary())
-                await self._complete(plan, lookup, self._storable(ctx, plan, answer))
+                await self._complete(plan, lookup, self._storable(ctx, plan, prepared, answer))
 
             recording = RecordingStream(
-                upstream, prepared.client_wants_usage, on_end, guard, finish_on_close=leads
-            )
+                ShapedStream(upstream, self._repairs(prepared)),
+                prepared.client_wants_usage, on_end, guard, finish_on_close=leads,
+            )  # fmt: skip
             return recording
 
         opening = self._forward(plan, lookup, worker)
@@ -312,17 +287,37 @@ class Pipeline:
             pool = self._pool.pick_pool()
             plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx), pool)
             ctx.draft.pool = pool  # a hit's row names the pool whose answer it replays
-            lookup = await self._cache.lookup(plan)
+            lookup_call = self._cache.lookup(plan)
+            if plan.key is not None and plan.read:  # it may take a lease (SET NX): let it
+                # finish if the client leaves meanwhile; the lease is then released at once
+                lookup = await keep_going(lookup_call, orphan=self._release(plan))
+            else:
+                lookup = await lookup_call
         ctx.draft.cache = lookup.outcome
         return plan, lookup
 
-    @staticmethod
     def _storable(
-        ctx: RequestContext, plan: CachePlan, answer: CachedAnswer | None
-    ) -> CachedAnswer | None:
-        """An answer from another pool than the key's (a retry moved it) is not stored:
-        its checkpoint may not be the one the key names."""
-        return None if plan.pool is not None and ctx.draft.pool != plan.pool else answer
+        self, ctx: RequestContext, plan: CachePlan, prepared: PreparedRequest,
+        answer: CachedAnswer | None,
+    ) -> CachedAnswer | None:  # fmt: skip
+        """Only under the checkpoint of the worker that produced it: the key names one,
+        and a retry, a fallback pool or a rolling update may have sent it to another."""
+        worker = ctx.draft.worker_id or ""
+        same = self._pool.root_of(worker, prepared.model) == plan.checkpoint
+        return answer if same else None
+
+    def _release(self, plan: CachePlan) -> Callable[[Lookup], None]:
+        """For a lookup whose request is gone: give up the lead it won, if it won one."""
+
+        def release(lookup: Lookup) -> None:
+            if lookup.lead is not None:
+                detach(self._complete(plan, lookup, None))
+
+        return release
+
+    def _repairs(self, prepared: PreparedRequest) -> Repairs:
+        count = self._metrics.json_repairs
+        return Repairs(prepared.features.structured, lambda part: count.labels(part).inc())
 
     async def _complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
         if self._cache is not None:
@@ -370,28 +365,33 @@ class Pipeline:
             affinity_key=_affinity_key(prepared),
             pool=plan.pool,
         )
-        body = await self._forward(plan, lookup, worker)
-        answer = answer_from_completion(body)
-        if answer is not None:
-            self._note_answer(ctx, answer)
-        summary = summary_from_completion(body)
-        if summary is not None:
-            self._note_summary(ctx, summary)
-        # A refused answer is never cached; a coalescing leader shares it with its waiters
-        # as it is (their own answer checks refuse it again, and nobody generates it twice).
-        # Every choice and tool call is checked, each on its own.
+        raw = await self._forward(plan, lookup, worker)
+        completed = False  # the plan released, whatever happens below (a lead never lingers)
         try:
-            for text in summary.checked_texts() if summary is not None else ():
-                await self._moderate_answer(ctx, text)
-        except GatewayError:
-            if self._cache is not None:
-                await self._cache.complete(plan, lookup, answer, refused=True)
-            raise
-        except BaseException:
-            await self._complete(plan, lookup, None)
-            raise
-        await self._complete(plan, lookup, self._storable(ctx, plan, answer))
-        return body
+            shaped = shape_completion(raw, self._repairs(prepared))  # 502 if malformed
+            answer = answer_from_completion(shaped.data)
+            if answer is not None:
+                self._note_answer(ctx, answer)
+            summary = summary_from_completion(shaped.data)
+            if summary is not None:
+                self._note_summary(ctx, summary)
+            # A refused answer is never cached; a coalescing leader shares it with its
+            # waiters as it is (their own answer checks refuse it again, and nobody
+            # generates it twice). Every choice and tool call is checked on its own.
+            try:
+                for text in summary.checked_texts() if summary is not None else ():
+                    await self._moderate_answer(ctx, text)
+            except GatewayError:
+                if self._cache is not None:
+                    completed = True
+                    await self._cache.complete(plan, lookup, answer, refused=True)
+                raise
+            completed = True
+            await self._complete(plan, lookup, self._storable(ctx, plan, prepared, answer))
+            return shaped.body
+        finally:
+            if not completed:
+                await self._complete(plan, lookup, None)
 
     # -- the interaction draft ----------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 Requests are strict (no type coercion, unknown fields rejected) because the gateway
 forwards only what it has validated: a field we do not know could change what the worker
 does (sampling, guided decoding, processor kwargs) without passing our limits. Responses
-come from the worker and are modelled loosely (extra fields allowed) for the OpenAPI spec.
+are OpenAI's shape exactly (no other field): what every answer, fresh or replayed, holds.
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ INT64_MAX = 2**63 - 1
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="allow")
 
 
 # --- chat completions: request -------------------------------------------------------------
@@ -193,33 +189,104 @@ class VQAResponse(BaseModel):
     text: str
 
 
-# --- chat completions: response (as the worker sends it) -----------------------------------
+# --- chat completions: response ---------------------------------------------------------
+# OpenAI's shape, and nothing else: the worker's own fields are dropped and optional fields
+# are left out unless set (gateway/upstream/shape.py); a replay has the same shape.
 
 
-class ResponseMessage(_Loose):
-    role: str
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-class ChatCompletionChoice(_Loose):
+class ResponseFunction(_Answer):
+    name: str
+    arguments: str = Field(description="JSON text, as the model wrote it.")
+
+
+class ResponseToolCall(_Answer):
+    id: str
+    type: Literal["function"]
+    function: ResponseFunction
+
+
+class ResponseMessage(_Answer):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = Field(
+        default=None, description="Only when the model called tools."
+    )
+
+
+class TopLogprob(_Answer):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(_Answer):
+    content: list[TokenLogprob]
+
+
+class ChatCompletionChoice(_Answer):
     index: int
     message: ResponseMessage
-    finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = Field(default=None, description="Only with logprobs.")
+    finish_reason: str | None
 
 
-class Usage(_Loose):
+class Usage(_Answer):
     prompt_tokens: int
-    completion_tokens: int | None = None
+    completion_tokens: int
     total_tokens: int
 
 
-class ChatCompletionResponse(_Loose):
+class ChatCompletionResponse(_Answer):
     id: str
-    object: str
+    object: Literal["chat.completion"]
     created: int
     model: str
     choices: list[ChatCompletionChoice]
+    usage: Usage | None = None
+
+
+class ChunkToolCallFunction(_Answer):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkToolCall(_Answer):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChunkToolCallFunction | None = None
+
+
+class ChunkDelta(_Answer):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
+
+
+class ChunkChoice(_Answer):
+    index: int
+    delta: ChunkDelta
+    logprobs: ChoiceLogprobs | None = Field(default=None, description="Only with logprobs.")
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(_Answer):
+    """One server-sent event of a streamed answer; the last before [DONE] carries the
+    usage alone (no choices) when stream_options.include_usage is true."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
     usage: Usage | None = None
 
 

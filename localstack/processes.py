@@ -50,6 +50,9 @@ class LocalProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Stop it and its whole tree: SIGTERM (it stops its own children), then SIGKILL
+        for whatever is left of the tree it had."""
+        descendants = identities(process_tree(self.process.pid)[1:])
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -57,6 +60,7 @@ class LocalProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        end_processes(descendants, timeout)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -81,6 +85,37 @@ def process_tree(pid: int) -> list[int]:
         found.append(current)
         todo += children.get(current, [])
     return found
+
+
+def _started(pid: int) -> str | None:
+    """When a running process started (its identity beside a pid the system may reuse);
+    None when it has ended (a zombie has)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def identities(pids: list[int]) -> dict[int, str]:
+    """The running ones of ``pids``, each with when it started."""
+    return {pid: when for pid in pids if (when := _started(pid)) is not None}
+
+
+def end_processes(started: dict[int, str], timeout: float = 30.0) -> None:
+    """SIGTERM the processes (``identities``) still running, then SIGKILL those left after
+    ``timeout``; a pid the system gave to a new process meanwhile is left alone."""
+
+    def left() -> list[int]:
+        return [pid for pid, when in started.items() if _started(pid) == when]
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in left():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def signal_tree(process: LocalProcess, sig: signal.Signals) -> None:

@@ -27,6 +27,13 @@ from worker.profiles import PROFILES, REPO_ROOT
 IMAGES = REPO_ROOT / "deploy" / "images"
 GATEWAY_PY = str(REPO_ROOT / ".venv" / "bin" / "python")
 WORKER_PY = str(REPO_ROOT / ".venv-worker" / "bin" / "python")
+# PID 1 of a container, installed from the base image's packages; a machine has its own
+# init, and `make up` its own process groups (deploy/local/processes.sh).
+IMAGE_ONLY_RUN = (
+    "apt-get update -qq && apt-get install -y -qq --no-install-recommends tini"
+    " && rm -rf /var/lib/apt/lists/*"
+)
+TINI = ["/usr/bin/tini", "--"]
 PLAYED_BY = {
     "gateway.Dockerfile": GATEWAY_PY,
     "worker-cpu.Dockerfile": WORKER_PY,
@@ -124,7 +131,11 @@ def test_every_run_line_is_a_make_install_step_and_runs_here(name: str, tmp_path
             (context / source).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, context / source)
     makefile = _makefile_commands()
+    assert dockerfile.runs.count(IMAGE_ONLY_RUN) == 1, f"{name}: no init (tini) as PID 1"
+    assert dockerfile.entrypoint == TINI, name
     for run in dockerfile.runs:
+        if run == IMAGE_ONLY_RUN:
+            continue
         # `pip install -r requirements.lock` is make install's `-r requirements-dev.lock`
         # minus the dev tools: the same command on the runtime half of the same lock.
         # The image installs the project itself as make install does, less the -e.
@@ -164,7 +175,7 @@ def test_base_images_are_pinned_and_vllm_matches_the_cpu_build() -> None:
     assert cpu_pin is not None
     assert gpu.endswith(f":v{cpu_pin.group(1)}")
     # vLLM's image starts `vllm serve` by itself: ours must replace its entrypoint.
-    assert parse(IMAGES / "worker-gpu.Dockerfile").entrypoint == []
+    assert parse(IMAGES / "worker-gpu.Dockerfile").entrypoint == TINI
 
 
 @pytest.mark.parametrize("profile", ["gpu-bf16", "gpu-fp8", "gpu-awq", "cpu-tiny"])

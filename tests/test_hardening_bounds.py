@@ -22,7 +22,7 @@ from gateway.protocol import ChatCompletionRequest
 from gateway.ratelimit import estimate_tokens
 from gateway.validation import bounds, parse, prepare
 from gateway.validation.bounds import heavy_work
-from gateway.validation.offload import PROCESS_BODY_BYTES, BodyParser
+from gateway.validation.offload import BodyParser
 from gateway.validation.parse import parse_chat_request
 from gateway.validation.prepare import prepare_chat
 from tests.doubles.fake_worker import FakeWorker
@@ -31,6 +31,8 @@ from tests.support.requests import MODEL, chat_body, image_chat_body
 from tests.support.servers import gateway_settings, run_gateway
 
 CHAT = "/v1/chat/completions"
+# A body over this size holds at least one photo's worth of base64 (the photo tests below).
+PROCESS_BODY_BYTES = 1024 * 1024
 # The production limits (tests/support/servers.py lowers the body and prompt limits).
 PRODUCTION = {"max_body_bytes": 16 * 1024 * 1024, "max_prompt_chars": 16_000}
 SETTINGS = gateway_settings("http://127.0.0.1:1", **PRODUCTION)
@@ -268,3 +270,75 @@ def test_a_photo_body_is_parsed_on_the_loop_and_a_huge_one_in_a_thread() -> None
     photo = json.dumps(image_chat_body(data_uri(image_bytes("JPEG", (640, 480))))).encode()
     assert not bounds.heavy_body(photo)
     assert bounds.heavy_body(photo + b" " * bounds.THREAD_BODY_BYTES)
+
+
+# --- every endpoint parses through the one parser, which follows the value count -------------
+
+
+def _many_values(body: dict[str, Any], count: int) -> bytes:
+    """``body`` plus ``count`` empty arrays: 3 bytes a value, about 1 MB for 350,000."""
+    return json.dumps({**body, "x": [[]] * count}, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "place"),
+    [
+        (_many_values({}, 340_000), "process"),  # under 1 MiB: its values decide
+        (_many_values({}, bounds.PROCESS_BODY_VALUES + 2), "process"),  # n - 1 commas
+        (_many_values({}, bounds.PROCESS_BODY_VALUES - 8), "loop"),  # 12 KB, no object
+        (json.dumps(_empty_messages(200)).encode(), "thread"),
+        (json.dumps(image_chat_body("x", data_uri(noise_png(700)))).encode(), "thread"),
+        (json.dumps(chat_body("hello")).encode(), "loop"),
+    ],
+)
+def test_where_a_body_is_parsed_follows_its_values_then_its_size(raw: bytes, place: str) -> None:
+    assert bounds.body_place(raw) == place
+
+
+def _parent_parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the bodies this process (not the parser's child) turns into JSON."""
+    sizes: list[int] = []
+    real = parse.load_json_object
+
+    def recording(raw: bytes) -> dict[str, Any]:
+        sizes.append(len(raw))
+        return real(raw)
+
+    monkeypatch.setattr(parse, "load_json_object", recording)
+    return sizes
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # The simple shape's own endpoint parsed every body in a thread (5 s for 16 MB).
+        ("/v1/vqa", {"image": "x", "prompt": "y"}),
+        # Under 1 MiB, the chat endpoint kept 350,000 values in a thread (0.5 s for 350,000).
+        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+    ],
+)
+async def test_every_endpoint_parses_a_body_of_many_values_in_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+    fake_worker: FakeWorker,
+    http: httpx.AsyncClient,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    parents = _parent_parses(monkeypatch)
+    raw = _many_values(body, 340_000)
+    assert len(raw) < PROCESS_BODY_BYTES
+    async with run_gateway(fake_worker.url, **PRODUCTION) as url:
+        headers = {"Content-Type": "application/json"}
+        refused = await http.post(url + path, content=raw, headers=headers, timeout=120)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == {
+            "message": "'x' is not a supported parameter.",
+            "type": "invalid_request_error",
+            "param": "x",
+            "code": "unsupported_parameter",
+        }
+        assert len(raw) not in parents  # the child parsed it; the replica's loop stayed free
+        small = json.dumps({**body, "x": [[]] * 8}).encode()
+        again = await http.post(url + path, content=small, headers=headers)
+        assert again.json()["error"]["code"] == "unsupported_parameter"
+        assert len(small) in parents  # a small body stays in the replica: no trip for it

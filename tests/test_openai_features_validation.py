@@ -291,6 +291,20 @@ def test_detail_low_keeps_the_aspect_on_the_token_grid() -> None:
     assert apply_detail(small, "low", 512 * 512, IMAGE_LIMITS, "image") is small
 
 
+def test_detail_low_refuses_a_corrupt_image_with_our_400() -> None:
+    """Shrinking is the image's first decode: a truncated JPEG over the budget was an
+    OSError there, a 500 and a stack trace on every such request."""
+    photo = _jpeg(1024, 768)
+    header_only = ImageLimits(max_pixels=IMAGE_LIMITS.max_pixels, verify_decode=False)
+    broken = check_image(data_uri(photo[: len(photo) // 2], "image/jpeg"), header_only)
+    with pytest.raises(GatewayError) as refused:
+        apply_detail(broken, "low", 512 * 512, IMAGE_LIMITS, "messages[0].content[0]")
+    assert (refused.value.code, refused.value.param) == (
+        ErrorCode.INVALID_IMAGE,
+        "messages[0].content[0]",
+    )
+
+
 def _jpeg(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.linear_gradient("L").resize((width, height)).save(out, "JPEG")

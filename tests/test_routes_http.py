@@ -6,16 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from gateway.interactions import InteractionLogSettings
 from gateway.protocol import ErrorResponse
+from gateway.streams import AnswerRecorder
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.bad_requests import MARKER, BadCase, bad_cases
 from tests.support.images import b64, image_bytes
+from tests.support.mariadb import logged_rows
 from tests.support.metrics import scrape, total
 from tests.support.requests import MODEL, chat_body, vqa_body
 from tests.support.servers import TEST_LIMITS, run_gateway
@@ -282,3 +288,48 @@ async def test_openapi_declares_bodies_errors_and_limits(
     assert {"type": "integer", "minimum": 1, "maximum": TEST_LIMITS["max_tokens_cap"]} in max_tokens
     assert schemas["ChatCompletionRequest"]["additionalProperties"] is False
     assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
+
+
+async def test_a_bug_mid_stream_is_logged_as_our_server_error(
+    fake_worker: FakeWorker,
+    log_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception that is not a GatewayError, raised after the stream's 200: the client
+    gets our error event and [DONE], the log row and the gateway's log name a server error
+    (it was logged as a client that left, status 200)."""
+    real = AnswerRecorder.observe
+
+    def broken(self: AnswerRecorder, data: bytes) -> bool:
+        if b'"t1"' in data:  # the fake worker's second chunk
+            raise RuntimeError("a bug")
+        return real(self, data)
+
+    monkeypatch.setattr(AnswerRecorder, "observe", broken)
+    log = InteractionLogSettings(
+        database_url=SecretStr(log_database_url), spool_path=tmp_path / "spool.jsonl",
+        flush_interval_s=0.05,
+    )  # fmt: skip
+    request_id = f"bug-{uuid.uuid4().hex}"
+    async with run_gateway(fake_worker.url, log=log) as url:
+        stream = await read_stream_with_id(url, chat_body("x", stream=True), request_id)
+    assert stream[-1] == "[DONE]"
+    assert json.loads(stream[-2])["error"]["code"] == "internal_error"
+    (row,) = await asyncio.to_thread(logged_rows, log_database_url, request_id)
+    assert (row["status_code"], row["error_type"], row["error_code"]) == (
+        500, "server_error", "internal_error",
+    )  # fmt: skip
+    assert "RuntimeError: a bug" in caplog.text
+
+
+async def read_stream_with_id(url: str, body: dict[str, Any], request_id: str) -> list[str]:
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream(
+            "POST", url + "/v1/chat/completions", json=body, headers={"X-Request-ID": request_id}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        return [line[6:] async for line in response.aiter_lines() if line.startswith("data: ")]

@@ -240,3 +240,31 @@ async def test_uncacheable_requests_keep_the_exact_shares() -> None:
                 response = await http.post(url + CHAT, json=body)
                 assert response.headers["X-Cache"] == "bypass"
     assert (len(stable.requests), len(canary.requests)) == (9, 3)
+
+
+async def test_an_answer_is_stored_only_under_the_checkpoint_that_produced_it() -> None:
+    """A rolling BF16 -> FP8 update under one model name: one pool, two checkpoints. The
+    key names the first worker's; an answer from the other worker is served, not stored."""
+    bf16, fp8 = RootedWorker(root="/models/bf16"), RootedWorker(root="/models/fp8")
+    prompt = f"rolling update {uuid.uuid4().hex[:8]}"
+    bf16.scripts[prompt] = "fake:say:from-bf16"
+    fp8.scripts[prompt] = "fake:say:from-fp8"
+    async with serve(bf16.app()) as bf16.url, serve(fp8.app()) as fp8.url:
+        namespace = f"rolling-{uuid.uuid4().hex[:10]}"
+        async with (
+            run_gateway(bf16.url, fp8.url, cache_enabled=True, cache_namespace=namespace,
+                        redis_socket_timeout_s=2) as url,
+            httpx.AsyncClient(timeout=30) as http,
+        ):  # fmt: skip
+            # Least-loaded with ties in turn: this one goes to the first worker, so the
+            # next goes to the second.
+            await http.post(url + CHAT, json=chat_body("warm-up", temperature=0.7))
+            answers = []
+            for _ in range(4):
+                body = chat_body(prompt, temperature=0, max_tokens=8)
+                response = await http.post(url + CHAT, json=body)
+                content = response.json()["choices"][0]["message"]["content"]
+                answers.append((response.headers["X-Cache"], content))
+    assert answers[0] == ("miss", "from-fp8")  # the other checkpoint: served, not stored
+    assert {content for cache, content in answers if cache == "hit"} == {"from-bf16"}
+    assert len(fp8.requests) == 1

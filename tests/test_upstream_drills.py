@@ -8,9 +8,11 @@ the SIGKILL drill last.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +21,8 @@ import pytest
 from localstack.processes import (
     LocalProcess,
     StartError,
+    identities,
+    process_tree,
     signal_tree,
     start_gateway,
     start_worker,
@@ -168,8 +172,14 @@ async def test_worker_sigkill_under_load_costs_no_unstarted_request(
 
             clients = [asyncio.create_task(loop(stream=i % 2 == 0)) for i in range(6)]
             await asyncio.sleep(1.5)
-            signal_tree(second_worker, signal.SIGKILL)
+            # The API server alone, as a crash takes it: its engine core and that core's
+            # worker (2 GB) must end with it, not live on as orphans (issue 25).
+            launcher = second_worker.process.pid
+            engine = identities(process_tree(launcher)[1:])
+            (server,) = [pid for pid in engine if _parent(pid) == launcher]
+            os.kill(server, signal.SIGKILL)
             await asyncio.gather(*clients)
+        await _all_end(engine)
         # Every non-streamed request, and every stream that had not started, succeeded:
         # only a stream cut after its first byte may end in an error event (status 200).
         assert [r for r in results if r[0] != 200] == []
@@ -182,3 +192,17 @@ async def test_worker_sigkill_under_load_costs_no_unstarted_request(
         )
     finally:
         gateway.stop()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+async def _all_end(processes: dict[int, str], timeout_s: float = 60.0) -> None:
+    """Each of ``processes`` (``identities``) ends within ``timeout_s``."""
+    for _ in range(int(timeout_s / 0.2)):
+        left = identities(list(processes))
+        if not any(processes[pid] == when for pid, when in left.items()):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"still running: {sorted(left)}")

@@ -3,7 +3,9 @@
 The launcher does not serve anything itself: it translates the profile into
 arguments and environment, starts the server as a child process, sends the
 warm-up request, writes the ready file, and forwards signals so that SIGTERM
-gives vLLM its graceful shutdown.
+gives vLLM its graceful shutdown. Every process it starts, and every process those
+start, ends when its parent ends (``WORKER_PARENT_PID``, worker/boot/sitecustomize.py):
+a crashed launcher or API server leaves no engine behind.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ from worker import readiness
 from worker.profiles import TINY_MODEL_DIR, Profile, server_args, server_env
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+# Read by worker/boot/sitecustomize.py in each process below the launcher: its parent's pid.
+PARENT_ENV = "WORKER_PARENT_PID"
+
+
+def child_env(profile: Profile, api_key: str | None) -> dict[str, str]:
+    """The environment of the processes the launcher starts: its own, the profile's, and
+    the parent each of them watches (this process)."""
+    env = {**os.environ, **server_env(profile, api_key), PARENT_ENV: str(os.getpid())}
+    env.pop("WORKER_API_KEY", None)
+    return env
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ def ensure_tiny_model(profile: Profile) -> None:
     if not tiny_model.is_built(TINY_MODEL_DIR):
         print(f"[worker] building the tiny test model in {TINY_MODEL_DIR}", flush=True)
         # A child process, so that the torchvision shim applies (see worker/boot).
-        env = {**os.environ, **server_env(profile, None)}
+        env = child_env(profile, None)
         subprocess.run(
             [sys.executable, "-m", "worker.tiny_model", str(TINY_MODEL_DIR)],
             check=True,
@@ -73,8 +85,7 @@ def run(profile: Profile, options: LaunchOptions, server_command: list[str] | No
     if server_command is None:
         ensure_tiny_model(profile)
         server_command = command(profile, options)
-    env = {**os.environ, **server_env(profile, options.api_key)}
-    env.pop("WORKER_API_KEY", None)
+    env = child_env(profile, options.api_key)
     print(f"[worker] profile {profile.name}: {' '.join(server_command)}", flush=True)
     server = subprocess.Popen(server_command, env=env)
 

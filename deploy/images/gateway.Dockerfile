@@ -10,6 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
+# tini is PID 1: it passes signals on to our process and reaps whatever ends under it
+# (the processes we start end with their parent: gateway/children.py, worker/boot/).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY requirements.lock ./
 RUN python3 -m pip install -q -r requirements.lock
@@ -27,4 +30,5 @@ COPY --chown=10001:10001 deploy/images/spool-dir/ /var/spool/vlm-serve/
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["python3", "-m", "gateway", "--host", "0.0.0.0", "--port", "8000", "--drain-delay", "5", "--graceful-timeout", "30"]

@@ -14,6 +14,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/cache \
     HF_HOME=/cache/huggingface
 
+# tini is PID 1: it passes signals on to our process and reaps whatever ends under it
+# (the processes we start end with their parent: gateway/children.py, worker/boot/).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY worker/requirements.lock worker/requirements.lock
 # --no-deps: the lock is the complete, tested set (see worker/requirements.txt).
@@ -23,4 +26,5 @@ RUN PYTHONPATH=worker/boot python3 -m worker.tiny_model --force .models/tiny-qwe
 
 USER 10001:10001
 EXPOSE 8000
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["python3", "-m", "worker", "serve", "--profile", "cpu-tiny", "--host", "0.0.0.0", "--port", "8000"]

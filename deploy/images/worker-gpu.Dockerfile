@@ -13,6 +13,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/cache \
     HF_HOME=/cache/huggingface
 
+# tini is PID 1: it passes signals on to our process and reaps whatever ends under it
+# (the processes we start end with their parent: gateway/children.py, worker/boot/).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 # The launcher needs only the standard library and vLLM; the torchvision shim in
 # worker/boot/ steps aside beside CUDA torch.
@@ -20,7 +23,7 @@ COPY worker ./worker
 
 USER 10001:10001
 EXPOSE 8000
-# vLLM's image starts `vllm serve`; ours starts the launcher, which starts vLLM's server,
-# sends the warm-up request and writes the ready file.
-ENTRYPOINT []
+# vLLM's image starts `vllm serve`; ours starts the launcher (under tini), which starts
+# vLLM's server, sends the warm-up request and writes the ready file.
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["python3", "-m", "worker", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -40,10 +40,17 @@ mkdir -p "$LOG_DIR" "$PID_DIR"
 
 source deploy/local/processes.sh
 
-wait_for() {  # description, command...: poll until the command succeeds
-  local what=$1; shift
-  local deadline=$((SECONDS + STARTUP_TIMEOUT))
+wait_for() {  # description, command...: poll until the command succeeds; fail at once
+  local what=$1; shift  # when a process started by `up` exits meanwhile
+  local deadline=$((SECONDS + STARTUP_TIMEOUT)) name
   until "$@" >/dev/null 2>&1; do
+    for name in "${STARTED[@]}"; do
+      if ! running "$name"; then
+        exited "$name"
+        echo "make up failed waiting for $what (\`make down\` stops the rest)" >&2
+        return 1
+      fi
+    done
     if (( SECONDS > deadline )); then echo "timed out waiting for $what" >&2; return 1; fi
     sleep 1
   done

@@ -43,8 +43,11 @@ class CachePlan:
     # malformed one is served as it is, never replayed).
     json_answer: bool = False
     # The worker pool the key's checkpoint is taken from (canary rollouts): the request is
-    # sent there, and an answer from another pool is not stored under this key.
+    # sent there.
     pool: str | None = None
+    # The checkpoint (vLLM's `root`) the key names: only an answer from a worker serving
+    # it is stored under the key.
+    checkpoint: str | None = None
 
 
 NO_CACHE: Final = CachePlan(None, read=False, write=False)
@@ -113,6 +116,7 @@ class CacheStage:
             directives.write,
             json_answer=prepared.features.structured,
             pool=pool,
+            checkpoint=checkpoint,
         )
 
     async def lookup(self, plan: CachePlan) -> Lookup:

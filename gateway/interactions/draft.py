@@ -47,6 +47,9 @@ class InteractionDraft:
     request_metadata: dict[str, str] | None = None
     request_options: dict[str, Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    # The status to log when it is not the one sent: a stream our own bug broke after its
+    # 200 was sent is logged as the server error it is.
+    status: int | None = None
 
     def fail(self, error_type: str, error_code: str) -> None:
         if self.error_code is None:

@@ -110,7 +110,7 @@ class InteractionLogMiddleware:
                 _note_error_body(draft, bytes(error_body))
             elif not finished:
                 draft.fail("client_error", CLIENT_GONE)
-            self.sink.submit(self._record(scope, draft, status, received_ms))
+            self.sink.submit(self._record(scope, draft, draft.status or status, received_ms))
             if self.metrics is not None:
                 self._observe(scope["path"], draft, status, finished, started)
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions.draft import CLIENT_GONE
 from gateway.middleware import request_header
 from gateway.pipeline import RequestContext
@@ -26,12 +26,7 @@ from gateway.routes.common import (
 )
 from gateway.routes.deps import Services, context_of, services_of
 from gateway.routes.sse import ProxyStreamResponse
-from gateway.validation.parse import (
-    check_content_type,
-    parse_chat_request,
-    parse_json_object,
-    parse_vqa_body,
-)
+from gateway.validation.parse import check_content_type
 
 CHAT_COMPLETIONS: Final = "/v1/chat/completions"
 VQA: Final = "/v1/vqa"
@@ -67,10 +62,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
-    if services.parser is not None:
-        parsed = await services.parser.parse_chat(raw)
-    else:
-        parsed = await parse_chat_request(raw, services.settings)
+    parsed = await services.parser.parse_chat(raw)
     if isinstance(parsed, VQARequest):
         return await _vqa(receive, send, services, ctx, parsed)
     if parsed.stream:
@@ -81,6 +73,8 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         def on_error(error: GatewayError) -> None:
             services.metrics.errors.labels(error.code.value).inc()
             ctx.draft.fail(error.type, error.code.value)
+            if error.code is ErrorCode.INTERNAL_ERROR:
+                ctx.draft.status = error.status  # a bug of ours, after the stream's 200
 
         def on_disconnect() -> None:
             services.metrics.client_disconnects.labels(ctx.route).inc()
@@ -101,7 +95,7 @@ async def vqa(scope: Scope, receive: Receive, send: Send) -> None:
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
-    parsed = parse_vqa_body(await parse_json_object(raw))
+    parsed = await services.parser.parse_vqa(raw)
     await _vqa(receive, send, services, ctx, parsed)
 
 
@@ -132,7 +126,18 @@ _REQUEST_ID_PARAM: Final = {
 _SSE_EVENT: Final = {
     "type": "object",
     "properties": {
-        "data": {"type": "string"},
+        "data": {
+            "type": "string",
+            "description": "A ChatCompletionChunk, an ErrorResponse, or the final [DONE].",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/ChatCompletionChunk"},
+                    {"$ref": "#/components/schemas/ErrorResponse"},
+                    {"const": "[DONE]"},
+                ]
+            },
+        },
         "event": {"type": "string"},
         "id": {"type": "string"},
         "retry": {"type": "integer"},

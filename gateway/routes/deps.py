@@ -28,8 +28,9 @@ class Services:
     metrics: Metrics
     pool: WorkerPool
     pipeline: Pipeline
-    # Parses very large bodies in a process of its own (validation/offload.py).
-    parser: BodyParser | None = None
+    # Every endpoint's body parser: bodies of many values in a process of its own
+    # (validation/offload.py).
+    parser: BodyParser
 
 
 def services_of(scope: Scope) -> Services:

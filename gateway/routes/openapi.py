@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from gateway.config import Settings
 from gateway.protocol import (
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     VQARequest,
@@ -27,7 +28,11 @@ from gateway.routes.chat import OPERATIONS
 
 _BODY_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionRequest, VQARequest)
 # ErrorResponse comes with FastAPI's own routes (/v1/models declares its errors).
-_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionResponse, VQAResponse)
+_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    ChatCompletionResponse,
+    ChatCompletionChunk,
+    VQAResponse,
+)
 
 
 def openapi_builder(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:

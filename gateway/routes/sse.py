@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.errors import ErrorCode, GatewayError
 from gateway.routes.common import wait_for_disconnect
 from gateway.streams import ChunkStream
 
 _DONE = b"data: [DONE]\n\n"
+log = logging.getLogger("gateway")
 # Proxies in front (nginx) must pass events on at once, whatever their buffering default.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -22,7 +24,9 @@ class ProxyStreamResponse(StreamingResponse):
 
     Unlike Starlette's StreamingResponse it always closes the upstream stream, also when the
     client leaves while a chunk is being sent; that close is what aborts the worker's
-    request. Errors after the start become an SSE error event in the usual error shape.
+    request. Errors after the start become an SSE error event in the usual error shape;
+    an exception that is not one of ours is a bug: logged with its trace, and reported
+    (``on_error``) as our internal error, never taken for a client that left.
     """
 
     def __init__(
@@ -60,7 +64,12 @@ class ProxyStreamResponse(StreamingResponse):
         try:
             async for chunk in self._stream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except GatewayError as error:
+        except Exception as exc:
+            if isinstance(exc, GatewayError):
+                error = exc
+            else:
+                log.exception("the stream failed after its start")
+                error = GatewayError(ErrorCode.INTERNAL_ERROR, "Internal error.")
             self._on_error(error)
             body = error.sse_event() + _DONE
             await send({"type": "http.response.body", "body": body, "more_body": True})

@@ -328,6 +328,12 @@ class WorkerPool:
                     return root
         return ""
 
+    def root_of(self, url: str, model: str) -> str | None:
+        """The checkpoint the worker at ``url`` serves under a model name (as model_root
+        gives it: empty when it has not said); None for a worker no longer in the pool."""
+        worker = next((w for w in self.workers if w.url == url), None)
+        return None if worker is None else worker.roots.get(model) or ""
+
     def model_ids(self) -> frozenset[str]:
         return frozenset(str(card.get("id")) for w in self.workers for card in w.models)
 

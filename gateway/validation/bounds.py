@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
@@ -47,6 +47,13 @@ MESSAGE_OVERHEAD_CHARS: Final = TEXT_BYTES_PER_TOKEN * MESSAGE_OVERHEAD_TOKENS
 # strings only over-count, which costs a thread hop, never a stall).
 THREAD_BODY_BYTES: Final = 256 * 1024
 THREAD_BODY_OBJECTS: Final = 64
+# A thread does not help a parse that holds the GIL, and JSON values cost it about 1 us
+# each (350,000 empty arrays in 1 MB: 0.6 s): a body of more values than this goes to the
+# child process (offload.py), whatever its size. Values are counted by their commas (only
+# commas separate array items and object members; those in strings over-count, which
+# costs a trip to the child, never a stall). A 2,048-message conversation (the limit) has
+# about 6,000; a photo's body a handful.
+PROCESS_BODY_VALUES: Final = 4096
 THREAD_MESSAGES: Final = 32  # validation, model_dump, encoding, canonical key per message
 THREAD_TEXT_CHARS: Final = 64 * 1024
 # An image's checks on a cache hit: strict base64 decoding (pybase64: 0.05 us per KB of
@@ -106,6 +113,16 @@ def check_counts(data: dict[str, Any], settings: Settings) -> None:
 def heavy_body(raw: bytes) -> bool:
     """Whether parsing and validating ``raw`` belongs in a thread."""
     return len(raw) > THREAD_BODY_BYTES or _holds_more_than(raw, b"{", THREAD_BODY_OBJECTS)
+
+
+BodyPlace = Literal["loop", "thread", "process"]
+
+
+def body_place(raw: bytes) -> BodyPlace:
+    """Where parsing and validating ``raw`` runs: by its values first, then its size."""
+    if len(raw) > PROCESS_BODY_VALUES and _holds_more_than(raw, b",", PROCESS_BODY_VALUES):
+        return "process"
+    return "thread" if heavy_body(raw) else "loop"
 
 
 def _holds_more_than(raw: bytes, char: bytes, limit: int) -> bool:

@@ -17,6 +17,7 @@ import math
 
 from PIL import Image
 
+from gateway.errors import ErrorCode, GatewayError
 from gateway.images import CheckedImage, ImageLimits, check_image_bytes
 
 _GRID = 32  # Qwen3-VL: 16-pixel patches merged 2 x 2 per token
@@ -34,13 +35,25 @@ def low_detail_size(width: int, height: int, budget: int) -> tuple[int, int]:
 def apply_detail(
     image: CheckedImage, detail: str | None, budget: int, limits: ImageLimits, param: str
 ) -> CheckedImage:
-    """The image a worker gets for this ``detail`` (runs in the preparation's thread)."""
+    """The image a worker gets for this ``detail`` (runs in the preparation's thread).
+
+    The shrink is the first decode of the image's pixels (the full decode check comes
+    later): a corrupt or truncated image is our 400 here, as it would be there."""
     if detail != "low" or image.info.pixels <= budget:
         return image
-    data = base64.b64decode(image.data_uri.split(",", 1)[1])
+    data = image.data
+    if data is None:
+        data = base64.b64decode(image.data_uri.split(",", 1)[1])
     size = low_detail_size(image.info.width, image.info.height, budget)
-    with Image.open(io.BytesIO(data)) as source:
-        shrunk = source.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    try:
+        with Image.open(io.BytesIO(data), formats=[image.info.format.upper()]) as source:
+            if source.size != (image.info.width, image.info.height):
+                raise ValueError("header and decoder disagree")
+            shrunk = source.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    except Exception:  # Pillow raises many types for corrupt input; all mean "not decodable"
+        raise GatewayError(
+            ErrorCode.INVALID_IMAGE, "The image could not be decoded.", param=param
+        ) from None
     out = io.BytesIO()
     if image.info.format == "jpeg":
         shrunk.save(out, "JPEG", quality=90)

@@ -7,7 +7,7 @@ checked against the limits and prepared for a worker in prepare.py.
 
 from __future__ import annotations
 
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -19,6 +19,8 @@ from gateway.protocol import ChatCompletionRequest, VQARequest
 from gateway.validation.bounds import check_counts, heavy_body, off_loop_if
 
 _M = TypeVar("_M", ChatCompletionRequest, VQARequest)
+# The body-reading endpoints, by the shape they parse: /v1/chat/completions, /v1/vqa.
+BodyShape = Literal["chat", "vqa"]
 
 
 # --- HTTP body -> Python -------------------------------------------------------------------
@@ -54,10 +56,26 @@ def parse_chat_sync(raw: bytes, settings: Settings) -> ChatCompletionRequest | V
     return parse_chat_body(data)
 
 
+def parse_body_sync(
+    raw: bytes, settings: Settings, shape: BodyShape
+) -> ChatCompletionRequest | VQARequest:
+    """An endpoint's body, typed (the one entry for the loop, a thread and the child)."""
+    if shape == "vqa":
+        return parse_vqa_body(load_json_object(raw))
+    return parse_chat_sync(raw, settings)
+
+
+async def parse_body(
+    raw: bytes, settings: Settings, shape: BodyShape = "chat"
+) -> ChatCompletionRequest | VQARequest:
+    """parse_body_sync, in one thread hop when the body is large (its cost grows with it).
+    Endpoints parse through offload.BodyParser, which sends a body of many values to a
+    process of its own instead."""
+    return await off_loop_if(heavy_body(raw), lambda: parse_body_sync(raw, settings, shape))
+
+
 async def parse_chat_request(raw: bytes, settings: Settings) -> ChatCompletionRequest | VQARequest:
-    """parse_chat_sync, in one thread hop when the body is large (its cost grows with it;
-    a very large body goes to a process of its own: offload.py)."""
-    return await off_loop_if(heavy_body(raw), lambda: parse_chat_sync(raw, settings))
+    return await parse_body(raw, settings, "chat")
 
 
 def parse_chat_body(data: dict[str, Any]) -> ChatCompletionRequest | VQARequest:

@@ -4,13 +4,16 @@ allow, and the coalescing drills' figures.
 Event-loop lag: one gateway process (echo worker behind it, cache and log off) is probed
 with GET /healthz every 20 ms; the probe's latency is what any other request, health
 checks included, waits for the event loop. Measured idle, then while two clients send, in
-turn, the largest bodies the limits allow:
+turn, the largest bodies the limits allow, to every endpoint that reads a body:
 
 * ``messages``: as many one-character messages as the prompt limit allows with the
   per-message overhead (1,000 by default): validated, forwarded, answered;
 * ``pixels``: two 4096 x 4096 palette PNGs (a few KB each, 16.7 M pixels to decode);
 * ``empty``: 300,000 empty messages in 10 MB (refused at the message count);
-* ``text``: 15 MB of text in one message (refused at the prompt limit).
+* ``text``: 15 MB of text in one message (refused at the prompt limit);
+* ``values``: 340,000 empty arrays in a body just under 1 MiB (refused: unknown field);
+* ``vqa-pixels``: /v1/vqa with a 4096 x 4096 palette PNG;
+* ``vqa-values``: /v1/vqa with 15 MB of empty arrays (5 million values; refused).
 
 Coalescing: loadtest/bench/coalesce_drills.py, ``DRILL_ROUNDS`` times each.
 
@@ -44,6 +47,7 @@ LAG_SECONDS = float(os.environ.get("LAG_SECONDS", "15"))
 DRILL_ROUNDS = int(os.environ.get("DRILL_ROUNDS", "2"))
 PROBE_EVERY_S = 0.02
 CHAT = "/v1/chat/completions"
+VQA = "/v1/vqa"
 
 
 def _palette_png(side: int = 4096) -> str:
@@ -52,19 +56,29 @@ def _palette_png(side: int = 4096) -> str:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-def bodies() -> dict[str, bytes]:
-    """The largest bodies the default limits allow, one per kind of work."""
-    image = {"type": "image_url", "image_url": {"url": _palette_png()}}
+def bodies() -> dict[str, tuple[str, bytes]]:
+    """The largest bodies the default limits allow, one per kind of work and endpoint:
+    name -> (path, body)."""
+    png = _palette_png()
+    image = {"type": "image_url", "image_url": {"url": png}}
     question = {"type": "text", "text": "Is this bag real leather?"}
-    kinds: dict[str, Any] = {
-        "messages": {"messages": [{"role": "user", "content": "x"}] * 1000},
+    one = [{"role": "user", "content": "x"}]
+    chat: dict[str, Any] = {
+        "messages": {"messages": one * 1000},
         "pixels": {"messages": [{"role": "user", "content": [image, image, question]}]},
         "empty": {"messages": [{"role": "user", "content": ""}] * 300_000},
         "text": {"messages": [{"role": "user", "content": "x" * (15 * 1024 * 1024)}]},
+        "values": {"messages": one, "x": [[]] * 340_000},
     }
+    vqa: dict[str, Any] = {
+        "vqa-pixels": {"image": png, "prompt": "Is this bag real leather?"},
+        "vqa-values": {"image": "x", "prompt": "y", "x": [[]] * (5 * 1024 * 1024)},
+    }
+    kinds = [(CHAT, chat, {"model": MODEL, "temperature": 0}), (VQA, vqa, {})]
     return {
-        name: json.dumps({"model": MODEL, "temperature": 0, "max_tokens": 8, **body}).encode()
-        for name, body in kinds.items()
+        name: (path, json.dumps({**base, "max_tokens": 8, **body}, separators=(",", ":")).encode())
+        for path, bodies_of, base in kinds
+        for name, body in bodies_of.items()
     }
 
 
@@ -79,15 +93,15 @@ async def _probe(client: httpx.AsyncClient, url: str, until: float) -> list[floa
 
 
 async def _sender(
-    client: httpx.AsyncClient, url: str, payloads: list[tuple[str, bytes]], until: float,
-    counts: dict[str, dict[int, int]], offset: int,
+    client: httpx.AsyncClient, url: str, payloads: list[tuple[str, tuple[str, bytes]]],
+    until: float, counts: dict[str, dict[int, int]], offset: int,
 ) -> None:  # fmt: skip
     headers = {"Content-Type": "application/json"}
     turn = offset
     while time.monotonic() < until:
-        name, payload = payloads[turn % len(payloads)]
+        name, (path, payload) = payloads[turn % len(payloads)]
         turn += 1
-        response = await client.post(url + CHAT, content=payload, headers=headers)
+        response = await client.post(url + path, content=payload, headers=headers)
         per_status = counts.setdefault(name, {})
         per_status[response.status_code] = per_status.get(response.status_code, 0) + 1
 

@@ -31,6 +31,7 @@ class FakeWorker:
     ``fake:pace:<ms>:<n>``  stream n chunks, one every ms milliseconds
     ``fake:stall:<n>``      stream n chunks, then go silent
     ``fake:garbage``        answer 200 with a body that is not a completion
+    ``fake:body:<json>``    answer 200 with exactly that body
     ``fake:say:<text>``     a complete answer with that text (streamed in 4-character
                             chunks, with finish_reason and usage, when asked)
     ``fake:sleepsay:<s>:<text>``  the same after waiting s seconds
@@ -103,6 +104,8 @@ class FakeWorker:
                 await asyncio.sleep(0.01)
         if action == "garbage":
             return Response(b"<html>oops</html>", media_type="application/json")
+        if action == "body":
+            return Response(":".join(command[2:]).encode(), media_type="application/json")
         if action == "sleepsay":
             await asyncio.sleep(float(command[2]))
             action, command = "say", command[:2] + command[3:]

@@ -33,6 +33,9 @@ def bad_cases() -> list[BadCase]:
     bmp = image_bytes("BMP")
     text = f"what is this? {MARKER}"
     one = data_uri(png)
+    photo = image_bytes("JPEG", (1024, 768))  # over detail "low"'s 512 x 512
+    low_detail = image_message(text, data_uri(photo[: len(photo) // 2], "image/jpeg"))
+    low_detail[0]["image_url"]["detail"] = "low"
 
     def chat(status: int, code: str, case_id: str, **kwargs: Any) -> BadCase:
         content = kwargs.pop("content", text)
@@ -144,6 +147,8 @@ def bad_cases() -> list[BadCase]:
             content=with_image(data_uri(png[: len(png) // 2])),
         ),
         chat(400, "invalid_image", "png-signature-only", content=with_image(data_uri(png[:8]))),
+        # detail "low" shrinks it while the request is prepared: its first decode (was a 500).
+        chat(400, "invalid_image", "truncated-jpeg-detail-low", content=low_detail),
         chat(
             400,
             "image_too_large",

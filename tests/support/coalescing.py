@@ -12,6 +12,8 @@ from gateway.cache.store import AnswerCache
 from gateway.redis_link import redis_client
 from tests.support.redis_cluster import RedisTarget
 
+SHARED_REDIS = "redis://127.0.0.1:6379/0"  # the machine's Redis
+
 
 class Replica:
     def __init__(
