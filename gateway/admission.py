@@ -25,11 +25,11 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import AuthFailure, AuthUnavailable, KeyRecord, KeyStore, bearer_token
-from gateway.breaker import CircuitBreaker
 from gateway.config import Settings
 from gateway.db.engine import create_log_engine
 from gateway.errors import ErrorCode, GatewayError, error_headers
 from gateway.interactions.draft import draft_of
+from gateway.loop_lag import LoopLag
 from gateway.metrics import Metrics
 from gateway.middleware import request_header
 from gateway.ratelimit import (
@@ -41,6 +41,7 @@ from gateway.ratelimit import (
     WindowLimiter,
     retry_after_s,
 )
+from gateway.redis_link import redis_breaker, socket_timeout
 
 log = logging.getLogger("gateway.admission")
 
@@ -304,9 +305,10 @@ class AdmissionMiddleware:
 
 
 async def open_admission(
-    settings: Settings, metrics: Metrics, stack: AsyncExitStack
+    settings: Settings, metrics: Metrics, stack: AsyncExitStack, lag: LoopLag | None = None
 ) -> AdmissionControl:
-    """Key store and limiters for the lifespan; everything closed by ``stack``."""
+    """Key store and limiters for the lifespan; everything closed by ``stack``. ``lag``:
+    the event loop's lag, which the limiter's Redis deadline does not count."""
     auth, limits = settings.auth, settings.ratelimit
     if not auth.enabled:
         log.warning(
@@ -328,10 +330,14 @@ async def open_admission(
         return AdmissionControl(metrics, limits, store, None, None)
     redis_url = limits.redis_url or settings.redis_url
     timeout = limits.socket_timeout_s
-    redis = Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    backstop = socket_timeout(timeout)
+    redis = Redis.from_url(redis_url, socket_timeout=backstop, socket_connect_timeout=backstop)
     stack.push_async_callback(redis.aclose)
-    breaker = CircuitBreaker(
+    breaker = redis_breaker(
+        timeout,
         limits.breaker_open_s,
+        settings.redis_breaker_failures,
+        lag,
         on_state_change=lambda state: metrics.rate_limiter_breaker_state.set(int(state)),
     )
     namespace = settings.cache_namespace

@@ -150,6 +150,13 @@ class Metrics:
             "Redis circuit breaker: 0 closed, 1 open (Redis skipped), 2 half-open (probing).",
             registry=r,
         )
+        self.event_loop_stalled = Counter(
+            "gateway_event_loop_stalled_seconds",
+            "Time this replica's event loop ran late (a tick every 10 ms, summed lateness): "
+            "its rate is the share of time the loop could serve nobody. Redis deadlines do "
+            "not count it (gateway/loop_lag.py).",
+            registry=r,
+        )
         self.coalesce_fallbacks = Counter(
             "gateway_coalesce_fallbacks",
             "Waiters that called a worker themselves, by reason.",

@@ -19,6 +19,7 @@ RANKS: Final[dict[str, int]] = {
     "gateway.protocol": 0,
     "gateway.metrics": 0,
     "gateway.background": 0,
+    "gateway.loop_lag": 0,
     "gateway.breaker": 0,
     "gateway.answers": 0,
     "gateway.json_text": 0,

@@ -33,7 +33,8 @@ Policy
   Memory is bounded by the TTL and the value cap; every key is namespaced.
 
 Redis failures never fail a request: every call goes through a circuit breaker
-with short socket timeouts, and a failed or skipped call is a cache bypass.
+with a short deadline, counted in time the event loop was responsive (a busy replica is
+not a slow Redis: gateway/loop_lag.py), and a failed or skipped call is a cache bypass.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ from redis.asyncio import Redis
 from gateway.answers import CachedAnswer
 from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.config import Settings
+from gateway.loop_lag import LoopLag
 from gateway.metrics import Metrics
-from gateway.redis_link import REDIS_FAILURES, RedisLink
+from gateway.redis_link import REDIS_FAILURES, RedisLink, redis_breaker, socket_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +120,27 @@ class CacheUnavailable(Exception):
     """Redis could not be used for this call; the request goes on without the cache."""
 
 
-def open_redis(settings: Settings, metrics: Metrics, stack: AsyncExitStack) -> RedisLink | None:
+def open_redis(
+    settings: Settings, metrics: Metrics, stack: AsyncExitStack, lag: LoopLag | None = None
+) -> RedisLink | None:
     """The request path's Redis client (closed by ``stack``) and its breaker, shared by the
-    answer cache and moderation's image verdicts; None when the cache is off."""
+    answer cache and moderation's image verdicts; None when the cache is off. ``lag``: the
+    event loop's lag, which the round trips' deadline does not count."""
     if not settings.cache_enabled:
         return None
     timeout = settings.redis_socket_timeout_s
+    # The breaker's deadline bounds every call, connecting included; the client's own
+    # timeouts are only a backstop.
+    backstop = socket_timeout(timeout)
     redis = Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        settings.redis_url, socket_timeout=backstop, socket_connect_timeout=backstop
     )
     stack.push_async_callback(redis.aclose)
-    breaker = CircuitBreaker(
+    breaker = redis_breaker(
+        timeout,
         settings.redis_breaker_open_s,
+        settings.redis_breaker_failures,
+        lag,
         on_state_change=lambda state: metrics.cache_breaker_state.set(int(state)),
     )
     return RedisLink(redis, breaker)

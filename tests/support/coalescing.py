@@ -7,9 +7,10 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from gateway.breaker import CircuitBreaker
 from gateway.cache.coalesce import Coalescer
 from gateway.cache.store import AnswerCache
+from gateway.loop_lag import LoopLag
+from gateway.redis_link import redis_breaker, socket_timeout
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -25,11 +26,13 @@ class Replica:
         keepalive_s: float = 10.0,
         socket_timeout_s: float = 0.2,
     ) -> None:
-        self.redis = Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
-        )
+        backstop = socket_timeout(socket_timeout_s)
+        self.redis = Redis.from_url(url, socket_timeout=backstop, socket_connect_timeout=backstop)
         self.pubsub = Redis.from_url(url, socket_connect_timeout=0.5)
-        self.breaker = CircuitBreaker(open_seconds=1.0)
+        self.lag = LoopLag()
+        self.breaker = redis_breaker(
+            socket_timeout_s, open_s=1.0, failures=2, lag=self.lag, on_state_change=lambda _: None
+        )
         self.cache = AnswerCache(self.redis, self.breaker, ttl_seconds=60, max_value_bytes=4096)
         self.coalescer = Coalescer(
             self.redis, self.pubsub, self.breaker, self.cache, namespace,
@@ -38,11 +41,13 @@ class Replica:
         )  # fmt: skip
 
     async def __aenter__(self) -> Replica:
+        await self.lag.start()
         await self.coalescer.start()
         await asyncio.sleep(0.05)  # let the pattern subscription settle
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.coalescer.stop()
+        await self.lag.stop()
         await self.redis.aclose()
         await self.pubsub.aclose()
