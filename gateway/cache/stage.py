@@ -139,6 +139,9 @@ class CacheStage:
                 return self._count(Lookup(BYPASS))
             self._metrics.coalesce_fallbacks.labels(outcome.reason).inc()
             return self._count(Lookup(MISS))
+        if outcome.local_only:  # Redis could not be asked: the cache was not consulted
+            self._metrics.cache_errors.labels("get").inc()
+            return self._count(Lookup(BYPASS, lead=outcome))
         return self._count(Lookup(MISS, lead=outcome))
 
     async def complete(
