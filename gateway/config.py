@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     cache_max_value_bytes: int = Field(default=64 * 1024, gt=0)
     # Cache sampled answers that carry an explicit seed (greedy ones are always cacheable).
     cache_seeded_requests: bool = True
+    # Hot answers in each replica's memory, in front of Redis (gateway/cache/local.py): the
+    # same keys, a short TTL, bounded in bytes; a hot hit then costs no Redis round trip.
+    # 0 bytes: off.
+    cache_local_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    cache_local_ttl_s: float = Field(default=10.0, gt=0)
     # Part of every key: change it when the workers' checkpoint changes under the same name.
     model_revision: str = "1"
     # Redis on the request path must answer fast or be skipped: a local Redis answers in

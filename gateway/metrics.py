@@ -150,6 +150,18 @@ class Metrics:
             "Redis circuit breaker: 0 closed, 1 open (Redis skipped), 2 half-open (probing).",
             registry=r,
         )
+        self.cache_local_lookups = Counter(
+            "gateway_cache_local_lookups",
+            "Lookups in the replica's in-process answer cache (in front of Redis), by result "
+            "(hit: answered from memory; miss: Redis was asked).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_local_bytes = Gauge(
+            "gateway_cache_local_bytes",
+            "Bytes held by the replica's in-process answer cache (GATEWAY_CACHE_LOCAL_MAX_BYTES).",
+            registry=r,
+        )
         self.event_loop_stalled = Counter(
             "gateway_event_loop_stalled_seconds",
             "Time this replica's event loop ran late (a tick every 10 ms, summed lateness): "

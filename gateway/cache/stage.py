@@ -1,7 +1,8 @@
 """The cache stage of the pipeline: plan, look up (or coalesce), and complete.
 
     plan      cacheable? which key? may we read, may we write (Cache-Control)?
-    lookup    Redis hit -> the answer; else lead or join an identical in-flight request
+    lookup    in memory (local.py) or Redis hit -> the answer; else lead or join an
+              identical in-flight request
     complete  store a complete answer, and share it with the waiters (or tell them to go)
     evict     forget a stored answer that moderation now refuses
 
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
 from gateway.cache.keys import derive_key, is_deterministic
+from gateway.cache.local import LocalAnswers
 from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
 from gateway.interactions.records import CacheOutcome
@@ -67,11 +69,17 @@ class CacheStage:
         settings: Settings,
         metrics: Metrics,
         model_root: Callable[[str, str | None], str],
+        local: LocalAnswers | None = None,
     ) -> None:
         self._cache = cache
         self._coalescer = coalescer
         self._settings = settings
         self._metrics = metrics
+        self._local = local
+        # The checkpoint last seen per (model, pool): a new one empties the local cache.
+        self._checkpoints: dict[tuple[str, str | None], str] = {}
+        self._local_hits = metrics.cache_local_lookups.labels("hit")
+        self._local_misses = metrics.cache_local_lookups.labels("miss")
         # What the workers serve under a model name (their checkpoint path or hub id):
         # part of the key, so a new checkpoint behind the same name never replays old answers.
         self._model_root = model_root
@@ -99,6 +107,10 @@ class CacheStage:
             # logprobs and tool calls are not in the stored answer's shape.
             return uncached
         checkpoint = self._model_root(prepared.model, pool)
+        if self._local is not None and self._checkpoints.get((prepared.model, pool)) != checkpoint:
+            if (prepared.model, pool) in self._checkpoints:
+                self._local.clear()  # every key changes: the old answers are dead weight
+            self._checkpoints[(prepared.model, pool)] = checkpoint
         revision = f"{self._settings.model_revision}|{checkpoint}"
         if scope is not None:
             revision += f"|key:{scope}"
@@ -120,16 +132,26 @@ class CacheStage:
     async def lookup(self, plan: CachePlan) -> Lookup:
         if plan.key is None or not plan.read:
             return self._count(Lookup(BYPASS))
+        if self._local is not None:
+            answer = self._local.get(plan.key)
+            if answer is not None:
+                self._local_hits.inc()
+                return self._count(Lookup(HIT, answer=answer))
+            self._local_misses.inc()
         if self._coalescer is None:
             try:
                 stored = await self._cache.get(plan.key)
             except CacheUnavailable:
                 self._metrics.cache_errors.labels("get").inc()
                 return self._count(Lookup(BYPASS))
-            return self._count(Lookup(HIT, answer=stored) if stored else Lookup(MISS))
+            if stored is None:
+                return self._count(Lookup(MISS))
+            self._remember(plan.key, stored)
+            return self._count(Lookup(HIT, answer=stored))
         # One round trip: the stored answer, or the lead, or a wait for the leader.
         outcome = await self._coalescer.acquire(plan.key)
         if isinstance(outcome, Stored):
+            self._remember(plan.key, outcome.answer)
             return self._count(Lookup(HIT, answer=outcome.answer))
         if isinstance(outcome, Joined):
             return self._count(Lookup(COALESCED, answer=outcome.answer))
@@ -173,6 +195,8 @@ class CacheStage:
         ):
             self._metrics.cache_stores.labels("not_json").inc()
             storable = False
+        if storable and answer is not None and plan.key is not None:
+            self._remember(plan.key, answer)
         if lookup.lead is not None and self._coalescer is not None:
             ttl = self._cache.ttl_seconds if storable else None
             await self._coalescer.finish(lookup.lead, answer, ttl)
@@ -192,10 +216,16 @@ class CacheStage:
         so every later request asks a worker instead of being refused until the TTL ends."""
         if plan.key is None:
             return
+        if self._local is not None:
+            self._local.delete(plan.key)
         try:
             await self._cache.delete(plan.key)
         except CacheUnavailable:
             self._metrics.cache_errors.labels("delete").inc()
+
+    def _remember(self, key: str, answer: CachedAnswer) -> None:
+        if self._local is not None:
+            self._local.put(key, answer)
 
     def _count(self, lookup: Lookup) -> Lookup:
         self._metrics.cache_requests.labels(lookup.outcome).inc()
@@ -239,4 +269,11 @@ async def open_cache_stage(
         )  # fmt: skip
         await coalescer.start()
         stack.push_async_callback(coalescer.stop)
-    return CacheStage(cache, coalescer, settings, metrics, model_root)
+    local = None
+    if settings.cache_local_max_bytes > 0:
+        local = LocalAnswers(
+            settings.cache_local_max_bytes,
+            settings.cache_local_ttl_s,
+            on_size=metrics.cache_local_bytes.set,
+        )
+    return CacheStage(cache, coalescer, settings, metrics, model_root, local)
