@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # 0 bytes: off.
     cache_local_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     cache_local_ttl_s: float = Field(default=10.0, gt=0)
+    # Bodies whose answers were found in the cache, kept prepared by their bytes
+    # (gateway/cache/recall.py): the next identical body skips parsing, image checks and
+    # key derivation. 0 bytes: off.
+    cache_recall_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     # Part of every key: change it when the workers' checkpoint changes under the same name.
     model_revision: str = "1"
     # Redis on the request path must answer fast or be skipped: a local Redis answers in

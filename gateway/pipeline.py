@@ -15,20 +15,18 @@ stage fills in (ctx.draft).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from gateway.admission import Admission
 from gateway.answers import (
     CachedAnswer,
-    CompletionSummary,
     answer_from_completion,
     summary_from_completion,
 )
+from gateway.cache.recall import Recall, Recalled, Reparse
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.stage import (
     BYPASS,
@@ -40,9 +38,12 @@ from gateway.cache.stage import (
 from gateway.cache.store import CacheDirectives
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
+from gateway.generations import keep_going
+from gateway.images import is_remote_url
 from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
 from gateway.moderation import Moderator
+from gateway.notes import note_answer, note_features, note_request, note_summary
 from gateway.protocol import (
     ChatCompletionRequest,
     VQARequest,
@@ -101,32 +102,6 @@ def _cache_scope(ctx: RequestContext) -> str | None:
     return key.key_id if key is not None and key.private_cache else None
 
 
-# Generations that outlive their request (keep_going): referenced until done.
-_detached: set[asyncio.Task[Any]] = set()
-
-
-async def keep_going(
-    work: Coroutine[Any, Any, _R], orphan: Callable[[_R], None] | None = None
-) -> _R:
-    """Await ``work``, which runs to its end even when the caller is cancelled; then its
-    result goes to ``orphan`` (an opened stream must still be read or closed)."""
-    task = asyncio.ensure_future(work)
-    _detached.add(task)
-    task.add_done_callback(_detached.discard)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if orphan is not None:
-            task.add_done_callback(partial(_hand_over, orphan))
-        raise
-
-
-def _hand_over(orphan: Callable[[_R], None], task: asyncio.Future[_R]) -> None:
-    if not task.cancelled() and task.exception() is None:
-        orphan(task.result())
-
-
 class Pipeline:
     def __init__(
         self,
@@ -150,24 +125,42 @@ class Pipeline:
 
     # -- entry points, one per answer form ----------------------------------------------------
 
-    async def chat(self, ctx: RequestContext, request: ChatCompletionRequest) -> Answer:
+    def recall(self, path: str, raw: bytes, reparse: Reparse) -> Recall | None:
+        """The body prepared before, if this replica has it (cache/recall.py); None when
+        the cache is off. ``reparse``: the body's typed request, for a worker."""
+        if self._cache is None or self._cache.recalled is None:
+            return None
+        if self._settings.moderation.image_check:
+            return None  # the image check shows the worker body's images to the model
+        return self._cache.recalled.recall(path, raw, reparse, self._pool.model_ids)
+
+    async def chat(
+        self,
+        ctx: RequestContext,
+        request: ChatCompletionRequest | Recalled,
+        recall: Recall | None = None,
+    ) -> Answer:
         """A non-streamed chat completion: the worker's JSON body, or a replayed one."""
-        prepared = await self._prepare_chat(ctx, request, stream=False)
-        answer, cache = await self._answer(ctx, prepared)
+        prepared = await self._prepare_chat(ctx, request, stream=False, recall=recall)
+        answer, cache = await self._answer(ctx, prepared, recall)
         return Answer(answer, cache)
 
     async def chat_stream(
-        self, ctx: RequestContext, request: ChatCompletionRequest
+        self,
+        ctx: RequestContext,
+        request: ChatCompletionRequest | Recalled,
+        recall: Recall | None = None,
     ) -> StreamedAnswer:
         """A streamed chat completion; returns once the worker's first chunk is in."""
-        prepared = await self._prepare_chat(ctx, request, stream=True)
+        prepared = await self._prepare_chat(ctx, request, stream=True, recall=recall)
         await self._moderate(ctx, prepared)
-        plan, lookup = await self._lookup(ctx, prepared)
+        plan, lookup = await self._lookup(ctx, prepared, recall)
         if lookup.answer is not None:
             await self._serve_stored(ctx, plan, lookup.answer)
             events = completion_sse(lookup.answer, prepared.model, prepared.client_wants_usage)
             self._observe_ttft(ctx, lookup.outcome)
             return StreamedAnswer(ReplayStream(events), lookup.outcome)
+        prepared = await self._forward(plan, lookup, self._in_full(prepared, recall))
         await self._decode_images(prepared, plan, lookup)
         worker = self._upstream.open_stream(
             CHAT_PATH,
@@ -188,8 +181,8 @@ class Pipeline:
         def record(upstream: ChunkStream) -> RecordingStream:
             async def on_end(answer: CachedAnswer | None) -> None:
                 if answer is not None:
-                    self._note_answer(ctx, answer)
-                self._note_summary(ctx, recording.recorder.summary())
+                    note_answer(ctx.draft, answer)
+                note_summary(ctx.draft, recording.recorder.summary())
                 await self._complete(plan, lookup, self._storable(ctx, plan, answer))
 
             recording = RecordingStream(
@@ -211,17 +204,24 @@ class Pipeline:
     def _observe_ttft(self, ctx: RequestContext, cache: str) -> None:
         self._metrics.ttft.labels(ctx.route, cache).observe(time.perf_counter() - ctx.started)
 
-    async def vqa(self, ctx: RequestContext, request: VQARequest) -> tuple[VQAResponse, str]:
+    async def vqa(
+        self, ctx: RequestContext, request: VQARequest | Recalled, recall: Recall | None = None
+    ) -> tuple[VQAResponse, str]:
         """The simple shape: one image and a prompt in, the answer's text out."""
-        self._admit(ctx, request.model)
-        self._note_request(ctx, request.model, request.prompt, stream=False)
-        prepared = await prepare_vqa(
-            request, self._settings, self._pool.model_ids(), self._remote_images
-        )
-        ctx.draft.model = prepared.model
-        ctx.draft.images = prepared.images
-        await self._charge(ctx, prepared)
-        body, cache = await self._answer(ctx, prepared)
+        if isinstance(request, Recalled):
+            prepared = await self._recalled(ctx, request.prepared)
+        else:
+            self._admit(ctx, request.model)
+            note_request(ctx.draft, request.model, request.prompt, stream=False)
+            if recall is not None:
+                recall.keepable = not is_remote_url(request.image)
+            prepared = await prepare_vqa(
+                request, self._settings, self._pool.model_ids(), self._remote_images
+            )
+            ctx.draft.model = prepared.model
+            ctx.draft.images = prepared.images
+            await self._charge(ctx, prepared)
+        body, cache = await self._answer(ctx, prepared, recall, vqa=True)
         answer = answer_from_completion(body)
         if answer is None:
             raise GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's answer was malformed.")
@@ -230,19 +230,47 @@ class Pipeline:
     # -- stages -------------------------------------------------------------------------------
 
     async def _prepare_chat(
-        self, ctx: RequestContext, request: ChatCompletionRequest, stream: bool
+        self,
+        ctx: RequestContext,
+        request: ChatCompletionRequest | Recalled,
+        stream: bool,
+        recall: Recall | None,
     ) -> PreparedRequest:
         """Model permission, validation and tokens per minute: what both chat forms share."""
+        if isinstance(request, Recalled):
+            return await self._recalled(ctx, request.prepared)
         self._admit(ctx, request.model)
         content = read_chat(request)
-        self._note_request(ctx, request.model, content.prompt, stream)
+        if recall is not None:
+            recall.keepable = not any(is_remote_url(p.image_url.url) for p, _ in content.images)
+        note_request(ctx.draft, request.model, content.prompt, stream)
         prepared = await prepare_chat(
             request, self._settings, self._pool.model_ids(), self._remote_images, content
         )
         ctx.draft.images = prepared.images
-        self._note_features(ctx, prepared)
+        note_features(ctx.draft, prepared)
         await self._charge(ctx, prepared)
         return prepared
+
+    async def _recalled(self, ctx: RequestContext, prepared: PreparedRequest) -> PreparedRequest:
+        """A body prepared before: what preparing it would have noted, and its charge."""
+        self._admit(ctx, prepared.model)
+        note_request(ctx.draft, prepared.model, prepared.prompt, prepared.stream)
+        ctx.draft.images = prepared.images
+        note_features(ctx.draft, prepared)
+        await self._charge(ctx, prepared)
+        return prepared
+
+    async def _in_full(self, prepared: PreparedRequest, recall: Recall | None) -> PreparedRequest:
+        """A recalled request on its way to a worker is prepared again from its bytes (a
+        recalled one holds no worker body)."""
+        if recall is None or recall.found is None:
+            return prepared
+        request, known = await recall.reparse(), self._pool.model_ids()
+        fetcher, settings = self._remote_images, self._settings
+        if isinstance(request, VQARequest):
+            return await prepare_vqa(request, settings, known, fetcher)
+        return await prepare_chat(request, settings, known, fetcher)
 
     @staticmethod
     def _admit(ctx: RequestContext, model: str | None) -> None:
@@ -292,7 +320,7 @@ class Pipeline:
     ) -> None:
         """A cached or coalesced answer passes moderation again before it is served: the
         policy may have changed since it was stored. One it refuses is evicted."""
-        self._note_answer(ctx, answer)
+        note_answer(ctx.draft, answer)
         try:
             for content, _ in answer.choices:  # n > 1: each choice on its own
                 await self._moderate_answer(ctx, content)
@@ -302,7 +330,11 @@ class Pipeline:
             raise
 
     async def _lookup(
-        self, ctx: RequestContext, prepared: PreparedRequest
+        self,
+        ctx: RequestContext,
+        prepared: PreparedRequest,
+        recall: Recall | None = None,
+        vqa: bool = False,
     ) -> tuple[CachePlan, Lookup]:
         if self._cache is None:
             plan, lookup = NO_CACHE, Lookup(BYPASS)
@@ -313,6 +345,8 @@ class Pipeline:
             plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx), pool)
             ctx.draft.pool = pool  # a hit's row names the pool whose answer it replays
             lookup = await self._cache.lookup(plan)
+            if lookup.answer is not None and recall is not None:
+                self._cache.keep(recall, prepared, vqa)  # its next hit skips preparing
         ctx.draft.cache = lookup.outcome
         return plan, lookup
 
@@ -344,12 +378,19 @@ class Pipeline:
             await self._complete(plan, lookup, None)
             raise
 
-    async def _answer(self, ctx: RequestContext, prepared: PreparedRequest) -> tuple[bytes, str]:
+    async def _answer(
+        self,
+        ctx: RequestContext,
+        prepared: PreparedRequest,
+        recall: Recall | None,
+        vqa: bool = False,
+    ) -> tuple[bytes, str]:
         await self._moderate(ctx, prepared)
-        plan, lookup = await self._lookup(ctx, prepared)
+        plan, lookup = await self._lookup(ctx, prepared, recall, vqa)
         if lookup.answer is not None:
             await self._serve_stored(ctx, plan, lookup.answer)
             return completion_json(lookup.answer, prepared.model), lookup.outcome
+        prepared = await self._forward(plan, lookup, self._in_full(prepared, recall))
         await self._decode_images(prepared, plan, lookup)
         generation = self._generate(ctx, prepared, plan, lookup)
         if lookup.lead is not None:
@@ -373,10 +414,10 @@ class Pipeline:
         body = await self._forward(plan, lookup, worker)
         answer = answer_from_completion(body)
         if answer is not None:
-            self._note_answer(ctx, answer)
+            note_answer(ctx.draft, answer)
         summary = summary_from_completion(body)
         if summary is not None:
-            self._note_summary(ctx, summary)
+            note_summary(ctx.draft, summary)
         # A refused answer is never cached; a coalescing leader shares it with its waiters
         # as it is (their own answer checks refuse it again, and nobody generates it twice).
         # Every choice and tool call is checked, each on its own.
@@ -394,39 +435,6 @@ class Pipeline:
         return body
 
     # -- the interaction draft ----------------------------------------------------------------
-
-    @staticmethod
-    def _note_request(ctx: RequestContext, model: str | None, prompt: str, stream: bool) -> None:
-        ctx.draft.model, ctx.draft.prompt, ctx.draft.stream = model, prompt, stream
-
-    @staticmethod
-    def _note_answer(ctx: RequestContext, answer: CachedAnswer) -> None:
-        draft = ctx.draft
-        draft.answer = answer.text
-        draft.prompt_tokens, draft.completion_tokens = (
-            answer.prompt_tokens,
-            answer.completion_tokens,
-        )
-
-    @staticmethod
-    def _note_summary(ctx: RequestContext, summary: CompletionSummary) -> None:
-        """Every choice (n > 1) and tool call; choice 0 alone is what the cache keeps."""
-        draft = ctx.draft
-        if summary.text is not None:
-            draft.answer = summary.text
-        draft.tool_calls = summary.logged_tool_calls()
-        if summary.completion_tokens is not None:
-            draft.prompt_tokens = summary.prompt_tokens
-            draft.completion_tokens = summary.completion_tokens
-
-    @staticmethod
-    def _note_features(ctx: RequestContext, prepared: PreparedRequest) -> None:
-        features, draft = prepared.features, ctx.draft
-        draft.response_format = features.response_format
-        draft.schema_name, draft.schema_sha256 = features.schema_name, features.schema_sha256
-        draft.end_user_sha256 = features.end_user_sha256
-        draft.request_metadata = features.metadata
-        draft.request_options = features.options
 
     def _note_worker(self, ctx: RequestContext) -> Callable[[str], None]:
         def note(worker_url: str) -> None:

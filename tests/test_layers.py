@@ -40,6 +40,8 @@ RANKS: Final[dict[str, int]] = {
     "gateway.cache": 5,
     "gateway.moderation": 5,
     "gateway.admission": 6,
+    "gateway.generations": 6,
+    "gateway.notes": 6,
     "gateway.pipeline": 7,
     "gateway.routes": 8,
     "gateway.app": 9,

@@ -25,6 +25,7 @@ from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
 from gateway.cache.keys import derive_key, is_deterministic
 from gateway.cache.local import LocalAnswers
+from gateway.cache.recall import Recall, RecalledRequests
 from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
 from gateway.interactions.records import CacheOutcome
@@ -70,12 +71,15 @@ class CacheStage:
         metrics: Metrics,
         model_root: Callable[[str, str | None], str],
         local: LocalAnswers | None = None,
+        recalled: RecalledRequests | None = None,
     ) -> None:
         self._cache = cache
         self._coalescer = coalescer
         self._settings = settings
         self._metrics = metrics
         self._local = local
+        # Bodies whose answers were found here, prepared already (recall.py).
+        self.recalled = recalled
         # The checkpoint last seen per (model, pool): a new one empties the local cache.
         self._checkpoints: dict[tuple[str, str | None], str] = {}
         self._local_hits = metrics.cache_local_lookups.labels("hit")
@@ -223,6 +227,11 @@ class CacheStage:
         except CacheUnavailable:
             self._metrics.cache_errors.labels("delete").inc()
 
+    def keep(self, recall: Recall, prepared: PreparedRequest, vqa: bool) -> None:
+        """Keep a body whose answer was found, prepared, for its next hit (recall.py)."""
+        if self.recalled is not None:
+            self.recalled.keep(recall, prepared, vqa)
+
     def _remember(self, key: str, answer: CachedAnswer) -> None:
         if self._local is not None:
             self._local.put(key, answer)
@@ -276,4 +285,7 @@ async def open_cache_stage(
             settings.cache_local_ttl_s,
             on_size=metrics.cache_local_bytes.set,
         )
-    return CacheStage(cache, coalescer, settings, metrics, model_root, local)
+    recalled = None
+    if settings.cache_recall_max_bytes > 0:
+        recalled = RecalledRequests(settings.cache_recall_max_bytes)
+    return CacheStage(cache, coalescer, settings, metrics, model_root, local, recalled)
