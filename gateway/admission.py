@@ -4,9 +4,12 @@ A pure ASGI middleware, inside the request id and the interaction log (so refusa
 logged with their id) and outside everything else. Before the route runs it
 authenticates the key (401), takes a concurrency slot and charges one request against
 requests-per-minute (429); it releases the slot when the route returns, which for a stream
-is when its last byte is sent or the client has gone. Tokens per minute need the
-validated request (image sizes), so the pipeline charges them through the request's
-:class:`Admission`, and checks the key's allowed models (403) there too.
+is when its last byte is sent or the client has gone, or, when the request started a
+generation that outlives it (a coalescing leader whose client left generates on for its
+waiters), when that generation ends: a key's concurrency limit bounds its generations.
+Tokens per minute need the validated request (image sizes), so the pipeline charges them
+through the request's :class:`Admission`, and checks the key's allowed models (403) there
+too.
 
 Every answer on /v1/* carries OpenAI's x-ratelimit-* headers for the limits it was
 checked against. When the limiter's Redis fails, each replica applies the limits in its
@@ -17,6 +20,7 @@ the request is refused with 503 (GATEWAY_RATELIMIT_FAIL_OPEN=false).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Final
@@ -66,6 +70,25 @@ class Admission:
     key: KeyRecord | None = None  # None: authentication is off
     windows: dict[LimitKind, Window] = field(default_factory=dict)
     lease: str | None = None
+    holds: int = 0  # generations of this request that keep its slot (hold())
+    returned: bool = False  # the route has returned
+
+    def hold(self) -> Callable[[], Awaitable[None]]:
+        """Keep the concurrency slot past the route's return until the returned callable
+        is awaited (by a generation that outlives its request, at its end)."""
+        self.holds += 1
+        done = False
+
+        async def let_go() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            self.holds -= 1
+            if self.holds == 0 and self.returned:
+                await self.control.release(self)
+
+        return let_go
 
     def check_model(self, model: str | None) -> None:
         """403 when the key may not use this model."""
@@ -208,6 +231,9 @@ class AdmissionControl:
         admission.lease = lease
 
     async def release(self, admission: Admission) -> None:
+        admission.returned = True
+        if admission.holds:
+            return  # a generation it started still runs: its end gives the slot back
         if admission.lease is not None and self._concurrency is not None:
             lease, admission.lease = admission.lease, None
             await self._concurrency.release(lease)

@@ -345,6 +345,8 @@ class Pipeline:
             plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx), pool)
             ctx.draft.pool = pool  # a hit's row names the pool whose answer it replays
             lookup = await self._cache.lookup(plan)
+            if lookup.lead is not None and ctx.admission is not None:
+                lookup.on_end = ctx.admission.hold()  # its slot, until the generation ends
             if lookup.answer is not None and recall is not None:
                 self._cache.keep(recall, prepared, vqa)  # its next hit skips preparing
         ctx.draft.cache = lookup.outcome

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from typing import Final
@@ -60,6 +60,9 @@ class Lookup:
     outcome: CacheOutcome
     answer: CachedAnswer | None = None
     lead: Lead | None = None
+    # Awaited once the lead's generation has ended (complete): it gives back what the
+    # request holds while it generates, e.g. its key's concurrency slot.
+    on_end: Callable[[], Awaitable[None]] | None = None
 
 
 class CacheStage:
@@ -182,7 +185,17 @@ class CacheStage:
         ``refused``: moderation refused the answer; it is shared with the waiters (whose
         own checks refuse it again) but never stored."""
         # Shielded: a client that leaves must not leave waiters hanging on a held lease.
-        await asyncio.shield(self._complete(plan, lookup, answer, refused))
+        await asyncio.shield(self._complete_and_end(plan, lookup, answer, refused))
+
+    async def _complete_and_end(
+        self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None, refused: bool
+    ) -> None:
+        try:
+            await self._complete(plan, lookup, answer, refused)
+        finally:
+            on_end, lookup.on_end = lookup.on_end, None
+            if on_end is not None:
+                await on_end()
 
     async def _complete(
         self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None, refused: bool
