@@ -21,11 +21,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.admission import Admission
-from gateway.answers import (
-    CachedAnswer,
-    answer_from_completion,
-    summary_from_completion,
-)
+from gateway.answers import CachedAnswer, answer_from_completion, summary_from_completion
 from gateway.cache.recall import Recall, Recalled, Reparse
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.stage import (
@@ -42,22 +38,20 @@ from gateway.generations import keep_going
 from gateway.images import is_remote_url
 from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
-from gateway.moderation import Moderator
+from gateway.moderation import Moderator, Violation
 from gateway.notes import note_answer, note_features, note_request, note_summary
-from gateway.protocol import (
-    ChatCompletionRequest,
-    VQARequest,
-    VQAResponse,
-)
+from gateway.protocol import ChatCompletionRequest, VQARequest, VQAResponse
 from gateway.ratelimit import estimate_tokens
 from gateway.remote_images import RemoteImageFetcher
-from gateway.streams import ChunkStream, GapTimer, RecordingStream, ReplayStream
+from gateway.streams import CONTENT_FILTER, ChunkStream, GapTimer, RecordingStream, ReplayStream
 from gateway.upstream.pool import WorkerPool
 from gateway.upstream.proxy import Upstream
 from gateway.validation.pixels import DecodedImages
 from gateway.validation.prepare import PreparedRequest, prepare_chat, prepare_vqa, read_chat
 
 CHAT_PATH = "/v1/chat/completions"
+# The category of a waiter's refusal its own check did not find: its leader's guard did.
+LEADER_REFUSED = Violation("leader_refused")
 
 _R = TypeVar("_R")
 
@@ -130,8 +124,6 @@ class Pipeline:
         the cache is off. ``reparse``: the body's typed request, for a worker."""
         if self._cache is None or self._cache.recalled is None:
             return None
-        if self._settings.moderation.image_check:
-            return None  # the image check shows the worker body's images to the model
         return self._cache.recalled.recall(path, raw, reparse, self._pool.model_ids)
 
     async def chat(
@@ -185,8 +177,12 @@ class Pipeline:
                 note_summary(ctx.draft, recording.recorder.summary())
                 await self._complete(plan, lookup, self._storable(ctx, plan, answer))
 
+            async def on_refused(answer: CachedAnswer) -> None:  # shared as a refusal
+                note_summary(ctx.draft, recording.recorder.summary())
+                await self._complete(plan, lookup, answer, refused=True)
+
             recording = RecordingStream(
-                upstream, prepared.client_wants_usage, on_end, guard, finish_on_close=leads
+                upstream, prepared.client_wants_usage, on_end, guard, leads, on_refused
             )
             return recording
 
@@ -262,15 +258,11 @@ class Pipeline:
         return prepared
 
     async def _in_full(self, prepared: PreparedRequest, recall: Recall | None) -> PreparedRequest:
-        """A recalled request on its way to a worker is prepared again from its bytes (a
-        recalled one holds no worker body)."""
+        """A recalled request on its way to a worker: prepared again from its bytes."""
         if recall is None or recall.found is None:
             return prepared
-        request, known = await recall.reparse(), self._pool.model_ids()
-        fetcher, settings = self._remote_images, self._settings
-        if isinstance(request, VQARequest):
-            return await prepare_vqa(request, settings, known, fetcher)
-        return await prepare_chat(request, settings, known, fetcher)
+        known = self._pool.model_ids()
+        return await recall.prepare_again(self._settings, known, self._remote_images)
 
     @staticmethod
     def _admit(ctx: RequestContext, model: str | None) -> None:
@@ -324,6 +316,9 @@ class Pipeline:
         try:
             for content, _ in answer.choices:  # n > 1: each choice on its own
                 await self._moderate_answer(ctx, content)
+            if answer.finish_reason == CONTENT_FILTER and self._moderator is not None:
+                # A stream its leader's guard cut off: refused here too, whatever the check.
+                raise self._moderator.blocked(ctx.draft, "answer", LEADER_REFUSED, None)
         except GatewayError:
             if self._cache is not None:
                 await self._cache.evict(plan)
@@ -360,9 +355,11 @@ class Pipeline:
         its checkpoint may not be the one the key names."""
         return None if plan.pool is not None and ctx.draft.pool != plan.pool else answer
 
-    async def _complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
+    async def _complete(
+        self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None, refused: bool = False
+    ) -> None:
         if self._cache is not None:
-            await self._cache.complete(plan, lookup, answer)
+            await self._cache.complete(plan, lookup, answer, refused)
 
     async def _decode_images(
         self, prepared: PreparedRequest, plan: CachePlan, lookup: Lookup
@@ -427,8 +424,7 @@ class Pipeline:
             for text in summary.checked_texts() if summary is not None else ():
                 await self._moderate_answer(ctx, text)
         except GatewayError:
-            if self._cache is not None:
-                await self._cache.complete(plan, lookup, answer, refused=True)
+            await self._complete(plan, lookup, answer, refused=True)
             raise
         except BaseException:
             await self._complete(plan, lookup, None)

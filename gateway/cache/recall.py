@@ -29,10 +29,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.config import Settings
 from gateway.protocol import ChatCompletionRequest, VQARequest
+from gateway.remote_images import RemoteImageFetcher
 from gateway.validation.encode import WorkerJSON
 from gateway.validation.pixels import PixelCheck
-from gateway.validation.prepare import PreparedRequest
+from gateway.validation.prepare import PreparedRequest, prepare_chat, prepare_vqa
 
 _ENTRY_OVERHEAD: Final = 2048  # the prepared request's objects besides its texts
 Reparse = Callable[[], Awaitable[ChatCompletionRequest | VQARequest]]
@@ -73,6 +75,15 @@ class Recall:
     reparse: Reparse
     found: Recalled | None = None
     keepable: bool = True  # False: remote images
+
+    async def prepare_again(
+        self, settings: Settings, known: frozenset[str], fetcher: RemoteImageFetcher | None
+    ) -> PreparedRequest:
+        """The whole prepared request, worker body included, from the body's bytes."""
+        request = await self.reparse()
+        if isinstance(request, VQARequest):
+            return await prepare_vqa(request, settings, known, fetcher)
+        return await prepare_chat(request, settings, known, fetcher)
 
 
 @dataclass(frozen=True, slots=True)

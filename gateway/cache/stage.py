@@ -299,6 +299,7 @@ async def open_cache_stage(
             on_size=metrics.cache_local_bytes.set,
         )
     recalled = None
-    if settings.cache_recall_max_bytes > 0:
+    # Not with the image check: it shows the worker body's images to the model.
+    if settings.cache_recall_max_bytes > 0 and not settings.moderation.image_check:
         recalled = RecalledRequests(settings.cache_recall_max_bytes)
     return CacheStage(cache, coalescer, settings, metrics, model_root, local, recalled)
