@@ -162,9 +162,12 @@ class Settings(BaseSettings):
     # Send each image's digest as vLLM's multimodal uuid (vLLM >= 0.11 reads it): the
     # worker skips re-hashing the pixels and its processor cache is keyed by our digest.
     worker_image_uuids: bool = True
-    # Admission control: shed new requests (503 + Retry-After) when every available worker
-    # has more than this many requests waiting; None disables it.
-    admission_max_waiting: int | None = Field(default=None, ge=0)
+    # Admission control: a request that needs a worker is shed at once (503 overloaded +
+    # Retry-After) when every available worker of its pool has more than this many requests
+    # waiting (vLLM's count, or this replica's requests to it beyond those it runs, whichever
+    # is larger): overload sheds instead of queueing, and cache hits keep flowing. A
+    # worker's queue then stays under about (gateway replicas x this). None disables it.
+    admission_max_waiting: int | None = Field(default=32, ge=0)
     # Retry-After (seconds) on 503s: overloaded, no worker available, draining.
     retry_after_s: int = Field(default=1, ge=0)
 
