@@ -162,6 +162,17 @@ class Metrics:
             "Bytes held by the replica's in-process answer cache (GATEWAY_CACHE_LOCAL_MAX_BYTES).",
             registry=r,
         )
+        self.cache_recalls = Counter(
+            "gateway_cache_recalls",
+            "Request bodies answered from their earlier preparation (gateway/cache/recall.py), "
+            "skipping parsing, image checks and key derivation.",
+            registry=r,
+        )
+        self.cache_recall_bytes = Gauge(
+            "gateway_cache_recall_bytes",
+            "Bytes held by the replica's prepared bodies (GATEWAY_CACHE_RECALL_MAX_BYTES).",
+            registry=r,
+        )
         self.event_loop_stalled = Counter(
             "gateway_event_loop_stalled_seconds",
             "Time this replica's event loop ran late (a tick every 10 ms, summed lateness): "

@@ -122,9 +122,9 @@ class Pipeline:
     def recall(self, path: str, raw: bytes, reparse: Reparse) -> Recall | None:
         """The body prepared before, if this replica has it (cache/recall.py); None when
         the cache is off. ``reparse``: the body's typed request, for a worker."""
-        if self._cache is None or self._cache.recalled is None:
+        if self._cache is None:
             return None
-        return self._cache.recalled.recall(path, raw, reparse, self._pool.model_ids)
+        return self._cache.recall(path, raw, reparse, self._pool.model_ids)
 
     async def chat(
         self,

@@ -145,6 +145,8 @@ async def test_the_same_body_again_is_answered_without_parsing_or_image_checks(
         assert hit.json()["choices"][0]["message"]["content"] == "It is real leather."
     assert (spies.parses, spies.image_checks) == (2, 2), "a recalled body was prepared again"
     assert len(_asked(fake_worker, prompt)) == 1
+    metrics = (await gateway.get("/metrics")).text
+    assert "gateway_cache_recalls_total 5.0" in metrics
     # Everything a hit records is still there.
     row = await asyncio.to_thread(_read_row, log_database_url, f"{request_id}-4")
     assert (row["cache"], row["moderation"], row["status_code"]) == ("hit", "pass", 200)

@@ -25,7 +25,7 @@ from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
 from gateway.cache.keys import derive_key, is_deterministic
 from gateway.cache.local import LocalAnswers
-from gateway.cache.recall import Recall, RecalledRequests
+from gateway.cache.recall import Recall, RecalledRequests, Reparse
 from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
 from gateway.interactions.records import CacheOutcome
@@ -240,6 +240,17 @@ class CacheStage:
         except CacheUnavailable:
             self._metrics.cache_errors.labels("delete").inc()
 
+    def recall(
+        self, path: str, raw: bytes, reparse: Reparse, served: Callable[[], frozenset[str]]
+    ) -> Recall | None:
+        """The body's place among those prepared before (recall.py); None when off."""
+        if self.recalled is None:
+            return None
+        recall = self.recalled.recall(path, raw, reparse, served)
+        if recall.found is not None:
+            self._metrics.cache_recalls.inc()
+        return recall
+
     def keep(self, recall: Recall, prepared: PreparedRequest, vqa: bool) -> None:
         """Keep a body whose answer was found, prepared, for its next hit (recall.py)."""
         if self.recalled is not None:
@@ -301,5 +312,7 @@ async def open_cache_stage(
     recalled = None
     # Not with the image check: it shows the worker body's images to the model.
     if settings.cache_recall_max_bytes > 0 and not settings.moderation.image_check:
-        recalled = RecalledRequests(settings.cache_recall_max_bytes)
+        recalled = RecalledRequests(
+            settings.cache_recall_max_bytes, on_size=metrics.cache_recall_bytes.set
+        )
     return CacheStage(cache, coalescer, settings, metrics, model_root, local, recalled)
