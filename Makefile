@@ -176,6 +176,9 @@ bench: install services ## every benchmark in one run, then loadtest/results/REP
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway | tee loadtest/results/bench-gateway.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_gateway_cpu | tee loadtest/results/bench-gateway-cpu.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_anchors | tee loadtest/results/bench-anchors.txt
+	# hits for shoppers' body sizes against static Nginx; a hot question under overload (issue 24)
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.hits | tee loadtest/results/bench-hits.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.overload | tee loadtest/results/bench-overload.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_cache | tee loadtest/results/bench-cache.txt
 	# event-loop lag under the largest bodies the limits allow; coalescing drills (issue 15)
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench_hardening | tee loadtest/results/bench-hardening.txt
