@@ -11,7 +11,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from loadtest.report_plots import bars, caption, save_figure
-from loadtest.report_values import Section, stat_at
+from loadtest.report_values import Section, optional_stat, stat_at
 
 
 def hits_section(section: Section, data: dict[str, Any], plots: Path) -> None:
@@ -39,11 +39,16 @@ def hits_section(section: Section, data: dict[str, Any], plots: Path) -> None:
 def overload_section(section: Section, data: dict[str, Any], plots: Path) -> None:
     summary = data["summary"]
     names = list(summary)
-    rows = ["| condition [code] | hot answers that were hits | hot req/s |", "|---|---|---|"]
+    rows = [
+        "| condition [code] | hot answers that were hits | hot req/s | worker queue, max |",
+        "|---|---|---|---|",
+    ]
     for name in names:
         share = stat_at(summary, name, "hot_hit_share")
+        queue = optional_stat(summary, name, "worker_max_waiting")
         rows.append(
-            f"| {name} | {share.fmt('.4f')} | {stat_at(summary, name, 'hot_rps').fmt('.0f')} |"
+            f"| {name} | {share.fmt('.4f')} | {stat_at(summary, name, 'hot_rps').fmt('.0f')} "
+            f"| {queue.fmt('.0f') if queue is not None else '—'} |"
         )
     figure = Figure(figsize=(11, 4.2))
     axes = figure.subplots(1, 1)

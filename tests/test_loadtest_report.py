@@ -271,7 +271,7 @@ def test_the_hits_and_overload_sections_show_their_trees_and_targets(tmp_path: P
                                          "share_of_static": s(0.33, 0.3, 0.36)}}},
     })  # fmt: skip
     report = build_report(tmp_path, now=NOW).read_text()
-    assert "| as is [before] | 0.8000 (0.7000–0.9000) | 300 |" in report
+    assert "| as is [before] | 0.8000 (0.7000–0.9000) | 300 | — |" in report
     assert "| 640x480 JPEG, 69 KB body | nginx+2 gateways [after] | 3000 (2900–3100) |" in report
     assert "99.90%" in report
     assert (tmp_path / "plots" / "overload.png").read_bytes().startswith(PNG_MAGIC)

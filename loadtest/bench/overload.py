@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.upstream.pool import parse_load
 from loadtest.bench.trees import start_gateway_in, trees
 from loadtest.bench_worker import machine_description
 from loadtest.photos import photo
@@ -61,8 +62,9 @@ def miss_body() -> bytes:
     return json.dumps(chat_body(MODEL, [], question, 64, 0, False)).encode()
 
 
-async def load(url: str, key: str, seconds: float) -> dict[str, Any]:
-    """Hot and distinct questions at once for ``seconds``: what each got."""
+async def load(url: str, key: str, seconds: float, worker_url: str) -> dict[str, Any]:
+    """Hot and distinct questions at once for ``seconds``: what each got, and the longest
+    queue the worker reported meanwhile."""
     hot = hot_body()
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     hot_outcomes: dict[str, int] = {}
@@ -70,14 +72,17 @@ async def load(url: str, key: str, seconds: float) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     connector = aiohttp.TCPConnector(limit=HOT_CONCURRENCY + MISS_CONCURRENCY)
-    timeout = aiohttp.ClientTimeout(total=120)
+    timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def post(body: bytes) -> tuple[int, str]:
-            async with session.post(f"{url}/v1/chat/completions", data=body,
-                                    headers=headers) as response:  # fmt: skip
-                await response.read()
-                return response.status, response.headers.get("X-Cache", "none")
+        async def post(body: bytes) -> tuple[int | str, str]:
+            try:
+                async with session.post(f"{url}/v1/chat/completions", data=body,
+                                        headers=headers) as response:  # fmt: skip
+                    await response.read()
+                    return response.status, response.headers.get("X-Cache", "none")
+            except TimeoutError:
+                return "client timeout", "none"  # counted, not fatal: the run goes on
 
         async def hot_client() -> None:
             while loop.time() < deadline:
@@ -92,9 +97,20 @@ async def load(url: str, key: str, seconds: float) -> dict[str, Any]:
                 if status == 503:
                     await asyncio.sleep(0.1)  # shed: a client backs off a little
 
+        queue = [0.0]
+
+        async def watch_worker() -> None:
+            while loop.time() < deadline:
+                async with session.get(f"{worker_url}/metrics") as response:
+                    load = parse_load((await response.read()).decode())
+                if load is not None:
+                    queue[0] = max(queue[0], load[1])
+                await asyncio.sleep(0.5)
+
         started = time.perf_counter()
         await asyncio.gather(*(hot_client() for _ in range(HOT_CONCURRENCY)),
-                             *(miss_client() for _ in range(MISS_CONCURRENCY)))  # fmt: skip
+                             *(miss_client() for _ in range(MISS_CONCURRENCY)),
+                             watch_worker())  # fmt: skip
         seconds_taken = time.perf_counter() - started
     answered = sum(hot_outcomes.values())
     return {
@@ -102,6 +118,7 @@ async def load(url: str, key: str, seconds: float) -> dict[str, Any]:
         "hot_hit_share": hot_outcomes.get("hit", 0) / answered if answered else 0.0,
         "hot_rps": answered / seconds_taken,
         "misses": miss_statuses,
+        "worker_max_waiting": queue[0],
     }
 
 
@@ -143,14 +160,15 @@ def main() -> None:
                     gateway = start_gateway_in(tree, [worker.url], run_dir, env, stall)
                     try:
                         asyncio.run(_warm(gateway.url, key))
-                        result = asyncio.run(load(gateway.url, key, DURATION_S))
+                        result = asyncio.run(load(gateway.url, key, DURATION_S, worker.url))
                     finally:
                         gateway.stop()
                     label = f"{condition} [{tree_name}]" if tree_name else condition
                     runs.setdefault(label, []).append(result)
                     print(f"  round {round_index + 1}/{ROUNDS} {label:<40} hot hits "
                           f"{result['hot_hit_share']:.4f} {result['hot']} "
-                          f"{result['hot_rps']:.0f} req/s; misses {result['misses']}",
+                          f"{result['hot_rps']:.0f} req/s; misses {result['misses']}; "
+                          f"worker queue up to {result['worker_max_waiting']:.0f}",
                           flush=True)  # fmt: skip
     finally:
         worker.stop()
@@ -162,6 +180,7 @@ def main() -> None:
         summary[label] = {
             "hot_hit_share": share,
             "hot_rps": _stat([r["hot_rps"] for r in results]),
+            "worker_max_waiting": _stat([r["worker_max_waiting"] for r in results]),
             "runs": results,
         }
         met = share["min"] >= TARGET_HIT_SHARE
