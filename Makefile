@@ -203,6 +203,9 @@ bench: install triton-install services ## every benchmark in one run, then loadt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.gateway | tee loadtest/results/bench-gateway.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.gateway_cpu | tee loadtest/results/bench-gateway-cpu.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.anchors | tee loadtest/results/bench-anchors.txt
+	# hits for shoppers' body sizes against static Nginx; a hot question under overload (issue 24)
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.hits | tee loadtest/results/bench-hits.txt
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.overload | tee loadtest/results/bench-overload.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.cache | tee loadtest/results/bench-cache.txt
 	# event-loop lag under the largest bodies the limits allow; coalescing drills (issue 15)
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.hardening | tee loadtest/results/bench-hardening.txt

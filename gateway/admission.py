@@ -4,9 +4,12 @@ A pure ASGI middleware, inside the request id and the interaction log (so refusa
 logged with their id) and outside everything else. Before the route runs it
 authenticates the key (401), takes a concurrency slot and charges one request against
 requests-per-minute (429); it releases the slot when the route returns, which for a stream
-is when its last byte is sent or the client has gone. Tokens per minute need the
-validated request (image sizes), so the pipeline charges them through the request's
-:class:`Admission`, and checks the key's allowed models (403) there too.
+is when its last byte is sent or the client has gone, or, when the request started a
+generation that outlives it (a coalescing leader whose client left generates on for its
+waiters), when that generation ends: a key's concurrency limit bounds its generations.
+Tokens per minute need the validated request (image sizes), so the pipeline charges them
+through the request's :class:`Admission`, and checks the key's allowed models (403) there
+too.
 
 Every answer on /v1/* carries OpenAI's x-ratelimit-* headers for the limits it was
 checked against. When the limiter's Redis fails, each replica applies the limits in its
@@ -17,6 +20,7 @@ the request is refused with 503 (GATEWAY_RATELIMIT_FAIL_OPEN=false).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Final
@@ -24,11 +28,11 @@ from typing import Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import AuthFailure, AuthUnavailable, KeyRecord, KeyStore, bearer_token
-from gateway.breaker import CircuitBreaker
 from gateway.config import Settings
 from gateway.db.engine import create_log_engine
 from gateway.errors import ErrorCode, GatewayError, error_headers
 from gateway.interactions.draft import draft_of
+from gateway.loop_lag import LoopLag
 from gateway.metrics import Metrics
 from gateway.middleware import request_header
 from gateway.ratelimit import (
@@ -40,7 +44,7 @@ from gateway.ratelimit import (
     WindowLimiter,
     retry_after_s,
 )
-from gateway.redis_link import check_cluster_setting, redis_client
+from gateway.redis_link import check_cluster_setting, redis_breaker, redis_client, socket_timeout
 
 log = logging.getLogger("gateway.admission")
 
@@ -65,6 +69,25 @@ class Admission:
     key: KeyRecord | None = None  # None: authentication is off
     windows: dict[LimitKind, Window] = field(default_factory=dict)
     lease: str | None = None
+    holds: int = 0  # generations of this request that keep its slot (hold())
+    returned: bool = False  # the route has returned
+
+    def hold(self) -> Callable[[], Awaitable[None]]:
+        """Keep the concurrency slot past the route's return until the returned callable
+        is awaited (by a generation that outlives its request, at its end)."""
+        self.holds += 1
+        done = False
+
+        async def let_go() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            self.holds -= 1
+            if self.holds == 0 and self.returned:
+                await self.control.release(self)
+
+        return let_go
 
     def check_model(self, model: str | None) -> None:
         """403 when the key may not use this model."""
@@ -207,6 +230,9 @@ class AdmissionControl:
         admission.lease = lease
 
     async def release(self, admission: Admission) -> None:
+        admission.returned = True
+        if admission.holds:
+            return  # a generation it started still runs: its end gives the slot back
         if admission.lease is not None and self._concurrency is not None:
             lease, admission.lease = admission.lease, None
             await self._concurrency.release(lease)
@@ -304,9 +330,10 @@ class AdmissionMiddleware:
 
 
 async def open_admission(
-    settings: Settings, metrics: Metrics, stack: AsyncExitStack
+    settings: Settings, metrics: Metrics, stack: AsyncExitStack, lag: LoopLag | None = None
 ) -> AdmissionControl:
-    """Key store and limiters for the lifespan; everything closed by ``stack``."""
+    """Key store and limiters for the lifespan; everything closed by ``stack``. ``lag``:
+    the event loop's lag, which the limiter's Redis deadline does not count."""
     auth, limits = settings.auth, settings.ratelimit
     if not auth.enabled:
         log.warning(
@@ -332,10 +359,16 @@ async def open_admission(
     setting = "GATEWAY_RATELIMIT_REDIS_CLUSTER" if own else "GATEWAY_REDIS_CLUSTER"
     timeout = limits.socket_timeout_s
     await check_cluster_setting(redis_url, cluster, setting, timeout)
-    redis = redis_client(redis_url, cluster, socket_timeout=timeout, socket_connect_timeout=timeout)
+    backstop = socket_timeout(timeout)
+    redis = redis_client(
+        redis_url, cluster, socket_timeout=backstop, socket_connect_timeout=backstop
+    )
     stack.push_async_callback(redis.aclose)
-    breaker = CircuitBreaker(
+    breaker = redis_breaker(
+        timeout,
         limits.breaker_open_s,
+        settings.redis_breaker_failures,
+        lag,
         on_state_change=lambda state: metrics.rate_limiter_breaker_state.set(int(state)),
     )
     namespace = settings.cache_namespace

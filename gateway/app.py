@@ -18,6 +18,7 @@ from gateway.config import Settings
 from gateway.errors import ErrorBoundary, install_error_handlers
 from gateway.interactions import open_interaction_writer
 from gateway.interactions.middleware import InteractionLogMiddleware, RecordSink
+from gateway.loop_lag import LoopLag
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from gateway.moderation import open_moderator
@@ -93,12 +94,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         async with AsyncExitStack() as stack:
+            # First: Redis deadlines leave out the time this loop was held by other work.
+            lag = LoopLag(on_late=metrics.event_loop_stalled.inc)
+            await lag.start()
+            stack.push_async_callback(lag.stop)
             session = open_session(settings, stack)
             sink.writer = await open_interaction_writer(settings.log, metrics.registry, stack)
-            admission.control = await open_admission(settings, metrics, stack)
+            admission.control = await open_admission(settings, metrics, stack, lag)
             pool = await open_pool(session, settings, metrics, stack)
             upstream = Upstream(session, pool, settings, metrics)
-            redis = await open_redis(settings, metrics, stack)
+            redis = await open_redis(settings, metrics, stack, lag)
             cache = await open_cache_stage(settings, metrics, redis, pool.model_root, stack)
             remote_images = open_fetcher(
                 settings.remote_images, settings.max_body_bytes, metrics, stack

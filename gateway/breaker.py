@@ -12,9 +12,10 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+Deadline = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
 class BreakerState(enum.IntEnum):
@@ -34,8 +35,12 @@ class CircuitBreaker:
         failure_threshold: int = 1,
         on_state_change: Callable[[BreakerState], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        deadline: Deadline | None = None,
+        excused: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._open_seconds = open_seconds
+        self._deadline = deadline
+        self._excused = excused
         self._failure_threshold = failure_threshold
         self._on_state_change = on_state_change
         self._clock = clock
@@ -74,7 +79,12 @@ class CircuitBreaker:
                 raise BreakerOpen
             self._probe_in_flight = probing = True
         try:
-            result = await operation()
+            if self._deadline is None:
+                result = await operation()
+            else:
+                result = await self._deadline(operation)
+        except self._excused:
+            raise  # not the dependency's failure
         except failures:
             self._record_failure()
             raise

@@ -101,12 +101,26 @@ class Settings(BaseSettings):
     cache_max_value_bytes: int = Field(default=64 * 1024, gt=0)
     # Cache sampled answers that carry an explicit seed (greedy ones are always cacheable).
     cache_seeded_requests: bool = True
+    # Hot answers in each replica's memory, in front of Redis (gateway/cache/local.py): the
+    # same keys, a short TTL, bounded in bytes; a hot hit then costs no Redis round trip.
+    # 0 bytes: off.
+    cache_local_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    cache_local_ttl_s: float = Field(default=10.0, gt=0)
+    # Bodies whose answers were found in the cache, kept prepared by their bytes
+    # (gateway/cache/recall.py): the next identical body skips parsing, image checks and
+    # key derivation. 0 bytes: off.
+    cache_recall_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     # Part of every key: change it when the workers' checkpoint changes under the same name.
     model_revision: str = "1"
     # Redis on the request path must answer fast or be skipped: a local Redis answers in
-    # well under a millisecond, so 100 ms already means trouble.
-    redis_socket_timeout_s: float = Field(default=0.1, gt=0)
+    # well under a millisecond. The deadline counts only time this replica's event loop
+    # was responsive (gateway/loop_lag.py): a loop held by other work does not make a
+    # healthy Redis time out. Past 8x the deadline in wall time the call gives up anyway.
+    redis_socket_timeout_s: float = Field(default=0.25, gt=0)
     redis_breaker_open_s: float = Field(default=5.0, gt=0)
+    # Consecutive failures (errors, or deadlines the loop's lag does not explain) that open
+    # the breaker: never one late read.
+    redis_breaker_failures: int = Field(default=2, ge=1)
     coalesce_enabled: bool = True
     # A waiter gives up and calls a worker itself after this long: as long as a leader may
     # take (total_timeout_s), since a lease its leader keeps renewing proves it is alive.
@@ -151,9 +165,12 @@ class Settings(BaseSettings):
     # Send each image's digest as vLLM's multimodal uuid (vLLM >= 0.11 reads it): the
     # worker skips re-hashing the pixels and its processor cache is keyed by our digest.
     worker_image_uuids: bool = True
-    # Admission control: shed new requests (503 + Retry-After) when every available worker
-    # has more than this many requests waiting; None disables it.
-    admission_max_waiting: int | None = Field(default=None, ge=0)
+    # Admission control: a request that needs a worker is shed at once (503 overloaded +
+    # Retry-After) when every available worker of its pool has more than this many requests
+    # waiting (vLLM's count, or this replica's requests to it beyond those it runs, whichever
+    # is larger): overload sheds instead of queueing, and cache hits keep flowing. A
+    # worker's queue then stays under about (gateway replicas x this). None disables it.
+    admission_max_waiting: int | None = Field(default=32, ge=0)
     # Retry-After (seconds) on 503s: overloaded, no worker available, draining.
     retry_after_s: int = Field(default=1, ge=0)
 

@@ -7,15 +7,33 @@ build several apps side by side and each /metrics shows only its own app.
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+import prometheus_client
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+# A labelled series is looked up several times per request (eight on a cache hit):
+# prometheus_client's labels() checks its arguments and takes a lock every time. These
+# find a series that exists in one dict lookup, and defer to labels() for the rest
+# (new series, keyword labels, values that are not strings).
+class Counter(prometheus_client.Counter):
+    def labels(self, *values: object, **by_name: object) -> Counter:
+        found = None if by_name else self._metrics.get(values)  # type: ignore[arg-type]
+        return cast(Counter, found) if found is not None else super().labels(*values, **by_name)
+
+
+class Gauge(prometheus_client.Gauge):
+    def labels(self, *values: object, **by_name: object) -> Gauge:
+        found = None if by_name else self._metrics.get(values)  # type: ignore[arg-type]
+        return cast(Gauge, found) if found is not None else super().labels(*values, **by_name)
+
+
+class Histogram(prometheus_client.Histogram):
+    def labels(self, *values: object, **by_name: object) -> Histogram:
+        found = None if by_name else self._metrics.get(values)  # type: ignore[arg-type]
+        return cast(Histogram, found) if found is not None else super().labels(*values, **by_name)
+
 
 # Request latency spans fast rejections (sub-millisecond) to long generations (minutes).
 _LATENCY_BUCKETS = (
@@ -164,6 +182,36 @@ class Metrics:
         )
         for part in ("content", "tool_arguments"):
             self.json_repairs.labels(part)
+        self.cache_local_lookups = Counter(
+            "gateway_cache_local_lookups",
+            "Lookups in the replica's in-process answer cache (in front of Redis), by result "
+            "(hit: answered from memory; miss: Redis was asked).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_local_bytes = Gauge(
+            "gateway_cache_local_bytes",
+            "Bytes held by the replica's in-process answer cache (GATEWAY_CACHE_LOCAL_MAX_BYTES).",
+            registry=r,
+        )
+        self.cache_recalls = Counter(
+            "gateway_cache_recalls",
+            "Request bodies answered from their earlier preparation (gateway/cache/recall.py), "
+            "skipping parsing, image checks and key derivation.",
+            registry=r,
+        )
+        self.cache_recall_bytes = Gauge(
+            "gateway_cache_recall_bytes",
+            "Bytes held by the replica's prepared bodies (GATEWAY_CACHE_RECALL_MAX_BYTES).",
+            registry=r,
+        )
+        self.event_loop_stalled = Counter(
+            "gateway_event_loop_stalled_seconds",
+            "Time this replica's event loop ran late (a tick every 10 ms, summed lateness): "
+            "its rate is the share of time the loop could serve nobody. Redis deadlines do "
+            "not count it (gateway/loop_lag.py).",
+            registry=r,
+        )
         self.coalesce_fallbacks = Counter(
             "gateway_coalesce_fallbacks",
             "Waiters that called a worker themselves, by reason.",

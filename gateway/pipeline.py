@@ -21,13 +21,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.admission import Admission
-from gateway.answers import (
-    CachedAnswer,
-    CompletionSummary,
-    answer_from_completion,
-    summary_from_completion,
-)
+from gateway.answers import CachedAnswer, answer_from_completion, summary_from_completion
 from gateway.background import detach, keep_going
+from gateway.cache.recall import Recall, Recalled, Reparse
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.stage import (
     BYPASS,
@@ -39,17 +35,15 @@ from gateway.cache.stage import (
 from gateway.cache.store import CacheDirectives
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
+from gateway.images import is_remote_url
 from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
-from gateway.moderation import Moderator
-from gateway.protocol import (
-    ChatCompletionRequest,
-    VQARequest,
-    VQAResponse,
-)
+from gateway.moderation import Moderator, Violation
+from gateway.notes import note_answer, note_features, note_request, note_summary
+from gateway.protocol import ChatCompletionRequest, VQARequest, VQAResponse
 from gateway.ratelimit import estimate_tokens
 from gateway.remote_images import RemoteImageFetcher
-from gateway.streams import ChunkStream, GapTimer, RecordingStream, ReplayStream
+from gateway.streams import CONTENT_FILTER, ChunkStream, GapTimer, RecordingStream, ReplayStream
 from gateway.upstream.pool import WorkerPool
 from gateway.upstream.proxy import Upstream
 from gateway.upstream.shape import Repairs, ShapedStream, shape_completion
@@ -57,6 +51,8 @@ from gateway.validation.pixels import DecodedImages
 from gateway.validation.prepare import PreparedRequest, prepare_chat, prepare_vqa, read_chat
 
 CHAT_PATH = "/v1/chat/completions"
+# The category of a waiter's refusal its own check did not find: its leader's guard did.
+LEADER_REFUSED = Violation("leader_refused")
 
 _R = TypeVar("_R")
 
@@ -124,24 +120,40 @@ class Pipeline:
 
     # -- entry points, one per answer form ----------------------------------------------------
 
-    async def chat(self, ctx: RequestContext, request: ChatCompletionRequest) -> Answer:
+    def recall(self, path: str, raw: bytes, reparse: Reparse) -> Recall | None:
+        """The body prepared before, if this replica has it (cache/recall.py); None when
+        the cache is off. ``reparse``: the body's typed request, for a worker."""
+        if self._cache is None:
+            return None
+        return self._cache.recall(path, raw, reparse, self._pool.model_ids)
+
+    async def chat(
+        self,
+        ctx: RequestContext,
+        request: ChatCompletionRequest | Recalled,
+        recall: Recall | None = None,
+    ) -> Answer:
         """A non-streamed chat completion: the worker's JSON body, or a replayed one."""
-        prepared = await self._prepare_chat(ctx, request, stream=False)
-        answer, cache = await self._answer(ctx, prepared)
+        prepared = await self._prepare_chat(ctx, request, stream=False, recall=recall)
+        answer, cache = await self._answer(ctx, prepared, recall)
         return Answer(answer, cache)
 
     async def chat_stream(
-        self, ctx: RequestContext, request: ChatCompletionRequest
+        self,
+        ctx: RequestContext,
+        request: ChatCompletionRequest | Recalled,
+        recall: Recall | None = None,
     ) -> StreamedAnswer:
         """A streamed chat completion; returns once the worker's first chunk is in."""
-        prepared = await self._prepare_chat(ctx, request, stream=True)
+        prepared = await self._prepare_chat(ctx, request, stream=True, recall=recall)
         await self._moderate(ctx, prepared)
-        plan, lookup = await self._lookup(ctx, prepared)
+        plan, lookup = await self._lookup(ctx, prepared, recall)
         if lookup.answer is not None:
             await self._serve_stored(ctx, plan, lookup.answer)
             events = completion_sse(lookup.answer, prepared.model, prepared.client_wants_usage)
             self._observe_ttft(ctx, lookup.outcome)
             return StreamedAnswer(ReplayStream(events), lookup.outcome)
+        prepared = await self._forward(plan, lookup, self._in_full(prepared, recall))
         await self._decode_images(prepared, plan, lookup)
         worker = self._upstream.open_stream(
             CHAT_PATH,
@@ -162,13 +174,17 @@ class Pipeline:
         def record(upstream: ChunkStream) -> RecordingStream:
             async def on_end(answer: CachedAnswer | None) -> None:
                 if answer is not None:
-                    self._note_answer(ctx, answer)
-                self._note_summary(ctx, recording.recorder.summary())
+                    note_answer(ctx.draft, answer)
+                note_summary(ctx.draft, recording.recorder.summary())
                 await self._complete(plan, lookup, self._storable(ctx, plan, prepared, answer))
+
+            async def on_refused(answer: CachedAnswer) -> None:  # shared as a refusal
+                note_summary(ctx.draft, recording.recorder.summary())
+                await self._complete(plan, lookup, answer, refused=True)
 
             recording = RecordingStream(
                 ShapedStream(upstream, self._repairs(prepared)),
-                prepared.client_wants_usage, on_end, guard, finish_on_close=leads,
+                prepared.client_wants_usage, on_end, guard, leads, on_refused,
             )  # fmt: skip
             return recording
 
@@ -186,17 +202,24 @@ class Pipeline:
     def _observe_ttft(self, ctx: RequestContext, cache: str) -> None:
         self._metrics.ttft.labels(ctx.route, cache).observe(time.perf_counter() - ctx.started)
 
-    async def vqa(self, ctx: RequestContext, request: VQARequest) -> tuple[VQAResponse, str]:
+    async def vqa(
+        self, ctx: RequestContext, request: VQARequest | Recalled, recall: Recall | None = None
+    ) -> tuple[VQAResponse, str]:
         """The simple shape: one image and a prompt in, the answer's text out."""
-        self._admit(ctx, request.model)
-        self._note_request(ctx, request.model, request.prompt, stream=False)
-        prepared = await prepare_vqa(
-            request, self._settings, self._pool.model_ids(), self._remote_images
-        )
-        ctx.draft.model = prepared.model
-        ctx.draft.images = prepared.images
-        await self._charge(ctx, prepared)
-        body, cache = await self._answer(ctx, prepared)
+        if isinstance(request, Recalled):
+            prepared = await self._recalled(ctx, request.prepared)
+        else:
+            self._admit(ctx, request.model)
+            note_request(ctx.draft, request.model, request.prompt, stream=False)
+            if recall is not None:
+                recall.keepable = not is_remote_url(request.image)
+            prepared = await prepare_vqa(
+                request, self._settings, self._pool.model_ids(), self._remote_images
+            )
+            ctx.draft.model = prepared.model
+            ctx.draft.images = prepared.images
+            await self._charge(ctx, prepared)
+        body, cache = await self._answer(ctx, prepared, recall, vqa=True)
         answer = answer_from_completion(body)
         if answer is None:
             raise GatewayError(ErrorCode.UPSTREAM_ERROR, "The worker's answer was malformed.")
@@ -205,19 +228,43 @@ class Pipeline:
     # -- stages -------------------------------------------------------------------------------
 
     async def _prepare_chat(
-        self, ctx: RequestContext, request: ChatCompletionRequest, stream: bool
+        self,
+        ctx: RequestContext,
+        request: ChatCompletionRequest | Recalled,
+        stream: bool,
+        recall: Recall | None,
     ) -> PreparedRequest:
         """Model permission, validation and tokens per minute: what both chat forms share."""
+        if isinstance(request, Recalled):
+            return await self._recalled(ctx, request.prepared)
         self._admit(ctx, request.model)
         content = read_chat(request)
-        self._note_request(ctx, request.model, content.prompt, stream)
+        if recall is not None:
+            recall.keepable = not any(is_remote_url(p.image_url.url) for p, _ in content.images)
+        note_request(ctx.draft, request.model, content.prompt, stream)
         prepared = await prepare_chat(
             request, self._settings, self._pool.model_ids(), self._remote_images, content
         )
         ctx.draft.images = prepared.images
-        self._note_features(ctx, prepared)
+        note_features(ctx.draft, prepared)
         await self._charge(ctx, prepared)
         return prepared
+
+    async def _recalled(self, ctx: RequestContext, prepared: PreparedRequest) -> PreparedRequest:
+        """A body prepared before: what preparing it would have noted, and its charge."""
+        self._admit(ctx, prepared.model)
+        note_request(ctx.draft, prepared.model, prepared.prompt, prepared.stream)
+        ctx.draft.images = prepared.images
+        note_features(ctx.draft, prepared)
+        await self._charge(ctx, prepared)
+        return prepared
+
+    async def _in_full(self, prepared: PreparedRequest, recall: Recall | None) -> PreparedRequest:
+        """A recalled request on its way to a worker: prepared again from its bytes."""
+        if recall is None or recall.found is None:
+            return prepared
+        known = self._pool.model_ids()
+        return await recall.prepare_again(self._settings, known, self._remote_images)
 
     @staticmethod
     def _admit(ctx: RequestContext, model: str | None) -> None:
@@ -267,17 +314,24 @@ class Pipeline:
     ) -> None:
         """A cached or coalesced answer passes moderation again before it is served: the
         policy may have changed since it was stored. One it refuses is evicted."""
-        self._note_answer(ctx, answer)
+        note_answer(ctx.draft, answer)
         try:
             for content, _ in answer.choices:  # n > 1: each choice on its own
                 await self._moderate_answer(ctx, content)
+            if answer.finish_reason == CONTENT_FILTER and self._moderator is not None:
+                # A stream its leader's guard cut off: refused here too, whatever the check.
+                raise self._moderator.blocked(ctx.draft, "answer", LEADER_REFUSED, None)
         except GatewayError:
             if self._cache is not None:
                 await self._cache.evict(plan)
             raise
 
     async def _lookup(
-        self, ctx: RequestContext, prepared: PreparedRequest
+        self,
+        ctx: RequestContext,
+        prepared: PreparedRequest,
+        recall: Recall | None = None,
+        vqa: bool = False,
     ) -> tuple[CachePlan, Lookup]:
         if self._cache is None:
             plan, lookup = NO_CACHE, Lookup(BYPASS)
@@ -293,6 +347,10 @@ class Pipeline:
                 lookup = await keep_going(lookup_call, orphan=self._release(plan))
             else:
                 lookup = await lookup_call
+            if lookup.lead is not None and ctx.admission is not None:
+                lookup.on_end = ctx.admission.hold()  # its slot, until the generation ends
+            if lookup.answer is not None and recall is not None:
+                self._cache.keep(recall, prepared, vqa)  # its next hit skips preparing
         ctx.draft.cache = lookup.outcome
         return plan, lookup
 
@@ -319,9 +377,11 @@ class Pipeline:
         count = self._metrics.json_repairs
         return Repairs(prepared.features.structured, lambda part: count.labels(part).inc())
 
-    async def _complete(self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None) -> None:
+    async def _complete(
+        self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None, refused: bool = False
+    ) -> None:
         if self._cache is not None:
-            await self._cache.complete(plan, lookup, answer)
+            await self._cache.complete(plan, lookup, answer, refused)
 
     async def _decode_images(
         self, prepared: PreparedRequest, plan: CachePlan, lookup: Lookup
@@ -339,12 +399,19 @@ class Pipeline:
             await self._complete(plan, lookup, None)
             raise
 
-    async def _answer(self, ctx: RequestContext, prepared: PreparedRequest) -> tuple[bytes, str]:
+    async def _answer(
+        self,
+        ctx: RequestContext,
+        prepared: PreparedRequest,
+        recall: Recall | None,
+        vqa: bool = False,
+    ) -> tuple[bytes, str]:
         await self._moderate(ctx, prepared)
-        plan, lookup = await self._lookup(ctx, prepared)
+        plan, lookup = await self._lookup(ctx, prepared, recall, vqa)
         if lookup.answer is not None:
             await self._serve_stored(ctx, plan, lookup.answer)
             return completion_json(lookup.answer, prepared.model), lookup.outcome
+        prepared = await self._forward(plan, lookup, self._in_full(prepared, recall))
         await self._decode_images(prepared, plan, lookup)
         generation = self._generate(ctx, prepared, plan, lookup)
         if lookup.lead is not None:
@@ -371,10 +438,10 @@ class Pipeline:
             shaped = shape_completion(raw, self._repairs(prepared))  # 502 if malformed
             answer = answer_from_completion(shaped.data)
             if answer is not None:
-                self._note_answer(ctx, answer)
+                note_answer(ctx.draft, answer)
             summary = summary_from_completion(shaped.data)
             if summary is not None:
-                self._note_summary(ctx, summary)
+                note_summary(ctx.draft, summary)
             # A refused answer is never cached; a coalescing leader shares it with its
             # waiters as it is (their own answer checks refuse it again, and nobody
             # generates it twice). Every choice and tool call is checked on its own.
@@ -382,9 +449,8 @@ class Pipeline:
                 for text in summary.checked_texts() if summary is not None else ():
                     await self._moderate_answer(ctx, text)
             except GatewayError:
-                if self._cache is not None:
-                    completed = True
-                    await self._cache.complete(plan, lookup, answer, refused=True)
+                completed = True
+                await self._complete(plan, lookup, answer, refused=True)
                 raise
             completed = True
             await self._complete(plan, lookup, self._storable(ctx, plan, prepared, answer))
@@ -394,39 +460,6 @@ class Pipeline:
                 await self._complete(plan, lookup, None)
 
     # -- the interaction draft ----------------------------------------------------------------
-
-    @staticmethod
-    def _note_request(ctx: RequestContext, model: str | None, prompt: str, stream: bool) -> None:
-        ctx.draft.model, ctx.draft.prompt, ctx.draft.stream = model, prompt, stream
-
-    @staticmethod
-    def _note_answer(ctx: RequestContext, answer: CachedAnswer) -> None:
-        draft = ctx.draft
-        draft.answer = answer.text
-        draft.prompt_tokens, draft.completion_tokens = (
-            answer.prompt_tokens,
-            answer.completion_tokens,
-        )
-
-    @staticmethod
-    def _note_summary(ctx: RequestContext, summary: CompletionSummary) -> None:
-        """Every choice (n > 1) and tool call; choice 0 alone is what the cache keeps."""
-        draft = ctx.draft
-        if summary.text is not None:
-            draft.answer = summary.text
-        draft.tool_calls = summary.logged_tool_calls()
-        if summary.completion_tokens is not None:
-            draft.prompt_tokens = summary.prompt_tokens
-            draft.completion_tokens = summary.completion_tokens
-
-    @staticmethod
-    def _note_features(ctx: RequestContext, prepared: PreparedRequest) -> None:
-        features, draft = prepared.features, ctx.draft
-        draft.response_format = features.response_format
-        draft.schema_name, draft.schema_sha256 = features.schema_name, features.schema_sha256
-        draft.end_user_sha256 = features.end_user_sha256
-        draft.request_metadata = features.metadata
-        draft.request_options = features.options
 
     def _note_worker(self, ctx: RequestContext) -> Callable[[str], None]:
         def note(worker_url: str) -> None:

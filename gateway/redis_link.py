@@ -14,7 +14,7 @@ answer's digest; every limit of an API key shares the key's id.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 
 from redis.asyncio import Redis
@@ -24,11 +24,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from gateway.breaker import CircuitBreaker
+from gateway.breaker import BreakerState, CircuitBreaker
+from gateway.loop_lag import LagAwareDeadline, LoopLag, LoopStalled
 
 # RedisClusterException is not a RedisError: a cluster none of whose nodes answers, or
 # whose slots are not all served, raises it, and is an outage like any other.
 REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
+# A call gives up after this many deadlines of wall time even when the event loop's own
+# stalls explain the wait (uncounted by the breaker: gateway/loop_lag.py).
+CAP_DEADLINES: Final = 8
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
@@ -110,3 +114,28 @@ async def check_cluster_setting(url: str, cluster: bool, setting: str, timeout_s
             f"{setting}={str(cluster).lower()}, but its Redis server is {what}: "
             f"set {setting}={str(enabled).lower()}"
         )
+
+
+def redis_breaker(
+    deadline_s: float,
+    open_s: float,
+    failures: int,
+    lag: LoopLag | None,
+    on_state_change: Callable[[BreakerState], None],
+) -> CircuitBreaker:
+    """The breaker of a Redis client on the request path: each call within ``deadline_s``
+    of responsive time; ``failures`` consecutive errors or real timeouts open it."""
+    deadline = LagAwareDeadline(deadline_s, lag, CAP_DEADLINES * deadline_s)
+    return CircuitBreaker(
+        open_s,
+        failure_threshold=failures,
+        on_state_change=on_state_change,
+        deadline=deadline.run,
+        excused=(LoopStalled,),
+    )
+
+
+def socket_timeout(deadline_s: float) -> float:
+    """The client's own read timeout: a backstop past the breaker's wall-clock cap, for
+    calls made outside the breaker (lease renewals)."""
+    return CAP_DEADLINES * deadline_s * 1.5

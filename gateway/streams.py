@@ -19,6 +19,9 @@ from gateway.answers import CachedAnswer, CompletionSummary, ToolCallRecord
 
 _DONE: Final = b"[DONE]"
 _COMPLETE_REASONS: Final = frozenset({"stop", "length"})
+# The finish reason of an answer moderation cut off (OpenAI's own name for it): shared with
+# a coalescing leader's waiters as a refusal, never stored, never served.
+CONTENT_FILTER: Final = "content_filter"
 # Tasks started from close() must be referenced until done, or they may vanish.
 _background: set[asyncio.Task[None]] = set()
 
@@ -138,6 +141,22 @@ class AnswerRecorder:
             completion if isinstance(completion, int) else None,
         )
 
+    def refused_answer(self) -> CachedAnswer:
+        """What arrived of an answer moderation refused, every choice marked CONTENT_FILTER."""
+        usage = self.usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        more = tuple(
+            ("".join(self.contents.get(index, [])), CONTENT_FILTER)
+            for index in range(1, max(self.texts, default=0) + 1)
+        )
+        return CachedAnswer(
+            "".join(self.parts),
+            CONTENT_FILTER,
+            prompt if isinstance(prompt, int) else 0,
+            completion if isinstance(completion, int) else 0,
+            more,
+        )
+
     def answer(self) -> CachedAnswer | None:
         """The complete answer, or None for a broken, failed or cut-off stream."""
         if not self.done or self.failed or self.finish_reason not in _COMPLETE_REASONS:
@@ -164,8 +183,9 @@ class RecordingStream:
     on_end runs once: with the answer when the stream completed, with None when it
     broke off or the client left (close() before the end). ``guard`` (moderation) sees
     the recorded answer after each chunk, before the chunk's events are passed on; when
-    it raises, the worker's stream is closed, on_end gets None, and the error goes on to
-    the response (an SSE error event).
+    it raises, the worker's stream is closed, ``on_refused`` (else on_end with None) gets
+    what arrived of the refused answer (``refused_answer``), and the error goes on to the
+    response (an SSE error event).
     """
 
     def __init__(
@@ -175,8 +195,11 @@ class RecordingStream:
         on_end: Callable[[CachedAnswer | None], Awaitable[None]],
         guard: Callable[[AnswerRecorder], None] | None = None,
         finish_on_close: bool = False,
+        on_refused: Callable[[CachedAnswer], Awaitable[None]] | None = None,
     ) -> None:
         self._guard = guard
+        self._on_refused = on_refused
+        self._refused = False
         # A coalescing leader's stream: closed before its end (the client left), it is
         # read to the end in the background, so on_end stores and shares the answer.
         self._finish_on_close = finish_on_close
@@ -202,8 +225,7 @@ class RecordingStream:
                 if self._buffer.strip():
                     try:
                         out = self._split(b"\n\n")
-                        if self._guard is not None:
-                            self._guard(self.recorder)
+                        self._check()
                     except BaseException:
                         await self._end(None)
                         raise
@@ -221,14 +243,21 @@ class RecordingStream:
                 raise
             try:
                 out = self._split(chunk)
-                if self._guard is not None:
-                    self._guard(self.recorder)
+                self._check()
             except BaseException:
                 self._upstream.close()
                 await self._end(None)
                 raise
             if out:
                 return out
+
+    def _check(self) -> None:
+        if self._guard is not None:
+            try:
+                self._guard(self.recorder)
+            except BaseException:
+                self._refused = True
+                raise
 
     def _split(self, chunk: bytes) -> bytes:
         """Complete events from the buffer, minus a usage event the client did not want."""
@@ -244,7 +273,11 @@ class RecordingStream:
 
     async def _end(self, answer: CachedAnswer | None) -> None:
         on_end, self._on_end = self._on_end, None
-        if on_end is not None:
+        if on_end is None:
+            return
+        if self._refused and self._on_refused is not None:
+            await self._on_refused(self.recorder.refused_answer())
+        else:
             await on_end(answer)
 
     def close(self) -> None:

@@ -155,6 +155,18 @@ async def test_values_over_the_cap_are_not_stored(
     assert await replicas[0].redis.ttl(key) > 0
 
 
+async def _leads_alone(replica: Replica, key: str) -> None:
+    """Without Redis a request leads for its replica alone: a second identical one joins
+    it in memory (issue 24), and nothing waits on Redis."""
+    lead = await replica.coalescer.acquire(key)
+    assert isinstance(lead, Lead)
+    assert lead.local_only
+    joiner = asyncio.create_task(replica.coalescer.acquire(key))
+    await asyncio.sleep(0.05)
+    await replica.coalescer.finish(lead, ANSWER, store_ttl_s=None)
+    assert await joiner == Joined(ANSWER)
+
+
 async def test_dead_redis_costs_one_timeout_per_breaker_window(
     private_redis: PrivateRedis,
 ) -> None:
@@ -172,7 +184,7 @@ async def test_dead_redis_costs_one_timeout_per_breaker_window(
         assert failures == 50
         assert replica.breaker.state.name == "OPEN"
         assert elapsed < 0.6, f"50 calls took {elapsed:.2f}s: more than one timeout was paid"
-        assert isinstance(await replica.coalescer.acquire("drill:v1:answer:k"), Alone)
+        await _leads_alone(replica, "drill:v1:answer:k")
         private_redis.thaw()
         await asyncio.sleep(1.05)  # the breaker window
         assert await replica.cache.get("drill:v1:answer:k") == ANSWER
@@ -187,7 +199,7 @@ async def test_killed_redis_fails_open_and_recovers_after_restart(
         private_redis.kill()
         with pytest.raises(CacheUnavailable):
             await replica.cache.get("drill:v1:answer:k")
-        assert isinstance(await replica.coalescer.acquire("drill:v1:answer:x"), Alone)
+        await _leads_alone(replica, "drill:v1:answer:x")
         private_redis.start()  # same port: clients reconnect by themselves
         await asyncio.sleep(1.05)
         assert await replica.cache.get("drill:v1:answer:k") is None  # no persistence: empty

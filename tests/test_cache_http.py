@@ -216,8 +216,10 @@ async def test_redis_failure_under_load_costs_no_5xx_and_opens_the_breaker(
     private_redis: PrivateRedis,
     failure: str,
 ) -> None:
+    # The in-process cache off: it would answer these few photos without asking Redis
+    # (tests/test_cache_local.py); this drill is about the Redis path.
     env = _env(gateway_process_env, GATEWAY_REDIS_URL=private_redis.url,
-               GATEWAY_REDIS_BREAKER_OPEN_S="1")  # fmt: skip
+               GATEWAY_REDIS_BREAKER_OPEN_S="1", GATEWAY_CACHE_LOCAL_MAX_BYTES="0")  # fmt: skip
     gateway = start_gateway([worker_url], LOG_DIR, env=env)
     try:
         warm = _chat(_photo(100), max_tokens=2)

@@ -163,7 +163,7 @@ def test_targets_are_judged(full_report: tuple[Path, str]) -> None:
     assert "3.50 ms (2.50–4.00)" in lookup
     assert "| met |" in _target_row(report, "Worker SIGKILL drill: client errors")
     assert "**missed**" in _target_row(report, "Locust: HTTP p95 response time")
-    assert "5 met, 2 missed, 6 not measured yet." in report
+    assert "5 met, 2 missed, 8 not measured yet." in report
 
 
 def test_sections_show_ratios_with_their_spread(full_report: tuple[Path, str]) -> None:
@@ -188,7 +188,7 @@ def test_sections_show_ratios_with_their_spread(full_report: tuple[Path, str]) -
 def test_nothing_measured_gives_a_report_of_pending_targets(tmp_path: Path) -> None:
     report = build_report(tmp_path, now=NOW).read_text()
     assert report.count(f"*{NOT_MEASURED}*") == len(SECTIONS)
-    assert "0 met, 0 missed, 10 not measured yet." in report
+    assert "0 met, 0 missed, 12 not measured yet." in report
     assert not (tmp_path / "plots").exists()
 
 
@@ -252,3 +252,27 @@ def test_the_anchors_section_shows_both_tables_and_the_benchmarks_verdicts(
     row = _target_row(report, "Hits: Nginx + 2 gateways / static Nginx")
     assert "| 0.100 | **missed** |" in row
     assert (tmp_path / "plots" / "anchors.png").exists()
+
+
+def test_the_hits_and_overload_sections_show_their_trees_and_targets(tmp_path: Path) -> None:
+    target = {"name": "Hot question answered from the cache under overload, as is [after] "
+              "(issue 24)", "threshold": "≥ 99% every round", "measured": "99.90%",
+              "met": True}  # fmt: skip
+    _write(tmp_path, "bench-overload.json", {
+        "machine": MACHINE, "workload": "hot and misses", "rounds": 2, "targets": [target],
+        "summary": {"as is [before]": {"hot_hit_share": s(0.8, 0.7, 0.9), "hot_rps": 300},
+                    "as is [after]": {"hot_hit_share": s(0.999, 0.999, 1.0), "hot_rps": 900}},
+    })  # fmt: skip
+    _write(tmp_path, "bench-hits.json", {
+        "machine": MACHINE, "workload": "one question", "rounds": 3, "targets": [],
+        "summary": {"640x480 JPEG, 69 KB body": {
+            "nginx static": {"throughput_rps": 9000, "share_of_static": 1.0},
+            "nginx+2 gateways [after]": {"throughput_rps": s(3000, 2900, 3100),
+                                         "share_of_static": s(0.33, 0.3, 0.36)}}},
+    })  # fmt: skip
+    report = build_report(tmp_path, now=NOW).read_text()
+    assert "| as is [before] | 0.8000 (0.7000–0.9000) | 300 | — |" in report
+    assert "| 640x480 JPEG, 69 KB body | nginx+2 gateways [after] | 3000 (2900–3100) |" in report
+    assert "99.90%" in report
+    assert (tmp_path / "plots" / "overload.png").read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "plots" / "hits.png").read_bytes().startswith(PNG_MAGIC)

@@ -23,11 +23,18 @@ from PIL import Image
 from pydantic import SecretStr
 from sqlalchemy import text
 
+from gateway.answers import CachedAnswer
+from gateway.cache.stage import NO_CACHE
+from gateway.config import Settings
 from gateway.db.engine import create_sync_engine
+from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions import InteractionLogSettings
-from gateway.moderation import ModerationSettings
+from gateway.metrics import Metrics
+from gateway.moderation import ModerationSettings, open_moderator
 from gateway.moderation.settings import DEFAULT_IMAGE_QUESTION
+from gateway.pipeline import Pipeline, RequestContext
 from gateway.protocol import ErrorResponse
+from gateway.streams import CONTENT_FILTER
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.images import data_uri
 from tests.support.metrics import scrape, total
@@ -254,6 +261,49 @@ async def test_waiters_of_a_blocked_leader_never_get_its_answer(
     for response in responses:
         _refused(response)
     assert _asked(fake_worker, prompt) >= 1
+
+
+async def test_a_refused_stream_is_shared_with_its_waiters_as_a_refusal(
+    gateway: str, fake_worker: FakeWorker
+) -> None:
+    """Issue 24: as on the JSON path, one generation for identical streamed requests whose
+    answer is refused (before: each waiter was told to elect a new leader, then went alone)."""
+    prompt = f"tell me about this bag {uuid.uuid4().hex}"
+    answer = "A fine leather bag, hand stitched. Watch more on pornhub tonight, bye."
+    fake_worker.scripts[prompt] = f"fake:sleepsay:0.5:{answer}"
+    body = chat_body(prompt, temperature=0, stream=True)
+
+    async def ask() -> tuple[int, str]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.post(gateway + "/v1/chat/completions", json=body)
+            return response.status_code, response.text
+
+    answers = await asyncio.gather(*(ask() for _ in range(10)))
+    assert _asked(fake_worker, prompt) == 1
+    for status, text_ in answers:
+        assert "content_policy_violation" in text_
+        assert "pornhub" not in text_
+        # The leader's client gets its stream cut with an error event; the waiters, whose
+        # answer is refused before it starts, a plain 400.
+        assert status in (200, 400)
+
+
+async def test_a_shared_cut_off_answer_is_refused_even_when_its_text_passes() -> None:
+    """A leader's guard checks windows of the stream, whose edges can make a whole-word term
+    match where the whole text does not: a waiter refuses a cut-off answer regardless."""
+    metrics = Metrics()
+    moderator = await open_moderator(ModerationSettings(), metrics, _never_asked, None, "ns")
+    pipeline = Pipeline(Settings(), None, None, metrics, moderator=moderator)  # type: ignore[arg-type]
+    ctx = RequestContext("r1", "/v1/chat/completions", 0.0)
+    cut_off = CachedAnswer("A fine leather bag, hand", CONTENT_FILTER, 0, 0)
+    with pytest.raises(GatewayError) as refused:
+        await pipeline._serve_stored(ctx, NO_CACHE, cut_off)
+    assert refused.value.code is ErrorCode.CONTENT_POLICY_VIOLATION
+    assert ctx.draft.moderation == "blocked:answer:leader_refused"
+
+
+async def _never_asked(body: bytes, request_id: str, digest: str) -> bytes:
+    raise AssertionError("no image check here")
 
 
 async def test_cached_answers_are_checked_again_when_served(

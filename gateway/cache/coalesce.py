@@ -17,7 +17,10 @@ again, and nobody generates it twice. A waiter gives up (and calls a worker itse
 after ``max_elections`` failed leaders or ``wait_timeout_s``.
 
 Inside one replica, a second identical request joins the local leader's future
-directly, without a Redis round trip.
+directly, without a Redis round trip. When Redis cannot be asked (down, or its breaker
+open), the first request leads for this replica alone (``Lead.local_only``) and identical
+requests join it the same way: an outage costs one generation per question per replica,
+not one per request.
 
 Streaming waiters get the finished answer replayed as SSE once the leader is done, rather
 than a live fan-out of the leader's chunks: replaying is exact (the same chunks a cache
@@ -114,6 +117,8 @@ class Lead:
     token: str
     local: asyncio.Future[CachedAnswer | None] = field(repr=False)
     renewal: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Redis could not be asked: this replica's identical requests wait for it, no others.
+    local_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +246,7 @@ class Coalescer:
                 REDIS_FAILURES,
             )
         except (BreakerOpen, *REDIS_FAILURES):
-            return Alone(REDIS_UNAVAILABLE)
+            return await self._without_redis(key, elections)
         if found[0] == 1:
             stored = CachedAnswer.decode(found[1])
             if stored is None:
@@ -258,10 +263,19 @@ class Coalescer:
             return await self._join_local(key, local, elections)
         return await self._wait_remote(key, elections)
 
-    def _lead(self, key: str, token: str) -> Lead:
+    async def _without_redis(self, key: str, elections: int) -> Outcome:
+        """Redis cannot be asked: join this replica's leader, or lead for this replica."""
+        local = self._local_leaders.get(key)  # one may have started while we awaited Redis
+        if local is not None:
+            return await self._join_local(key, local, elections)
+        return self._lead(key, "", local_only=True)
+
+    def _lead(self, key: str, token: str, local_only: bool = False) -> Lead:
         future: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
         self._local_leaders[key] = future
-        lead = Lead(key, token, future)
+        lead = Lead(key, token, future, local_only=local_only)
+        if local_only:
+            return lead  # no lease to renew
         lead.renewal = asyncio.create_task(self._renew(lead), name="coalesce-lease")
         self._renewals.add(lead.renewal)
         lead.renewal.add_done_callback(self._renewals.discard)

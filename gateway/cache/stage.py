@@ -1,7 +1,8 @@
 """The cache stage of the pipeline: plan, look up (or coalesce), and complete.
 
     plan      cacheable? which key? may we read, may we write (Cache-Control)?
-    lookup    Redis hit -> the answer; else lead or join an identical in-flight request
+    lookup    in memory (local.py) or Redis hit -> the answer; else lead or join an
+              identical in-flight request
     complete  store a complete answer, and share it with the waiters (or tell them to go)
     evict     forget a stored answer that moderation now refuses
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from typing import Final
@@ -21,6 +22,8 @@ from typing import Final
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
 from gateway.cache.keys import derive_key, is_deterministic
+from gateway.cache.local import LocalAnswers
+from gateway.cache.recall import Recall, RecalledRequests, Reparse
 from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
 from gateway.interactions.records import CacheOutcome
@@ -58,6 +61,9 @@ class Lookup:
     outcome: CacheOutcome
     answer: CachedAnswer | None = None
     lead: Lead | None = None
+    # Awaited once the lead's generation has ended (complete): it gives back what the
+    # request holds while it generates, e.g. its key's concurrency slot.
+    on_end: Callable[[], Awaitable[None]] | None = None
 
 
 class CacheStage:
@@ -68,11 +74,20 @@ class CacheStage:
         settings: Settings,
         metrics: Metrics,
         model_root: Callable[[str, str | None], str],
+        local: LocalAnswers | None = None,
+        recalled: RecalledRequests | None = None,
     ) -> None:
         self._cache = cache
         self._coalescer = coalescer
         self._settings = settings
         self._metrics = metrics
+        self._local = local
+        # Bodies whose answers were found here, prepared already (recall.py).
+        self.recalled = recalled
+        # The checkpoint last seen per (model, pool): a new one empties the local cache.
+        self._checkpoints: dict[tuple[str, str | None], str] = {}
+        self._local_hits = metrics.cache_local_lookups.labels("hit")
+        self._local_misses = metrics.cache_local_lookups.labels("miss")
         # What the workers serve under a model name (their checkpoint path or hub id):
         # part of the key, so a new checkpoint behind the same name never replays old answers.
         self._model_root = model_root
@@ -100,6 +115,10 @@ class CacheStage:
             # logprobs and tool calls are not in the stored answer's shape.
             return uncached
         checkpoint = self._model_root(prepared.model, pool)
+        if self._local is not None and self._checkpoints.get((prepared.model, pool)) != checkpoint:
+            if (prepared.model, pool) in self._checkpoints:
+                self._local.clear()  # every key changes: the old answers are dead weight
+            self._checkpoints[(prepared.model, pool)] = checkpoint
         revision = f"{self._settings.model_revision}|{checkpoint}"
         if scope is not None:
             revision += f"|key:{scope}"
@@ -122,16 +141,26 @@ class CacheStage:
     async def lookup(self, plan: CachePlan) -> Lookup:
         if plan.key is None or not plan.read:
             return self._count(Lookup(BYPASS))
+        if self._local is not None:
+            answer = self._local.get(plan.key)
+            if answer is not None:
+                self._local_hits.inc()
+                return self._count(Lookup(HIT, answer=answer))
+            self._local_misses.inc()
         if self._coalescer is None:
             try:
                 stored = await self._cache.get(plan.key)
             except CacheUnavailable:
                 self._metrics.cache_errors.labels("get").inc()
                 return self._count(Lookup(BYPASS))
-            return self._count(Lookup(HIT, answer=stored) if stored else Lookup(MISS))
+            if stored is None:
+                return self._count(Lookup(MISS))
+            self._remember(plan.key, stored)
+            return self._count(Lookup(HIT, answer=stored))
         # One round trip: the stored answer, or the lead, or a wait for the leader.
         outcome = await self._coalescer.acquire(plan.key)
         if isinstance(outcome, Stored):
+            self._remember(plan.key, outcome.answer)
             return self._count(Lookup(HIT, answer=outcome.answer))
         if isinstance(outcome, Joined):
             return self._count(Lookup(COALESCED, answer=outcome.answer))
@@ -141,6 +170,9 @@ class CacheStage:
                 return self._count(Lookup(BYPASS))
             self._metrics.coalesce_fallbacks.labels(outcome.reason).inc()
             return self._count(Lookup(MISS))
+        if outcome.local_only:  # Redis could not be asked: the cache was not consulted
+            self._metrics.cache_errors.labels("get").inc()
+            return self._count(Lookup(BYPASS, lead=outcome))
         return self._count(Lookup(MISS, lead=outcome))
 
     async def complete(
@@ -155,7 +187,17 @@ class CacheStage:
         ``refused``: moderation refused the answer; it is shared with the waiters (whose
         own checks refuse it again) but never stored."""
         # Shielded: a client that leaves must not leave waiters hanging on a held lease.
-        await asyncio.shield(self._complete(plan, lookup, answer, refused))
+        await asyncio.shield(self._complete_and_end(plan, lookup, answer, refused))
+
+    async def _complete_and_end(
+        self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None, refused: bool
+    ) -> None:
+        try:
+            await self._complete(plan, lookup, answer, refused)
+        finally:
+            on_end, lookup.on_end = lookup.on_end, None
+            if on_end is not None:
+                await on_end()
 
     async def _complete(
         self, plan: CachePlan, lookup: Lookup, answer: CachedAnswer | None, refused: bool
@@ -172,6 +214,8 @@ class CacheStage:
         ):
             self._metrics.cache_stores.labels("not_json").inc()
             storable = False
+        if storable and answer is not None and plan.key is not None:
+            self._remember(plan.key, answer)
         if lookup.lead is not None and self._coalescer is not None:
             ttl = self._cache.ttl_seconds if storable else None
             await self._coalescer.finish(lookup.lead, answer, ttl)
@@ -191,10 +235,32 @@ class CacheStage:
         so every later request asks a worker instead of being refused until the TTL ends."""
         if plan.key is None:
             return
+        if self._local is not None:
+            self._local.delete(plan.key)
         try:
             await self._cache.delete(plan.key)
         except CacheUnavailable:
             self._metrics.cache_errors.labels("delete").inc()
+
+    def recall(
+        self, path: str, raw: bytes, reparse: Reparse, served: Callable[[], frozenset[str]]
+    ) -> Recall | None:
+        """The body's place among those prepared before (recall.py); None when off."""
+        if self.recalled is None:
+            return None
+        recall = self.recalled.recall(path, raw, reparse, served)
+        if recall.found is not None:
+            self._metrics.cache_recalls.inc()
+        return recall
+
+    def keep(self, recall: Recall, prepared: PreparedRequest, vqa: bool) -> None:
+        """Keep a body whose answer was found, prepared, for its next hit (recall.py)."""
+        if self.recalled is not None:
+            self.recalled.keep(recall, prepared, vqa)
+
+    def _remember(self, key: str, answer: CachedAnswer) -> None:
+        if self._local is not None:
+            self._local.put(key, answer)
 
     def _count(self, lookup: Lookup) -> Lookup:
         self._metrics.cache_requests.labels(lookup.outcome).inc()
@@ -241,4 +307,17 @@ async def open_cache_stage(
         )  # fmt: skip
         await coalescer.start()
         stack.push_async_callback(coalescer.stop)
-    return CacheStage(cache, coalescer, settings, metrics, model_root)
+    local = None
+    if settings.cache_local_max_bytes > 0:
+        local = LocalAnswers(
+            settings.cache_local_max_bytes,
+            settings.cache_local_ttl_s,
+            on_size=metrics.cache_local_bytes.set,
+        )
+    recalled = None
+    # Not with the image check: it shows the worker body's images to the model.
+    if settings.cache_recall_max_bytes > 0 and not settings.moderation.image_check:
+        recalled = RecalledRequests(
+            settings.cache_recall_max_bytes, on_size=metrics.cache_recall_bytes.set
+        )
+    return CacheStage(cache, coalescer, settings, metrics, model_root, local, recalled)

@@ -33,7 +33,8 @@ Policy
   Memory is bounded by the TTL and the value cap; every key is namespaced.
 
 Redis failures never fail a request: every call goes through a circuit breaker
-with short socket timeouts, and a failed or skipped call is a cache bypass.
+with a short deadline, counted in time the event loop was responsive (a busy replica is
+not a slow Redis: gateway/loop_lag.py), and a failed or skipped call is a cache bypass.
 """
 
 from __future__ import annotations
@@ -45,13 +46,16 @@ from typing import Any
 from gateway.answers import CachedAnswer
 from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.config import Settings
+from gateway.loop_lag import LoopLag
 from gateway.metrics import Metrics
 from gateway.redis_link import (
     REDIS_FAILURES,
     RedisClient,
     RedisLink,
     check_cluster_setting,
+    redis_breaker,
     redis_client,
+    socket_timeout,
 )
 
 
@@ -123,19 +127,26 @@ class CacheUnavailable(Exception):
 
 
 async def open_redis(
-    settings: Settings, metrics: Metrics, stack: AsyncExitStack
+    settings: Settings, metrics: Metrics, stack: AsyncExitStack, lag: LoopLag | None = None
 ) -> RedisLink | None:
     """The request path's Redis client (closed by ``stack``) and its breaker, shared by the
-    answer cache and moderation's image verdicts; None when the cache is off."""
+    answer cache and moderation's image verdicts; None when the cache is off. ``lag``: the
+    event loop's lag, which the round trips' deadline does not count."""
     if not settings.cache_enabled:
         return None
     timeout = settings.redis_socket_timeout_s
     url, cluster = settings.redis_url, settings.redis_cluster
     await check_cluster_setting(url, cluster, "GATEWAY_REDIS_CLUSTER", timeout)
-    redis = redis_client(url, cluster, socket_timeout=timeout, socket_connect_timeout=timeout)
+    # The breaker's deadline bounds every call, connecting included; the client's own
+    # timeouts are only a backstop.
+    backstop = socket_timeout(timeout)
+    redis = redis_client(url, cluster, socket_timeout=backstop, socket_connect_timeout=backstop)
     stack.push_async_callback(redis.aclose)
-    breaker = CircuitBreaker(
+    breaker = redis_breaker(
+        timeout,
         settings.redis_breaker_open_s,
+        settings.redis_breaker_failures,
+        lag,
         on_state_change=lambda state: metrics.cache_breaker_state.set(int(state)),
     )
     return RedisLink(redis, breaker)

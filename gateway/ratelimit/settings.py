@@ -33,7 +33,9 @@ class RateLimitSettings(BaseSettings):
     # While failing open, each replica enforces every key's limits in its own memory, so
     # a key gets at most (replicas x its limit) rather than no limit. False: no limit.
     local_fallback: bool = True
-    socket_timeout_s: float = Field(default=0.1, gt=0)
+    # The deadline of a limit check's Redis round trip, in time the event loop was
+    # responsive (gateway/loop_lag.py), as for the answer cache.
+    socket_timeout_s: float = Field(default=0.25, gt=0)
     # After a Redis failure the limiter skips Redis for this long (one timeout per window).
     breaker_open_s: float = Field(default=5.0, gt=0)
     # A concurrency slot is a lease renewed by its replica every lease_ttl_s / 3; a replica

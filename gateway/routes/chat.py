@@ -7,11 +7,13 @@ OpenAPI operations are declared here and added to the document by routes/openapi
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Final
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from gateway.cache.recall import Recall, Recalled
 from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions.draft import CLIENT_GONE
 from gateway.middleware import request_header
@@ -57,16 +59,23 @@ async def _body(scope: Scope, receive: Receive) -> bytes | None:
         return None
 
 
+async def _parse_chat(services: Services, raw: bytes) -> ChatCompletionRequest | VQARequest:
+    return await services.parser.parse_chat(raw)
+
+
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     services, ctx = services_of(scope), context_of(scope)
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
-    parsed = await services.parser.parse_chat(raw)
-    if isinstance(parsed, VQARequest):
-        return await _vqa(receive, send, services, ctx, parsed)
+    # A body whose answer was found before is not parsed again (gateway/cache/recall.py).
+    recall = services.pipeline.recall(CHAT_COMPLETIONS, raw, partial(_parse_chat, services, raw))
+    parsed = recall.found if recall and recall.found else await _parse_chat(services, raw)
+    if isinstance(parsed, VQARequest) or (isinstance(parsed, Recalled) and parsed.vqa):
+        return await _vqa(receive, send, services, ctx, parsed, recall)
     if parsed.stream:
-        streamed = await until_disconnect(receive, services.pipeline.chat_stream(ctx, parsed))
+        streaming = services.pipeline.chat_stream(ctx, parsed, recall)
+        streamed = await until_disconnect(receive, streaming)
         if streamed is None:
             return await _client_gone(send, services, ctx)
 
@@ -84,10 +93,14 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
             streamed.stream, on_error, on_disconnect, {X_CACHE: streamed.cache}
         )
         return await response(scope, receive, send)
-    answer = await until_disconnect(receive, services.pipeline.chat(ctx, parsed))
+    answer = await until_disconnect(receive, services.pipeline.chat(ctx, parsed, recall))
     if answer is None:
         return await _client_gone(send, services, ctx)
     await _send_json(send, answer.body, answer.cache)
+
+
+async def _parse_vqa(services: Services, raw: bytes) -> VQARequest:
+    return await services.parser.parse_vqa(raw)
 
 
 async def vqa(scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,14 +108,20 @@ async def vqa(scope: Scope, receive: Receive, send: Send) -> None:
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
-    parsed = await services.parser.parse_vqa(raw)
-    await _vqa(receive, send, services, ctx, parsed)
+    recall = services.pipeline.recall(VQA, raw, partial(_parse_vqa, services, raw))
+    parsed = recall.found if recall and recall.found else await _parse_vqa(services, raw)
+    await _vqa(receive, send, services, ctx, parsed, recall)
 
 
 async def _vqa(
-    receive: Receive, send: Send, services: Services, ctx: RequestContext, parsed: VQARequest
+    receive: Receive,
+    send: Send,
+    services: Services,
+    ctx: RequestContext,
+    parsed: VQARequest | Recalled,
+    recall: Recall | None,
 ) -> None:
-    result = await until_disconnect(receive, services.pipeline.vqa(ctx, parsed))
+    result = await until_disconnect(receive, services.pipeline.vqa(ctx, parsed, recall))
     if result is None:
         return await _client_gone(send, services, ctx)
     answer, cache = result

@@ -105,6 +105,13 @@ class Worker:
     def load(self) -> float:
         return max(self.running + self.waiting, float(self.in_flight))
 
+    @property
+    def queued(self) -> float:
+        """Requests waiting at the worker: what it last reported, or this replica's own
+        requests to it beyond those it runs, whichever is larger (a report lags by a poll,
+        and a burst must not pile up behind a stale one)."""
+        return max(self.waiting, self.in_flight - self.running)
+
 
 def parse_load(text: str) -> tuple[float, float, float] | None:
     """(running, waiting, kv-cache usage) summed over label sets from a /metrics body;
@@ -233,8 +240,8 @@ class WorkerPool:
         ``pick_pool`` gives.
 
         Raises GatewayError: NO_HEALTHY_WORKER when no worker is available (fast, with
-        Retry-After), OVERLOADED when ``admit`` and every available worker's waiting queue
-        is over ``admission_max_waiting``.
+        Retry-After), OVERLOADED when ``admit`` and every available worker's queue
+        (``Worker.queued``) is over ``admission_max_waiting``.
         """
         candidates = [w for w in self.workers if w.available and w not in exclude]
         if not candidates and not any(w.available for w in self.workers):
@@ -254,7 +261,7 @@ class WorkerPool:
             )
         candidates = self._in_one_pool(candidates, pool)
         limit = self.settings.admission_max_waiting
-        if admit and limit is not None and all(w.waiting > limit for w in candidates):
+        if admit and limit is not None and all(w.queued > limit for w in candidates):
             raise GatewayError(
                 ErrorCode.OVERLOADED,
                 "Every worker's queue is full; retry shortly.",

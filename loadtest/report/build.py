@@ -46,6 +46,18 @@ anchors"::
                                       "outcomes": {str: int}, "share_of_ceiling": Stat}},
              "log_on_over_off": Stat}}
 
+``bench-hits.json`` (``loadtest/bench/hits.py``, issue 24): section "Hits for shoppers'
+body sizes"::
+
+    {"machine", "workload", "rounds", "date", "targets",
+     "summary": {BODY: {ENDPOINT: {"throughput_rps": Stat, "share_of_static": Stat}}}}
+
+``bench-overload.json`` (``loadtest/bench/overload.py``, issue 24): section "A hot question
+under overload"::
+
+    {"machine", "workload", "rounds", "date", "targets",
+     "summary": {"CONDITION [TREE]": {"hot_hit_share": Stat, "hot_rps": Stat, "runs": [...]}}}
+
 ``bench-cache.json`` (cache work, issue 4): section "Answer cache and coalescing"::
 
     {"machine", "workload", "rounds",
@@ -106,6 +118,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.report.anchors import anchors_section
+from loadtest.report.overload import hits_section, overload_section
 from loadtest.report.sections import (
     cache_section,
     gateway_section,
@@ -158,6 +171,22 @@ SECTIONS: tuple[SectionSpec, ...] = (
             ("Hits: Nginx + 2 gateways / static Nginx (issue 16)", "≥ 0.35"),
             ("Hits: interaction log on / off (issue 16)", "≥ 0.95"),
         ),
+    ),
+    SectionSpec(
+        "hits",
+        "Hits for shoppers' body sizes: Nginx + 2 gateways against static Nginx",
+        "bench-hits.json",
+        "make bench (loadtest/bench/hits.py)",
+        hits_section,
+        (("Hits: Nginx + 2 gateways / static Nginx, photo bodies (issue 24)", "≥ 0.35"),),
+    ),
+    SectionSpec(
+        "overload",
+        "A hot question under overload: hits while misses saturate the worker",
+        "bench-overload.json",
+        "make bench (loadtest/bench/overload.py)",
+        overload_section,
+        (("Hot question answered from the cache under overload (issue 24)", "≥ 99%"),),
     ),
     SectionSpec(
         "cache",

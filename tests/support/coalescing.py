@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.breaker import CircuitBreaker
 from gateway.cache.coalesce import Coalescer
 from gateway.cache.store import AnswerCache
-from gateway.redis_link import redis_client
+from gateway.loop_lag import LoopLag
+from gateway.redis_link import redis_breaker, redis_client, socket_timeout
 from tests.support.redis_cluster import RedisTarget
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"  # the machine's Redis
@@ -29,11 +29,15 @@ class Replica:
         poll_interval_s: float = 0.1,
     ) -> None:
         url, cluster = where if isinstance(where, RedisTarget) else (where, False)
+        backstop = socket_timeout(socket_timeout_s)
         self.redis = redis_client(
-            url, cluster, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+            url, cluster, socket_timeout=backstop, socket_connect_timeout=backstop
         )
         self.pubsub = redis_client(url, cluster, socket_connect_timeout=0.5)
-        self.breaker = CircuitBreaker(open_seconds=1.0)
+        self.lag = LoopLag()
+        self.breaker = redis_breaker(
+            socket_timeout_s, open_s=1.0, failures=2, lag=self.lag, on_state_change=lambda _: None
+        )
         self.cache = AnswerCache(self.redis, self.breaker, ttl_seconds=60, max_value_bytes=4096)
         self.coalescer = Coalescer(
             self.redis, self.pubsub, self.breaker, self.cache, namespace,
@@ -42,6 +46,7 @@ class Replica:
         )  # fmt: skip
 
     async def __aenter__(self) -> Replica:
+        await self.lag.start()
         await self.coalescer.start()
         deadline = asyncio.get_running_loop().time() + 30
         while not self.coalescer.listening:  # a message published before it would be missed
@@ -53,5 +58,6 @@ class Replica:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.coalescer.stop()
+        await self.lag.stop()
         await self.redis.aclose()
         await self.pubsub.aclose()
