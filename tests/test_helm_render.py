@@ -13,6 +13,7 @@ from gateway.config import Settings
 from gateway.metrics import DEFAULT_POOL
 from tests.support.helm import (
     AWQ_TEST_REVISION,
+    DEV_PROFILES,
     KUBE_VERSIONS,
     MONITORING_API,
     PROFILES,
@@ -48,7 +49,7 @@ def test_every_profile_renders_for_two_kubernetes_versions(profile: str, kube_ve
     assert present >= COMMON_KINDS
     # Without the monitoring CRDs nothing of theirs is rendered.
     assert not present & {"ServiceMonitor", "PrometheusRule"}
-    if profile == "dev":
+    if profile in DEV_PROFILES:
         assert "Secret" in present  # the clearly marked dev credentials
         assert "HorizontalPodAutoscaler" not in present
     else:
