@@ -285,7 +285,9 @@ def test_the_migrations_hook_has_its_own_service_account_created_first() -> None
     assert not find(own, "ServiceAccount")
 
 
-@pytest.mark.parametrize("profile", ["gpu-bf16", "gpu-fp8", "gpu-awq", "canary"])
+@pytest.mark.parametrize(
+    "profile", ["gpu-bf16", "gpu-fp8", "gpu-awq", "canary", "gpu-triton", "canary-triton"]
+)
 def test_the_default_storage_needs_nothing_a_stock_cluster_lacks(profile: str) -> None:
     """EKS, GKE and AKS default classes are block storage (and new EKS clusters have no
     default class): the default renders no claim at all; each worker downloads onto its

@@ -293,10 +293,10 @@ def test_migrations_run_before_gateways_under_helm_and_argo_cd() -> None:
 
 
 def test_secrets_only_by_reference_in_production_profiles() -> None:
-    for profile in (*GPU, "canary"):
+    for profile in (*GPU, "canary", "gpu-triton", "canary-triton"):
         objects = render(profile_values(profile))
         for obj in pods(objects):
-            for cont in pod_spec(obj)["containers"]:
+            for cont in pod_spec(obj)["containers"] + pod_spec(obj).get("initContainers", []):
                 for name, value in env_of(cont).items():
                     if any(word in name for word in ("DATABASE_URL", "REDIS_URL", "API_KEY")):
                         assert isinstance(value, dict), (name, value)
