@@ -9,6 +9,8 @@ import os
 import re
 import stat
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from gateway.cache.keys import derive_key
 from gateway.config import Settings
 from gateway.upstream.kserve.template import read_chat_template
 from gateway.upstream.settings import PoolSpec
+from localstack.processes import free_port
 from tests.support.helm import (
     MONITORING_API,
     Manifest,
@@ -110,6 +113,57 @@ def test_gpu_triton_runs_nvidias_vllm_container_on_a_rendered_model_repository()
     # The GPUs and the download as for the vLLM workers; no launcher settings.
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert not [name for name in env_of(worker) if name.startswith("WORKER_")]
+
+
+def _triton_index(repository: Path, log: Path) -> list[dict[str, Any]]:
+    """The real tritonserver (Triton 2.51, from nvidia-pytriton) started on a model
+    repository: its repository index, each model's state and reason."""
+    (site,) = (REPO_ROOT / ".venv-triton").glob("lib/python3*/site-packages")
+    server = site / "pytriton" / "tritonserver"
+    port = free_port()
+    cmd = [str(server / "bin" / "tritonserver"), f"--model-repository={repository}",
+           f"--backend-directory={server / 'backends'}", f"--http-port={port}",
+           "--allow-grpc=false", "--allow-metrics=false", "--exit-on-error=false",
+           "--model-control-mode=none"]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v2/repository/index", data=b"{}", method="POST"
+                )
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    index: list[dict[str, Any]] = json.loads(response.read())
+                    return index
+            except OSError:
+                assert process.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_tritons_own_parser_reads_the_rendered_model_repository(tmp_path: Path) -> None:
+    """The ConfigMap laid out as the pod mounts it, given to a real tritonserver: the model
+    and its version are found and config.pbtxt parses; only the backend is missing here
+    (the official vLLM backend lives in NVIDIA's container)."""
+    repository = tmp_path / "repository"
+    for path, text in _model_repository(render(profile_values("gpu-triton"))).items():
+        (repository / path).parent.mkdir(parents=True, exist_ok=True)
+        (repository / path).write_text(text)
+    (model,) = _triton_index(repository, tmp_path / "triton.log")
+    assert model["name"] == "vllm_model"
+    assert model["version"] == "1"
+    assert "unable to find backend library for backend 'vllm'" in model["reason"]
+    # ...and the parser does refuse a wrong config: no version ever gets a state.
+    config = repository / "vllm_model" / "config.pbtxt"
+    config.write_text(config.read_text().replace("backend:", "bakend:"))
+    (model,) = _triton_index(repository, tmp_path / "triton-broken.log")
+    assert "state" not in model
+    assert "bakend" in (tmp_path / "triton-broken.log").read_text()
 
 
 def test_gpu_triton_probes_wait_for_the_model_load_and_the_drain() -> None:
