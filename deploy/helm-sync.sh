@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Refresh the copies this project keeps of its own sources: the chart carries the alert
-# rules and the Nginx template in files/ (Helm reads files only from inside the chart), and
-# compose's Prometheus config is the generator's output. tests/test_helm_sync.py and
+# rules, the Nginx template and the tiny model's chat template in files/ (Helm reads files
+# only from inside the chart), and compose's Prometheus config is the generator's output. tests/test_helm_sync.py and
 # tests/test_deploy_compose.py fail when a copy is stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 chart=helm/vlm-serve/files
 cp nginx/nginx.conf.template "$chart/nginx.conf.template"
+# The tiny model's chat template: gateways in front of triton-cpu-tiny workers render with it.
+.venv/bin/python -c 'import sys; from worker.tiny_model import CHAT_TEMPLATE; sys.stdout.write(CHAT_TEMPLATE)' \
+  > "$chart/chat-templates/tiny-qwen3-vl.jinja"
 if compgen -G "deploy/prometheus/rules/*.yml" >/dev/null; then
   rm -f "$chart"/alerts/*.yml
   cp deploy/prometheus/rules/*.yml "$chart/alerts/"

@@ -1,7 +1,8 @@
 """The Dockerfiles (deploy/images/) cannot be built here (no base image can be pulled), so
 each one is replayed on this machine: its COPY sources are copied into a context of its
 own, and every RUN and CMD runs with the image's `python3` replaced by the venv that plays
-that image (.venv for the gateway, .venv-worker for the workers)."""
+that image (.venv for the gateway, .venv-worker for the workers, .venv-triton for the CPU
+Triton worker)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from localstack.processes import free_port
-from tests.support.helm import AWQ_TEST_REVISION, profile_values, render
+from tests.support.helm import AWQ_TEST_REVISION, container, env_of, one, profile_values, render
 from worker.profiles import PROFILES, REPO_ROOT
 
 IMAGES = REPO_ROOT / "deploy" / "images"
@@ -34,11 +35,20 @@ IMAGE_ONLY_RUN = (
     " && rm -rf /var/lib/apt/lists/*"
 )
 TINI = ["/usr/bin/tini", "--"]
+TRITON_PY = str(REPO_ROOT / ".venv-triton" / "bin" / "python")
 PLAYED_BY = {
     "gateway.Dockerfile": GATEWAY_PY,
     "worker-cpu.Dockerfile": WORKER_PY,
     "worker-gpu.Dockerfile": WORKER_PY,
+    "worker-triton-cpu.Dockerfile": TRITON_PY,
 }
+# RUN lines that are no make step, and why; checked, not run (they would write into the
+# shared environment that plays the image).
+BUILD_TIME_ONLY = {
+    'python3 -c "from worker.triton.launcher import backend_directory; backend_directory()"':
+        "the launcher places the stub at its first start; the image's root filesystem is "
+        "read-only then",
+}  # fmt: skip
 
 
 @dataclass
@@ -49,11 +59,13 @@ class Dockerfile:
     cmd: list[str]
     entrypoint: list[str] | None
     args: dict[str, str]
+    env: dict[str, str]
+    workdir: str
 
 
 def parse(path: Path) -> Dockerfile:
     text = re.sub(r"\\\n", " ", path.read_text())
-    parsed = Dockerfile([], [], [], [], None, {})
+    parsed = Dockerfile([], [], [], [], None, {}, {}, "/")
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -74,23 +86,37 @@ def parse(path: Path) -> Dockerfile:
             parsed.cmd = json.loads(rest)
         elif word == "ENTRYPOINT":
             parsed.entrypoint = json.loads(rest)
+        elif word == "ENV":
+            parsed.env |= dict(w.split("=", 1) for w in shlex.split(rest))
+        elif word == "WORKDIR":
+            parsed.workdir = rest
     return parsed
 
 
-def _makefile_commands() -> str:
-    """The Makefile's recipes, with its interpreters spelled as an image spells them."""
+def _makefile_commands(workdir: str) -> str:
+    """The Makefile's recipes, with its interpreters and folders spelled as an image spells
+    them (the checkout is the image's WORKDIR)."""
     text = (REPO_ROOT / "Makefile").read_text()
-    for variable in ("$(PY)", "$(WPY)"):
+    for variable in ("$(PY)", "$(WPY)", "$(TPY)", "$(PYTHON)"):
         text = text.replace(variable, "python3")
-    return text.replace("$(TINY_MODEL)", ".models/tiny-qwen3-vl")
+    folders = {"$(TINY_MODEL)": ".models/tiny-qwen3-vl", "$(TRITON_VENV)": ".venv-triton",
+               "$(CURDIR)": workdir}  # fmt: skip
+    for variable, value in folders.items():
+        text = text.replace(variable, value)
+    return text.replace("$$", "$")
 
 
-def _play(run: str, python: str) -> list[str]:
+def _play(run: str, python: str, context: Path, dockerfile: Dockerfile) -> list[str]:
     """A RUN line as this machine runs it: pip checks without downloading anything."""
     words = shlex.split(run)
     env = [w for w in words if re.fullmatch(r"[A-Z_]+=\S*", w)]
     command = words[len(env) :]
-    assert command[:1] == ["python3"], run
+    if command[:1] != ["python3"]:
+        # A shell line: under sh, with the image's PATH moved into the context (its
+        # python3 the virtual environment an earlier line made there).
+        path = dockerfile.env.get("PATH", "$PATH").replace(dockerfile.workdir, str(context))
+        path = path.replace("$PATH", os.environ["PATH"])
+        return ["env", *env, f"PATH={path}", "sh", "-c", run]
     command[0] = python
     if command[1:4] == ["-m", "pip", "install"]:
         if command[-1] == ".":
@@ -130,11 +156,11 @@ def test_every_run_line_is_a_make_install_step_and_runs_here(name: str, tmp_path
         else:
             (context / source).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, context / source)
-    makefile = _makefile_commands()
+    makefile = _makefile_commands(dockerfile.workdir)
     assert dockerfile.runs.count(IMAGE_ONLY_RUN) == 1, f"{name}: no init (tini) as PID 1"
     assert dockerfile.entrypoint == TINI, name
     for run in dockerfile.runs:
-        if run == IMAGE_ONLY_RUN:
+        if run == IMAGE_ONLY_RUN or run in BUILD_TIME_ONLY:
             continue
         # `pip install -r requirements.lock` is make install's `-r requirements-dev.lock`
         # minus the dev tools: the same command on the runtime half of the same lock.
@@ -147,13 +173,19 @@ def test_every_run_line_is_a_make_install_step_and_runs_here(name: str, tmp_path
         spelled = re.sub(r" \.$", " -e .", spelled)
         assert spelled in makefile, f"{name}: `{run}` is not a step of make install"
         done = subprocess.run(
-            _play(run, PLAYED_BY[name]), cwd=context, capture_output=True, text=True,
-            timeout=300, check=False,
+            _play(run, PLAYED_BY[name], context, dockerfile), cwd=context, capture_output=True,
+            text=True, timeout=300, check=False,
         )  # fmt: skip
         assert done.returncode == 0, f"{name}: {run}\n{done.stdout}\n{done.stderr}"
-    if name == "worker-cpu.Dockerfile":
+    if name in ("worker-cpu.Dockerfile", "worker-triton-cpu.Dockerfile"):
         # The tiny model was built inside the context, where the profile looks for it.
         assert (context / ".models" / "tiny-qwen3-vl" / "config.json").exists()
+    if name == "worker-triton-cpu.Dockerfile":
+        # The .pth file the stub's isolated Python reads names the shim the image copied.
+        (pth,) = (context / ".venv-triton").glob("lib/python3*/site-packages/vlm-worker-boot.pth")
+        boot = pth.read_text().strip()
+        assert boot.startswith(dockerfile.workdir + "/")
+        assert (context / boot.removeprefix(dockerfile.workdir + "/") / "sitecustomize.py").exists()
     if name == "gateway.Dockerfile":
         # The wheel the image installs carries every non-Python file the gateway reads.
         (wheel,) = (context / "wheels").glob("vlm_serve-*.whl")
@@ -255,7 +287,8 @@ def test_build_script_tags_are_the_images_the_chart_uses() -> None:
     ).stdout  # fmt: skip
     built = {line.split()[0] for line in printed.splitlines()}
     wanted = set()
-    for profile in ("gpu-bf16", "gpu-fp8", "gpu-awq", "cpu-tiny"):
+    # gpu-triton runs NVIDIA's image (no vlm-serve image to build).
+    for profile in ("gpu-bf16", "gpu-fp8", "gpu-awq", "cpu-tiny", "triton-cpu-tiny", "gpu-triton"):
         # The AWQ export has no commit pinned in the chart: the user sets one.
         revision = AWQ_TEST_REVISION if profile == "gpu-awq" else ""
         stable = {"profile": profile, "revision": revision}
@@ -265,3 +298,40 @@ def test_build_script_tags_are_the_images_the_chart_uses() -> None:
                 spec = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
                 wanted |= {c["image"] for c in spec["containers"] if "vlm-serve" in c["image"]}
     assert wanted == built
+
+
+def test_the_triton_image_is_the_one_the_chart_and_the_launcher_expect() -> None:
+    """Its python3 is the Triton environment (the model's EXECUTION_ENV_PATH is that
+    interpreter's prefix: a virtual environment with bin/activate), its tiny model sits
+    where the chart's gateway pool says, its CMD starts our Triton launcher, and the
+    Python-backend stub the build places exists for the image's Python in the pinned wheel."""
+    dockerfile = parse(IMAGES / "worker-triton-cpu.Dockerfile")
+    venv = f"{dockerfile.workdir}/.venv-triton"
+    assert f"python3 -m venv {venv.removeprefix(dockerfile.workdir + '/')}" in dockerfile.runs
+    assert dockerfile.env["PATH"].split(":")[0] == f"{venv}/bin"
+    assert ("worker/requirements-triton.lock", "worker/requirements-triton.lock") in (
+        dockerfile.copies
+    )
+    (build,) = [r for r in dockerfile.runs if "worker.tiny_model" in r]
+    model_dir = f"{dockerfile.workdir}/{build.split()[-1]}"
+    objects = render(profile_values("dev-triton"))
+    gateway = container(one(objects, "Deployment", "rel-vlm-serve-gateway"))
+    (pool,) = json.loads(env_of(gateway)["GATEWAY_WORKER_POOLS"])
+    assert pool["triton"]["checkpoint"] == model_dir
+    worker = container(one(objects, "Deployment", "rel-vlm-serve-worker-stable"))
+    assert worker["image"].endswith("-tiny-triton-cpu")
+    cmd = dockerfile.cmd
+    assert cmd[:4] == ["python3", "-m", "worker", "serve"]
+    printed = subprocess.run(
+        [TRITON_PY, "-m", "worker", "args", *cmd[4:]], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=60, check=True,
+    )  # fmt: skip
+    described = json.loads(printed.stdout)
+    assert described["profile"]["name"] == "triton-cpu-tiny"
+    assert described["profile"]["engine"] == "triton"
+    python = re.search(r"python:(\d+\.\d+)", dockerfile.args["PYTHON_IMAGE"])
+    assert python is not None
+    stubs = list((REPO_ROOT / ".venv-triton").glob(
+        "lib/python3*/site-packages/pytriton/tritonserver/python_backend_stubs/"
+        f"{python.group(1)}/triton_python_backend_stub"))  # fmt: skip
+    assert stubs, "the pinned nvidia-pytriton has no stub for the image's Python"

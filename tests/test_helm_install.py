@@ -25,6 +25,7 @@ import yaml
 
 from tests.support.helm import (
     AWQ_TEST_REVISION,
+    DEV_PROFILES,
     PROFILES,
     Manifest,
     RenderRefused,
@@ -197,15 +198,24 @@ def _mentioned(name: str, text: str) -> bool:
     return re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", text) is not None
 
 
-# cpu-tiny's model is in its image: the chart refuses modes that would mount a folder.
-IMAGE_MODEL_ONLY = {("dev", "pvc"), ("dev", "existing-claim")}
+# The tiny models are in their images: the chart refuses modes that would mount a folder.
+IMAGE_MODEL_ONLY = {(p, v) for p in DEV_PROFILES for v in ("pvc", "existing-claim")}
+# Where the gateway pods cannot read a Triton pool's checkpoint from the hub, the user
+# gives its chat template (helm --set-file); the chart refuses the install otherwise.
+OFFLINE_VARIANTS = ("pvc", "existing-claim")
+TRITON_POOLS = {"gpu-triton": "stable", "canary-triton": "canary"}
 
 
 def _renders() -> Iterator[tuple[str, str, dict[str, Any]]]:
     for profile in sorted(PROFILES):
         for variant, extra in VARIANTS.items():
-            if (profile, variant) not in IMAGE_MODEL_ONLY:
-                yield profile, variant, profile_values(profile, extra)
+            if (profile, variant) in IMAGE_MODEL_ONLY:
+                continue
+            template: dict[str, Any] = {}
+            if profile in TRITON_POOLS and variant in OFFLINE_VARIANTS:
+                pool = {"triton": {"chatTemplate": "{{ messages }}"}}
+                template = {"workers": {"pools": {TRITON_POOLS[profile]: pool}}}
+            yield profile, variant, profile_values(profile, extra, template)
 
 
 @pytest.mark.parametrize("tool", ["helm", "argo-cd"])
@@ -275,7 +285,9 @@ def test_the_migrations_hook_has_its_own_service_account_created_first() -> None
     assert not find(own, "ServiceAccount")
 
 
-@pytest.mark.parametrize("profile", ["gpu-bf16", "gpu-fp8", "gpu-awq", "canary"])
+@pytest.mark.parametrize(
+    "profile", ["gpu-bf16", "gpu-fp8", "gpu-awq", "canary", "gpu-triton", "canary-triton"]
+)
 def test_the_default_storage_needs_nothing_a_stock_cluster_lacks(profile: str) -> None:
     """EKS, GKE and AKS default classes are block storage (and new EKS clusters have no
     default class): the default renders no claim at all; each worker downloads onto its

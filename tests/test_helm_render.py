@@ -13,6 +13,7 @@ from gateway.config import Settings
 from gateway.metrics import DEFAULT_POOL
 from tests.support.helm import (
     AWQ_TEST_REVISION,
+    DEV_PROFILES,
     KUBE_VERSIONS,
     MONITORING_API,
     PROFILES,
@@ -48,7 +49,7 @@ def test_every_profile_renders_for_two_kubernetes_versions(profile: str, kube_ve
     assert present >= COMMON_KINDS
     # Without the monitoring CRDs nothing of theirs is rendered.
     assert not present & {"ServiceMonitor", "PrometheusRule"}
-    if profile == "dev":
+    if profile in DEV_PROFILES:
         assert "Secret" in present  # the clearly marked dev credentials
         assert "HorizontalPodAutoscaler" not in present
     else:
@@ -292,10 +293,10 @@ def test_migrations_run_before_gateways_under_helm_and_argo_cd() -> None:
 
 
 def test_secrets_only_by_reference_in_production_profiles() -> None:
-    for profile in (*GPU, "canary"):
+    for profile in (*GPU, "canary", "gpu-triton", "canary-triton"):
         objects = render(profile_values(profile))
         for obj in pods(objects):
-            for cont in pod_spec(obj)["containers"]:
+            for cont in pod_spec(obj)["containers"] + pod_spec(obj).get("initContainers", []):
                 for name, value in env_of(cont).items():
                     if any(word in name for word in ("DATABASE_URL", "REDIS_URL", "API_KEY")):
                         assert isinstance(value, dict), (name, value)

@@ -1,7 +1,8 @@
 """The rendered stack, run on this machine: the dev profile's gateway, migrations and
 `helm test` containers run with exactly their rendered commands, arguments and environment,
 with cluster names replaced by 127.0.0.1 and free ports (and Secrets by this session's own
-database), against this machine's Redis and MariaDB and the session's cpu-tiny worker.
+database), against this machine's Redis and MariaDB and the session's cpu-tiny worker; the
+same for the dev-triton profile against the session's Triton worker.
 
 The worker container itself is not started a second time (it is the same
 `python -m worker serve` the session fixture runs); its rendered command is parsed by the
@@ -18,6 +19,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ from sqlalchemy import text
 
 from gateway.db.engine import create_sync_engine
 from localstack.processes import free_port
-from tests.support.helm import container, env_of, one, pod_spec, profile_values, render
+from tests.support.helm import Manifest, container, env_of, one, pod_spec, profile_values, render
+from tests.support.triton import TritonWorker
 from worker.profiles import REPO_ROOT
 
 GATEWAY_PY = str(REPO_ROOT / ".venv" / "bin" / "python")
@@ -77,66 +80,49 @@ def _wait_status(url: str, process: subprocess.Popen[bytes], log: Path, timeout_
     pytest.fail(f"{url} not 200 within {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
-def test_the_rendered_dev_stack_serves_and_passes_helm_test(
-    worker_url: str, log_database_url: str, tmp_path: Path
-) -> None:
-    objects = render(profile_values("dev"), namespace=NAMESPACE)
+def _dev_secrets(objects: list[Manifest], log_database_url: str) -> dict[tuple[str, str], str]:
+    """The rendered Secrets, with the database URL made this session's own database on
+    the machine's MariaDB (the rendered one names the bundled MariaDB Service, whose dev
+    user and password exist only in the bundled pod)."""
     secrets = {
         (s["metadata"]["name"], key): value
         for s in objects
         if s["kind"] == "Secret"
         for key, value in s["stringData"].items()
     }
-    # The rendered database URL names the bundled MariaDB Service; here it is this
-    # session's own database on the machine's MariaDB (the dev user and password exist
-    # only in the bundled pod).
     rendered_db = secrets["rel-vlm-serve-dev-credentials", "database-url"]
     assert re.fullmatch(rf"mysql://vlm:[^@]+@rel-vlm-serve-mariadb{CLUSTER}:3306/vlm_serve",
                         rendered_db)  # fmt: skip
     secrets["rel-vlm-serve-dev-credentials", "database-url"] = log_database_url
+    return secrets
 
-    # --- migrations Job ---------------------------------------------------------------
-    job = container(one(objects, "Job"))
-    migrate = subprocess.run(
-        _python(job["command"], GATEWAY_PY), env={**os.environ, **_local_env(job, {}, secrets)},
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert migrate.returncode == 0, migrate.stderr
 
-    # --- worker: its rendered command parses, its probes pass on the session's worker --
-    worker_deployment = one(objects, "Deployment", "rel-vlm-serve-worker-stable")
-    worker = container(worker_deployment, "worker")
-    assert worker["command"] == ["python3", "-m", "worker", "serve"]
-    parsed = subprocess.run(
-        [WORKER_PY, "-m", "worker", "args", *worker["args"]], cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    assert json.loads(parsed.stdout)["profile"]["name"] == "cpu-tiny"
-    worker_port = int(worker_url.rsplit(":", 1)[1])
-    assert _get(worker_url + worker["livenessProbe"]["httpGet"]["path"]) == 200
-    ready_file = REPO_ROOT / ".run" / "test-logs" / f"worker-{worker_port}.ready"
-    if ready_file.exists():  # the session started this worker (not VLM_TEST_WORKER_URL)
-        probe = [
-            a.replace("8000", str(worker_port)) for a in worker["readinessProbe"]["exec"]["command"]
-        ]
-        ready_env = {**os.environ, "WORKER_READY_FILE": str(ready_file)}
-        assert subprocess.run(_python(probe, WORKER_PY), env=ready_env, cwd=REPO_ROOT,
-                              timeout=60, check=False).returncode == 0  # fmt: skip
-
-    # --- gateway Deployment --------------------------------------------------------------
+def _run_gateway_and_helm_test(
+    objects: list[Manifest],
+    secrets: dict[tuple[str, str], str],
+    log_database_url: str,
+    tmp_path: Path,
+    to_workers: Callable[[dict[str, str]], None],
+) -> str:
+    """The rendered gateway container run here (its ConfigMap volumes filled from the
+    rendered ConfigMaps), the `helm test` pod's script against it, then its drain; the
+    interaction log holds both test requests. ``to_workers`` points the rendered worker
+    discovery at this session's worker. Returns a summary line."""
+    since_ms = int(time.time() * 1000)
     deployment = one(objects, "Deployment", "rel-vlm-serve-gateway")
     gateway = container(deployment)
     mounts = {m["mountPath"]: tmp_path / m["name"] for m in gateway["volumeMounts"]}
     for local in mounts.values():
         local.mkdir()
+    for volume in pod_spec(deployment)["volumes"]:
+        if "configMap" in volume:
+            data = one(objects, "ConfigMap", volume["configMap"]["name"])["data"]
+            for key, content in data.items():
+                (tmp_path / volume["name"] / key).write_text(content)
     env = _local_env(gateway, mounts, secrets)
-    worker_dns = f"http://rel-vlm-serve-worker-stable{CLUSTER}:8000"
     redis_url = f"redis://rel-vlm-serve-redis{CLUSTER}:6379/0"
-    assert env["GATEWAY_WORKER_DNS"] == worker_dns
     assert env["GATEWAY_REDIS_URL"] == redis_url
-    # The headless Service's name resolves to the worker's address: DNS discovery is the
-    # path that runs here too, on a name that resolves to 127.0.0.1.
-    env["GATEWAY_WORKER_DNS"] = f"http://127.0.0.1:{worker_port}"
+    to_workers(env)
     env["GATEWAY_REDIS_URL"] = "redis://127.0.0.1:6379/0"
     env["GATEWAY_CACHE_NAMESPACE"] = f"helm-{uuid.uuid4().hex[:10]}"  # this run's own
     port = free_port()
@@ -170,7 +156,7 @@ def test_the_rendered_dev_stack_serves_and_passes_helm_test(
             env={**os.environ, **_local_env(test, {}, secrets)}, capture_output=True,
             text=True, timeout=600, check=False,
         )  # fmt: skip
-        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr + log.read_text()[-3000:]
         summary = json.loads(smoke.stdout.strip().splitlines()[-1])
         assert summary["ok"] is True
         assert summary["x_cache"] == ["miss", "hit"]
@@ -192,14 +178,99 @@ def test_the_rendered_dev_stack_serves_and_passes_helm_test(
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                text("SELECT cache FROM interactions WHERE prompt LIKE :p"),
-                {"p": "helm test %"},
+                text(
+                    "SELECT cache FROM interactions WHERE prompt LIKE :p AND received_at_ms >= :t"
+                ),
+                {"p": "helm test %", "t": since_ms},
             ).all()
     finally:
         engine.dispose()
     assert sorted(r.cache for r in rows) == ["hit", "miss"]
-    print(
-        f"\nrendered stack: gateway ready in {ready_s:.2f} s; helm test {summary}; "
-        f"drain {drain_s:.2f} s (preStop {pre_stop} s, grace "
+    return (
+        f"gateway ready in {ready_s:.2f} s; helm test {summary}; drain {drain_s:.2f} s "
+        f"(preStop {pre_stop} s, grace "
         f"{pod_spec(deployment)['terminationGracePeriodSeconds']} s); log rows {len(rows)}"
     )
+
+
+def test_the_rendered_dev_stack_serves_and_passes_helm_test(
+    worker_url: str, log_database_url: str, tmp_path: Path
+) -> None:
+    objects = render(profile_values("dev"), namespace=NAMESPACE)
+    secrets = _dev_secrets(objects, log_database_url)
+
+    # --- migrations Job ---------------------------------------------------------------
+    job = container(one(objects, "Job"))
+    migrate = subprocess.run(
+        _python(job["command"], GATEWAY_PY), env={**os.environ, **_local_env(job, {}, secrets)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert migrate.returncode == 0, migrate.stderr
+
+    # --- worker: its rendered command parses, its probes pass on the session's worker --
+    worker_deployment = one(objects, "Deployment", "rel-vlm-serve-worker-stable")
+    worker = container(worker_deployment, "worker")
+    assert worker["command"] == ["python3", "-m", "worker", "serve"]
+    parsed = subprocess.run(
+        [WORKER_PY, "-m", "worker", "args", *worker["args"]], cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert json.loads(parsed.stdout)["profile"]["name"] == "cpu-tiny"
+    worker_port = int(worker_url.rsplit(":", 1)[1])
+    assert _get(worker_url + worker["livenessProbe"]["httpGet"]["path"]) == 200
+    ready_file = REPO_ROOT / ".run" / "test-logs" / f"worker-{worker_port}.ready"
+    if ready_file.exists():  # the session started this worker (not VLM_TEST_WORKER_URL)
+        probe = [
+            a.replace("8000", str(worker_port)) for a in worker["readinessProbe"]["exec"]["command"]
+        ]
+        ready_env = {**os.environ, "WORKER_READY_FILE": str(ready_file)}
+        assert subprocess.run(_python(probe, WORKER_PY), env=ready_env, cwd=REPO_ROOT,
+                              timeout=60, check=False).returncode == 0  # fmt: skip
+
+    # --- gateway Deployment, helm test, drain ------------------------------------------
+    worker_dns = f"http://rel-vlm-serve-worker-stable{CLUSTER}:8000"
+
+    def to_worker(env: dict[str, str]) -> None:
+        # The headless Service's name resolves to the worker's address: DNS discovery is
+        # the path that runs here too, on a name that resolves to 127.0.0.1.
+        assert env["GATEWAY_WORKER_DNS"] == worker_dns
+        env["GATEWAY_WORKER_DNS"] = f"http://127.0.0.1:{worker_port}"
+
+    summary = _run_gateway_and_helm_test(objects, secrets, log_database_url, tmp_path, to_worker)
+    print(f"\nrendered stack: {summary}")
+
+
+def test_the_rendered_triton_dev_stack_serves_through_a_real_triton_worker(
+    triton_worker: TritonWorker, log_database_url: str, tmp_path: Path
+) -> None:
+    """dev-triton: the gateway speaks KServe v2 to this session's Triton worker with the
+    pool JSON and the chat template (its ConfigMap) exactly as rendered; the rendered
+    worker's probes pass on that worker."""
+    objects = render(profile_values("dev-triton"), namespace=NAMESPACE)
+    secrets = _dev_secrets(objects, log_database_url)
+    worker = container(one(objects, "Deployment", "rel-vlm-serve-worker-stable"), "worker")
+    port = int(triton_worker.url.rsplit(":", 1)[1])
+    for probe in ("startupProbe", "livenessProbe"):
+        assert _get(f"{triton_worker.url}{worker[probe]['httpGet']['path']}") == 200, probe
+    ready_file = REPO_ROOT / ".run" / "test-logs" / f"worker-{port}.ready"
+    if triton_worker.process is not None:  # the session started it (not VLM_TEST_TRITON_URL)
+        command = [
+            a.replace("8000", str(port)) for a in worker["readinessProbe"]["exec"]["command"]
+        ]
+        ready_env = {**os.environ, "WORKER_READY_FILE": str(ready_file)}
+        assert subprocess.run(_python(command, WORKER_PY), env=ready_env, cwd=REPO_ROOT,
+                              timeout=60, check=False).returncode == 0  # fmt: skip
+    service = f"http://rel-vlm-serve-worker-stable{CLUSTER}:8000"
+
+    def to_worker(env: dict[str, str]) -> None:
+        (pool,) = json.loads(env["GATEWAY_WORKER_POOLS"])
+        assert pool["dns"] == [service]
+        assert pool["engine"] == "triton"
+        # The Service name resolves to the worker's address; its metrics port sits at the
+        # session worker's offset instead of Triton's 8000/8002.
+        pool["dns"] = [triton_worker.url]
+        pool["triton"]["metrics_port_offset"] = triton_worker.metrics_port_offset
+        env["GATEWAY_WORKER_POOLS"] = json.dumps([pool])
+
+    summary = _run_gateway_and_helm_test(objects, secrets, log_database_url, tmp_path, to_worker)
+    print(f"\nrendered triton stack: {summary}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tests.support.helm import CHART
 from worker.profiles import REPO_ROOT
+from worker.tiny_model import CHAT_TEMPLATE
 
 RULES = REPO_ROOT / "deploy" / "prometheus" / "rules"
 STALE = "stale copy in helm/vlm-serve/files: run `make helm-sync`"
@@ -24,3 +25,9 @@ def test_the_charts_alert_rules_are_the_projects() -> None:
         # Until the project has rules, the chart ships a placeholder, and says so.
         assert list(copies) == ["placeholder.yml"]
         assert "PLACEHOLDER" in copies["placeholder.yml"]
+
+
+def test_the_charts_tiny_chat_template_is_the_models() -> None:
+    """Gateways in front of triton-cpu-tiny workers render prompts with it."""
+    copy = (CHART / "files" / "chat-templates" / "tiny-qwen3-vl.jinja").read_text()
+    assert copy == CHAT_TEMPLATE, STALE

@@ -35,7 +35,12 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "gpu-fp8": ("gpu-fp8.yaml",),
     "gpu-awq": ("gpu-awq.yaml",),
     "canary": ("gpu-bf16.yaml", "canary.yaml"),
+    "gpu-triton": ("gpu-triton.yaml",),
+    "canary-triton": ("gpu-bf16.yaml", "canary-triton.yaml"),
+    "dev-triton": ("dev-triton.yaml",),
 }
+# The profiles whose model is in the worker image (bundled Redis and MariaDB, dev secrets).
+DEV_PROFILES = ("dev", "dev-triton")
 
 # What a user must add on the command line to a profile (--set): gpu-awq's community
 # checkpoint has no commit pinned in the chart, and the chart refuses it unpinned.

@@ -58,6 +58,7 @@ or cannot start. Each one stops the render with a message saying what to change.
 {{- if and (eq $profile.device "gpu") $downloads (not (include "vlm-serve.poolRevision" $ctx)) -}}
 {{- fail (printf "workers.pools.%s.revision: %s has no commit pinned in this chart; set the commit you validated (40 hex digits, from the model page's \"Files and versions\" history), so that every worker and every install loads the same weights" $name $model) -}}
 {{- end -}}
+{{- include "vlm-serve.tritonChecks" $ctx -}}
 {{- if eq $profile.device "gpu" -}}
 {{- if lt (int $pool.gpus) 1 -}}
 {{- fail (printf "workers.pools.%s.gpus is %d: profile %s needs at least one GPU per worker (without a GPU request the pod lands on a node without one, or shares one by accident)" $name (int $pool.gpus) $pool.profile) -}}
@@ -98,5 +99,38 @@ or cannot start. Each one stops the render with a message saying what to change.
 {{- end -}}
 {{- if and (not .Values.redis.existingSecret) (not .Values.redis.url) (not .Values.bundled.redis.enabled) -}}
 {{- fail "redis.url or redis.existingSecret is required; bundled.redis is for development only" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A pool's Triton settings: only where they are read, and what Triton needs. */}}
+{{- define "vlm-serve.tritonChecks" -}}
+{{- $name := .name -}}
+{{- $pool := .pool -}}
+{{- $t := default dict $pool.triton -}}
+{{- $engine := include "vlm-serve.poolEngine" . -}}
+{{- $nvidia := include "vlm-serve.nvidiaTriton" . -}}
+{{- $ms := .root.Values.workers.modelStorage -}}
+{{- if and (ne $engine "triton") (or $t.shareCache $t.chatTemplate $t.engineArgs) -}}
+{{- fail (printf "workers.pools.%s.triton: profile %s runs vLLM's own server; the triton block is read only for Triton pools (gpu-triton, triton-cpu-tiny)" $name $pool.profile) -}}
+{{- end -}}
+{{- if and $t.engineArgs (not $nvidia) -}}
+{{- fail (printf "workers.pools.%s.triton.engineArgs: only NVIDIA's container (gpu-triton) reads model.json; profile %s takes WORKER_* settings in workers.pools.%s.env" $name $pool.profile $name) -}}
+{{- end -}}
+{{- if and $nvidia $pool.env -}}
+{{- fail (printf "workers.pools.%s.env: NVIDIA's Triton container (gpu-triton) reads no WORKER_* settings; set vLLM engine arguments in workers.pools.%s.triton.engineArgs" $name $name) -}}
+{{- end -}}
+{{- range $key := list "model" "revision" "served_model_name" "tensor_parallel_size" "disable_log_stats" -}}
+{{- if hasKey (default dict $t.engineArgs) $key -}}
+{{- fail (printf "workers.pools.%s.triton.engineArgs.%s is the chart's to set (from the pool's model, revision, profile and gpus)" $name $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $engine "triton" -}}
+{{- $source := include "vlm-serve.chatTemplateSource" . -}}
+{{- if not $source -}}
+{{- fail (printf "workers.pools.%s: the gateway renders prompts for Triton with the checkpoint's chat template, and modelStorage.mode %s gives the gateway pods no copy of the checkpoint: --set-file workers.pools.%s.triton.chatTemplate=<the checkpoint's chat_template.jinja>" $name $ms.mode $name) -}}
+{{- end -}}
+{{- if and (eq $source "hub") (not (include "vlm-serve.poolRevision" .)) -}}
+{{- fail (printf "workers.pools.%s.revision: the gateway reads the chat template of %s at the pool's pinned commit; pin one (40 hex digits)" $name (include "vlm-serve.poolModel" .)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}

@@ -1,9 +1,13 @@
 {{/*
 What the chart knows of each worker profile (worker/profiles.py; a test keeps the two in
-step): the default checkpoint and its pinned commit, the name it is served under, the image
-tag suffix (model and precision), the startup budget and the disk a hub download needs.
-The budget covers a hub download of the weights plus model load, CUDA graph capture and
-the warm-up answer: minutes on a GPU. The disk: the weights plus compile caches.
+step): the engine and the server that runs it, the default checkpoint and its pinned
+commit, the name it is served under, the image tag suffix (model and precision), the
+startup budget and the disk a hub download needs. The budget covers a hub download of the
+weights plus model load, CUDA graph capture and the warm-up answer: minutes on a GPU. The
+disk: the weights plus compile caches. `root` is where an image keeps the model it carries.
+server: launcher (our image, python -m worker serve) or nvidia (NVIDIA's Triton container
+with the official vLLM backend, engine arguments in model.json: engineArgs below, those of
+worker/profiles.py's gpu-bf16, which a test compares).
 */}}
 {{- define "vlm-serve.profiles" -}}
 gpu-bf16:
@@ -33,11 +37,50 @@ gpu-awq:
 cpu-tiny:
   device: cpu
   model: ""
+  root: /app/.models/tiny-qwen3-vl
   revision: ""
   served: qwen3-vl-tiny
   tag: tiny-cpu
   startupBudgetSeconds: 300
   cacheSize: 4Gi
+gpu-triton:
+  device: gpu
+  engine: triton
+  server: nvidia
+  model: Qwen/Qwen3-VL-8B-Instruct
+  revision: 0c351dd01ed87e9c1b53cbc748cba10e6187ff3b
+  served: Qwen/Qwen3-VL-8B-Instruct
+  tag: ""
+  startupBudgetSeconds: 1200
+  cacheSize: 40Gi
+  engineArgs:
+    dtype: bfloat16
+    max_model_len: 32768
+    max_num_seqs: 128
+    max_num_batched_tokens: 8192
+    limit_mm_per_prompt: {image: 4, video: 0}
+    mm_processor_cache_gb: 4.0
+    kv_cache_dtype: auto
+    enable_prefix_caching: true
+    enable_chunked_prefill: true
+    enforce_eager: false
+    gpu_memory_utilization: 0.9
+    structured_outputs_config: {backend: xgrammar, disable_any_whitespace: true}
+triton-cpu-tiny:
+  device: cpu
+  engine: triton
+  model: ""
+  root: /app/.models/tiny-qwen3-vl
+  revision: ""
+  served: qwen3-vl-tiny
+  maxModelLen: 8192
+  tag: tiny-triton-cpu
+  # Triton, then vLLM's engine inside it (torch compile on CPU), then the warm-up answer.
+  startupBudgetSeconds: 600
+  cacheSize: 4Gi
+  # The gateway renders prompts with the checkpoint's template; this one is baked into the
+  # image with the model (a copy of worker/tiny_model.py's, kept by make helm-sync).
+  chatTemplate: files/chat-templates/tiny-qwen3-vl.jinja
 {{- end -}}
 
 {{/* One profile's entry: (dict "root" $ "pool" $pool). */}}
@@ -54,6 +97,8 @@ cpu-tiny:
 {{- $profile := fromYaml (include "vlm-serve.profile" .) -}}
 {{- if .pool.image -}}
 {{- .pool.image -}}
+{{- else if eq (default "launcher" $profile.server) "nvidia" -}}
+{{- .root.Values.workers.triton.image -}}
 {{- else -}}
 {{- $repo := ternary .root.Values.image.workerGpu.repository .root.Values.image.workerCpu.repository (eq $profile.device "gpu") -}}
 {{- printf "%s/%s:%s-%s" .root.Values.image.registry $repo .root.Chart.AppVersion $profile.tag -}}
@@ -89,9 +134,16 @@ cpu-tiny:
 {{- if .pool.startupBudgetSeconds }}{{ .pool.startupBudgetSeconds }}{{ else }}{{ $profile.startupBudgetSeconds }}{{ end -}}
 {{- end -}}
 
+{{/* Whether KEDA scales a pool: on vLLM's vllm:num_requests_waiting, which vLLM's server
+and our Triton model export; NVIDIA's official vLLM backend exports no queue gauge (only
+counters and histograms), so a gpu-triton pool keeps its replicas. */}}
+{{- define "vlm-serve.kedaScales" -}}
+{{- if and .pool.enabled .root.Values.workers.keda.enabled (not (include "vlm-serve.nvidiaTriton" .)) }}true{{ end -}}
+{{- end -}}
+
 {{/* The most pods a pool may run at once (KEDA may scale it past replicas). */}}
 {{- define "vlm-serve.poolMaxPods" -}}
-{{- if .root.Values.workers.keda.enabled -}}
+{{- if include "vlm-serve.kedaScales" . -}}
 {{- max .pool.replicas .root.Values.workers.keda.maxReplicas -}}
 {{- else -}}
 {{- .pool.replicas -}}
@@ -110,19 +162,130 @@ cpu-tiny:
 {{- ne .Values.workers.modelStorage.mode "hub" -}}
 {{- end -}}
 
-{{/* GATEWAY_WORKER_DNS (one pool) or GATEWAY_WORKER_POOLS (several, with weights). */}}
+{{/* The checkpoint a pool's engine loads, as vLLM reports it (its model card's `root`):
+the hub id, a folder on the model volume, or the one baked into the image. The same
+string in a Triton pool's `checkpoint` lets the cache key compare the two engines. */}}
+{{- define "vlm-serve.poolCheckpoint" -}}
+{{- $ms := .root.Values.workers.modelStorage -}}
+{{- $profile := fromYaml (include "vlm-serve.profile" .) -}}
+{{- $model := include "vlm-serve.poolModel" . -}}
+{{- if eq $ms.mode "pvc" -}}
+{{- include "vlm-serve.pvcModelDir" (dict "mountPath" $ms.mountPath "model" $model "revision" (include "vlm-serve.poolRevision" .)) -}}
+{{- else if has $ms.mode (list "existingClaim" "image") -}}
+{{- printf "%s/%s" $ms.mountPath $model -}}
+{{- else -}}
+{{- default $profile.root $model -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "vlm-serve.poolEngine" -}}
+{{- default "vllm" (fromYaml (include "vlm-serve.profile" .)).engine -}}
+{{- end -}}
+
+{{/* Whether a pool runs NVIDIA's Triton container (the official vLLM backend). */}}
+{{- define "vlm-serve.nvidiaTriton" -}}
+{{- if eq (default "launcher" (fromYaml (include "vlm-serve.profile" .)).server) "nvidia" }}true{{ end -}}
+{{- end -}}
+
+{{- define "vlm-serve.anyTriton" -}}
+{{- $root := . -}}
+{{- range $name, $pool := .Values.workers.pools -}}
+{{- if and $pool.enabled (eq (include "vlm-serve.poolEngine" (dict "root" $root "pool" $pool)) "triton") }}true{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Where the gateway gets a Triton pool's chat template (it renders the prompts Triton's
+vLLM backend takes):
+  values  the pool's triton.chatTemplate (helm --set-file), in the chart's ConfigMap
+  chart   the profile's own, a copy the chart carries (the tiny model's), same ConfigMap
+  hub     the checkpoint's own files at the pool's pinned commit, fetched by the gateway
+          pod's init container (the chart cannot carry every checkpoint's template)
+  ""      none: refused by vlm-serve.checks
+*/}}
+{{- define "vlm-serve.chatTemplateSource" -}}
+{{- $profile := fromYaml (include "vlm-serve.profile" .) -}}
+{{- $ms := .root.Values.workers.modelStorage -}}
+{{- $t := default dict .pool.triton -}}
+{{- if $t.chatTemplate -}}values
+{{- else if and $profile.chatTemplate (not .pool.model) -}}chart
+{{- else if and (include "vlm-serve.poolModel" .) (or (eq $ms.mode "hub") (and (eq $ms.mode "hostPath") (not $ms.hostPath.offline))) -}}hub
+{{- end -}}
+{{- end -}}
+
+{{- define "vlm-serve.chatTemplatePath" -}}
+{{- $source := include "vlm-serve.chatTemplateSource" . -}}
+{{- if eq $source "hub" -}}
+{{- printf "/var/lib/vlm-serve/chat-templates/%s" .name -}}
+{{- else if $source -}}
+{{- printf "/etc/vlm-serve/chat-templates/%s.jinja" .name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The model.json of a pool in NVIDIA's container: the profile's engine arguments, the
+pool's own over them, and what the chart decides (checkpoint, commit, served name, GPUs,
+statistics for the metrics port). */}}
+{{- define "vlm-serve.engineArgs" -}}
+{{- $profile := fromYaml (include "vlm-serve.profile" .) -}}
+{{- $ms := .root.Values.workers.modelStorage -}}
+{{- $t := default dict .pool.triton -}}
+{{- $args := merge (deepCopy (default dict $t.engineArgs)) (deepCopy (default dict $profile.engineArgs)) -}}
+{{- $_ := set $args "model" (include "vlm-serve.poolCheckpoint" .) -}}
+{{- $_ := set $args "served_model_name" (list $profile.served) -}}
+{{- $_ := set $args "tensor_parallel_size" (int .pool.gpus) -}}
+{{- $_ := set $args "disable_log_stats" false -}}
+{{- if or (eq $ms.mode "hub") (eq $ms.mode "hostPath") -}}
+{{- $_ := set $args "revision" (include "vlm-serve.poolRevision" .) -}}
+{{- end -}}
+{{- toPrettyJson $args -}}
+{{- end -}}
+
+{{/* A Triton pool's `triton` block in GATEWAY_WORKER_POOLS (gateway/upstream/settings.py);
+empty for a vLLM pool. */}}
+{{- define "vlm-serve.tritonBlock" -}}
+{{- if eq (include "vlm-serve.poolEngine" .) "triton" -}}
+{{- $profile := fromYaml (include "vlm-serve.profile" .) -}}
+{{- $w := .root.Values.workers -}}
+{{- $t := default dict .pool.triton -}}
+{{- $maxLen := default $profile.maxModelLen (index (default dict .pool.env) "WORKER_MAX_MODEL_LEN") -}}
+{{- if include "vlm-serve.nvidiaTriton" . -}}
+{{- $maxLen = (fromJson (include "vlm-serve.engineArgs" .)).max_model_len -}}
+{{- end -}}
+served_model: {{ $profile.served | quote }}
+chat_template: {{ include "vlm-serve.chatTemplatePath" . | quote }}
+model: vllm_model
+checkpoint: {{ include "vlm-serve.poolCheckpoint" . | quote }}
+share_cache: {{ default false $t.shareCache }}
+metrics_port_offset: {{ sub (int $w.triton.metricsPort) (int $w.port) }}
+{{- with $maxLen }}
+max_model_len: {{ int . }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* GATEWAY_WORKER_DNS (one vLLM pool) or GATEWAY_WORKER_POOLS (several, with weights; or
+any Triton pool, whose engine and triton block only the pool list carries). */}}
 {{- define "vlm-serve.workerDiscoveryEnv" -}}
 {{- $root := . -}}
 {{- $pools := list -}}
+{{- $triton := false -}}
 {{- range $name, $pool := .Values.workers.pools -}}
 {{- if $pool.enabled -}}
-{{- $dns := printf "http://%s.%s:%d" (include "vlm-serve.workerService" (dict "root" $root "name" $name)) (include "vlm-serve.clusterDomain" $root) (int $root.Values.workers.port) -}}
-{{- $pools = append $pools (dict "name" $name "weight" (int $pool.weight) "dns" (list $dns)) -}}
+{{- $ctx := dict "root" $root "pool" $pool "name" $name -}}
+{{- $dns := printf "http://%s.%s:%d" (include "vlm-serve.workerService" $ctx) (include "vlm-serve.clusterDomain" $root) (int $root.Values.workers.port) -}}
+{{- $entry := dict "name" $name "weight" (int $pool.weight) "dns" (list $dns) -}}
+{{- $block := include "vlm-serve.tritonBlock" $ctx | fromYaml -}}
+{{- if $block -}}
+{{- $_ := set $entry "engine" "triton" -}}
+{{- $_ := set $entry "triton" $block -}}
+{{- $triton = true -}}
+{{- end -}}
+{{- $pools = append $pools $entry -}}
 {{- end -}}
 {{- end -}}
 - name: GATEWAY_WORKER_URLS
   value: ""
-{{- if eq (len $pools) 1 }}
+{{- if and (eq (len $pools) 1) (not $triton) }}
 - name: GATEWAY_WORKER_DNS
   value: {{ index (index $pools 0).dns 0 | quote }}
 {{- else }}
@@ -156,4 +319,79 @@ the pod Pending with a message, instead of evicting it half-way through the down
 {{- $_ := set $resources "requests" $requests -}}
 {{- $_ := set $resources "limits" $limits -}}
 {{- toYaml $resources -}}
+{{- end -}}
+
+{{/* The chat templates the chart's ConfigMap carries for the gateways: <pool>.jinja. */}}
+{{- define "vlm-serve.chatTemplates" -}}
+{{- $root := . -}}
+{{- $templates := dict -}}
+{{- range $name, $pool := .Values.workers.pools -}}
+{{- if $pool.enabled -}}
+{{- $ctx := dict "root" $root "pool" $pool "name" $name -}}
+{{- if eq (include "vlm-serve.poolEngine" $ctx) "triton" -}}
+{{- $source := include "vlm-serve.chatTemplateSource" $ctx -}}
+{{- if eq $source "values" -}}
+{{- $_ := set $templates (printf "%s.jinja" $name) $pool.triton.chatTemplate -}}
+{{- else if eq $source "chart" -}}
+{{- $profile := fromYaml (include "vlm-serve.profile" $ctx) -}}
+{{- $_ := set $templates (printf "%s.jinja" $name) ($root.Files.Get $profile.chatTemplate) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $templates }}{{ toYaml $templates }}{{ end -}}
+{{- end -}}
+
+{{/* The pools whose gateways fetch the checkpoint's chat template from the hub:
+a list of {name, model, revision}. */}}
+{{- define "vlm-serve.fetchedChatTemplates" -}}
+{{- $root := . -}}
+{{- $out := list -}}
+{{- range $name, $pool := .Values.workers.pools -}}
+{{- if $pool.enabled -}}
+{{- $ctx := dict "root" $root "pool" $pool "name" $name -}}
+{{- if and (eq (include "vlm-serve.poolEngine" $ctx) "triton") (eq (include "vlm-serve.chatTemplateSource" $ctx) "hub") -}}
+{{- $out = append $out (dict "name" $name "model" (include "vlm-serve.poolModel" $ctx) "revision" (include "vlm-serve.poolRevision" $ctx) "dir" (include "vlm-serve.chatTemplatePath" $ctx)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* A gpu-triton pool's model repository (NVIDIA's official vLLM backend): config.pbtxt,
+and model.json with the engine arguments. */}}
+{{- define "vlm-serve.modelRepository" -}}
+config.pbtxt: |
+  # The official vLLM backend (triton-inference-server/vllm_backend) completes the rest:
+  # decoupled, its inputs and outputs. vLLM uses the pod's GPUs itself (KIND_MODEL), and
+  # its statistics go to Triton's metrics port (vllm:* beside nv_inference_*).
+  backend: "vllm"
+  instance_group [ { count: 1 kind: KIND_MODEL } ]
+  parameters: { key: "REPORT_CUSTOM_METRICS" value: { string_value: "true" } }
+model.json: |
+  {{- include "vlm-serve.engineArgs" . | nindent 2 }}
+{{- end -}}
+
+{{/* Worker ports gateways and Prometheus reach: the API, and Triton's metrics port (the
+gateways read Triton workers' load there). */}}
+{{- define "vlm-serve.workerPorts" -}}
+- {protocol: TCP, port: {{ .Values.workers.port }}}
+{{- if include "vlm-serve.anyTriton" . }}
+- {protocol: TCP, port: {{ .Values.workers.triton.metricsPort }}}
+{{- end }}
+{{- end -}}
+
+{{/* python3 -c: in the folder hf downloaded (argv 1), the checkpoint's chat template as
+chat_template.jinja, the file the gateway reads first: the processor's chat_template.json
+first, as vLLM reads it, else tokenizer_config.json's must hold one. argv 2 and 3 name the
+checkpoint and the pool in the message when it has none. */}}
+{{- define "vlm-serve.pickChatTemplate" -}}
+import json, pathlib, sys
+folder, checkpoint, pool = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+jinja, processor, tokenizer = (folder / n for n in ("chat_template.jinja", "chat_template.json", "tokenizer_config.json"))
+if not jinja.exists() and processor.exists():
+    jinja.write_text(json.loads(processor.read_text())["chat_template"])
+if not jinja.exists() and not (tokenizer.exists() and json.loads(tokenizer.read_text()).get("chat_template")):
+    sys.exit(f"{checkpoint} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json): set workers.pools.{pool}.triton.chatTemplate")
+print(f"{checkpoint}: chat template for pool {pool} in {folder}")
 {{- end -}}
