@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.answers import CachedAnswer, CompletionSummary
 from gateway.interactions.draft import InteractionDraft
 from gateway.validation.prepare import PreparedRequest
@@ -34,3 +36,17 @@ def note_features(draft: InteractionDraft, prepared: PreparedRequest) -> None:
     draft.end_user_sha256 = features.end_user_sha256
     draft.request_metadata = features.metadata
     draft.request_options = features.options
+
+
+def note_worker(
+    draft: InteractionDraft, pool_of: Callable[[str], str | None]
+) -> Callable[[str], None]:
+    """Called once per attempt: the row keeps the last worker, its pool and the attempt
+    count."""
+
+    def note(worker_url: str) -> None:
+        draft.worker_id = worker_url
+        draft.pool = pool_of(worker_url)
+        draft.upstream_attempts = (draft.upstream_attempts or 0) + 1
+
+    return note

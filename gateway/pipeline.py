@@ -33,15 +33,15 @@ from gateway.cache.stage import (
     Lookup,
 )
 from gateway.cache.store import CacheDirectives
+from gateway.charge import charge_tokens, check_model
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.images import is_remote_url
 from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
 from gateway.moderation import Moderator, Violation
-from gateway.notes import note_answer, note_features, note_request, note_summary
+from gateway.notes import note_answer, note_features, note_request, note_summary, note_worker
 from gateway.protocol import ChatCompletionRequest, VQARequest, VQAResponse
-from gateway.ratelimit import estimate_tokens
 from gateway.remote_images import RemoteImageFetcher
 from gateway.streams import CONTENT_FILTER, ChunkStream, GapTimer, RecordingStream, ReplayStream
 from gateway.upstream.pool import WorkerPool
@@ -159,7 +159,7 @@ class Pipeline:
             CHAT_PATH,
             prepared.body,
             ctx.request_id,
-            self._note_worker(ctx),
+            note_worker(ctx.draft, self._pool.pool_of),
             affinity_key=_affinity_key(prepared),
             pool=plan.pool,
         )
@@ -209,7 +209,7 @@ class Pipeline:
         if isinstance(request, Recalled):
             prepared = await self._recalled(ctx, request.prepared)
         else:
-            self._admit(ctx, request.model)
+            check_model(ctx.admission, request.model)
             note_request(ctx.draft, request.model, request.prompt, stream=False)
             if recall is not None:
                 recall.keepable = not is_remote_url(request.image)
@@ -218,7 +218,7 @@ class Pipeline:
             )
             ctx.draft.model = prepared.model
             ctx.draft.images = prepared.images
-            await self._charge(ctx, prepared)
+            await charge_tokens(ctx.admission, prepared)
         body, cache = await self._answer(ctx, prepared, recall, vqa=True)
         answer = answer_from_completion(body)
         if answer is None:
@@ -237,7 +237,7 @@ class Pipeline:
         """Model permission, validation and tokens per minute: what both chat forms share."""
         if isinstance(request, Recalled):
             return await self._recalled(ctx, request.prepared)
-        self._admit(ctx, request.model)
+        check_model(ctx.admission, request.model)
         content = read_chat(request)
         if recall is not None:
             recall.keepable = not any(is_remote_url(p.image_url.url) for p, _ in content.images)
@@ -247,16 +247,16 @@ class Pipeline:
         )
         ctx.draft.images = prepared.images
         note_features(ctx.draft, prepared)
-        await self._charge(ctx, prepared)
+        await charge_tokens(ctx.admission, prepared)
         return prepared
 
     async def _recalled(self, ctx: RequestContext, prepared: PreparedRequest) -> PreparedRequest:
         """A body prepared before: what preparing it would have noted, and its charge."""
-        self._admit(ctx, prepared.model)
+        check_model(ctx.admission, prepared.model)
         note_request(ctx.draft, prepared.model, prepared.prompt, prepared.stream)
         ctx.draft.images = prepared.images
         note_features(ctx.draft, prepared)
-        await self._charge(ctx, prepared)
+        await charge_tokens(ctx.admission, prepared)
         return prepared
 
     async def _in_full(self, prepared: PreparedRequest, recall: Recall | None) -> PreparedRequest:
@@ -265,35 +265,6 @@ class Pipeline:
             return prepared
         known = self._pool.model_ids()
         return await recall.prepare_again(self._settings, known, self._remote_images)
-
-    @staticmethod
-    def _admit(ctx: RequestContext, model: str | None) -> None:
-        """403 before any validation work when the key may not use the model it names.
-
-        The key itself, requests per minute and concurrency were checked by the admission
-        middleware before the body was read (gateway/admission.py)."""
-        if ctx.admission is not None:
-            ctx.admission.check_model(model)
-
-    @staticmethod
-    async def _charge(ctx: RequestContext, prepared: PreparedRequest) -> None:
-        """The resolved model's permission, then tokens per minute (429 when over): the
-        estimate needs the validated images' sizes. Cache hits are charged too: the limit
-        is what the key may ask for, whoever answers it."""
-        if ctx.admission is None:
-            return
-        ctx.admission.check_model(prepared.model)
-        sizes = [(image.width, image.height) for image in prepared.images]
-        features = prepared.features
-        # Schemas and tool definitions are read by the model too; n choices are n answers.
-        text = prepared.prompt
-        if features.extra_text:
-            text = f"{text}\n{features.extra_text}"
-        await ctx.admission.charge_tokens(
-            estimate_tokens(
-                text, sizes, prepared.token_budget * features.choices, prepared.messages
-            )
-        )
 
     async def _moderate(self, ctx: RequestContext, prepared: PreparedRequest) -> None:
         """Content policy on prompt and images (400 content_policy_violation)."""
@@ -428,7 +399,7 @@ class Pipeline:
             CHAT_PATH,
             prepared.body,
             ctx.request_id,
-            self._note_worker(ctx),
+            note_worker(ctx.draft, self._pool.pool_of),
             affinity_key=_affinity_key(prepared),
             pool=plan.pool,
         )
@@ -458,15 +429,3 @@ class Pipeline:
         finally:
             if not completed:
                 await self._complete(plan, lookup, None)
-
-    # -- the interaction draft ----------------------------------------------------------------
-
-    def _note_worker(self, ctx: RequestContext) -> Callable[[str], None]:
-        def note(worker_url: str) -> None:
-            # Called once per attempt: the row keeps the last worker, its pool and the
-            # attempt count.
-            ctx.draft.worker_id = worker_url
-            ctx.draft.pool = self._pool.pool_of(worker_url)
-            ctx.draft.upstream_attempts = (ctx.draft.upstream_attempts or 0) + 1
-
-        return note

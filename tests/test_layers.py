@@ -42,10 +42,11 @@ RANKS: Final[dict[str, int]] = {
     "gateway.moderation": 5,
     "gateway.admission": 6,
     "gateway.notes": 6,
-    "gateway.pipeline": 7,
-    "gateway.routes": 8,
-    "gateway.app": 9,
-    "gateway.__main__": 10,
+    "gateway.charge": 7,
+    "gateway.pipeline": 8,
+    "gateway.routes": 9,
+    "gateway.app": 10,
+    "gateway.__main__": 11,
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.errors import GatewayError
-from gateway.upstream.kserve.engine import TritonEngine, parse_triton_load
+from gateway.upstream.kserve.engine import TritonEngine
 from gateway.upstream.kserve.template import ChatTemplate, read_chat_template
 from gateway.upstream.kserve.translate import (
     EventReader,
@@ -21,6 +21,7 @@ from gateway.upstream.kserve.translate import (
     generate_body,
     sampling_parameters,
 )
+from gateway.upstream.load import parse_triton_load
 from gateway.upstream.settings import PoolSpec, TritonPool
 from worker.profiles import TINY_MODEL_DIR
 

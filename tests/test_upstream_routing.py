@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from gateway.interactions.settings import InteractionLogSettings
 from gateway.protocol import ErrorResponse
-from gateway.upstream.pool import parse_load
+from gateway.upstream.load import parse_load
 from localstack.fault_proxy import FaultProxy
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.images import data_uri, image_bytes

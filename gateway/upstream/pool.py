@@ -48,7 +48,8 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.metrics import DEFAULT_POOL, Metrics
 from gateway.upstream.bodies import read_limited
 from gateway.upstream.discovery import DnsDiscovery, Resolve, resolve_addresses
-from gateway.upstream.kserve.engine import Load, TritonEngine
+from gateway.upstream.kserve.engine import TritonEngine
+from gateway.upstream.load import Load, parse_load
 from gateway.upstream.weights import WeightedRoundRobin
 
 log = logging.getLogger("gateway.upstream.pool")
@@ -57,9 +58,6 @@ log = logging.getLogger("gateway.upstream.pool")
 _MODELS_REFRESH_S = 30.0
 # The worker's /metrics body we read at most (vLLM's is some tens of KB).
 _METRICS_BODY_LIMIT = 4 * 1024 * 1024
-_RUNNING = "vllm:num_requests_running"
-_WAITING = "vllm:num_requests_waiting"
-_KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 
 
 # Every reason choose() counts a choice under: a worker that leaves takes its series along.
@@ -111,30 +109,6 @@ class Worker:
         requests to it beyond those it runs, whichever is larger (a report lags by a poll,
         and a burst must not pile up behind a stale one)."""
         return max(self.waiting, self.in_flight - self.running)
-
-
-def parse_load(text: str) -> tuple[float, float, float] | None:
-    """(running, waiting, kv-cache usage) summed over label sets from a /metrics body;
-    None when the body has none of vLLM's scheduler gauges."""
-    running = waiting = kv = 0.0
-    seen = False
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        try:
-            value = float(line.rsplit(" ", 1)[1])
-        except (IndexError, ValueError):
-            continue
-        if name == _RUNNING:
-            running += value
-            seen = True
-        elif name == _WAITING:
-            waiting += value
-            seen = True
-        elif name in _KV_USAGE:
-            kv = max(kv, value)
-    return (running, waiting, kv) if seen else None
 
 
 def _rendezvous_score(key: str, url: str) -> bytes:

@@ -7,7 +7,7 @@ GATEWAY_WORKER_DNS are one pool named "default".
 
 A pool's ``engine`` is "vllm" (vLLM's OpenAI server, the default) or "triton" (Triton
 Inference Server with a vLLM model behind the official backend's interface, spoken in
-KServe v2: gateway/upstream/triton/); a Triton pool says more in its ``triton`` block.
+KServe v2: gateway/upstream/kserve/); a Triton pool says more in its ``triton`` block.
 """
 
 from __future__ import annotations

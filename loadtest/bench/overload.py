@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.upstream.pool import parse_load
+from gateway.upstream.load import parse_load
 from loadtest.bench.trees import start_gateway_in, trees
 from loadtest.bench.worker import machine_description
 from loadtest.locust.photos import photo

@@ -7,8 +7,9 @@ A worker is alive while ``/v2/health/live`` answers, and ready when ``/v2/health
 ``/v2/models/<name>/ready`` do. Alive but not ready is a worker loading or draining
 (SIGTERM): it gets no new requests, and the ones it has are not given up on. Load comes
 from Triton's metrics port: the model's ``nv_inference_pending_request_count`` plus
-vLLM's scheduler gauges when the model exports them (ours does; the official backend
-with REPORT_CUSTOM_METRICS).
+vLLM's scheduler gauges when the model exports them (ours does; NVIDIA's official
+backend exports only counters and histograms, so its pools are balanced on the pending
+count alone).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gateway.upstream.kserve.translate import (
     generate_body,
     triton_error,
 )
+from gateway.upstream.load import Load, parse_triton_load
 from gateway.upstream.settings import TritonPool
 
 if TYPE_CHECKING:
@@ -40,47 +42,6 @@ if TYPE_CHECKING:
 _ON_LOOP_BODY_BYTES: Final = 256 * 1024
 _METRICS_BODY_LIMIT: Final = 4 * 1024 * 1024
 _ANSWER_BODY_LIMIT: Final = 64 * 1024 * 1024
-_PENDING: Final = "nv_inference_pending_request_count"
-_RUNNING: Final = "vllm:num_requests_running"
-_WAITING: Final = "vllm:num_requests_waiting"
-_KV_USAGE: Final = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
-
-Load = tuple[float, float, float]  # running, waiting, KV-cache usage
-
-
-def _label(line: str, name: str) -> str | None:
-    start = line.find(f'{name}="')
-    if start < 0:
-        return None
-    start += len(name) + 2
-    return line[start : line.find('"', start)]
-
-
-def parse_triton_load(text: str, model: str) -> Load | None:
-    """(running, waiting, KV-cache usage) for ``model`` from Triton's metrics; None when
-    the body has neither Triton's pending count for it nor vLLM's gauges."""
-    running = waiting = kv = 0.0
-    seen = False
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name not in (_PENDING, _RUNNING, _WAITING, *_KV_USAGE):
-            continue
-        if _label(line, "model") not in (model, None):
-            continue
-        try:
-            value = float(line.rsplit(" ", 1)[1])
-        except (IndexError, ValueError):
-            continue
-        seen = True
-        if name == _RUNNING:
-            running += value
-        elif name in (_WAITING, _PENDING):
-            waiting += value
-        else:
-            kv = max(kv, value)
-    return (running, waiting, kv) if seen else None
 
 
 class _Chunks(Protocol):
