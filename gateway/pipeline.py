@@ -29,6 +29,7 @@ from gateway.answers import (
     answer_from_completion,
     summary_from_completion,
 )
+from gateway.batch.lane import with_priority
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.stage import (
     BYPASS,
@@ -73,6 +74,8 @@ class RequestContext:
     draft: InteractionDraft = field(default_factory=InteractionDraft)
     # The API key and its limits (gateway/admission.py); None outside /v1/*.
     admission: Admission | None = None
+    # vLLM's priority for the worker body: set for batch lines (gateway/batch/lane.py).
+    priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +174,7 @@ class Pipeline:
         await self._decode_images(prepared, plan, lookup)
         worker = self._upstream.open_stream(
             CHAT_PATH,
-            prepared.body,
+            with_priority(prepared.body, ctx.priority),
             ctx.request_id,
             self._note_worker(ctx),
             affinity_key=_affinity_key(prepared),
@@ -364,7 +367,7 @@ class Pipeline:
         """Ask a worker, check its answer, store and share it: the worker's body."""
         worker = self._upstream.post_json(
             CHAT_PATH,
-            prepared.body,
+            with_priority(prepared.body, ctx.priority),
             ctx.request_id,
             self._note_worker(ctx),
             affinity_key=_affinity_key(prepared),

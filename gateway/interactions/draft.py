@@ -47,6 +47,7 @@ class InteractionDraft:
     request_metadata: dict[str, str] | None = None
     request_options: dict[str, Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    batch_id: str | None = None  # set for batch lines (gateway/batch/lane.py)
 
     def fail(self, error_type: str, error_code: str) -> None:
         if self.error_code is None:

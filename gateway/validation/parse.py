@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from gateway import json_text
@@ -19,6 +19,7 @@ from gateway.protocol import ChatCompletionRequest, VQARequest
 from gateway.validation.bounds import check_counts, heavy_body, off_loop_if
 
 _M = TypeVar("_M", ChatCompletionRequest, VQARequest)
+_B = TypeVar("_B", bound=BaseModel)
 
 
 # --- HTTP body -> Python -------------------------------------------------------------------
@@ -75,6 +76,14 @@ def parse_chat_body(data: dict[str, Any]) -> ChatCompletionRequest | VQARequest:
 
 def parse_vqa_body(data: dict[str, Any]) -> VQARequest:
     return _validate(VQARequest, data)
+
+
+def parse_body(model: type[_B], data: dict[str, Any]) -> _B:
+    """Another strict request model (/v1/match, /v1/batches), with the same 400s."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _from_pydantic(exc.errors(include_url=False, include_input=False), data) from None
 
 
 def _validate(model: type[_M], data: dict[str, Any]) -> _M:
