@@ -61,6 +61,7 @@ async def _serve(settings: Settings, metrics: RunnerMetrics) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     try:
         settings = Settings()
     except ValidationError as exc:
