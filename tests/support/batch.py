@@ -13,20 +13,15 @@ from openai.types import Batch
 from sqlalchemy import text
 
 from gateway.db.engine import create_sync_engine
-from tests.support.requests import MODEL
+from tests.support.requests import chat_body
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 RUNNER_TOKEN = "test-runner-token"
 
 
 def chat_line(custom_id: str, question: str, **body: Any) -> dict[str, Any]:
-    request = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": question}],
-        "max_tokens": 8,
-        "temperature": 0,
-        **body,
-    }
+    """An input line: a greedy chat request with a short answer (``body`` adds fields)."""
+    request = chat_body(question, **{"max_tokens": 8, "temperature": 0, **body})
     return {
         "custom_id": custom_id,
         "method": "POST",
