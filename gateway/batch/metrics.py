@@ -16,7 +16,7 @@ class RunnerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.lines = Counter(
-            "gateway_batch_lines",
+            "gateway_batch_line_outcomes",
             "Batch lines this runner finished, by outcome: done (the output file), failed (the "
             "error file), retried (a 429, 5xx or no answer: tried again later), lost (the "
             "line's lease ran out and another runner answered it).",
