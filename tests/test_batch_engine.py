@@ -4,6 +4,7 @@ gateway.batch). Each test starts the runner it needs: the kill drill kills it.""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import uuid
@@ -15,8 +16,10 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
+from deploy.dashboards.batch import BATCH_PANELS
 from gateway.db.engine import create_sync_engine
 from localstack.processes import LocalProcess, signal_tree, start_batch_runner, start_gateway
 from tests.support.auth import create_key
@@ -112,8 +115,9 @@ def test_the_sdk_runs_a_batch_and_gets_every_custom_id_once_through_the_cache_an
     lines = [chat_line(f"line-{i}", f"{salt} what colour is item {i % 4}?") for i in range(12)]
     batch = run_batch(client, jsonl(lines))
     assert batch.status == "validating"
-    with runner(gateway, log_database_url):
+    with runner(gateway, log_database_url) as process:
         done = wait_for(client, batch.id)
+        _assert_dashboard_series(process.url, gateway)
     assert done.status == "completed", done
     counts = done.request_counts
     assert counts is not None
@@ -137,6 +141,24 @@ def test_the_sdk_runs_a_batch_and_gets_every_custom_id_once_through_the_cache_an
     assert {row["batch_id"] for row in rows} == {batch.id}
     assert {row["status_code"] for row in rows} == {200}
     assert sum(row["cache"] in ("hit", "coalesced") for row in rows) >= 8, rows
+
+
+def _assert_dashboard_series(runner_url: str, gateway: str) -> None:
+    """Every series the batches row of the dashboard reads (deploy/dashboards/batch.py),
+    from the runner's and the gateway's /metrics (the live test runs no runner)."""
+    exposed = httpx.get(f"{runner_url}/metrics").text + httpx.get(f"{gateway}/metrics").text
+    for panel in BATCH_PANELS:
+        for query in panel.queries:
+            for name in re.findall(r"gateway_batch\w+", query.expr):
+                assert re.search(rf"^{name}(\{{| )", exposed, re.MULTILINE), (panel.title, name)
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(exposed)
+        for s in family.samples
+        if s.name.startswith("gateway_batch")
+    }
+    assert samples["gateway_batches_created_total"] >= 1
+    assert samples["gateway_batch_line_requests_total"] >= 12
 
 
 def _wait_rows(database_url: str, batch_id: str, count: int) -> list[dict[str, object]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deploy.dashboards.batch import BATCH_PANELS
 from deploy.dashboards.spec import NEEDS_REPLICA, RATE, Dashboard, Panel, p_quantile, q
 
 DATA_PATH = Dashboard(
@@ -142,6 +143,7 @@ DATA_PATH = Dashboard(
             ),
             unit="reqps",
         ),
+        *BATCH_PANELS,
     ),
 )
 

@@ -17,6 +17,7 @@ WORKERS=${WORKERS:-2}
 GATEWAY_REPLICAS=${GATEWAY_REPLICAS:-2}
 GATEWAY_BASE_PORT=${GATEWAY_BASE_PORT:-8001}
 NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-8089}
+BATCH_METRICS_PORT=${BATCH_METRICS_PORT:-9450}
 # The observers' own ports.
 PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 ALERTMANAGER_PORT=${ALERTMANAGER_PORT:-9093}
@@ -49,7 +50,7 @@ up() {
     --nginx-exporter "127.0.0.1:$NGINX_EXPORTER_PORT" \
     --redis-exporter "127.0.0.1:$REDIS_EXPORTER_PORT" \
     --mysqld-exporter "127.0.0.1:$MYSQLD_EXPORTER_PORT" \
-    --alertmanager "127.0.0.1:$ALERTMANAGER_PORT" \
+    --alertmanager "127.0.0.1:$ALERTMANAGER_PORT" --batch-runner "127.0.0.1:$BATCH_METRICS_PORT" \
     --scrape-interval "$SCRAPE_INTERVAL" --evaluation-interval "$SCRAPE_INTERVAL"
   promtool check config "$OBS_DIR/prometheus.yml" >/dev/null
   amtool check-config deploy/alertmanager/alertmanager.yml >/dev/null

@@ -5,8 +5,9 @@ python -m deploy.prometheus.config OUT --gateway 127.0.0.1:8001 \
     --nginx-exporter 127.0.0.1:9113 --alertmanager 127.0.0.1:9093
 
 Job names are what the rules and dashboards select on: gateway, vllm-worker, nginx,
-redis, mysql. A worker given as POOL=ADDRESS carries label pool=POOL (default "default",
-as the gateway labels a worker outside any named pool). The output is JSON, which is YAML.
+redis, mysql, batch-runner. A worker given as POOL=ADDRESS carries label pool=POOL
+(default "default", as the gateway labels a worker outside any named pool). The output is
+JSON, which is YAML.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Targets:
     redis_exporter: str | None = None
     mysqld_exporter: str | None = None
     alertmanagers: list[str] = field(default_factory=list)
+    batch_runners: list[str] = field(default_factory=list)
 
 
 def parse_worker(spec: str) -> tuple[str, str]:
@@ -71,6 +73,8 @@ def render(
     for name, exporter in exporters:
         if exporter:
             jobs.append(_job(name, [exporter]))
+    if targets.batch_runners:
+        jobs.append(_job("batch-runner", targets.batch_runners))
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": scrape_interval,
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-exporter")
     parser.add_argument("--mysqld-exporter")
     parser.add_argument("--alertmanager", action="append", default=[])
+    parser.add_argument("--batch-runner", action="append", default=[])
     parser.add_argument("--scrape-interval", default="15s")
     parser.add_argument("--evaluation-interval", default="15s")
     args = parser.parse_args(argv)
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_exporter=args.redis_exporter,
         mysqld_exporter=args.mysqld_exporter,
         alertmanagers=args.alertmanager,
+        batch_runners=args.batch_runner,
     )
     config = render(targets, args.scrape_interval, args.evaluation_interval)
     args.out.write_text(json.dumps(config, indent=2) + "\n")

@@ -87,6 +87,7 @@ class BatchLineMiddleware:
             self._metrics.errors.labels(error.code.value).inc()
             await error_response(error)(scope, receive, send)
             return
+        self._metrics.batch_line_requests.inc()
         state = scope.setdefault("state", {})
         state[STATE_KEY] = BatchLine(batch_id, key_id or None, self._priority)
         draft = draft_of(state)

@@ -189,6 +189,7 @@ async def create_batch(request: Request, services: ServicesDep) -> Response:
             owner, create.input_file_id, create.endpoint, create.completion_window, create.metadata
         )
     )
+    services.metrics.batches_created.inc()
     return JSONResponse(batch_object(row))
 
 
