@@ -186,6 +186,8 @@ bench: install services ## every benchmark in one run, then loadtest/results/REP
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.workers | tee loadtest/results/bench-workers.txt
 	$(PY) -m loadtest.bench.moderation | tee loadtest/results/bench-moderation.txt
 	$(PY) -m loadtest.bench.ratelimit | tee loadtest/results/bench-ratelimit.txt
+	# online TTFT beside a 1,000-line batch; the batch against the same lines online (issue 28)
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.batch | tee loadtest/results/bench-batch.txt
 	$(PY) -m loadtest.report
 
 # The one command that changes the committed load-test figures: the last `make loadtest`

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.batch import tables
-from gateway.batch.finalize import _write_results, finalize, result_file_id
+from gateway.batch.finalize import finalize, result_file_id, write_results
 from gateway.batch.lines import read_lines, result_line
 from gateway.batch.objects import COMPLETED, EXPIRED, FINALIZING, IN_PROGRESS, VALIDATING
 from gateway.batch.queue import DONE, LINE_FAILED, BatchWork, Claim, LineQueue
@@ -179,7 +179,7 @@ async def test_a_finisher_that_dies_is_followed_by_one_writing_the_same_files(
     assert first is not None
     assert first.status == FINALIZING
     output_id = result_file_id(work.id, "output")
-    await _write_results(engine, first, DONE, output_id)  # then it dies
+    await write_results(engine, first, DONE, output_id)  # then it dies
     await asyncio.sleep(0.2)
     second = await survivor.take_batch(LEASE_S)
     assert second is not None

@@ -27,7 +27,7 @@ def result_file_id(batch_id: str, kind: str) -> str:
     return "file-" + hashlib.sha256(f"{batch_id}:{kind}".encode()).hexdigest()[:32]
 
 
-async def _write_results(engine: AsyncEngine, work: BatchWork, state: str, file_id: str) -> int:
+async def write_results(engine: AsyncEngine, work: BatchWork, state: str, file_id: str) -> int:
     """The results of the lines in ``state`` as the file's chunks; its size in bytes."""
     async with engine.begin() as conn:
         await conn.execute(delete(C).where(C.c.file_id == file_id))
@@ -74,7 +74,7 @@ async def finalize(queue: LineQueue, work: BatchWork) -> str | None:
     files: dict[str, tuple[str, int]] = {}
     for kind, state in (("output", DONE), ("error", LINE_FAILED)):
         file_id = result_file_id(work.id, kind)
-        files[kind] = (file_id, await _write_results(engine, work, state, file_id))
+        files[kind] = (file_id, await write_results(engine, work, state, file_id))
     counts = await queue.counts(work.id)
     final = EXPIRED if work.expired else FINAL_STATUS[work.status]
     now = now_ms()

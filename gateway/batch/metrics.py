@@ -30,9 +30,10 @@ class RunnerMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "gateway_batch_lines_in_flight", "Lines this runner has sent and not finished.",
+            "gateway_batch_lines_in_flight",
+            "Lines this runner has sent and not finished.",
             registry=r,
-        )  # fmt: skip
+        )
         self.feeding = Gauge(
             "gateway_batch_feeding",
             "1 while the workers' queues leave room for batch lines (idle capacity), else 0.",

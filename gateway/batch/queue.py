@@ -86,6 +86,8 @@ class LineQueue:
         token = uuid.uuid4().hex
         claims: list[Claim] = []
         async with self.engine.begin() as conn:
+            # The oldest in-progress batches first (FIFO); a few, in case the oldest have
+            # only leased lines left.
             active = await conn.execute(
                 select(B.c.id, B.c.owner)
                 .where(B.c.status == IN_PROGRESS)

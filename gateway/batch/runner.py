@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
+from sqlalchemy import select
+
 from gateway.batch.feeder import Capacity, LineSender, Outcome
 from gateway.batch.finalize import finalize
 from gateway.batch.lines import read_lines
@@ -79,8 +81,8 @@ class Runner:
         self._wake.clear()
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
-            await asyncio.wait(waits, timeout=self._settings.poll_interval_s,
-                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            timeout = self._settings.poll_interval_s
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for wait in waits:
                 wait.cancel()
@@ -195,8 +197,7 @@ class Runner:
 
     async def _file_exists(self, file_id: str) -> bool:
         async with self._queue.engine.connect() as conn:
-            found = await conn.scalar(files.select().with_only_columns(files.c.id).where(
-                files.c.id == file_id))  # fmt: skip
+            found = await conn.scalar(select(files.c.id).where(files.c.id == file_id))
         return found is not None
 
 
