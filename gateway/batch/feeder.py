@@ -13,13 +13,13 @@ the answer: 200 is the line's output, another 4xx its error (a bad line), and 40
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import httpx
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.batch.lane import BATCH_HEADER, KEY_HEADER, TOKEN_HEADER
 from gateway.batch.lines import result_line
@@ -54,17 +54,23 @@ class Capacity:
         return self._open
 
 
+# Only these two series are read, straight from the text: a gateway's /metrics is large,
+# and parsing all of it every poll cost the runner more than the lines it waited for.
+_SAMPLE: Final = re.compile(r"^gateway_worker_(healthy|load)\{([^}]*)\} (\S+)", re.MULTILINE)
+_LABEL: Final = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
 def room(metrics_text: str, max_waiting: int) -> bool:
     """At least one healthy worker, and their queues at most ``max_waiting`` long."""
     healthy: set[str] = set()
     waiting: dict[str, float] = {}
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            worker = sample.labels.get("worker", "")
-            if sample.name == "gateway_worker_healthy" and sample.value == 1:
-                healthy.add(worker)
-            elif sample.name == "gateway_worker_load" and sample.labels.get("kind") == "waiting":
-                waiting[worker] = sample.value
+    for match in _SAMPLE.finditer(metrics_text):
+        series, labels, value = match.group(1), dict(_LABEL.findall(match.group(2))), match.group(3)
+        worker = labels.get("worker", "")
+        if series == "healthy" and float(value) == 1:
+            healthy.add(worker)
+        elif series == "load" and labels.get("kind") == "waiting":
+            waiting[worker] = float(value)
     return bool(healthy) and sum(waiting.get(w, 0.0) for w in healthy) <= max_waiting
 
 

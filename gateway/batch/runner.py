@@ -47,26 +47,36 @@ class Runner:
         self._sender = sender
         self._capacity = capacity
         self._metrics = metrics
+        # Every claimed line until its result is written (their leases are renewed)...
         self._in_flight: dict[asyncio.Task[None], Claim] = {}
+        # ...of which these wait for the gateway: the concurrency counts only these, so the
+        # next line is claimed while the last one's result is being written.
+        self._sending = 0
         self._wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         renewer = asyncio.create_task(self._renew_forever(), name="batch-lease-renewal")
-        next_housekeeping = 0.0
+        # Batches are validated and finished beside the feeding, so that neither waits.
+        housekeeper = asyncio.create_task(self._housekeep(stop), name="batch-housekeeping")
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_housekeeping:
-                    await self._guarded(self._housekeeping())
-                    next_housekeeping = time.monotonic() + self._settings.poll_interval_s
                 claimed = await self._guarded(self._feed()) or 0
                 if claimed == 0:
                     await self._sleep(stop)
             if self._in_flight:
                 await asyncio.wait(list(self._in_flight))
+            await housekeeper
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            for task in (renewer, housekeeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _housekeep(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._guarded(self._housekeeping())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.poll_interval_s)
 
     async def _guarded(self, work: Awaitable[T]) -> T | None:
         """Run one step; a database or gateway outage is logged and the loop goes on."""
@@ -90,13 +100,14 @@ class Runner:
     # -- lines ---------------------------------------------------------------------------------
 
     async def _feed(self) -> int:
-        free = self._settings.concurrency - len(self._in_flight)
+        free = self._settings.concurrency - self._sending
         if free <= 0 or not await self._capacity.open():
             self._metrics.feeding.set(0 if free > 0 else 1)
             return 0
         self._metrics.feeding.set(1)
         claims = await self._queue.claim(free, self._settings.lease_s, self._settings.max_attempts)
         for claim in claims:
+            self._sending += 1
             task = asyncio.create_task(self._run_line(claim))
             self._in_flight[task] = claim
             task.add_done_callback(self._line_done)
@@ -112,7 +123,11 @@ class Runner:
 
     async def _run_line(self, claim: Claim) -> None:
         started = time.perf_counter()
-        outcome = await self._sender.send(claim)
+        try:
+            outcome = await self._sender.send(claim)
+        finally:
+            self._sending -= 1
+            self._wake.set()
         self._metrics.line_seconds.observe(time.perf_counter() - started)
         if outcome.state == "retry" and claim.attempts < self._settings.max_attempts:
             pause = max(outcome.retry_after_s, min(2.0**claim.attempts, _MAX_BACKOFF_S))
@@ -193,6 +208,7 @@ class Runner:
             await self._queue.fail_batch(work, [_error(message)])
             return
         await self._queue.add_lines(work, lines)
+        self._wake.set()  # its lines are waiting
         log.info("batch %s validated: %d lines", work.id, len(lines))
 
     async def _file_exists(self, file_id: str) -> bool:

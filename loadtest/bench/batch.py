@@ -237,7 +237,7 @@ async def run(url: str) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=900)
     connector = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        await online_load(session, url, 5, seed=1)  # warm-up, not recorded
+        await online_load(session, url, 15, seed=1)  # warm-up, not recorded
         for r in range(ROUNDS):
             seed = 100 + 10 * r
             results: dict[str, Online] = {}
