@@ -22,7 +22,7 @@ from gateway.batch.upload import PURPOSE_BATCH, check_input_file, parse_upload
 from gateway.errors import ErrorCode, GatewayError
 from gateway.protocol import ErrorResponse
 from gateway.routes.common import error_responses
-from gateway.routes.deps import ServicesDep
+from gateway.routes.deps import Services, ServicesDep
 from gateway.validation.parse import check_content_type, parse_body, parse_json_object
 
 router = APIRouter(tags=["batches"])
@@ -51,8 +51,8 @@ class BatchCreateRequest(BaseModel):
     output_expires_after: dict[str, Any] | None = None
 
 
-def _store(services: Any) -> BatchStore:
-    store: BatchStore | None = services.batches
+def _store(services: Services) -> BatchStore:
+    store = services.batches
     if store is None:
         raise GatewayError(ErrorCode.NOT_FOUND, "Batches are not enabled on this gateway.")
     return store
