@@ -218,6 +218,8 @@ bench: install triton-install services ## every benchmark in one run, then loadt
 	$(PY) -m loadtest.bench.ratelimit | tee loadtest/results/bench-ratelimit.txt
 	# Triton beside vLLM's own server on the same model (issue 21)
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.triton | tee loadtest/results/bench-triton.txt
+	# online TTFT beside a 1,000-line batch; the batch against the same lines online (issue 28)
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.batch | tee loadtest/results/bench-batch.txt
 	$(PY) -m loadtest.report
 
 # The one command that changes the committed load-test figures: the last `make loadtest`

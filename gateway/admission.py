@@ -28,6 +28,7 @@ from typing import Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import AuthFailure, AuthUnavailable, KeyRecord, KeyStore, bearer_token
+from gateway.batch.lane import BatchLine, batch_line_of
 from gateway.config import Settings
 from gateway.db.engine import create_log_engine
 from gateway.errors import ErrorCode, GatewayError, error_headers
@@ -139,11 +140,18 @@ class AdmissionControl:
         self._windows = windows
         self._concurrency = concurrency
 
-    async def admit(self, admission: Admission, authorization: str | None) -> None:
+    async def admit(
+        self, admission: Admission, authorization: str | None, line: BatchLine | None = None
+    ) -> None:
         if self._store is None:
             return
         try:
-            admission.key = await self._store.authenticate(bearer_token(authorization))
+            if line is None:
+                admission.key = await self._store.authenticate(bearer_token(authorization))
+            elif line.key_id is not None:
+                # A batch line (gateway/batch/lane.py): the batch owner's key, for its model
+                # permissions; not its online limits (the runner paces its batches).
+                admission.key = await self._store.find(line.key_id)
         except AuthFailure as failure:
             self._metrics.auth_failures.labels(failure.reason).inc()
             if failure.reason == "missing":
@@ -164,7 +172,7 @@ class AdmissionControl:
         # Both in one Redis round trip; while Redis cannot be asked, each on its own, in
         # this replica's memory or not at all, as configured.
         key = admission.key
-        if key is None or self._windows is None or self._concurrency is None:
+        if key is None or line is not None or self._windows is None or self._concurrency is None:
             return
         slots = self._limit(key, "concurrent")
         try:
@@ -290,7 +298,9 @@ class AdmissionMiddleware:
         state[STATE_KEY] = admission
         try:
             try:
-                await control.admit(admission, request_header(scope, b"authorization"))
+                await control.admit(
+                    admission, request_header(scope, b"authorization"), batch_line_of(state)
+                )
             except GatewayError as error:
                 self._note_key(state, admission)
                 await self._refuse(send, error, admission)

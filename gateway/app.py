@@ -12,6 +12,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admission import AdmissionMiddleware, AdmissionSlot, open_admission
+from gateway.batch.lane import BatchLineMiddleware
+from gateway.batch.store import open_batch_store
 from gateway.cache.stage import open_cache_stage
 from gateway.cache.store import open_redis
 from gateway.config import Settings
@@ -19,6 +21,7 @@ from gateway.errors import ErrorBoundary, install_error_handlers
 from gateway.interactions import open_interaction_writer
 from gateway.interactions.middleware import InteractionLogMiddleware, RecordSink
 from gateway.loop_lag import LoopLag
+from gateway.matching.stage import Matcher
 from gateway.metrics import Metrics
 from gateway.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from gateway.moderation import open_moderator
@@ -113,7 +116,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             pipeline = Pipeline(settings, pool, upstream, metrics, cache, remote_images, moderator)
             parser = open_body_parser(settings, stack)
-            yield {"services": Services(settings, metrics, pool, pipeline, parser)}
+            matcher = Matcher(settings, pool, upstream, metrics, cache, remote_images, moderator)
+            batches = open_batch_store(settings, stack)
+            services = Services(settings, metrics, pool, pipeline, parser, batches, matcher)
+            yield {"services": services}
 
     # Outermost first: metrics see everything, 413s carry the request id and are logged
     # as interactions; keys are checked before a body is read.
@@ -125,6 +131,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sink=sink,
             metrics=metrics,
             trusted_proxies=settings.log.trusted_proxies,
+        ),
+        # Batch lines (the runner's, gateway/batch/lane.py): a priority and their batch id.
+        Middleware(
+            BatchLineMiddleware,
+            token=settings.batch.runner_token,
+            priority=settings.batch.priority,
+            metrics=metrics,
         ),
         Middleware(AdmissionMiddleware, slot=admission, metrics=metrics),
         Middleware(

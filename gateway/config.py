@@ -12,7 +12,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.auth.settings import AuthSettings
+from gateway.batch.settings import BatchSettings
 from gateway.interactions.settings import InteractionLogSettings
+from gateway.matching.settings import MatchSettings
 from gateway.moderation.settings import ModerationSettings
 from gateway.ratelimit.settings import RateLimitSettings
 from gateway.remote_images.settings import RemoteImageSettings
@@ -141,6 +143,10 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     # Per-key limits in Redis (GATEWAY_RATELIMIT_*; see gateway/ratelimit/settings.py).
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    # The Batch API and its runner (GATEWAY_BATCH_*; see gateway/batch/settings.py).
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    # Image-text matching, POST /v1/match (GATEWAY_MATCH_*; gateway/matching/settings.py).
+    match: MatchSettings = Field(default_factory=MatchSettings)
 
     # Health polling of the workers, used by /readyz and by the choice of worker.
     health_interval_s: float = Field(default=2.0, gt=0)

@@ -72,6 +72,8 @@ class ErrorCode(StrEnum):
     AUTH_UNAVAILABLE = "auth_unavailable"
     RATE_LIMITER_UNAVAILABLE = "rate_limiter_unavailable"
     MODERATION_UNAVAILABLE = "moderation_unavailable"
+    BATCH_STORE_UNAVAILABLE = "batch_store_unavailable"
+    BATCH_EXPIRED = "batch_expired"
     DRAINING = "draining"
     INTERNAL_ERROR = "internal_error"
 
@@ -148,6 +150,10 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     ErrorCode.RATE_LIMITER_UNAVAILABLE: ErrorKind(503, "server_error", retry_after=True),
     # The image check failed and GATEWAY_MODERATION_IMAGE_CHECK_FAIL_CLOSED is true.
     ErrorCode.MODERATION_UNAVAILABLE: ErrorKind(503, "server_error", retry_after=True),
+    # The database of files and batches (gateway/batch/) cannot be reached.
+    ErrorCode.BATCH_STORE_UNAVAILABLE: ErrorKind(503, "server_error", retry_after=True),
+    # A batch line not done within its batch's completion window (its error file's code).
+    ErrorCode.BATCH_EXPIRED: ErrorKind(503, "server_error"),
     ErrorCode.DRAINING: ErrorKind(503, "server_error", retry_after=True),
     ErrorCode.INTERNAL_ERROR: ErrorKind(500, "server_error"),
 }

@@ -371,6 +371,16 @@ class Metrics:
             ["key", "limit"],
             registry=r,
         )
+        # The Batch API as the gateways see it (the runner has metrics of its own:
+        # gateway/batch/metrics.py).
+        self.batches_created = Counter(
+            "gateway_batches_created", "Batches created (POST /v1/batches).", registry=r
+        )
+        self.batch_line_requests = Counter(
+            "gateway_batch_line_requests",
+            "Requests the batch runner sent for batch lines (low priority on the workers).",
+            registry=r,
+        )
         self._key_labels: set[str] = set()
         # Series that only move when something goes wrong are exported at 0 from the start,
         # so panels and alerts see 0, not "no data", on a healthy stack.

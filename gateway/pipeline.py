@@ -23,6 +23,7 @@ from typing import TypeVar
 from gateway.admission import Admission
 from gateway.answers import CachedAnswer, answer_from_completion, summary_from_completion
 from gateway.background import detach, keep_going
+from gateway.batch.lane import with_priority
 from gateway.cache.recall import Recall, Recalled, Reparse
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.stage import (
@@ -69,6 +70,8 @@ class RequestContext:
     draft: InteractionDraft = field(default_factory=InteractionDraft)
     # The API key and its limits (gateway/admission.py); None outside /v1/*.
     admission: Admission | None = None
+    # vLLM's priority for the worker body: set for batch lines (gateway/batch/lane.py).
+    priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +160,7 @@ class Pipeline:
         await self._decode_images(prepared, plan, lookup)
         worker = self._upstream.open_stream(
             CHAT_PATH,
-            prepared.body,
+            with_priority(prepared.body, ctx.priority),
             ctx.request_id,
             note_worker(ctx.draft, self._pool.pool_of),
             affinity_key=_affinity_key(prepared),
@@ -397,7 +400,7 @@ class Pipeline:
         """Ask a worker, check its answer, store and share it: the worker's body."""
         worker = self._upstream.post_json(
             CHAT_PATH,
-            prepared.body,
+            with_priority(prepared.body, ctx.priority),
             ctx.request_id,
             note_worker(ctx.draft, self._pool.pool_of),
             affinity_key=_affinity_key(prepared),

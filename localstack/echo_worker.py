@@ -44,8 +44,8 @@ async def _models(_: Request) -> Response:
     return JSONResponse({"object": "list", "data": [card]})
 
 
-def _completion() -> dict[str, Any]:
-    return {
+def _completion(body: dict[str, Any]) -> dict[str, Any]:
+    completion: dict[str, Any] = {
         "id": "chatcmpl-echo",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -59,6 +59,18 @@ def _completion() -> dict[str, Any]:
         ],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
+    ids = body.get("logprob_token_ids")
+    if isinstance(ids, list):  # image-text matching asks for these (gateway/matching/)
+        entries = [{"token": f"token_id:{i}", "logprob": -1.0 - n} for n, i in enumerate(ids)]
+        content = [{"token": "token_id:0", "logprob": -1.0, "top_logprobs": entries}]
+        completion["choices"][0]["logprobs"] = {"content": content}
+    return completion
+
+
+async def _tokenize(request: Request) -> Response:
+    """One token per character (its code point): enough for matching's yes/no labels."""
+    prompt = str(json.loads(await request.body()).get("prompt", ""))
+    return JSONResponse({"tokens": [ord(c) for c in prompt], "count": len(prompt)})
 
 
 async def _chunks(include_usage: bool) -> AsyncIterator[bytes]:
@@ -83,7 +95,7 @@ async def _chat(request: Request) -> Response:
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(_chunks(include_usage), media_type="text/event-stream")
-    return JSONResponse(_completion())
+    return JSONResponse(_completion(body))
 
 
 def app() -> Starlette:
@@ -92,6 +104,7 @@ def app() -> Starlette:
             Route("/health", _health),
             Route("/v1/models", _models),
             Route("/v1/chat/completions", _chat, methods=["POST"]),
+            Route("/tokenize", _tokenize, methods=["POST"]),
         ]
     )
 

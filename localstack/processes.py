@@ -212,6 +212,29 @@ def start_gateway(
     return gateway
 
 
+def start_batch_runner(
+    gateway_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    metrics_port: int | None = None,
+    timeout_s: float = 30.0,
+) -> LocalProcess:
+    """`python -m gateway.batch` feeding ``gateway_url``, returned once its /metrics answers
+    (its port is the metrics port). GATEWAY_BATCH_RUNNER_TOKEN must be in ``env``."""
+    port = metrics_port or free_port()
+    full_env = {
+        **os.environ,
+        "GATEWAY_BATCH_GATEWAY_URL": gateway_url,
+        "GATEWAY_BATCH_METRICS_PORT": str(port),
+        **(env or {}),
+    }
+    cmd = [str(GATEWAY_PYTHON), "-m", "gateway.batch"]
+    process, log_path = _spawn(f"batch-runner-{port}", cmd, log_dir, full_env)
+    runner = LocalProcess(f"batch-runner-{port}", process, port, log_path)
+    wait_http_ok(runner, "/metrics", timeout_s)
+    return runner
+
+
 def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if not found:

@@ -102,6 +102,15 @@ class Profile:
     # Which server runs the engine: vLLM's own OpenAI server, or Triton Inference Server
     # with our Python-backend model (worker/triton/), which speaks KServe v2.
     engine: Literal["vllm", "triton"] = "vllm"
+    # vLLM's --scheduling-policy. "priority": a request's `priority` field orders the queue
+    # (lower first, then arrival) and a lower-priority running request is preempted when
+    # the KV cache is short. Online requests carry vLLM's default 0; batch lines (the
+    # batch runner, gateway/batch/) a larger number, so they only fill idle capacity.
+    # "fcfs" (vLLM's default) refuses any priority but 0.
+    scheduling_policy: Literal["priority", "fcfs"] = "priority"
+    # vLLM's --max-logprobs: the most top_logprobs a request may ask for (the gateway caps
+    # clients at 20, OpenAI's limit); -1: the whole vocabulary.
+    max_logprobs: int = 20
 
 
 PROFILES: dict[str, Profile] = {
@@ -171,6 +180,8 @@ PROFILES: dict[str, Profile] = {
         mm_processor_cache_gb=0.25,
         cpu_threads=1,
         cpu_kvcache_gib=1,
+        # The whole 640-token vocabulary: tests read a full next-token distribution.
+        max_logprobs=-1,
     ),
 }
 # The same model and engine settings behind Triton (worker/triton/launcher.py).
@@ -261,6 +272,8 @@ def server_args(profile: Profile, host: str, port: int) -> list[str]:
         args += ["--structured-outputs-config", profile.structured_outputs]
     if profile.tool_call_parser:
         args += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_call_parser]
+    args += ["--scheduling-policy", profile.scheduling_policy]
+    args += ["--max-logprobs", str(profile.max_logprobs)]
     return args
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deploy.dashboards.batch import BATCH_PANELS
 from deploy.dashboards.spec import (
     MYSQLD_EXPORTER,
     NEEDS_REPLICA,
@@ -170,6 +171,7 @@ DATA_PATH = Dashboard(
             ),
             unit="reqps",
         ),
+        *BATCH_PANELS,
     ),
 )
 

@@ -21,6 +21,7 @@ NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-8089}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8080}
 PROFILE=${PROFILE:-cpu-tiny}
+BATCH_METRICS_PORT=${BATCH_METRICS_PORT:-9450}
 # The observers' own ports.
 PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 ALERTMANAGER_PORT=${ALERTMANAGER_PORT:-9093}
@@ -55,7 +56,7 @@ up() {
     --nginx-exporter "127.0.0.1:$NGINX_EXPORTER_PORT" \
     --redis-exporter "127.0.0.1:$REDIS_EXPORTER_PORT" \
     --mysqld-exporter "127.0.0.1:$MYSQLD_EXPORTER_PORT" \
-    --alertmanager "127.0.0.1:$ALERTMANAGER_PORT" \
+    --alertmanager "127.0.0.1:$ALERTMANAGER_PORT" --batch-runner "127.0.0.1:$BATCH_METRICS_PORT" \
     --blackbox-exporter "127.0.0.1:$BLACKBOX_EXPORTER_PORT" \
     --front-door "http://$HOST:$PORT/v1/chat/completions" \
     --front-door-log "127.0.0.1:$MTAIL_PORT" \

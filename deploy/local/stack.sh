@@ -16,6 +16,7 @@ GATEWAY_BASE_PORT=${GATEWAY_BASE_PORT:-8001}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8080}
 NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-8089}  # stub_status only, loopback (make observe scrapes it)
+BATCH_METRICS_PORT=${BATCH_METRICS_PORT:-9450}  # the batch runner's /metrics, loopback
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-900}
 # One limit for both hops: Nginx refuses what the gateway would refuse.
 export GATEWAY_MAX_BODY_BYTES=${GATEWAY_MAX_BODY_BYTES:-16777216}
@@ -85,8 +86,15 @@ demo_key() {  # a key for demos and `make loadtest`: created once, kept (mode 60
     --concurrent 10000 > "$file.tmp") && mv "$file.tmp" "$file"
 }
 
+batch_token() {  # the batch runner's secret, shared with the gateways: made once, kept (mode 600)
+  local file=$RUN_DIR/batch-runner-token
+  [[ -s $file ]] || (umask 077 && .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$file")
+  export GATEWAY_BATCH_RUNNER_TOKEN=${GATEWAY_BATCH_RUNNER_TOKEN:-$(cat "$file")}
+}
+
 up() {
   echo "starting the stack (logs in $LOG_DIR)"
+  batch_token
   # Idempotent: creates the database and user when missing, then migrates to head.
   .venv/bin/python -m gateway.interactions --url "$GATEWAY_LOG_DATABASE_URL" migrate \
     --create-db --admin-url "$DB_ADMIN_URL"
@@ -125,6 +133,9 @@ up() {
     start nginx nginx -c "$RUN_DIR/nginx.conf" -e "$LOG_DIR/nginx-error.log" -g 'daemon off;'
   fi
   wait_for "/readyz through nginx" curl -sf "http://$HOST:$PORT/readyz"
+  # One batch runner (gateway/batch/): lines go through Nginx like every request.
+  start batch-runner env GATEWAY_BATCH_GATEWAY_URL="http://$HOST:$PORT" \
+    GATEWAY_BATCH_METRICS_PORT="$BATCH_METRICS_PORT" .venv/bin/python -m gateway.batch
 
   sample_request "$RUN_DIR/sample-request.json"
   echo "ready: http://$HOST:$PORT (nginx -> $GATEWAY_REPLICAS gateways -> $WORKERS workers, profile $PROFILE)"
@@ -138,6 +149,7 @@ up() {
 
 down() {
   # Front to back, so nothing new reaches a process that is going away.
+  stop batch-runner
   stop nginx
   for pidfile in "$PID_DIR"/gateway-*.pid; do
     [[ -e $pidfile ]] && stop "$(basename "$pidfile" .pid)"

@@ -9,8 +9,9 @@ python -m deploy.prometheus.config OUT --gateway 127.0.0.1:8001 \
 
 Job names are what the rules and dashboards select on: gateway, vllm-worker, nginx,
 redis, mysql, front-door (the blackbox probe), front-door-log (mtail on Nginx's access
-log). A worker given as POOL=ADDRESS carries label pool=POOL (default "default", as the
-gateway labels a worker outside any named pool). The output is JSON, which is YAML.
+log), batch-runner. A worker given as POOL=ADDRESS carries label pool=POOL (default
+"default", as the gateway labels a worker outside any named pool). The output is JSON,
+which is YAML.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Targets:
     front_door: str | None = None
     front_door_log: str | None = None
     probe_interval: str = "10s"
+    batch_runners: list[str] = field(default_factory=list)
 
 
 def parse_worker(spec: str) -> tuple[str, str]:
@@ -90,6 +92,8 @@ def render(
         )
     if targets.front_door_log:
         jobs.append(_job("front-door-log", [targets.front_door_log]))
+    if targets.batch_runners:
+        jobs.append(_job("batch-runner", targets.batch_runners))
     config: dict[str, Any] = {
         "global": {
             "scrape_interval": scrape_interval,
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blackbox-exporter", help="the exporter that probes the front door")
     parser.add_argument("--front-door", help="the URL it probes (through Nginx)")
     parser.add_argument("--front-door-log", help="mtail reading Nginx's access log")
+    parser.add_argument("--batch-runner", action="append", default=[])
     parser.add_argument("--scrape-interval", default="15s")
     parser.add_argument("--evaluation-interval", default="15s")
     args = parser.parse_args(argv)
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         blackbox_exporter=args.blackbox_exporter,
         front_door=args.front_door,
         front_door_log=args.front_door_log,
+        batch_runners=args.batch_runner,
     )
     config = render(targets, args.scrape_interval, args.evaluation_interval)
     args.out.write_text(json.dumps(config, indent=2) + "\n")

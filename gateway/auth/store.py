@@ -120,6 +120,14 @@ class KeyStore:
             raise AuthFailure("revoked")
         return record
 
+    async def find(self, key_id: str) -> KeyRecord:
+        """A key's record by its public id, without its secret: a batch owner's, for the
+        lines the batch runner sends on its behalf (gateway/batch/lane.py)."""
+        record = self._keys.get(key_id) or await self._lookup(key_id)
+        if record.revoked:
+            raise AuthFailure("revoked")
+        return record
+
     async def _lookup(self, key_id: str) -> KeyRecord:
         if self._known_unknown(key_id):
             raise AuthFailure("unknown")

@@ -126,6 +126,8 @@ class Interaction(Base):
     request_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     request_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # The batch a batch line belongs to (gateway/batch/); None for online requests.
+    batch_id: Mapped[str | None] = mapped_column(String(40))
     # Bookkeeping: poisoned rows were refused by MySQL as submitted and stored sanitized.
     poisoned: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("0"))
     poison_error: Mapped[str | None] = mapped_column(String(255))

@@ -50,6 +50,7 @@ class InteractionDraft:
     # The status to log when it is not the one sent: a stream our own bug broke after its
     # 200 was sent is logged as the server error it is.
     status: int | None = None
+    batch_id: str | None = None  # set for batch lines (gateway/batch/lane.py)
 
     def fail(self, error_type: str, error_code: str) -> None:
         if self.error_code is None:

@@ -22,12 +22,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.db.models import REQUEST_ID_BYTES
 from gateway.errors import ERROR_TABLE, ErrorCode
 from gateway.interactions.draft import CLIENT_GONE, STATE_KEY, InteractionDraft
-from gateway.interactions.records import InteractionRecord
+from gateway.interactions.records import InteractionRecord, Shape
 from gateway.interactions.writer import InteractionWriter
 from gateway.metrics import Metrics
 from gateway.middleware import request_header
 
-LOGGED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/vqa"})
+LOGGED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/vqa", "/v1/match"})
+_SHAPES: Final[dict[str, Shape]] = {"/v1/vqa": "vqa", "/v1/match": "match"}
 # Nginx's status for "the client closed the connection first" (routes answer it too).
 CLIENT_CLOSED: Final = 499
 # Error bodies are small; a larger body is an answer, not an error, and is not parsed.
@@ -87,7 +88,7 @@ class InteractionLogMiddleware:
             return
         received_ms = time.time_ns() // 1_000_000
         started = time.perf_counter()
-        draft = InteractionDraft(shape="vqa" if scope["path"] == "/v1/vqa" else "chat")
+        draft = InteractionDraft(shape=_SHAPES.get(scope["path"], "chat"))
         scope.setdefault("state", {})[STATE_KEY] = draft
         status = 500
         error_body = bytearray()
@@ -163,6 +164,7 @@ class InteractionLogMiddleware:
             request_metadata=draft.request_metadata,
             request_options=draft.request_options,
             tool_calls=draft.tool_calls,
+            batch_id=draft.batch_id,
         )
 
 

@@ -1,10 +1,9 @@
 """The interaction record (what the pipeline builds) and its row (what MySQL and the spool hold).
 
 The pipeline builds one ``InteractionRecord`` per request, rejected ones included, with raw
-values. The writer turns it into a row off the request path (``to_row``): texts capped and
-flagged, client IP anonymised, images reduced to digests and sizes, the prompt hashed so
-repeated questions can be counted after truncation. A row is a plain JSON-able dict keyed by
-column name; the spool stores rows, so a replay needs no settings.
+values; the writer turns it into a row off the request path (``to_row``): texts capped, client
+IP anonymised, images reduced to digests and sizes, the prompt hashed. A row is a plain
+JSON-able dict keyed by column name; the spool stores rows, so a replay needs no settings.
 
 A row MySQL refuses is "poisoned": ``sanitize_row`` makes a version that fits every column
 (lone surrogates escaped, strings cut to the column, out-of-range numbers nulled or clamped,
@@ -31,7 +30,7 @@ from sqlalchemy.types import BigInteger, SmallInteger
 from gateway.db.models import Interaction
 from gateway.interactions.settings import IpMode
 
-Shape = Literal["chat", "vqa"]
+Shape = Literal["chat", "vqa", "match"]
 CacheOutcome = Literal["hit", "miss", "coalesced", "bypass"]
 Row = dict[str, Any]
 
@@ -112,6 +111,7 @@ class InteractionRecord:
     request_metadata: Mapping[str, str] | None = None
     request_options: Mapping[str, Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    batch_id: str | None = None  # a batch line's batch (gateway/batch/)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +230,7 @@ def to_row(record: InteractionRecord, policy: RowPolicy) -> Row:
         "request_metadata": dict(record.request_metadata) if record.request_metadata else None,
         "request_options": dict(record.request_options) if record.request_options else None,
         "tool_calls": record.tool_calls,
+        "batch_id": record.batch_id,
         "poisoned": 0,
         "poison_error": None,
     }

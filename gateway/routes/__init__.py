@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.routes import chat, health, metrics, models
+from gateway.routes import batches, chat, health, match, metrics, models
 
 
 class Endpoint:
@@ -22,12 +22,13 @@ class Endpoint:
 
 def inference_routes() -> list[Route]:
     """The inference endpoints: the app's first routes, and its lanes (gateway/app.py)."""
-    return [Route(path, Endpoint(app), methods=["POST"]) for path, app in chat.ENDPOINTS.items()]
+    endpoints = {**chat.ENDPOINTS, **match.ENDPOINTS}
+    return [Route(path, Endpoint(app), methods=["POST"]) for path, app in endpoints.items()]
 
 
 def build_router() -> APIRouter:
     """FastAPI's routes: everything but inference."""
     router = APIRouter()
-    for module in (models, health, metrics):
+    for module in (models, health, metrics, batches):
         router.include_router(module.router)
     return router

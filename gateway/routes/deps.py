@@ -10,9 +10,12 @@ from fastapi import Depends, Request
 from starlette.types import Scope
 
 from gateway.admission import admission_of
+from gateway.batch.lane import batch_line_of
+from gateway.batch.store import BatchStore
 from gateway.cache.store import CacheDirectives
 from gateway.config import Settings
 from gateway.interactions.draft import InteractionDraft, draft_of
+from gateway.matching.stage import Matcher
 from gateway.metrics import Metrics
 from gateway.middleware import request_header
 from gateway.pipeline import Pipeline, RequestContext
@@ -31,6 +34,9 @@ class Services:
     # Every endpoint's body parser: bodies of many values in a process of its own
     # (validation/offload.py).
     parser: BodyParser
+    # Files and batches (gateway/batch/; None when off) and image-text matching.
+    batches: BatchStore | None = None
+    matcher: Matcher | None = None
 
 
 def services_of(scope: Scope) -> Services:
@@ -48,6 +54,7 @@ def context_of(scope: Scope) -> RequestContext:
         # Outside the logged routes (or with the log off) the draft is simply dropped.
         draft=draft_of(state) or InteractionDraft(),
         admission=admission_of(state),
+        priority=line.priority if (line := batch_line_of(state)) is not None else None,
     )
 
 

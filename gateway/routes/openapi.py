@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from gateway.config import Settings
+from gateway.matching.protocol import MatchRequest, MatchResponse
 from gateway.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -24,13 +25,15 @@ from gateway.protocol import (
     VQARequest,
     VQAResponse,
 )
+from gateway.routes import match
 from gateway.routes.chat import OPERATIONS
 
-_BODY_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionRequest, VQARequest)
+_BODY_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionRequest, VQARequest, MatchRequest)
 # ErrorResponse comes with FastAPI's own routes (/v1/models declares its errors).
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ChatCompletionResponse,
     ChatCompletionChunk,
+    MatchResponse,
     VQAResponse,
 )
 
@@ -44,7 +47,10 @@ def openapi_builder(app: FastAPI, settings: Settings) -> Callable[[], dict[str, 
         )
         schema["paths"] = {
             # A copy: the document is edited below (security), the declarations are shared.
-            **{path: {"post": deepcopy(operation)} for path, operation in OPERATIONS.items()},
+            **{
+                path: {"post": deepcopy(operation)}
+                for path, operation in {**OPERATIONS, **match.OPERATIONS}.items()
+            },
             **schema.get("paths", {}),
         }
         components: dict[str, Any] = schema.setdefault("components", {}).setdefault("schemas", {})

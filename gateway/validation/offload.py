@@ -26,6 +26,9 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AsyncExitStack
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from gateway.children import end_with_parent
 from gateway.config import Settings
@@ -37,14 +40,15 @@ from gateway.validation.parse import BodyShape, parse_body_sync
 log = logging.getLogger("gateway.validation")
 
 _Parsed = ChatCompletionRequest | VQARequest
-_Outcome = tuple[_Parsed | None, tuple[str, str, str | None] | None]
+_Outcome = tuple[BaseModel | None, tuple[str, str, str | None] | None]
+_B = TypeVar("_B", bound=BaseModel)
 
 
 def _ready() -> bool:
     return True
 
 
-def _parse_in_child(raw: bytes, settings: Settings, shape: BodyShape) -> _Outcome:
+def _parse_in_child(raw: bytes, settings: Settings, shape: BodyShape | type[BaseModel]) -> _Outcome:
     try:
         return parse_body_sync(raw, settings, shape), None
     except GatewayError as error:
@@ -62,14 +66,22 @@ class BodyParser:
 
     async def parse_chat(self, raw: bytes) -> _Parsed:
         """/v1/chat/completions: OpenAI's format, or the simple shape without messages."""
-        return await self.parse(raw, "chat")
-
-    async def parse_vqa(self, raw: bytes) -> VQARequest:
-        parsed = await self.parse(raw, "vqa")
-        assert isinstance(parsed, VQARequest)
+        parsed = await self.parse(raw, "chat")
+        assert isinstance(parsed, ChatCompletionRequest | VQARequest)
         return parsed
 
-    async def parse(self, raw: bytes, shape: BodyShape) -> _Parsed:
+    async def parse_vqa(self, raw: bytes) -> VQARequest:
+        return await self.parse_model(raw, VQARequest)
+
+    async def parse_model(self, raw: bytes, model: type[_B]) -> _B:
+        """Another endpoint's body as its strict model (/v1/match, /v1/batches): the model
+        is sent to the child by reference, so a body of many values comes back only as a
+        request within the model's limits, or as our 400."""
+        parsed = await self.parse(raw, "vqa" if model is VQARequest else model)
+        assert isinstance(parsed, model)
+        return parsed
+
+    async def parse(self, raw: bytes, shape: BodyShape | type[BaseModel]) -> BaseModel:
         place = body_place(raw)
         if place != "process":
             work = lambda: parse_body_sync(raw, self._settings, shape)  # noqa: E731

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from gateway import json_text
@@ -21,6 +21,7 @@ from gateway.validation.bounds import check_counts, heavy_body, off_loop_if
 _M = TypeVar("_M", ChatCompletionRequest, VQARequest)
 # The body-reading endpoints, by the shape they parse: /v1/chat/completions, /v1/vqa.
 BodyShape = Literal["chat", "vqa"]
+_B = TypeVar("_B", bound=BaseModel)
 
 
 # --- HTTP body -> Python -------------------------------------------------------------------
@@ -57,25 +58,23 @@ def parse_chat_sync(raw: bytes, settings: Settings) -> ChatCompletionRequest | V
 
 
 def parse_body_sync(
-    raw: bytes, settings: Settings, shape: BodyShape
-) -> ChatCompletionRequest | VQARequest:
-    """An endpoint's body, typed (the one entry for the loop, a thread and the child)."""
+    raw: bytes, settings: Settings, shape: BodyShape | type[BaseModel]
+) -> BaseModel:
+    """An endpoint's body, typed (the one entry for the loop, a thread and the child):
+    ``shape`` names an inference endpoint's, or is the strict model of another one."""
     if shape == "vqa":
         return parse_vqa_body(load_json_object(raw))
-    return parse_chat_sync(raw, settings)
-
-
-async def parse_body(
-    raw: bytes, settings: Settings, shape: BodyShape = "chat"
-) -> ChatCompletionRequest | VQARequest:
-    """parse_body_sync, in one thread hop when the body is large (its cost grows with it).
-    Endpoints parse through offload.BodyParser, which sends a body of many values to a
-    process of its own instead."""
-    return await off_loop_if(heavy_body(raw), lambda: parse_body_sync(raw, settings, shape))
+    if shape == "chat":
+        return parse_chat_sync(raw, settings)
+    assert not isinstance(shape, str)
+    return parse_model(shape, load_json_object(raw))
 
 
 async def parse_chat_request(raw: bytes, settings: Settings) -> ChatCompletionRequest | VQARequest:
-    return await parse_body(raw, settings, "chat")
+    """The chat endpoint's body, in one thread hop when the body is large (its cost grows
+    with it). Endpoints parse through offload.BodyParser, which sends a body of many values
+    to a process of its own instead."""
+    return await off_loop_if(heavy_body(raw), lambda: parse_chat_sync(raw, settings))
 
 
 def parse_chat_body(data: dict[str, Any]) -> ChatCompletionRequest | VQARequest:
@@ -93,6 +92,14 @@ def parse_chat_body(data: dict[str, Any]) -> ChatCompletionRequest | VQARequest:
 
 def parse_vqa_body(data: dict[str, Any]) -> VQARequest:
     return _validate(VQARequest, data)
+
+
+def parse_model(model: type[_B], data: dict[str, Any]) -> _B:
+    """Another strict request model (/v1/match, /v1/batches), with the same 400s."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _from_pydantic(exc.errors(include_url=False, include_input=False), data) from None
 
 
 def _validate(model: type[_M], data: dict[str, Any]) -> _M:
