@@ -114,6 +114,14 @@ async def test_threshold_counts_consecutive_failures_and_other_errors_do_not_cou
         with pytest.raises(ValueError, match="not a Redis failure"):
             await breaker.call(bad_value, (TimeoutError,))
     assert breaker.state.name == "CLOSED"
+    dep = Dependency()
+    # Two failures, a success, two failures: never three in a row, so it stays closed.
+    for _ in range(2):
+        for _ in range(2):
+            with pytest.raises(TimeoutError):
+                await breaker.call(timeout, (TimeoutError,))
+        assert breaker.state.name == "CLOSED"
+        assert await breaker.call(dep, (TimeoutError,)) == "ok"
     for _ in range(2):
         with pytest.raises(TimeoutError):
             await breaker.call(timeout, (TimeoutError,))
@@ -121,3 +129,6 @@ async def test_threshold_counts_consecutive_failures_and_other_errors_do_not_cou
     with pytest.raises(TimeoutError):
         await breaker.call(timeout, (TimeoutError,))
     assert breaker.state.name == "OPEN"
+    with pytest.raises(BreakerOpen):
+        await breaker.call(dep, (TimeoutError,))
+    assert dep.calls == 2
