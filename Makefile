@@ -97,11 +97,12 @@ fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# -rs: every skipped test is listed with its reason at the end of the run, never silent.
 test: lint install services helm-tools observe-tools ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 test-fast: $(VENV)/.installed ## tests that need no engine
-	$(PY) -m pytest -q -m "not engine"
+	$(PY) -m pytest -q -rs -m "not engine"
 
 # --- Helm chart (helm/vlm-serve): checked without a cluster --------------------------------
 # kubernetes-validate and checkov in a venv of their own (checkov's pins are many); the
@@ -138,7 +139,7 @@ helm-sync: ## refresh the chart's copies (alert rules, nginx template) and compo
 	deploy/helm-sync.sh
 
 helm-check: install services helm-tools observe-tools ## chart, images and compose tests: render, schema, lint, validation, policy, the rendered stack
-	$(PY) -m pytest -q tests/test_helm_*.py tests/test_deploy_*.py tests/test_worker_shim.py
+	$(PY) -m pytest -q -rs tests/test_helm_*.py tests/test_deploy_*.py tests/test_worker_shim.py
 
 # --- on call: Prometheus, Alertmanager and the exporters (Debian packages) -------------------
 OBSERVE_PACKAGES := prometheus prometheus-alertmanager prometheus-nginx-exporter \
