@@ -15,7 +15,7 @@ PROFILE ?= cpu-tiny
 WORKER_PORT ?= 8100
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: observe observe-tools help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest loadtest-publish report up down services worker-lock clean lock helm-tools helm-check helm-sync
+.PHONY: mutation observe observe-tools help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest loadtest-publish report up down services worker-lock clean lock helm-tools helm-check helm-sync
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -103,6 +103,24 @@ test: lint install services helm-tools observe-tools ## lint, then every test (r
 
 test-fast: $(VENV)/.installed ## tests that need no engine
 	$(PY) -m pytest -q -rs -m "not engine"
+
+# --- mutation testing (minutes of CPU: not part of make test or CI) -------------------------
+# mutmut mutates the modules that decide correctness (cache keys, coalescing, the breaker,
+# rate limits, body bounds, the log writer), one at a time, and runs each module's fast unit
+# tests against every mutant (tests/mutation/run.py). Its own environment: the dev lock
+# plus mutmut, without the project installed (the tests must import the mutated copy).
+# Scores and the verdict on every surviving mutant: docs/MUTATION.md.
+MUTATION_VENV := .venv-mutation
+MUTATION_MODULES ?=
+
+$(MUTATION_VENV)/.installed: requirements-dev.lock
+	test -x $(MUTATION_VENV)/bin/python || $(PYTHON) -m venv $(MUTATION_VENV)
+	$(MUTATION_VENV)/bin/pip install -q --upgrade pip
+	$(MUTATION_VENV)/bin/pip install -q -r requirements-dev.lock mutmut==3.8.1
+	touch $@
+
+mutation: $(MUTATION_VENV)/.installed services ## mutation scores per module (MUTATION_MODULES="breaker cache-keys"; not in CI)
+	$(MUTATION_VENV)/bin/python -m tests.mutation.run $(MUTATION_MODULES)
 
 # --- Helm chart (helm/vlm-serve): checked without a cluster --------------------------------
 # kubernetes-validate and checkov in a venv of their own (checkov's pins are many); the

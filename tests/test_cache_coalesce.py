@@ -16,7 +16,7 @@ import pytest
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import Alone, Joined, Lead, Stored
 from gateway.cache.store import CacheUnavailable
-from tests.support.coalescing import SHARED_REDIS, Replica
+from tests.support.coalescing import SHARED_REDIS, Replica, forget_namespace
 from tests.support.redis_server import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
@@ -34,9 +34,7 @@ async def replicas(namespace: str) -> AsyncIterator[tuple[Replica, Replica]]:
         Replica(SHARED_REDIS, namespace) as b,
     ):
         yield a, b
-        keys = [k async for k in a.redis.scan_iter(f"{namespace}:*")]
-        if keys:
-            await a.redis.delete(*keys)
+    await forget_namespace(SHARED_REDIS, namespace)
 
 
 @pytest.fixture

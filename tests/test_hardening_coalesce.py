@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.crc import key_slot
@@ -17,7 +18,7 @@ from redis.crc import key_slot
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import Joined, Lead, lock_key
 from gateway.cache.keys import derive_key
-from tests.support.coalescing import SHARED_REDIS, Replica
+from tests.support.coalescing import SHARED_REDIS, Replica, forget_namespace
 from tests.support.redis_server import PrivateRedis
 
 ANSWER = CachedAnswer("It is leather.", "stop", 300, 4)
@@ -34,26 +35,26 @@ async def replica(namespace: str) -> AsyncIterator[Replica]:
         SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as r:
         yield r
-        keys = [k async for k in r.redis.scan_iter(f"{namespace}:*")]
-        if keys:
-            await r.redis.delete(*keys)
+    await forget_namespace(SHARED_REDIS, namespace)
 
 
-async def test_a_leader_renews_its_lease_while_it_generates(
-    replica: Replica, namespace: str
-) -> None:
+async def test_a_leader_renews_its_lease_while_it_generates(namespace: str) -> None:
     key = f"{namespace}:v1:answer:{{slow}}"
-    leader = await replica.coalescer.acquire(key)
-    assert isinstance(leader, Lead)
-    async with Replica(
-        SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
-    ) as other:
+    # A lease of 1 s, renewed every third of it: only a stall of 0.6 s could lose it.
+    settings: dict[str, Any] = {"lease_s": 1.0, "wait_timeout_s": 30.0, "socket_timeout_s": 0.5}
+    async with (
+        Replica(SHARED_REDIS, namespace, **settings) as replica,
+        Replica(SHARED_REDIS, namespace, **settings) as other,
+    ):
+        leader = await replica.coalescer.acquire(key)
+        assert isinstance(leader, Lead)
         waiter = asyncio.create_task(other.coalescer.acquire(key))
-        await asyncio.sleep(1.5)  # five leases: without renewal the waiter would lead
+        await asyncio.sleep(3.0)  # three leases: without renewal the waiter would lead
         assert not waiter.done()
         assert await replica.redis.exists(lock_key(key))
         await replica.coalescer.finish(leader, ANSWER, store_ttl_s=60)
         assert await waiter == Joined(ANSWER)
+    await forget_namespace(SHARED_REDIS, namespace)
 
 
 async def test_a_refused_answer_is_shared_but_not_stored(replica: Replica, namespace: str) -> None:
@@ -64,7 +65,7 @@ async def test_a_refused_answer_is_shared_but_not_stored(replica: Replica, names
         SHARED_REDIS, namespace, lease_s=0.3, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as other:
         waiters = [asyncio.create_task(other.coalescer.acquire(key)) for _ in range(3)]
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # three lookups of a local Redis: they wait by now
         await replica.coalescer.finish(leader, ANSWER, store_ttl_s=None)
         assert await asyncio.gather(*waiters) == [Joined(ANSWER)] * 3
     assert await replica.cache.get(key) is None
