@@ -53,7 +53,11 @@ MODULES: dict[str, Module] = {
     ),
     "bounds": Module(
         ("gateway/validation/bounds.py",),
-        ("tests/test_hardening_bounds.py", "tests/test_validation_parse_prepare.py"),
+        (
+            "tests/test_validation_bounds.py",
+            "tests/test_hardening_bounds.py",
+            "tests/test_validation_parse_prepare.py",
+        ),
     ),
     "log-writer": Module(
         (
