@@ -107,6 +107,14 @@ def test_the_pixels_to_re_encode_add_up_over_the_images_up_to_the_limit() -> Non
     assert heavy_work(references=[pixel] * (RECODE + 1), low_detail=[True] * (RECODE + 1))
 
 
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "gif"])
+def test_each_format_is_told_by_its_signature(fmt: str) -> None:
+    # WebP's signature takes 12 bytes: all of the 16 base64 characters read.
+    uri = data_uri(image_bytes(fmt.upper(), (64, 48)), f"image/{fmt}")
+    assert image_format(uri) == fmt
+    assert image_pixels(uri) == 64 * 48
+
+
 def test_the_simple_shapes_bare_base64_is_read_too() -> None:
     bare = b64(gif(64, 64))
     assert image_format(bare) == "gif"
