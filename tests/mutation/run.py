@@ -49,7 +49,11 @@ MODULES: dict[str, Module] = {
     "breaker": Module(("gateway/breaker.py",), ("tests/test_breaker.py",)),
     "ratelimit": Module(
         ("gateway/ratelimit/*",),
-        ("tests/test_ratelimit_estimate.py", "tests/test_ratelimit_http.py"),
+        (
+            "tests/test_ratelimit_limiters.py",
+            "tests/test_ratelimit_estimate.py",
+            "tests/test_ratelimit_http.py",
+        ),
     ),
     "bounds": Module(
         ("gateway/validation/bounds.py",),
