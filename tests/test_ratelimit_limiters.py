@@ -4,9 +4,12 @@ asked, and Retry-After. (Through gateways, with keys: tests/test_ratelimit_http.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -14,6 +17,9 @@ from redis.asyncio import Redis
 from gateway.breaker import CircuitBreaker
 from gateway.ratelimit import ConcurrencyLimiter, Window, WindowLimiter, retry_after_s
 from tests.support.coalescing import SHARED_REDIS, forget_namespace
+from tests.support.redis_server import PrivateRedis
+
+RENEWAL = "ratelimit-lease-renewal"  # the renewal task's name, as task dumps show it
 
 
 @pytest.fixture
@@ -102,6 +108,66 @@ async def test_a_local_windows_reset_is_read_to_the_fraction_of_a_second(
     window = await windows.hit_locally("requests", "key-a", 10)
     monkeypatch.undo()
     assert window.reset_s == pytest.approx(0.5)
+
+
+async def test_local_slots_given_back_one_at_a_time(redis: Redis, namespace: str) -> None:
+    _, slots = _limiters(redis, namespace)
+    leases = [slots.acquire_locally("key-a", 3)[0] for _ in range(3)]
+    assert None not in leases
+    await slots.release(str(leases[0]))
+    await slots.release(str(leases[0]))  # a second release of the same lease: no effect
+    await slots.release("never-issued")
+    assert slots.acquire_locally("key-a", 3)[1] == 3
+    assert slots.acquire_locally("key-a", 3)[0] is None
+
+
+def _renewal_running() -> bool:
+    return any(t.get_name() == RENEWAL and not t.done() for t in asyncio.all_tasks())
+
+
+async def test_leases_are_renewed_while_held_and_lapse_once_renewal_stops(
+    redis: Redis, namespace: str
+) -> None:
+    slots = ConcurrencyLimiter(redis, namespace, CircuitBreaker(5.0), lease_ttl_s=3.0)
+    key = f"{namespace}:ratelimit:concurrent:key-a"
+    lease, _ = await slots.acquire("key-a", 1)
+    assert lease is not None
+    await slots.start()
+    assert _renewal_running()
+    try:
+        await asyncio.sleep(4.0)  # past the lease's 3 s: only renewals kept it
+        assert await redis.zcard(key) == 1
+        assert (await slots.acquire("key-a", 1))[0] is None
+    finally:
+        await slots.stop()
+    assert not _renewal_running()
+    await slots.release(lease)
+    assert await redis.zcard(key) == 0
+
+
+async def test_a_redis_outage_is_logged_by_renewal_and_harmless_to_release(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    client = Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    slots = ConcurrencyLimiter(client, "drill", CircuitBreaker(60.0), lease_ttl_s=3.0)
+    try:
+        lease, _ = await slots.acquire("key-a", 1)
+        assert lease is not None
+        server.stop()
+        await slots.start()
+        with caplog.at_level(logging.WARNING, logger="gateway.ratelimit"):
+            for _ in range(100):  # the first renewal comes after a third of the lease
+                if caplog.records:
+                    break
+                await asyncio.sleep(0.05)
+        assert "concurrency lease renewal failed; leases may lapse" in caplog.text
+        await slots.release(lease)  # Redis away: the lease will run out by itself
+    finally:
+        await slots.stop()
+        await client.aclose()
+        server.stop()
 
 
 @pytest.mark.parametrize(
