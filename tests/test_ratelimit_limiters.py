@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from gateway.breaker import CircuitBreaker
 from gateway.ratelimit import ConcurrencyLimiter, Window, WindowLimiter, retry_after_s
+from gateway.ratelimit.windows import window_from_reply
 from tests.support.coalescing import SHARED_REDIS, forget_namespace
 from tests.support.redis_server import PrivateRedis
 
@@ -54,7 +55,8 @@ async def test_admission_and_the_plain_limiter_charge_one_requests_window(
     assert lease is not None
     assert window is not None
     assert (window.kind, window.remaining) == ("requests", 1)
-    assert (await windows.hit("requests", "key-a", 2)).remaining == 0
+    window = await windows.hit("requests", "key-a", 2)
+    assert (window.kind, window.remaining) == ("requests", 0)
     assert not (await windows.hit("requests", "key-a", 2)).allowed
     lease, window = await slots.admit("key-a", 4, requests_per_minute=2)
     assert lease is None
@@ -129,6 +131,7 @@ async def test_leases_are_renewed_while_held_and_lapse_once_renewal_stops(
     redis: Redis, namespace: str
 ) -> None:
     slots = ConcurrencyLimiter(redis, namespace, CircuitBreaker(5.0), lease_ttl_s=3.0)
+    await slots.stop()  # before start: nothing to stop
     key = f"{namespace}:ratelimit:concurrent:key-a"
     lease, _ = await slots.acquire("key-a", 1)
     assert lease is not None
@@ -168,6 +171,25 @@ async def test_a_redis_outage_is_logged_by_renewal_and_harmless_to_release(
         await slots.stop()
         await client.aclose()
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("reply", "remaining", "reset_s"),
+    [
+        # {allowed, previous count, its ttl ms, current count, its ttl ms}
+        ([1, 0, 0, 0, 0], 10, 0.0),  # nothing counted: no reset to wait for
+        ([1, 0, 0, 3, 95_500], 7, 35.5),  # the current unit leaves in 95.5 % 60 s
+        # The last minute's 6 weigh 34/60 (3.4); the next of them leaves in 34 % 10 s.
+        ([0, 6, 34_000, 4, 110_000], 3, 4.0),
+    ],
+)
+def test_a_charge_scripts_reply_reads_as_limits_computes_it(
+    reply: list[int], remaining: int, reset_s: float
+) -> None:
+    window = window_from_reply("tokens", 10, reply)
+    assert (window.kind, window.allowed, window.limit) == ("tokens", bool(reply[0]), 10)
+    assert window.remaining == remaining
+    assert window.reset_s == pytest.approx(reset_s, abs=1e-9)
 
 
 @pytest.mark.parametrize(
