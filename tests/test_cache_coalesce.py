@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.answers import CachedAnswer
-from gateway.cache.coalesce import Alone, Joined, Lead, Stored
+from gateway.cache.coalesce import Alone, Joined, Lead, Stored, done_channel, lock_key
 from gateway.cache.store import CacheUnavailable
 from tests.support.coalescing import SHARED_REDIS, Replica, forget_namespace
 from tests.support.redis_server import PrivateRedis
@@ -118,6 +118,42 @@ async def test_a_waiter_gives_up_after_its_wait_timeout(namespace: str) -> None:
         result = await replica.coalescer.acquire(key)
         assert result == Alone("waited too long")
         await replica.redis.delete(f"{key}:lock")
+
+
+async def test_a_local_waiter_gives_up_after_its_wait_timeout(namespace: str) -> None:
+    async with Replica(
+        SHARED_REDIS, namespace, wait_timeout_s=0.5, socket_timeout_s=SHARED_TIMEOUT_S
+    ) as replica:
+        key = f"{namespace}:v1:answer:local"
+        leader = await replica.coalescer.acquire(key)
+        assert isinstance(leader, Lead)
+        async with asyncio.timeout(10):
+            assert await replica.coalescer.acquire(key) == Alone("waited too long")
+        await replica.coalescer.finish(leader, None, store_ttl_s=None)
+
+
+async def test_a_waiter_stops_electing_after_max_elections_failed_leaders(
+    namespace: str,
+) -> None:
+    """Each failed leader costs an election; after max_elections of them the waiter goes
+    alone instead of waiting for ever. Here every failure notice comes while another
+    leader still holds the lease, so the waiter never wins it and waits again."""
+    async with Replica(
+        SHARED_REDIS, namespace, wait_timeout_s=60.0, socket_timeout_s=SHARED_TIMEOUT_S,
+        max_elections=2,
+    ) as replica:  # fmt: skip
+        key = f"{namespace}:v1:answer:failing"
+        await replica.redis.set(lock_key(key), "another-leader", px=60_000)
+        waiter = asyncio.create_task(replica.coalescer.acquire(key))
+        for _ in range(2):
+            await asyncio.sleep(0.5)  # waiting (again): a lookup and a subscription away
+            await replica.redis.publish(done_channel(key), b"-")  # "failed, no answer"
+        await asyncio.sleep(0.5)
+        assert not waiter.done()  # two failed leaders: elected twice, waits on
+        await replica.redis.publish(done_channel(key), b"-")
+        async with asyncio.timeout(10):
+            assert await waiter == Alone("leader failed")
+        await replica.redis.delete(lock_key(key))
 
 
 async def test_a_stored_answer_is_a_hit_in_the_same_round_trip(

@@ -64,16 +64,16 @@ MODULES: dict[str, Module] = {
         ),
     ),
     "log-writer": Module(
-        (
-            "gateway/interactions/writer.py",
-            "gateway/interactions/spool.py",
-            "gateway/interactions/records.py",
-        ),
+        ("gateway/interactions/writer.py", "gateway/interactions/spool.py"),
         (
             "tests/test_interactions_records.py",
             "tests/test_interactions_mariadb.py",
             "tests/test_hardening_log.py",
         ),
+    ),
+    "log-records": Module(
+        ("gateway/interactions/records.py",),
+        ("tests/test_interactions_records.py", "tests/test_interactions_mariadb.py"),
     ),
 }
 # It runs `python -m gateway...` from another directory: it needs an installed package.

@@ -24,6 +24,7 @@ class Replica:
         wait_timeout_s: float = 10.0,
         keepalive_s: float = 10.0,
         socket_timeout_s: float = 0.2,
+        max_elections: int = 3,
     ) -> None:
         self.redis = Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
@@ -34,7 +35,7 @@ class Replica:
         self.coalescer = Coalescer(
             self.redis, self.pubsub, self.breaker, self.cache, namespace,
             lease_s=lease_s, wait_timeout_s=wait_timeout_s, poll_interval_s=0.1,
-            keepalive_s=keepalive_s,
+            keepalive_s=keepalive_s, max_elections=max_elections,
         )  # fmt: skip
 
     async def __aenter__(self) -> Replica:
