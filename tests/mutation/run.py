@@ -9,7 +9,8 @@ function. The run starts from fresh copies, so a score always describes today's 
     python -m tests.mutation.run breaker cache-keys  some of them
 
 It prints, per module, the mutants killed, surviving, without a test and timed out, and
-writes each survivor's diff to .mutation/<name>/survivors.txt. docs/MUTATION.md keeps the
+lists the undetected ones in .mutation/<name>/survivors.txt (`mutmut show <name>` in that
+directory prints one's diff). docs/MUTATION.md keeps the
 scores and the verdict on each survivor: a test that kills it, or why it is equivalent.
 """
 
@@ -63,8 +64,11 @@ MODULES: dict[str, Module] = {
             "tests/test_validation_parse_prepare.py",
         ),
     ),
+    "log-spool": Module(
+        ("gateway/interactions/spool.py",), ("tests/test_interactions_records.py",)
+    ),
     "log-writer": Module(
-        ("gateway/interactions/writer.py", "gateway/interactions/spool.py"),
+        ("gateway/interactions/writer.py",),
         (
             "tests/test_interactions_records.py",
             "tests/test_interactions_mariadb.py",
@@ -138,10 +142,9 @@ def run_module(name: str) -> Counter[str]:
     for line in _mutmut(work, "results", "--all", "true").splitlines():
         if found := _RESULT.match(line):
             statuses[found[1]] = found[2]
-    survivors = sorted(m for m, status in statuses.items() if status != "killed")
-    with (work / "survivors.txt").open("w") as out:
-        for mutant in survivors:
-            out.write(_mutmut(work, "show", mutant) + "\n")
+    survivors = sorted(m for m, status in statuses.items() if status not in DETECTED)
+    # Names only: `mutmut show <name>` in the module's directory prints one's diff.
+    (work / "survivors.txt").write_text("".join(f"{statuses[m]}: {m}\n" for m in survivors))
     counts = Counter(statuses.values())
     print(f"{name}: {sum(counts.values())} mutants, score {_score(counts)}, {dict(counts)}")
     for mutant in survivors:
@@ -149,10 +152,13 @@ def run_module(name: str) -> Counter[str]:
     return counts
 
 
+DETECTED = ("killed", "timeout")  # a test failed, or hung until mutmut's time-out
+
+
 def _score(counts: Counter[str]) -> str:
-    """Mutants detected (a test failed, or hung until the time-out) among all of them."""
+    """The share of mutants detected."""
     total = sum(counts.values())
-    return f"{100 * (counts['killed'] + counts['timeout']) / total:.1f}%" if total else "-"
+    return f"{100 * sum(counts[s] for s in DETECTED) / total:.1f}%" if total else "-"
 
 
 def main(names: list[str]) -> None:
