@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from gateway.answers import CachedAnswer
-from gateway.cache.coalesce import Alone, Joined, Lead, Stored, done_channel, lock_key
+from gateway.cache.coalesce import (
+    REDIS_UNAVAILABLE,
+    Alone,
+    Joined,
+    Lead,
+    Stored,
+    done_channel,
+    lock_key,
+)
 from gateway.cache.store import CacheUnavailable
 from tests.support.coalescing import SHARED_REDIS, Replica, forget_namespace
 from tests.support.redis_server import PrivateRedis
@@ -219,7 +227,7 @@ async def test_killed_redis_fails_open_and_recovers_after_restart(
         private_redis.kill()
         with pytest.raises(CacheUnavailable):
             await replica.cache.get("drill:v1:answer:k")
-        assert isinstance(await replica.coalescer.acquire("drill:v1:answer:x"), Alone)
+        assert await replica.coalescer.acquire("drill:v1:answer:x") == Alone(REDIS_UNAVAILABLE)
         private_redis.start()  # same port: clients reconnect by themselves
         await asyncio.sleep(1.05)
         assert await replica.cache.get("drill:v1:answer:k") is None  # no persistence: empty
