@@ -32,6 +32,8 @@ pytestmark = pytest.mark.engine
 # long enough to read the worker's progress and to hang up in the middle.
 LONG_PROMPT = "is this real leather"
 CHAT_HANDLER = 'handler="/v1/chat/completions"'
+ASKED = 1500  # tokens: seconds of generation here (the test gateway's cap)
+CHECKPOINTS = (1, 200)  # the client's events at which the worker's progress is read
 
 
 async def _worker_chat_requests(http: httpx.AsyncClient, worker_url: str) -> float:
@@ -130,10 +132,6 @@ async def test_streaming_arrives_incrementally(
         if progress[0].generated < ASKED / 2 and not any(p.finished for p in progress):
             return
     raise AssertionError(f"the client got tokens only once the worker had them all: {attempts}")
-
-
-ASKED = 1500  # tokens: seconds of generation here (the test gateway's cap)
-CHECKPOINTS = (1, 200)  # the client's events at which the worker's progress is read
 
 
 @dataclass(frozen=True)
