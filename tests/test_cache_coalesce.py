@@ -178,11 +178,13 @@ async def test_an_answer_stored_without_a_message_is_found_by_a_waiter(
 ) -> None:
     """The waiter polls the cache too: a publish it missed does not leave it waiting."""
     key = f"{namespace}:v1:answer:late"
-    await replicas[0].redis.set(f"{key}:lock", "someone", px=5000)
+    # The lease outlives the test: the answer must be found by polling, not after it.
+    await replicas[0].redis.set(f"{key}:lock", "someone", px=60_000)
     waiter = asyncio.create_task(replicas[1].coalescer.acquire(key))
     await asyncio.sleep(0.2)
     await replicas[0].cache.put(key, ANSWER)
-    assert await waiter == Joined(ANSWER)
+    async with asyncio.timeout(10):  # polled every 0.1 s
+        assert await waiter == Joined(ANSWER)
 
 
 async def test_values_over_the_cap_are_not_stored(
