@@ -119,7 +119,7 @@ $(MUTATION_VENV)/.installed: requirements-dev.lock
 	$(MUTATION_VENV)/bin/pip install -q -r requirements-dev.lock mutmut==3.8.1
 	touch $@
 
-mutation: $(MUTATION_VENV)/.installed services ## mutation scores per module (MUTATION_MODULES="breaker cache-keys"; not in CI)
+mutation: $(MUTATION_VENV)/.installed services ## mutation scores per module (MUTATION_MODULES="breaker cache-keys"; minutes to hours; not in CI)
 	$(MUTATION_VENV)/bin/python -m tests.mutation.run $(MUTATION_MODULES)
 
 # --- Helm chart (helm/vlm-serve): checked without a cluster --------------------------------
