@@ -17,7 +17,7 @@ PROFILE ?= cpu-tiny
 WORKER_PORT ?= 8100
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: triton-install triton-lock observe observe-tools help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest loadtest-publish report up down services worker-lock clean lock helm-tools helm-check helm-sync
+.PHONY: mutation triton-install triton-lock observe observe-tools help install nginx-installed worker lint fmt test test-fast bench bench-worker loadtest loadtest-publish report up down services worker-lock clean lock helm-tools helm-check helm-sync
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -121,11 +121,30 @@ fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# -rs: every skipped test is listed with its reason at the end of the run, never silent.
 test: lint install triton-install services helm-tools observe-tools ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 test-fast: $(VENV)/.installed ## tests that need no engine
-	$(PY) -m pytest -q -m "not engine"
+	$(PY) -m pytest -q -rs -m "not engine"
+
+# --- mutation testing (minutes of CPU: not part of make test or CI) -------------------------
+# mutmut mutates the modules that decide correctness (cache keys, coalescing, the breaker,
+# rate limits, body bounds, the log writer), one at a time, and runs each module's fast unit
+# tests against every mutant (tests/mutation/run.py). Its own environment: the dev lock
+# plus mutmut, without the project installed (the tests must import the mutated copy).
+# Scores and the verdict on every surviving mutant: docs/MUTATION.md.
+MUTATION_VENV := .venv-mutation
+MUTATION_MODULES ?=
+
+$(MUTATION_VENV)/.installed: requirements-dev.lock
+	test -x $(MUTATION_VENV)/bin/python || $(PYTHON) -m venv $(MUTATION_VENV)
+	$(MUTATION_VENV)/bin/pip install -q --upgrade pip
+	$(MUTATION_VENV)/bin/pip install -q -r requirements-dev.lock mutmut==3.8.1
+	touch $@
+
+mutation: $(MUTATION_VENV)/.installed services ## mutation scores per module (MUTATION_MODULES="breaker cache-keys"; minutes to hours; not in CI)
+	$(MUTATION_VENV)/bin/python -m tests.mutation.run $(MUTATION_MODULES)
 
 # --- Helm chart (helm/vlm-serve): checked without a cluster --------------------------------
 # kubernetes-validate and checkov in a venv of their own (checkov's pins are many); the
@@ -162,7 +181,7 @@ helm-sync: ## refresh the chart's copies (alert rules, nginx template) and compo
 	deploy/helm-sync.sh
 
 helm-check: install services helm-tools observe-tools ## chart, images and compose tests: render, schema, lint, validation, policy, the rendered stack
-	$(PY) -m pytest -q tests/test_helm_*.py tests/test_deploy_*.py tests/test_worker_shim.py
+	$(PY) -m pytest -q -rs tests/test_helm_*.py tests/test_deploy_*.py tests/test_worker_shim.py
 
 # --- on call: Prometheus, Alertmanager and the exporters (Debian packages) -------------------
 OBSERVE_PACKAGES := prometheus prometheus-alertmanager prometheus-nginx-exporter \

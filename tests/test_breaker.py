@@ -114,6 +114,14 @@ async def test_threshold_counts_consecutive_failures_and_other_errors_do_not_cou
         with pytest.raises(ValueError, match="not a Redis failure"):
             await breaker.call(bad_value, (TimeoutError,))
     assert breaker.state.name == "CLOSED"
+    dep = Dependency()
+    # Two failures, a success, two failures: never three in a row, so it stays closed.
+    for _ in range(2):
+        for _ in range(2):
+            with pytest.raises(TimeoutError):
+                await breaker.call(timeout, (TimeoutError,))
+        assert breaker.state.name == "CLOSED"
+        assert await breaker.call(dep, (TimeoutError,)) == "ok"
     for _ in range(2):
         with pytest.raises(TimeoutError):
             await breaker.call(timeout, (TimeoutError,))
@@ -121,3 +129,63 @@ async def test_threshold_counts_consecutive_failures_and_other_errors_do_not_cou
     with pytest.raises(TimeoutError):
         await breaker.call(timeout, (TimeoutError,))
     assert breaker.state.name == "OPEN"
+    with pytest.raises(BreakerOpen):
+        await breaker.call(dep, (TimeoutError,))
+    assert dep.calls == 2
+
+
+async def test_a_breaker_recovers_from_every_outage_not_only_the_first() -> None:
+    clock, dep = Clock(), Dependency()
+    breaker = CircuitBreaker(5.0, clock=clock)
+    dep.healthy = False
+    with pytest.raises(TimeoutError):
+        await breaker.call(dep, (TimeoutError,))
+    clock.now = 5.0
+    with pytest.raises(TimeoutError):  # a failed probe: a new window
+        await breaker.call(dep, (TimeoutError,))
+    clock.now = 10.0
+    dep.healthy = True
+    assert await breaker.call(dep, (TimeoutError,)) == "ok"  # the next window's probe
+    dep.healthy = False
+    with pytest.raises(TimeoutError):  # a second outage
+        await breaker.call(dep, (TimeoutError,))
+    clock.now = 15.0
+    dep.healthy = True
+    assert await breaker.call(dep, (TimeoutError,)) == "ok"
+    assert breaker.state.name == "CLOSED"
+
+
+async def test_a_call_from_before_the_outage_does_not_end_the_probe() -> None:
+    # A call that started while the breaker was closed and ends (uncounted) while a probe
+    # is out must not let a second probe through.
+    clock = Clock()
+    breaker = CircuitBreaker(1.0, clock=clock)
+    finish_early, finish_probe = asyncio.Event(), asyncio.Event()
+
+    async def early() -> None:
+        await finish_early.wait()
+        raise ValueError("not a Redis failure")
+
+    async def probe() -> str:
+        await finish_probe.wait()
+        return "ok"
+
+    async def fail() -> None:
+        raise ConnectionError
+
+    started = asyncio.create_task(breaker.call(early, (ConnectionError,)))
+    await asyncio.sleep(0)
+    with pytest.raises(ConnectionError):
+        await breaker.call(fail, (ConnectionError,))
+    clock.now = 2.0
+    probing = asyncio.create_task(breaker.call(probe, (ConnectionError,)))
+    await asyncio.sleep(0)
+    finish_early.set()
+    with pytest.raises(ValueError, match="not a Redis failure"):
+        await started
+    with pytest.raises(BreakerOpen):
+        async with asyncio.timeout(5):  # a second probe would wait here
+            await breaker.call(probe, (ConnectionError,))
+    finish_probe.set()
+    assert await probing == "ok"
+    assert breaker.state.name == "CLOSED"

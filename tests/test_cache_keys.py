@@ -72,6 +72,18 @@ def test_length_prefixing_keeps_field_boundaries_apart() -> None:
     assert derive_key("ab", "c", "r", b"{}", ()) != derive_key("a", "bc", "r", b"{}", ())
 
 
+def test_the_key_of_a_request_is_the_same_in_every_release_of_this_format() -> None:
+    # Replicas of two releases serve side by side during a rollout: they must derive the
+    # same key, or they stop sharing answers and in-flight generations. A change of the
+    # derivation bumps CACHE_FORMAT_VERSION (the "v1" in the key), and these values.
+    assert derive_key("ns", "m", "r1", b'{"a":1}', ["d1", "d2"]) == (
+        "ns:v1:answer:{b57c4199dc6f07fd3dc0594f16fe8d994561f89c05289448c911e5eef5a73c5e}"
+    )
+    assert derive_key("ns", "m", "r1", b"{}", []) == (
+        "ns:v1:answer:{f81207d4286d41beaf39c2c368fd47232f02d4fb91fc7895aa0de87e71308d82}"
+    )
+
+
 def test_key_is_namespaced_and_stable() -> None:
     key = _key(_payload())
     assert key.startswith("ns:v1:answer:")

@@ -29,6 +29,7 @@ from tests.doubles.fake_worker import FakeWorker
 from tests.support.images import data_uri, image_bytes
 from tests.support.requests import MODEL, chat_body, image_chat_body
 from tests.support.servers import gateway_settings, run_gateway
+from tests.support.threads import off_the_loop, record_threads
 
 CHAT = "/v1/chat/completions"
 # A body over this size holds at least one photo's worth of base64 (the photo tests below).
@@ -140,18 +141,6 @@ def test_the_decode_checks_cost_follows_the_format() -> None:
     assert bounds.decode_ns("png", 640 * 480, 53 * 1024) > listing
 
 
-def _record_threads(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[str]:
-    seen: list[str] = []
-    real = getattr(module, name)
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        seen.append(threading.current_thread().name)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, recording)
-    return seen
-
-
 async def _prepare(reference: str, settings: Any, detail: str | None = None) -> Any:
     body = image_chat_body("what is it?", reference)
     if detail is not None:
@@ -162,12 +151,11 @@ async def _prepare(reference: str, settings: Any, detail: str | None = None) -> 
 
 
 async def test_a_gif_is_re_encoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = _record_threads(monkeypatch, prepare, "_check_one")
+    seen = record_threads(monkeypatch, prepare, "_check_one")
     settings = gateway_settings("http://127.0.0.1:1", verify_image_decode=False)
     prepared = await _prepare(data_uri(palette_gif(512), "image/gif"), settings)
     assert prepared.images[0].format == "png"
-    assert seen
-    assert all(name != threading.main_thread().name for name in seen)
+    assert off_the_loop(seen)
 
 
 async def test_a_many_pixel_image_is_decoded_off_the_event_loop(
@@ -175,12 +163,11 @@ async def test_a_many_pixel_image_is_decoded_off_the_event_loop(
 ) -> None:
     from gateway.validation import pixels
 
-    seen = _record_threads(monkeypatch, pixels, "verify_decode")
+    seen = record_threads(monkeypatch, pixels, "verify_decode")
     settings = gateway_settings("http://127.0.0.1:1", max_image_pixels=4096 * 4096)
     prepared = await _prepare(data_uri(palette_png()), settings)
     await prepared.pixels.verify()
-    assert seen
-    assert all(name != threading.main_thread().name for name in seen)
+    assert off_the_loop(seen)
 
 
 async def test_a_typical_photo_is_checked_and_decoded_on_the_loop(
@@ -188,8 +175,8 @@ async def test_a_typical_photo_is_checked_and_decoded_on_the_loop(
 ) -> None:
     from gateway.validation import pixels
 
-    prepared_in = _record_threads(monkeypatch, prepare, "_check_one")
-    decoded_in = _record_threads(monkeypatch, pixels, "verify_decode")
+    prepared_in = record_threads(monkeypatch, prepare, "_check_one")
+    decoded_in = record_threads(monkeypatch, pixels, "verify_decode")
     photo = image_bytes("JPEG", (640, 480), quality=90)
     settings = gateway_settings("http://127.0.0.1:1", max_image_pixels=4096 * 4096)
     prepared = await _prepare(data_uri(photo, "image/jpeg"), settings)

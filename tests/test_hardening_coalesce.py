@@ -22,7 +22,7 @@ from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import Joined, Lead, lock_key
 from gateway.cache.keys import derive_key
 from tests.doubles.fake_worker import FakeWorker
-from tests.support.coalescing import SHARED_REDIS, Replica
+from tests.support.coalescing import SHARED_REDIS, Replica, forget_namespace
 from tests.support.metrics import scrape, total
 from tests.support.redis_cluster import RedisTarget
 from tests.support.redis_server import PrivateRedis
@@ -46,9 +46,7 @@ async def replica(redis_target: RedisTarget, namespace: str) -> AsyncIterator[Re
         redis_target, namespace, lease_s=LEASE_S, wait_timeout_s=30.0, socket_timeout_s=0.5
     ) as r:
         yield r
-        keys = [k async for k in r.redis.scan_iter(f"{namespace}:*")]
-        if keys:
-            await r.redis.delete(*keys)
+    await forget_namespace(redis_target, namespace)
 
 
 async def test_a_leader_renews_its_lease_while_it_generates(
@@ -66,6 +64,7 @@ async def test_a_leader_renews_its_lease_while_it_generates(
         assert await replica.redis.exists(lock_key(key))
         await replica.coalescer.finish(leader, ANSWER, store_ttl_s=60)
         assert await waiter == Joined(ANSWER)
+    await forget_namespace(SHARED_REDIS, namespace)
 
 
 async def test_a_refused_answer_is_shared_but_not_stored(

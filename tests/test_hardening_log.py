@@ -9,18 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.engine import create_log_engine
 from gateway.db.migrate import upgrade
-from gateway.interactions import InteractionLogMetrics
-from gateway.interactions.database import LogDatabase
 from gateway.interactions.middleware import client_ip, log_key
 from gateway.interactions.records import RowPolicy, to_row
 from gateway.interactions.settings import InteractionLogSettings
 from gateway.interactions.spool import Spool
-from tests.support.interactions import make, settings_for
+from tests.support.interactions import make, metric, running, settings_for
 from tests.support.mariadb import shared_database, shared_server_error
 
 
@@ -55,14 +52,32 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
 async def test_a_duplicate_key_no_op_is_counted(
     engine: AsyncEngine, db_url: str, tmp_path: Path
 ) -> None:
+    """A row MySQL already holds is stored once and counted in
+    gateway_interactions_duplicates_total, by the path that sent it again."""
     settings = settings_for(db_url, tmp_path / "spool.jsonl")
-    metrics = InteractionLogMetrics(CollectorRegistry())
-    database = LogDatabase(engine, settings, metrics, Spool(tmp_path / "s.jsonl", 1 << 20))
-    policy = RowPolicy(prompt_max_chars=100, answer_max_chars=100, client_ip="full")
-    first, second = (to_row(make(f"dup-{uuid.uuid4().hex}"), policy) for _ in range(2))
-    assert await database.write([first]) == 0
-    assert await database.write([first, second]) == 1  # `first` was there already
-    assert await database.write([first, second]) == 2
+    key = f"dup-{uuid.uuid4().hex}"
+    async with running(engine, settings) as (writer, metrics):
+        writer.submit(make(key))
+        await writer.flush()
+        assert metric(metrics, "duplicates", "direct") == 0
+        # The same key again on the direct path: a collision that would merge two rows.
+        writer.submit(make(key, answer="another interaction"))
+        writer.submit(make(f"{key}-other"))
+        await writer.flush()
+        assert metric(metrics, "written", "direct") == 3
+        assert metric(metrics, "duplicates", "direct") == 1
+        assert metric(metrics, "duplicates", "replay") == 0
+    # A spool holding a row MySQL already has (a crash after the insert): a replay no-op.
+    spool = Spool(settings.spool_path, settings.spool_max_bytes)
+    spool.open()
+    rows = [to_row(make(key), RowPolicy()), to_row(make(f"{key}-new"), RowPolicy())]
+    spool.append(rows, sync=True)
+    spool.close()
+    async with running(engine, settings) as (writer, metrics):
+        assert await writer.drain_spool()
+        assert metric(metrics, "written", "replay") == 2
+        assert metric(metrics, "duplicates", "replay") == 1
+        assert metric(metrics, "duplicates", "direct") == 0
 
 
 # --- X-Real-IP ------------------------------------------------------------------------------

@@ -129,24 +129,40 @@ def test_the_charts_profile_table_matches_the_workers_profiles() -> None:
         assert ("worker-gpu" in image) == (name != "cpu-tiny")
 
 
-def test_gateway_drain_probes_and_arguments_come_from_the_values() -> None:
-    values = profile_values("gpu-bf16")
-    objects = render(values)
+def _gateway_drain(objects: list[dict[str, Any]]) -> tuple[list[float], int]:
+    """The gateway's rendered (preStop, drain delay, graceful timeout, log close timeout)
+    and its termination grace period."""
     deployment = one(objects, "Deployment", "rel-vlm-serve-gateway")
     gateway = container(deployment)
-    drain = values.get("gateway", {}).get("drain") or {}
     preStop = gateway["lifecycle"]["preStop"]["exec"]["command"]
     assert preStop[0] == "sleep"
     args = dict(a.removeprefix("--").split("=", 1) for a in gateway["args"])
+    timeouts = [
+        float(preStop[1]),
+        float(args["drain-delay"]),
+        float(args["graceful-timeout"]),
+        float(env_of(gateway)["GATEWAY_LOG_CLOSE_TIMEOUT_S"]),
+    ]
+    return timeouts, pod_spec(deployment)["terminationGracePeriodSeconds"]
+
+
+def test_gateway_drain_probes_and_arguments_come_from_the_values() -> None:
+    values = profile_values("gpu-bf16")
+    assert not values.get("gateway", {}).get("drain")  # the profile keeps the defaults
+    objects = render(values)
+    timeouts, grace = _gateway_drain(objects)
+    assert grace >= sum(timeouts)
+    # Values unlike any default each reach their own place in the pod.
+    drain = {
+        "preStopSeconds": 7,
+        "drainDelaySeconds": 11,
+        "gracefulTimeoutSeconds": 23,
+        "logCloseTimeoutSeconds": 13,
+    }
+    custom = {"gateway": {"drain": drain, "terminationGracePeriodSeconds": 97}}
+    assert _gateway_drain(render(profile_values("gpu-bf16", custom))) == ([7, 11, 23, 13], 97)
+    gateway = container(one(objects, "Deployment", "rel-vlm-serve-gateway"))
     env = env_of(gateway)
-    total = (
-        int(preStop[1])
-        + float(args["drain-delay"])
-        + float(args["graceful-timeout"])
-        + float(env["GATEWAY_LOG_CLOSE_TIMEOUT_S"])
-    )
-    assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= total
-    assert drain == {}  # the profile keeps the chart's drain defaults
     assert gateway["command"] == ["python3", "-m", "gateway"]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"

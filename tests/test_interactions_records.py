@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from gateway.interactions.records import (
 from gateway.interactions.settings import InteractionLogSettings
 from gateway.interactions.spool import Spool, SpoolFull, SpoolLocked
 from gateway.interactions.statements import insert_sql, is_outage
+from tests.support.interactions import make
 
 IMAGE = LoggedImage("ab" * 32, 123_456, 640, 480, "jpeg")
 
@@ -305,3 +307,31 @@ def test_one_process_per_spool(tmp_path: Path) -> None:
     first.close()
     second.open()
     second.close()
+
+
+def test_the_spools_oldest_age_follows_the_replay(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl", 1 << 20)
+    spool.open()
+    assert spool.oldest_age_s() == 0.0  # empty
+    now_ms = int(time.time() * 1000)
+    older = to_row(make("older", received_at_ms=now_ms - 60_000), RowPolicy())
+    newer = to_row(make("newer", received_at_ms=now_ms - 20_000), RowPolicy())
+    spool.append([older], sync=True)
+    sealed = spool.rotate()
+    assert sealed is not None
+    spool.append([newer], sync=True)
+    assert spool.oldest_age_s() == pytest.approx(60, abs=5)  # the sealed file's first row
+    # The replay is past the whole sealed file: the oldest waiting row is the active one.
+    assert spool.oldest_age_s((sealed, sealed.stat().st_size)) == pytest.approx(20, abs=5)
+    spool.close()
+
+
+def test_rows_mysql_refuses_in_every_form_are_kept_for_a_person(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl", 1 << 20)
+    row = to_row(make("refused"), RowPolicy())
+    spool.reject(row, "Incorrect string value")
+    spool.reject(row, "again")
+    lines = spool.rejected_path.read_text().splitlines()
+    assert [json.loads(line)["reason"] for line in lines] == ["Incorrect string value", "again"]
+    assert json.loads(lines[0])["row"]["request_id"] == "refused"
+    assert spool.rejected_path.stat().st_mode & 0o777 == 0o600  # prompts: owner only

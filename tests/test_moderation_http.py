@@ -13,7 +13,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,15 +252,43 @@ async def test_a_streamed_answer_is_cut_off_when_it_trips_and_never_cached(
 
 
 async def test_waiters_of_a_blocked_leader_never_get_its_answer(
-    gateway: str, fake_worker: FakeWorker
+    gateway: str, fake_worker: FakeWorker, log_database_url: str, http: httpx.AsyncClient
 ) -> None:
+    """Requests that joined a leader whose answer moderation refused are refused too, and
+    the worker generated that answer once for all of them."""
     prompt = f"tell me about this bag {uuid.uuid4().hex}"
-    fake_worker.scripts[prompt] = "fake:sleepsay:0.3:Order now: 加微信 shop888888 有优惠"
+    gate = uuid.uuid4().hex
+    fake_worker.scripts[prompt] = f"fake:gatesay:{gate}:Order now: 加微信 shop888888 有优惠"
     body = chat_body(prompt, temperature=0)
-    responses = await asyncio.gather(*(_post(gateway, body) for _ in range(3)))
-    for response in responses:
+    ids = [f"mod-{uuid.uuid4().hex}" for _ in range(3)]
+    leader = asyncio.create_task(_post(gateway, body, request_id=ids[0]))
+
+    async def leader_generating() -> bool:
+        return _asked(fake_worker, prompt) == 1
+
+    await _until(leader_generating)
+    waiters = [asyncio.create_task(_post(gateway, body, request_id=i)) for i in ids[1:]]
+
+    async def all_in_flight() -> bool:  # the leader, both waiters and this scrape
+        return (await scrape(http, gateway))["gateway_requests_in_flight{}"] >= 4
+
+    await _until(all_in_flight)
+    # The waiters' way to the coalescer is CPU work of microseconds; a second for it.
+    await asyncio.sleep(1.0)
+    fake_worker.gate(gate).set()
+    for response in await asyncio.gather(leader, *waiters):
         _refused(response)
-    assert _asked(fake_worker, prompt) >= 1
+    assert _asked(fake_worker, prompt) == 1, "the waiters must not ask the worker again"
+    rows = [(await _rows(log_database_url, request_id))[0] for request_id in ids]
+    assert [row["cache"] for row in rows] == ["miss", "coalesced", "coalesced"]
+    assert {row["moderation"] for row in rows} == {"blocked:answer:ads_spam"}
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
 
 
 async def test_a_refused_stream_is_shared_with_its_waiters_as_a_refusal(

@@ -36,6 +36,8 @@ def test_text_tokens_are_utf8_bytes_over_three_rounded_up() -> None:
 def test_estimate_adds_text_images_and_the_completion_budget() -> None:
     cost = estimate_tokens("is this leather?", [(640, 480), (1920, 1080)], max_tokens=64)
     assert cost == 6 + 300 + 2040 + 5 + 64  # 5: the one message's template tokens
+    # Each message's template costs its tokens, even around no text at all.
+    assert estimate_tokens("", [], max_tokens=16, messages=3) == 3 * 5 + 16
 
 
 def test_keys_parse_hash_and_compare() -> None:

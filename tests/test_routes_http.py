@@ -227,12 +227,15 @@ async def test_health_ready_models(fake_gateway: str, http: httpx.AsyncClient) -
     assert "root" not in models["data"][0]  # local paths stay inside
 
 
-async def test_metrics(fake_gateway: str, http: httpx.AsyncClient) -> None:
-    await http.post(f"{fake_gateway}/v1/chat/completions", json=chat_body())
-    await http.post(f"{fake_gateway}/v1/chat/completions", json=chat_body(max_tokens=0))
-    await http.post(f"{fake_gateway}/v1/chat/completions", json=chat_body(stream=True))
-    await http.get(f"{fake_gateway}/no/such/path/{MARKER}")
-    samples = await scrape(http, fake_gateway)
+async def test_metrics(fake_worker: FakeWorker, http: httpx.AsyncClient) -> None:
+    # A gateway of its own: its counters hold exactly this test's requests.
+    async with run_gateway(fake_worker.url) as gateway:
+        await _until_ready(http, gateway)
+        await http.post(f"{gateway}/v1/chat/completions", json=chat_body())
+        await http.post(f"{gateway}/v1/chat/completions", json=chat_body(max_tokens=0))
+        await http.post(f"{gateway}/v1/chat/completions", json=chat_body(stream=True))
+        await http.get(f"{gateway}/no/such/path/{MARKER}")
+        samples = await scrape(http, gateway)
     route = 'route="/v1/chat/completions"'
 
     def count(status: str) -> float:
@@ -240,15 +243,27 @@ async def test_metrics(fake_gateway: str, http: httpx.AsyncClient) -> None:
             samples, "gateway_requests_total", lambda k: route in k and f'status="{status}"' in k
         )
 
-    assert count("200") >= 2
-    assert count("400") >= 1
-    assert total(samples, "gateway_request_duration_seconds_count", lambda k: route in k) >= 3
-    assert total(samples, "gateway_time_to_first_token_seconds_count") >= 1
-    assert total(samples, "gateway_errors_total", lambda k: "invalid_max_tokens" in k) >= 1
-    assert total(samples, "gateway_requests_total", lambda k: "unmatched" in k) >= 1
+    assert (count("200"), count("400")) == (2, 1)
+    assert total(samples, "gateway_request_duration_seconds_count", lambda k: route in k) == 3
+    assert total(samples, "gateway_time_to_first_token_seconds_count") == 1  # the stream
+    errors = {k: v for k, v in samples.items() if k.startswith("gateway_errors_total{")}
+    assert errors == {
+        'gateway_errors_total{code="invalid_max_tokens"}': 1,
+        'gateway_errors_total{code="not_found"}': 1,
+    }
+    assert total(samples, "gateway_requests_total", lambda k: "unmatched" in k) == 1
     assert not any(MARKER in k for k in samples)  # raw paths never become labels
-    assert "gateway_requests_in_flight{}" in samples
+    assert samples["gateway_requests_in_flight{}"] == 1  # the scrape itself
     assert total(samples, "gateway_worker_healthy") == 1
+
+
+async def _until_ready(http: httpx.AsyncClient, gateway: str) -> None:
+    """Wait for the first health check of the worker (readyz 200), at most 30 s."""
+    for _ in range(600):
+        if (await http.get(f"{gateway}/readyz")).status_code == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the gateway never became ready")
 
 
 # --- the OpenAPI document ------------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
 
 from gateway.errors import ERROR_TABLE, ErrorCode, GatewayError
 from gateway.protocol import ChatCompletionRequest, ErrorResponse, VQARequest
+from gateway.validation import prepare
 from gateway.validation.encode import LAZY_BODY_MAX_BYTES, worker_body
 from gateway.validation.parse import (
     check_content_type,
@@ -21,6 +23,7 @@ from tests.support.bad_requests import MARKER
 from tests.support.images import b64, data_uri, image_bytes
 from tests.support.requests import MODEL, chat_body, image_chat_body
 from tests.support.servers import gateway_settings
+from tests.support.threads import off_the_loop, record_threads
 
 SETTINGS = gateway_settings("http://127.0.0.1:1")
 KNOWN = frozenset({MODEL})
@@ -266,7 +269,11 @@ async def test_a_client_cannot_choose_an_images_uuid() -> None:
     assert caught.value.status == 400
 
 
-async def test_large_requests_are_prepared_off_the_event_loop() -> None:
+async def test_large_requests_are_prepared_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each image's checks (base64 decoding, hashing, the header) record the thread they ran in.
+    checked_in = record_threads(monkeypatch, prepare, "_check_one")
     large = data_uri(image_bytes("PNG", (900, 900), compress_level=0))
     assert len(large) > 32 * 1024
     small = data_uri(image_bytes("PNG", (10, 10)))
@@ -274,11 +281,22 @@ async def test_large_requests_are_prepared_off_the_event_loop() -> None:
     assert isinstance(parsed, ChatCompletionRequest)
     prepared = await prepare_chat(parsed, SETTINGS, KNOWN)
     assert [i.width for i in prepared.images] == [10, 900]
+    assert len(checked_in) == 2
+    assert off_the_loop(checked_in), checked_in
+    # A refusal raised in the thread reaches the caller as the same 400.
+    checked_in.clear()
     broken = parse_chat_body(image_chat_body("x", large, "data:image/png;base64,!!"))
     assert isinstance(broken, ChatCompletionRequest)
     with pytest.raises(GatewayError) as caught:
         await prepare_chat(broken, SETTINGS, KNOWN)
     assert caught.value.param == "messages[0].content[1].image_url.url"
+    assert off_the_loop(checked_in), checked_in
+    # Control: a small request is checked on the loop, where a thread hop costs more.
+    checked_in.clear()
+    parsed = parse_chat_body(image_chat_body("x", small))
+    assert isinstance(parsed, ChatCompletionRequest)
+    await prepare_chat(parsed, SETTINGS, KNOWN)
+    assert checked_in == [threading.main_thread().name]
 
 
 async def test_the_workers_body_is_encoded_when_first_used_unless_it_is_large() -> None:

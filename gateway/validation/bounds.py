@@ -150,7 +150,10 @@ def _image_head(reference: str | None, chars: int) -> bytes | None:
         return None
     try:
         # Only the start of the reference is split: the rest is neither copied nor matched.
-        _, payload = split_image_reference(reference[: chars + 256], allow_bare_base64=True)
+        # A data URI's prefix ends at its first comma, however many parameters it holds
+        # (a head read from a fixed offset missed a GIF behind 300 characters of them).
+        start = reference.find(",") + 1 if reference[:5].lower() == "data:" else 0
+        _, payload = split_image_reference(reference[: start + chars], allow_bare_base64=True)
         head = payload[:chars]
         return binascii.a2b_base64(head[: len(head) - len(head) % 4])
     except (GatewayError, binascii.Error, ValueError):

@@ -35,6 +35,7 @@ class FakeWorker:
     ``fake:say:<text>``     a complete answer with that text (streamed in 4-character
                             chunks, with finish_reason and usage, when asked)
     ``fake:sleepsay:<s>:<text>``  the same after waiting s seconds
+    ``fake:gatesay:<name>:<text>``  the same once the test opens ``gate(name)``
     anything else           a small completion (streamed when asked)
 
     ``scripts`` maps a last user text to the command to follow instead, so a test can
@@ -49,6 +50,11 @@ class FakeWorker:
     health_status: int = 200
     scripts: dict[str, str] = field(default_factory=dict)
     image_scripts: dict[str, str] = field(default_factory=dict)
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def gate(self, name: str) -> asyncio.Event:
+        """The event ``fake:gatesay:<name>:...`` answers wait for (set it to answer)."""
+        return self.gates.setdefault(name, asyncio.Event())
 
     def _command(self, content: Any) -> str:
         text = content if isinstance(content, str) else str(content[-1].get("text", ""))
@@ -108,6 +114,9 @@ class FakeWorker:
             return Response(":".join(command[2:]).encode(), media_type="application/json")
         if action == "sleepsay":
             await asyncio.sleep(float(command[2]))
+            action, command = "say", command[:2] + command[3:]
+        if action == "gatesay":
+            await self.gate(command[2]).wait()
             action, command = "say", command[:2] + command[3:]
         said = ":".join(command[2:]) if action == "say" else None
         if said is not None and body.get("stream"):

@@ -57,7 +57,9 @@ async def keyed_gateway(
     async with run_gateway(
         worker_url,
         auth=auth,
-        ratelimit=ratelimit or RateLimitSettings(),
+        # Redis answers within 0.1 s (the default) on a quiet machine; these gateways test
+        # limits, not time-outs, and one slow answer must not fail them open on a busy one.
+        ratelimit=ratelimit or RateLimitSettings(socket_timeout_s=2.0),
         cache_namespace=namespace or f"test-auth-{uuid.uuid4().hex[:8]}",
         **overrides,
     ) as url:

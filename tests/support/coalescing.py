@@ -27,6 +27,7 @@ class Replica:
         # Generous: a loaded test machine must not turn every test into a fail-open drill.
         socket_timeout_s: float = 1.0,
         poll_interval_s: float = 0.1,
+        max_elections: int = 3,
     ) -> None:
         url, cluster = where if isinstance(where, RedisTarget) else (where, False)
         backstop = socket_timeout(socket_timeout_s)
@@ -42,7 +43,7 @@ class Replica:
         self.coalescer = Coalescer(
             self.redis, self.pubsub, self.breaker, self.cache, namespace,
             lease_s=lease_s, wait_timeout_s=wait_timeout_s, poll_interval_s=poll_interval_s,
-            keepalive_s=keepalive_s,
+            keepalive_s=keepalive_s, max_elections=max_elections,
         )  # fmt: skip
 
     async def __aenter__(self) -> Replica:
@@ -61,3 +62,16 @@ class Replica:
         await self.lag.stop()
         await self.redis.aclose()
         await self.pubsub.aclose()
+
+
+async def forget_namespace(where: str | RedisTarget, namespace: str) -> None:
+    """Delete a test's keys, through a client of its own: the replicas' short socket
+    timeouts are for the drills, not for a scan of a busy shared Redis (or cluster)."""
+    url, cluster = where if isinstance(where, RedisTarget) else (where, False)
+    client = redis_client(url, cluster)
+    try:
+        keys = [k async for k in client.scan_iter(f"{namespace}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

@@ -97,7 +97,7 @@ def normalised(db_row: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-_LABEL = {"written": "path", "spooled": "reason", "dropped": "reason"}
+_LABEL = {"written": "path", "duplicates": "path", "spooled": "reason", "dropped": "reason"}
 
 
 def metric(metrics: InteractionLogMetrics, name: str, label: str | None = None) -> float:
