@@ -19,6 +19,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from gateway.ratelimit.scripts import lease_set_key
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.auth import bearer, create_key, key_id, keyed_gateway
 from tests.support.requests import chat_body
@@ -48,7 +49,7 @@ async def test_generations_of_clients_that_left_keep_their_slots(
 ) -> None:
     key = create_key(log_database_url, "--concurrent", "3")
     namespace = f"test-slots-{uuid.uuid4().hex[:8]}"
-    slots = f"{namespace}:ratelimit:concurrent:{key_id(key)}"
+    slots = lease_set_key(namespace, key_id(key))
     redis = Redis.from_url("redis://127.0.0.1:6379/0")
     prompts = [_slow_prompt(fake_worker) for _ in range(5)]
     try:

@@ -25,7 +25,7 @@ GATEWAY = "rel-vlm-serve-gateway"
 def test_the_dev_profile_runs_one_runner_that_shares_its_token_with_the_gateways() -> None:
     objects = render(profile_values("dev"))
     runner = container(one(objects, "Deployment", RUNNER))
-    assert runner["command"] == ["python3", "-m", "gateway.batch"]
+    assert runner["args"] == ["python3", "-m", "gateway.batch"]
     env, gateway_env = env_of(runner), env_of(container(one(objects, "Deployment", GATEWAY)))
     token = env["GATEWAY_BATCH_RUNNER_TOKEN"]["secretKeyRef"]
     assert gateway_env["GATEWAY_BATCH_RUNNER_TOKEN"]["secretKeyRef"] == token

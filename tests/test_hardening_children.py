@@ -125,7 +125,7 @@ def test_make_up_fails_as_soon_as_a_process_it_started_exits(
     """A mistyped profile: every worker exits at once with a usage error, and `make up`
     sat silent for its whole start-up timeout (15 minutes)."""
     env = {
-        "RUN_DIR": str(tmp_path / "run"), "PROFILE": "triton-cpu-tiny", "WORKERS": "1",
+        "RUN_DIR": str(tmp_path / "run"), "PROFILE": "cpu-tinyy", "WORKERS": "1",
         "WORKER_PORT": str(free_port()), "GATEWAY_BASE_PORT": str(free_port()),
         "PORT": str(free_port()), "NGINX_STATUS_PORT": str(free_port()),
         "GATEWAY_LOG_DATABASE_URL": log_database_url, "STARTUP_TIMEOUT": "900",
@@ -142,5 +142,5 @@ def test_make_up_fails_as_soon_as_a_process_it_started_exits(
     worker = f"worker-{env['WORKER_PORT']}"
     assert f"{worker} exited" in up.stderr
     # The end of its log, where the reason is.
-    assert "invalid choice: 'triton-cpu-tiny'" in up.stderr
+    assert "invalid choice: 'cpu-tinyy'" in up.stderr
     assert "timed out" not in up.stderr

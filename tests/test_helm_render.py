@@ -163,7 +163,7 @@ def test_gateway_drain_probes_and_arguments_come_from_the_values() -> None:
     assert _gateway_drain(render(profile_values("gpu-bf16", custom))) == ([7, 11, 23, 13], 97)
     gateway = container(one(objects, "Deployment", "rel-vlm-serve-gateway"))
     env = env_of(gateway)
-    assert gateway["command"] == ["python3", "-m", "gateway"]
+    assert gateway["args"][:3] == ["python3", "-m", "gateway"]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert env["GATEWAY_WORKER_URLS"] == ""
@@ -530,3 +530,22 @@ def test_a_redis_cluster_is_a_value() -> None:
     assert gateway_settings(cluster).redis_cluster
     with pytest.raises(RenderRefused):
         render(profile_values("gpu-bf16", {"redis": {"cluster": "yes"}}))
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_our_long_running_containers_keep_the_images_init(profile: str) -> None:
+    """Our images start python under tini (their ENTRYPOINT): a `command` in the chart would
+    replace it, leaving python as PID 1, where the engine and parser processes it starts are
+    never reaped and a crash orphans them. Our containers give arguments only."""
+    objects = render(profile_values(profile))
+    ours = 0
+    for obj in pods(objects):
+        if obj["kind"] in ("Job", "Pod"):
+            continue  # run-to-completion: nothing outlives them
+        for cont in pod_spec(obj)["containers"]:
+            if not cont["image"].startswith("ghcr.io/vlm-serve/"):
+                continue
+            ours += 1
+            assert "command" not in cont, (obj["metadata"]["name"], cont["command"])
+            assert cont["args"][:2] == ["python3", "-m"], (obj["metadata"]["name"], cont["args"])
+    assert ours, "every profile runs our gateway image"

@@ -126,13 +126,14 @@ def _run_gateway_and_helm_test(
     env["GATEWAY_REDIS_URL"] = "redis://127.0.0.1:6379/0"
     env["GATEWAY_CACHE_NAMESPACE"] = f"helm-{uuid.uuid4().hex[:10]}"  # this run's own
     port = free_port()
+    assert "command" not in gateway, "the image's entrypoint (tini) must stay PID 1"
     args = [a.replace("--host=0.0.0.0", "--host=127.0.0.1").replace("--port=8000", f"--port={port}")
             for a in gateway["args"]]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*_python(gateway["command"], GATEWAY_PY), *args],
+            _python(args, GATEWAY_PY),
             env={**os.environ, **env}, cwd=mounts["/tmp"], stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -210,9 +211,10 @@ def test_the_rendered_dev_stack_serves_and_passes_helm_test(
     # --- worker: its rendered command parses, its probes pass on the session's worker --
     worker_deployment = one(objects, "Deployment", "rel-vlm-serve-worker-stable")
     worker = container(worker_deployment, "worker")
-    assert worker["command"] == ["python3", "-m", "worker", "serve"]
+    assert "command" not in worker, "the image's entrypoint (tini) must stay PID 1"
+    assert worker["args"][:4] == ["python3", "-m", "worker", "serve"]
     parsed = subprocess.run(
-        [WORKER_PY, "-m", "worker", "args", *worker["args"]], cwd=REPO_ROOT,
+        [WORKER_PY, "-m", "worker", "args", *worker["args"][4:]], cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert json.loads(parsed.stdout)["profile"]["name"] == "cpu-tiny"

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from gateway.breaker import CircuitBreaker
 from gateway.ratelimit import ConcurrencyLimiter, Window, WindowLimiter, retry_after_s
+from gateway.ratelimit.scripts import lease_set_key
 from gateway.ratelimit.windows import window_from_reply
 from tests.support.coalescing import SHARED_REDIS, forget_namespace
 from tests.support.redis_server import PrivateRedis
@@ -132,7 +133,7 @@ async def test_leases_are_renewed_while_held_and_lapse_once_renewal_stops(
 ) -> None:
     slots = ConcurrencyLimiter(redis, namespace, CircuitBreaker(5.0), lease_ttl_s=3.0)
     await slots.stop()  # before start: nothing to stop
-    key = f"{namespace}:ratelimit:concurrent:key-a"
+    key = lease_set_key(namespace, "key-a")
     lease, _ = await slots.acquire("key-a", 1)
     assert lease is not None
     await slots.start()

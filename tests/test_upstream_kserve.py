@@ -63,6 +63,17 @@ def test_a_template_from_tokenizer_config_and_its_own_refusal(tmp_path: Path) ->
     assert "user first" in refused.value.message
 
 
+def test_a_checkpoint_folder_prefers_the_processors_template(tmp_path: Path) -> None:
+    """Qwen-VL checkpoints keep the template in the processor's chat_template.json; the
+    tokenizer's config may hold an older text-only one. transformers reads the .jinja, then
+    chat_template.json, then the tokenizer's config: so do we."""
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "tokenizer"}))
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": "processor"}))
+    assert read_chat_template(str(tmp_path)) == "processor"
+    (tmp_path / "chat_template.jinja").write_text("jinja")
+    assert read_chat_template(str(tmp_path)) == "jinja"
+
+
 def test_sampling_fields_map_to_vllm_sampling_params() -> None:
     params = sampling_parameters(
         {

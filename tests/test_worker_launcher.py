@@ -6,6 +6,7 @@ waits for the ready file of a real vLLM worker (tests/test_worker_engine.py).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,26 @@ def test_a_port_already_in_use_is_refused_before_starting(
     assert code == 1
     assert "already in use" in capsys.readouterr().out
     assert not (tmp_path / "ready").exists()
+
+
+def test_triton_drains_for_the_charts_shutdown_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart sets WORKER_SHUTDOWN_TIMEOUT_S from its drain values (the pod's grace
+    period is sized on it): Triton lets running requests finish that long after SIGTERM,
+    not a fixed 30 s that the kubelet's SIGKILL or an early exit would contradict."""
+    from worker.__main__ import triton_options
+    from worker.profiles import resolve_profile
+    from worker.triton import launcher
+    from worker.triton.launcher import command
+
+    # The server's path is beside the point (and .venv-triton's wheel is not in this one).
+    monkeypatch.setattr(launcher, "pytriton_dir", lambda: tmp_path)
+    monkeypatch.setattr(launcher, "backend_directory", lambda: tmp_path)
+    options = _options(tmp_path, 8000)
+    monkeypatch.setenv("WORKER_SHUTDOWN_TIMEOUT_S", "95")
+    drained = triton_options(resolve_profile("triton-cpu-tiny", dict(os.environ)), options)
+    assert "--exit-timeout-secs=95" in command(drained, tmp_path)
+    monkeypatch.delenv("WORKER_SHUTDOWN_TIMEOUT_S")
+    default = triton_options(resolve_profile("triton-cpu-tiny", dict(os.environ)), options)
+    assert "--exit-timeout-secs=30" in command(default, tmp_path)

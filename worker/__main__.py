@@ -19,9 +19,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.launcher import LaunchOptions, command, default_ready_file, ensure_tiny_model, run
 from worker.profiles import PROFILES, Profile, ProfileError, describe, resolve_profile, server_env
+
+if TYPE_CHECKING:
+    from worker.triton.launcher import TritonOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,25 +83,31 @@ def main(argv: list[str] | None = None) -> int:
     return run(profile, options)
 
 
-def _serve_triton(profile: Profile, options: LaunchOptions) -> int:
+def triton_options(profile: Profile, options: LaunchOptions) -> TritonOptions:
+    """The launcher's settings; the drain (WORKER_SHUTDOWN_TIMEOUT_S, set by the chart from
+    its drain values) becomes Triton's --exit-timeout-secs, as it is vLLM's
+    --shutdown-timeout."""
     from worker.triton.launcher import TritonOptions
+
+    metrics_port = int(os.environ.get("WORKER_METRICS_PORT", options.port + 2))
+    run_dir = os.environ.get("WORKER_RUN_DIR", f"/tmp/vlm-triton-{options.port}")
+    return TritonOptions(
+        host=options.host,
+        port=options.port,
+        metrics_port=metrics_port,
+        ready_file=options.ready_file,
+        run_dir=Path(run_dir),
+        startup_timeout_s=options.startup_timeout_s,
+        load_timeout_s=float(os.environ.get("WORKER_TRITON_LOAD_TIMEOUT_S", "600")),
+        exit_timeout_s=profile.shutdown_timeout_s or TritonOptions.exit_timeout_s,
+    )
+
+
+def _serve_triton(profile: Profile, options: LaunchOptions) -> int:
     from worker.triton.launcher import run as run_triton
 
     ensure_tiny_model(profile)
-    metrics_port = int(os.environ.get("WORKER_METRICS_PORT", options.port + 2))
-    run_dir = os.environ.get("WORKER_RUN_DIR", f"/tmp/vlm-triton-{options.port}")
-    return run_triton(
-        profile,
-        TritonOptions(
-            host=options.host,
-            port=options.port,
-            metrics_port=metrics_port,
-            ready_file=options.ready_file,
-            run_dir=Path(run_dir),
-            startup_timeout_s=options.startup_timeout_s,
-            load_timeout_s=float(os.environ.get("WORKER_TRITON_LOAD_TIMEOUT_S", "600")),
-        ),
-    )
+    return run_triton(profile, triton_options(profile, options))
 
 
 if __name__ == "__main__":

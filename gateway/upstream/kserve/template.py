@@ -20,17 +20,22 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from gateway.errors import ErrorCode, GatewayError
 
-_TEMPLATE_FILE = "chat_template.jinja"
-_TOKENIZER_CONFIG = "tokenizer_config.json"
+# Where a checkpoint folder keeps its template, in the order transformers reads them: the
+# .jinja file, the processor's chat_template.json (Qwen-VL checkpoints ship this one), then
+# the tokenizer's config.
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json")
 
 
 def read_chat_template(path: str) -> str:
-    """The template's source from a .jinja file, a tokenizer_config.json, or a checkpoint
-    folder holding either (the .jinja first, as transformers reads them)."""
+    """The template's source from a .jinja file, a JSON file holding `chat_template`, or a
+    checkpoint folder holding any of them (in transformers' order)."""
     where = Path(path)
     if where.is_dir():
-        jinja = where / _TEMPLATE_FILE
-        where = jinja if jinja.is_file() else where / _TOKENIZER_CONFIG
+        folder = where
+        where = next(
+            (folder / name for name in _TEMPLATE_FILES if (folder / name).is_file()),
+            folder / _TEMPLATE_FILES[-1],
+        )
     if where.suffix != ".json":
         return where.read_text(encoding="utf-8")
     config = json.loads(where.read_text(encoding="utf-8"))
