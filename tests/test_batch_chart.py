@@ -87,4 +87,11 @@ def test_prometheus_scrapes_the_runner_as_job_batch_runner_when_it_can() -> None
     monitor = one(objects, "PodMonitor", RUNNER)
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] == "metrics"
-    assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": "batch-runner"}]
+    assert endpoint["relabelings"] == [
+        {"targetLabel": "job", "replacement": "batch-runner"},
+        # The batch alerts group by namespace and release, like every other rule.
+        {
+            "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+            "targetLabel": "release",
+        },
+    ]

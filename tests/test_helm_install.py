@@ -453,7 +453,7 @@ def test_every_download_mode_pins_the_revision_and_takes_the_token_by_reference(
     # The launcher turns the rendered environment into vLLM's arguments.
     plain = {k: v for k, v in env.items() if isinstance(v, str)}
     printed = subprocess.run(
-        [WORKER_PY, "-m", "worker", "args", *worker["args"]], cwd=REPO_ROOT,
+        [WORKER_PY, "-m", "worker", "args", *worker["args"][4:]], cwd=REPO_ROOT,
         env={**os.environ, **plain}, capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     command = printed.split('"command"', 1)[1]

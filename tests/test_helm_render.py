@@ -136,7 +136,7 @@ def _gateway_drain(objects: list[dict[str, Any]]) -> tuple[list[float], int]:
     gateway = container(deployment)
     preStop = gateway["lifecycle"]["preStop"]["exec"]["command"]
     assert preStop[0] == "sleep"
-    args = dict(a.removeprefix("--").split("=", 1) for a in gateway["args"])
+    args = dict(a.removeprefix("--").split("=", 1) for a in gateway["args"] if "=" in a)
     timeouts = [
         float(preStop[1]),
         float(args["drain-delay"]),
@@ -181,7 +181,7 @@ def test_worker_probes_follow_the_profiles_startup_budget(profile: str) -> None:
     objects = render(profile_values(profile))
     deployment = one(objects, "Deployment", "rel-vlm-serve-worker-stable")
     worker = container(deployment, "worker")
-    args = dict(a.removeprefix("--").split("=", 1) for a in worker["args"])
+    args = dict(a.removeprefix("--").split("=", 1) for a in worker["args"] if "=" in a)
     budget = float(args["startup-timeout"])
     startup = worker["startupProbe"]
     assert startup["httpGet"]["path"] == "/health"
@@ -441,7 +441,7 @@ def test_gpus_set_tensor_parallelism_and_no_override_drops_them() -> None:
     assert env["WORKER_TENSOR_PARALLEL_SIZE"] == "2"
     # The launcher turns the rendered environment into vLLM's argument.
     printed = subprocess.run(
-        [WORKER_PY, "-m", "worker", "args", *worker["args"]], cwd=REPO_ROOT,
+        [WORKER_PY, "-m", "worker", "args", *worker["args"][4:]], cwd=REPO_ROOT,
         env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     command = json.loads(printed)["command"]

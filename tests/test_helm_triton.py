@@ -257,13 +257,13 @@ def test_dev_triton_runs_our_cpu_triton_image_through_the_launcher(
     objects = render(profile_values("dev-triton"))
     worker = container(_worker(objects), "worker")
     assert worker["image"] == "ghcr.io/vlm-serve/worker-cpu:0.1.0-tiny-triton-cpu"
-    assert worker["command"] == ["python3", "-m", "worker", "serve"]
+    assert worker["args"][:4] == ["python3", "-m", "worker", "serve"]
     assert "--profile=triton-cpu-tiny" in worker["args"]
     env = {k: v for k, v in env_of(worker).items() if isinstance(v, str)}
     ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
     assert int(env["WORKER_METRICS_PORT"]) == ports["metrics"]
     printed = subprocess.run(
-        [GATEWAY_PY, "-m", "worker", "args", *worker["args"]], cwd=REPO_ROOT,
+        [GATEWAY_PY, "-m", "worker", "args", *worker["args"][4:]], cwd=REPO_ROOT,
         env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     assert json.loads(printed)["profile"]["engine"] == "triton"
@@ -285,7 +285,7 @@ def _stable_root(objects: list[Manifest]) -> str:
     worker = container(_worker(objects), "worker")
     env = {k: v for k, v in env_of(worker).items() if isinstance(v, str)}
     printed = subprocess.run(
-        [WORKER_PY, "-m", "worker", "args", *worker["args"]], cwd=REPO_ROOT,
+        [WORKER_PY, "-m", "worker", "args", *worker["args"][4:]], cwd=REPO_ROOT,
         env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     command: list[str] = json.loads(printed)["command"]
