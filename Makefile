@@ -234,6 +234,7 @@ bench: install triton-install services ## every benchmark in one run, then loadt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.replicas | tee loadtest/results/bench-replicas.txt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.workers | tee loadtest/results/bench-workers.txt
 	$(PY) -m loadtest.bench.moderation | tee loadtest/results/bench-moderation.txt
+	$(PY) -m loadtest.bench.image_tokens | tee loadtest/results/bench-image-tokens.txt
 	$(PY) -m loadtest.bench.ratelimit | tee loadtest/results/bench-ratelimit.txt
 	# Triton beside vLLM's own server on the same model (issue 21)
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.triton | tee loadtest/results/bench-triton.txt

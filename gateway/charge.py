@@ -26,12 +26,14 @@ async def charge_tokens(admission: Admission | None, prepared: PreparedRequest) 
     if admission is None:
         return
     admission.check_model(prepared.model)
-    sizes = [(image.width, image.height) for image in prepared.images]
     features = prepared.features
     # Schemas and tool definitions are read by the model too; n choices are n answers.
     text = prepared.prompt
     if features.extra_text:
         text = f"{text}\n{features.extra_text}"
-    await admission.charge_tokens(
-        estimate_tokens(text, sizes, prepared.token_budget * features.choices, prepared.messages)
+    # Images as the checkpoint's image processor counts them (prepare.py), at the sizes
+    # the gateway sends them.
+    text_and_budget = estimate_tokens(
+        text, (), prepared.token_budget * features.choices, prepared.messages
     )
+    await admission.charge_tokens(text_and_budget + prepared.image_tokens)

@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     # image_url.detail "low": larger images are scaled down to this many pixels (sides on
     # Qwen3-VL's 32-pixel grid): 512 x 512 = 256 image tokens (gateway/validation/detail.py).
     image_low_detail_pixels: int = Field(default=512 * 512, ge=32 * 32)
+    # image_url.detail "high", "auto" or none: larger images are scaled down to this many
+    # pixels, as the image processor would scale them to its max_pixels (docs/IMAGES.md):
+    # 2,048 image tokens, a phone's 4032 x 3024 photo at 1664 x 1248; 1920 x 1080 as sent.
+    image_high_detail_pixels: int = Field(default=2048 * 32 * 32, ge=32 * 32)
+    # The checkpoint's image processor (its preprocessor_config.json: size.shortest_edge
+    # and size.longest_edge): the token estimate counts an image as the worker resizes it.
+    # Qwen3-VL-8B-Instruct's values; the tiny CPU model's longest_edge is 2,097,152.
+    image_processor_min_pixels: int = Field(default=64 * 32 * 32, ge=32 * 32)
+    image_processor_max_pixels: int = Field(default=16_384 * 32 * 32, ge=32 * 32)
     # Choices per request (n); OpenAI allows 128, each one is a full generation here.
     max_choices: int = Field(default=4, ge=1, le=128)
     # Tools per request (OpenAI's limit is 128) and the bounds of every JSON schema
@@ -202,6 +211,8 @@ class Settings(BaseSettings):
             raise ValueError("at least one worker URL or worker DNS name is required")
         if self.default_max_tokens > self.max_tokens_cap:
             raise ValueError("default_max_tokens must not exceed max_tokens_cap")
+        if self.image_processor_min_pixels > self.image_processor_max_pixels:
+            raise ValueError("image_processor_min_pixels must not exceed its max_pixels")
         if self.first_byte_timeout_s > self.total_timeout_s:
             raise ValueError("first_byte_timeout_s must not exceed total_timeout_s")
         return self

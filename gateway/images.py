@@ -28,25 +28,32 @@ import pybase64
 from PIL import Image
 
 from gateway.errors import ErrorCode, GatewayError
+from gateway.heif import heif_image, heif_size, is_heif
+from gateway.orientation import UPRIGHT, read_orientation
 
-# GIF is accepted and flattened to its first frame, as PNG, before a worker sees it.
-ImageFormat = Literal["jpeg", "png", "webp", "gif"]
+# GIF (its first frame) and HEIF are accepted and converted before a worker sees them
+# (validation/detail.py): the workers read JPEG, PNG and WebP.
+ImageFormat = Literal["jpeg", "png", "webp", "gif", "heif"]
 
 # Declared MIME types we accept in data URIs. The bytes decide the real format.
 ALLOWED_MIME_TYPES: Final[frozenset[str]] = frozenset(
-    {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif"}
+    {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif", "image/heic", "image/heif"}
 )
+# Said in every error about the type of an image, so it names each one we take.
+ACCEPTED_TYPES_TEXT: Final = "image/jpeg, image/png, image/webp, image/gif or image/heic (HEIF)"
 FORMAT_MIME: Final[dict[ImageFormat, str]] = {
     "jpeg": "image/jpeg",
     "png": "image/png",
     "webp": "image/webp",
     "gif": "image/gif",
+    "heif": "image/heic",
 }
-_PILLOW_FORMAT: Final[dict[ImageFormat, str]] = {
+PILLOW_FORMAT: Final[dict[ImageFormat, str]] = {
     "jpeg": "JPEG",
     "png": "PNG",
     "webp": "WEBP",
     "gif": "GIF",
+    "heif": "HEIF",  # opened through pillow-heif, never by Pillow's own plugins
 }
 
 _DATA_URI = re.compile(r"data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<payload>.*)", re.DOTALL)
@@ -67,6 +74,9 @@ class ImageInfo:
     height: int
     size_bytes: int
     sha256: str  # hex digest of the decoded bytes: the same image gives the same key
+    # The EXIF orientation tag (1: upright or none): width and height are as stored; a
+    # tagged image is turned upright before anything looks at its pixels (detail.py).
+    orientation: int = UPRIGHT
 
     @property
     def mime(self) -> str:
@@ -126,7 +136,7 @@ def split_image_reference(
         if mime not in ALLOWED_MIME_TYPES:
             raise _fail(
                 ErrorCode.UNSUPPORTED_IMAGE_TYPE,
-                "Unsupported image type; use image/jpeg, image/png or image/webp.",
+                f"Unsupported image type; use {ACCEPTED_TYPES_TEXT}.",
                 param,
             )
         return mime, match["payload"]
@@ -169,6 +179,8 @@ def sniff_format(data: bytes) -> ImageFormat | None:
         return "webp"
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "gif"
+    if is_heif(data):
+        return "heif"
     return None
 
 
@@ -178,6 +190,8 @@ def read_dimensions(data: bytes, fmt: ImageFormat) -> tuple[int, int] | None:
         size = _png_size(data)
     elif fmt == "jpeg":
         size = _jpeg_size(data)
+    elif fmt == "heif":
+        size = heif_size(data)  # the container's boxes: no pixel decoded
     elif fmt == "gif":
         # The logical screen; Pillow reports the same size, and the checks compare them.
         size = None
@@ -245,7 +259,9 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 def _decodes(data: bytes, fmt: ImageFormat, size: tuple[int, int]) -> bool:
     try:
-        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[fmt]]) as image:
+        if fmt == "heif":
+            return heif_image(data).size == size
+        with Image.open(io.BytesIO(data), formats=[PILLOW_FORMAT[fmt]]) as image:
             if image.size != size:  # our header parser and Pillow disagree: trust neither
                 return False
             if fmt == "jpeg":
@@ -290,7 +306,9 @@ def inspect_image(data: bytes, limits: ImageLimits, param: str | None) -> ImageI
     fmt = sniff_format(data)
     if fmt is None:
         raise _fail(
-            ErrorCode.INVALID_IMAGE, "The image is not a JPEG, PNG, WebP or GIF file.", param
+            ErrorCode.INVALID_IMAGE,
+            f"The image is not a file of a type we read; use {ACCEPTED_TYPES_TEXT}.",
+            param,
         )
     size = read_dimensions(data, fmt)
     if size is None:
@@ -317,10 +335,11 @@ def inspect_image(data: bytes, limits: ImageLimits, param: str | None) -> ImageI
         height=size[1],
         size_bytes=len(data),
         sha256=image_digest(data),
+        orientation=read_orientation(data, fmt),
     )
 
 
-def _image_bytes(image: CheckedImage) -> bytes:
+def image_bytes(image: CheckedImage) -> bytes:
     if image.data is not None:
         return image.data
     return b64decode(image.data_uri.split(",", 1)[1])
@@ -329,27 +348,10 @@ def _image_bytes(image: CheckedImage) -> bytes:
 def verify_decode(image: CheckedImage, param: str | None) -> None:
     """Decode every pixel of a checked image (400 if it does not decode): run before a
     worker sees the image, never on a cache hit (gateway/validation/pixels.py)."""
-    data = _image_bytes(image)
+    data = image_bytes(image)
     size = (image.info.width, image.info.height)
     if not _decodes(data, image.info.format, size):
         raise _fail(ErrorCode.INVALID_IMAGE, "The image could not be decoded.", param)
-
-
-def first_frame_png(image: CheckedImage, limits: ImageLimits, param: str | None) -> CheckedImage:
-    """A GIF as the worker gets it: its first frame, as PNG (what vLLM would read of it
-    anyway; the worker never parses GIF, and the digest is of what the model sees)."""
-    if image.info.format != "gif":
-        return image
-    data = _image_bytes(image)
-    out = io.BytesIO()
-    try:
-        with Image.open(io.BytesIO(data), formats=["GIF"]) as gif:
-            if gif.size != (image.info.width, image.info.height):
-                raise ValueError("header and decoder disagree")
-            gif.convert("RGBA" if "transparency" in gif.info else "RGB").save(out, "PNG")
-    except Exception:  # Pillow raises many types for corrupt input; all mean "not decodable"
-        raise _fail(ErrorCode.INVALID_IMAGE, "The image could not be decoded.", param) from None
-    return check_image_bytes(out.getvalue(), limits, param=param)
 
 
 def image_digest(data: bytes) -> str:

@@ -30,8 +30,8 @@ class TextPart(_Strict):
 
 class ImageURL(_Strict):
     url: str = Field(
-        description="A data:image/(jpeg|png|webp|gif);base64,... URI (a GIF's first frame "
-        "is used), or an http(s) URL on a "
+        description="A data:image/(jpeg|png|webp|gif|heic);base64,... URI (a GIF's first "
+        "frame is used; HEIC/HEIF is converted), or an http(s) URL on a "
         "host the server allows (GATEWAY_REMOTE_IMAGES_*; off by default)."
     )
     detail: Literal["auto", "low", "high"] | None = None
@@ -183,6 +183,11 @@ class VQARequest(_Strict):
     prompt: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     model: str | None = Field(default=None, description="Defaults to the gateway's model.")
+    detail: Literal["auto", "low", "high"] | None = Field(
+        default=None,
+        description="As image_url.detail: 'low' sends the image at the low-detail pixel "
+        "budget, 'high' and 'auto' (the default) at the high one (docs/IMAGES.md).",
+    )
 
 
 class VQAResponse(BaseModel):

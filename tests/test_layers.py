@@ -26,6 +26,8 @@ RANKS: Final[dict[str, int]] = {
     "gateway.json_text": 0,
     "gateway.db": 0,
     "gateway.errors": 1,
+    "gateway.orientation": 1,  # EXIF orientation from image bytes (images.py reads it)
+    "gateway.heif": 1,  # HEIC/HEIF through pillow-heif (images.py reads it)
     "gateway.redis_link": 1,
     "gateway.config": 2,
     "gateway.images": 2,

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from gateway.answers import CachedAnswer, answer_from_completion
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.errors import ErrorCode, GatewayError
-from gateway.images import ImageLimits, check_image, first_frame_png
+from gateway.images import ImageLimits, check_image
 from gateway.interactions.draft import InteractionDraft
 from gateway.metrics import Metrics
 from gateway.moderation import ModerationSettings, Moderator
@@ -28,7 +28,7 @@ from gateway.moderation.escapes import decode_json_escapes
 from gateway.moderation.policy import load_policy
 from gateway.ratelimit.estimate import text_tokens
 from gateway.streams import AnswerRecorder
-from gateway.validation.detail import apply_detail, low_detail_size
+from gateway.validation.detail import DetailBudgets, apply_detail, low_detail_size
 from gateway.validation.encode import canonical_request
 from gateway.validation.features import key_view, read_features, worker_payload
 from gateway.validation.parse import parse_chat_body
@@ -44,6 +44,7 @@ from worker.profiles import PROFILES, server_args, server_env
 LIMITS = SchemaLimits()
 IMAGE_LIMITS = ImageLimits(max_pixels=4096 * 4096, verify_decode=True)
 SETTINGS = gateway_settings("http://127.0.0.1:9")
+BUDGETS = DetailBudgets(low=512 * 512, high=2048 * 32 * 32)
 
 
 def _refusal(schema: Any) -> str:
@@ -270,7 +271,7 @@ def test_a_gif_reaches_the_worker_as_its_first_frame_in_png() -> None:
     gif = _animated_gif()
     checked = check_image(data_uri(gif, "image/gif"), IMAGE_LIMITS)
     assert checked.info.format == "gif"
-    flat = first_frame_png(checked, IMAGE_LIMITS, "image")
+    flat = apply_detail(checked, None, BUDGETS, IMAGE_LIMITS, "image")
     assert flat.data_uri.startswith("data:image/png;base64,")
     assert (flat.info.format, flat.info.width, flat.info.height) == ("png", 40, 30)
     png = base64.b64decode(flat.data_uri.split(",", 1)[1])
@@ -282,13 +283,13 @@ def test_a_gif_reaches_the_worker_as_its_first_frame_in_png() -> None:
 
 def test_detail_low_keeps_the_aspect_on_the_token_grid() -> None:
     big = check_image(data_uri(_jpeg(1600, 1200), "image/jpeg"), IMAGE_LIMITS)
-    low = apply_detail(big, "low", 512 * 512, IMAGE_LIMITS, "image")
+    low = apply_detail(big, "low", BUDGETS, IMAGE_LIMITS, "image")
     assert (low.info.width, low.info.height) == low_detail_size(1600, 1200, 512 * 512)
     assert low.info.width % 32 == low.info.height % 32 == 0
     assert low.info.pixels <= 512 * 512
-    assert apply_detail(big, "high", 512 * 512, IMAGE_LIMITS, "image") is big
+    assert apply_detail(big, "high", BUDGETS, IMAGE_LIMITS, "image") is big
     small = check_image(data_uri(_jpeg(320, 240), "image/jpeg"), IMAGE_LIMITS)
-    assert apply_detail(small, "low", 512 * 512, IMAGE_LIMITS, "image") is small
+    assert apply_detail(small, "low", BUDGETS, IMAGE_LIMITS, "image") is small
 
 
 def test_detail_low_refuses_a_corrupt_image_with_our_400() -> None:
@@ -298,7 +299,7 @@ def test_detail_low_refuses_a_corrupt_image_with_our_400() -> None:
     header_only = ImageLimits(max_pixels=IMAGE_LIMITS.max_pixels, verify_decode=False)
     broken = check_image(data_uri(photo[: len(photo) // 2], "image/jpeg"), header_only)
     with pytest.raises(GatewayError) as refused:
-        apply_detail(broken, "low", 512 * 512, IMAGE_LIMITS, "messages[0].content[0]")
+        apply_detail(broken, "low", BUDGETS, IMAGE_LIMITS, "messages[0].content[0]")
     assert (refused.value.code, refused.value.param) == (
         ErrorCode.INVALID_IMAGE,
         "messages[0].content[0]",

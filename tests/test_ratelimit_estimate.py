@@ -7,7 +7,13 @@ from pydantic import ValidationError
 
 from gateway.auth.keys import bearer_token, generate_key, hash_key, matches, parse_key_id
 from gateway.config import Settings
-from gateway.ratelimit.estimate import estimate_tokens, image_tokens, text_tokens
+from gateway.ratelimit.estimate import (
+    PixelBounds,
+    estimate_tokens,
+    image_tokens,
+    smart_resize,
+    text_tokens,
+)
 
 
 @pytest.mark.parametrize(
@@ -15,15 +21,34 @@ from gateway.ratelimit.estimate import estimate_tokens, image_tokens, text_token
     [
         (640, 480, 300),  # the same figure as the worker's own test
         (1920, 1080, 2040),  # 1080 rounds to 1088: 60 x 34
-        (32, 32, 1),
-        (1, 1, 1),  # a side never rounds to zero
-        (48, 48, 4),  # 1.5 rounds half to even: 2 x 2, as Qwen's smart_resize
-        (80, 32, 2),  # 2.5 rounds half to even: 2
         (1000, 1000, 961),
+        # Below the processor's min_pixels (65,536) an image is scaled up to it: a
+        # 32 x 32 icon costs 64 tokens, not 1, and a side never rounds to zero.
+        (32, 32, 64),
+        (1, 1, 64),
+        (48, 48, 64),
+        (80, 32, 78),  # 13 x 6: each side rounded up after the scale
+        # Phone photos within Qwen3-VL-8B's max_pixels (16,777,216): sides rounded to 32,
+        # 3024 / 32 = 94.5 rounds half to even, as smart_resize does.
+        (4032, 3024, 126 * 94),
+        (3024, 4032, 94 * 126),
+        (4096, 4096, 128 * 128),
+        (4284, 5712, 110 * 147),  # an iPhone's 24 MP: over max_pixels, scaled to 3520 x 4704
     ],
 )
 def test_image_tokens_follow_qwen3_vl(width: int, height: int, tokens: int) -> None:
     assert image_tokens(width, height) == tokens
+
+
+def test_image_tokens_follow_the_processors_max_pixels() -> None:
+    """The tiny CPU model's processor allows 2,097,152 pixels: a 4032 x 3024 photo is
+    scaled to 1664 x 1248 there, 2,028 tokens (the worker's count), where the estimate
+    counted 11,844 and charged 11,861 for the request."""
+    tiny = PixelBounds(min_pixels=65_536, max_pixels=2_097_152)
+    assert smart_resize(4032, 3024, tiny) == (1664, 1248)
+    assert image_tokens(4032, 3024, tiny) == 2028
+    assert image_tokens(1920, 1080, tiny) == 2040  # within: as it is
+    assert image_tokens(1280, 960, tiny) == 1200
 
 
 def test_text_tokens_are_utf8_bytes_over_three_rounded_up() -> None:

@@ -190,10 +190,10 @@ class Matcher:
         if call.admission is None:
             return
         call.admission.check_model(prepared[0].model)
-        sizes = [(image.width, image.height) for p in prepared for image in p.images]
         text = "\n".join(p.prompt for p in prepared)
+        images = sum(p.image_tokens for p in prepared)  # as the image processor counts them
         await call.admission.charge_tokens(
-            estimate_tokens(text, sizes, len(prepared), len(prepared))
+            estimate_tokens(text, (), len(prepared), len(prepared)) + images
         )
 
     def _plan(self, call: MatchCall, prepared: PreparedRequest, pool: str | None) -> CachePlan:

@@ -29,6 +29,7 @@ from gateway.images import (
     sniff_format,
     split_image_reference,
 )
+from gateway.orientation import UPRIGHT, read_orientation
 from gateway.ratelimit.estimate import MESSAGE_OVERHEAD_TOKENS, TEXT_BYTES_PER_TOKEN
 
 _T = TypeVar("_T")
@@ -74,12 +75,16 @@ _DECODE_NS_PER_BYTE: Final[dict[ImageFormat, float]] = {
     "png": 7.0,
     "webp": 0.0,
     "gif": 0.0,
+    "heif": 0.0,
 }
 _DECODE_NS_PER_PIXEL: Final[dict[ImageFormat, float]] = {
     "jpeg": 0.45,
     "png": 10.0,
     "webp": 13.0,
     "gif": 5.0,
+    # A converted HEIF reaches the decode check as the JPEG it became; its own decode
+    # is the conversion's (heavy_work sends every HEIF to a thread).
+    "heif": 10.0,
 }
 # An image's header is looked for in its first 2 KB of base64, where it almost always is,
 # then in this much of it (a JPEG's size marker may follow its EXIF block and ICC profile);
@@ -188,11 +193,14 @@ def heavy_work(
     fetched: Iterable[bytes | None] = (),
     low_detail: Iterable[bool] = (),
     low_detail_pixels: int = 0,
+    high_detail_pixels: int | None = None,
 ) -> bool:
     """Whether preparing a request of this shape belongs in a thread. Its images' base64
-    is decoded and hashed; GIFs, and the images that ask for detail "low" (``low_detail``,
-    in the order of ``references``) and have more than ``low_detail_pixels``, are decoded
-    and re-encoded too. The full decode check is not part of it (decode_ns)."""
+    is decoded and hashed; GIFs, HEIFs, images tagged with an EXIF orientation, and those
+    over their detail's pixels (``low_detail_pixels`` for those that ask for "low",
+    ``low_detail`` in the order of ``references``; ``high_detail_pixels`` for the others,
+    None: not counted) are decoded and re-encoded too (detail.py). The full decode check
+    is not part of it (decode_ns)."""
     if messages > THREAD_MESSAGES or text_chars > THREAD_TEXT_CHARS:
         return True
     references, fetched, low = list(references), list(fetched), list(low_detail)
@@ -202,16 +210,29 @@ def heavy_work(
     recoded = 0
     for index, reference in enumerate(references):
         data = fetched[index] if index < len(fetched) else None
-        gif = image_format(reference, data) == "gif"
-        shrink = index < len(low) and low[index]
-        if not (gif or shrink):
+        fmt = image_format(reference, data)
+        if fmt == "heif":
+            return True  # a phone photo's HEVC decode; its size is not in a short head
+        budget = low_detail_pixels if index < len(low) and low[index] else high_detail_pixels
+        if fmt != "gif" and budget is None and not _oriented(reference, data, fmt):
             continue  # no pixel work: its header need not be read
         pixels = image_pixels(reference, data)
-        if gif or pixels > low_detail_pixels:  # else sent as it is (detail.py)
-            recoded += pixels
+        over = budget is not None and pixels > budget
+        if fmt == "gif" or over or _oriented(reference, data, fmt):
+            recoded += pixels  # else sent as it is (detail.py)
             if recoded > THREAD_RECODE_PIXELS:
                 return True
     return False
+
+
+def _oriented(reference: str | None, data: bytes | None, fmt: ImageFormat | None) -> bool:
+    """Whether an image's EXIF orientation tag turns it (read from its first 2 KB of
+    base64, where a camera writes the tag; one written further in is missed here, which
+    costs a re-encode on the loop, never a wrong image)."""
+    if fmt is None:
+        return False
+    head = data if data is not None else _image_head(reference, _HEADER_BASE64_CHARS[0])
+    return head is not None and read_orientation(head, fmt) != UPRIGHT
 
 
 def decode_ns(fmt: ImageFormat, pixels: int, size_bytes: int) -> float:

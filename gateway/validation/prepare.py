@@ -20,7 +20,6 @@ from gateway.images import (
     ImageLimits,
     check_image,
     check_image_bytes,
-    first_frame_png,
     is_remote_url,
 )
 from gateway.protocol import (
@@ -30,9 +29,10 @@ from gateway.protocol import (
     TextPart,
     VQARequest,
 )
+from gateway.ratelimit.estimate import PixelBounds, image_tokens
 from gateway.remote_images import RemoteImageFetcher, fetch_remote_references
 from gateway.validation.bounds import MESSAGE_OVERHEAD_CHARS, heavy_work, off_loop_if
-from gateway.validation.detail import apply_detail
+from gateway.validation.detail import DetailBudgets, apply_detail
 from gateway.validation.encode import LAZY_BODY_MAX_BYTES, WorkerJSON, canonical_request
 from gateway.validation.features import (
     NO_FEATURES,
@@ -71,6 +71,8 @@ class PreparedRequest:
     features: Features = NO_FEATURES
     # Messages in the request: each costs template tokens in the estimate (bounds.py).
     messages: int = 1
+    # The images' tokens as the checkpoint's image processor counts them (the estimate).
+    image_tokens: int = 0
     # The full decode of the images, still to run before a worker sees them (pixels.py).
     pixels: PixelCheck = field(default_factory=PixelCheck)
 
@@ -137,10 +139,18 @@ def _check_one(
     reference: str, data: bytes | None, limits: ImageLimits, param: str, bare_base64: bool
 ) -> CheckedImage:
     if data is not None:
-        checked = check_image_bytes(data, limits, param=param)
-    else:
-        checked = check_image(reference, limits, allow_bare_base64=bare_base64, param=param)
-    return first_frame_png(checked, limits, param)
+        return check_image_bytes(data, limits, param=param)
+    return check_image(reference, limits, allow_bare_base64=bare_base64, param=param)
+
+
+def detail_budgets(settings: Settings) -> DetailBudgets:
+    return DetailBudgets(
+        low=settings.image_low_detail_pixels, high=settings.image_high_detail_pixels
+    )
+
+
+def pixel_bounds(settings: Settings) -> PixelBounds:
+    return PixelBounds(settings.image_processor_min_pixels, settings.image_processor_max_pixels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +234,7 @@ async def _chat_image_checks(
     references = [(part.image_url.url, p) for part, p in images]
     # Which images detail "low" may shrink (re-encode): work for the thread decision.
     low = [part.image_url.detail == "low" for part, _ in images]
-    budget = settings.image_low_detail_pixels
+    budgets = detail_budgets(settings)
     early: dict[int, CheckedImage] = {}
     if fetcher is not None and any(is_remote_url(ref) for ref, _ in references):
         inline = [(i, ref, p) for i, (ref, p) in enumerate(references) if not is_remote_url(ref)]
@@ -232,7 +242,8 @@ async def _chat_image_checks(
             heavy_work(
                 references=[ref for _, ref, _ in inline],
                 low_detail=[low[i] for i, _, _ in inline],
-                low_detail_pixels=budget,
+                low_detail_pixels=budgets.low,
+                high_detail_pixels=budgets.high,
             ),
             lambda: {
                 i: _check_one(ref, None, limits, p, bare_base64=False) for i, ref, p in inline
@@ -251,7 +262,8 @@ async def _chat_image_checks(
         references=[references[i][0] for i in unchecked],
         fetched=[fetched[i] for i in unchecked],
         low_detail=[low[i] for i in unchecked],
-        low_detail_pixels=budget,
+        low_detail_pixels=budgets.low,
+        high_detail_pixels=budgets.high,
     )
     return check, heavy
 
@@ -285,9 +297,9 @@ async def prepare_chat(
     heavy = heavy or heavy_work(messages=len(request.messages), text_chars=content.chars)
 
     def finish() -> PreparedRequest:
-        limits, budget = _limits(settings), settings.image_low_detail_pixels
+        limits, budgets = _limits(settings), detail_budgets(settings)
         checked = [
-            apply_detail(image, part.image_url.detail, budget, limits, param)
+            apply_detail(image, part.image_url.detail, budgets, limits, param)
             for (part, param), image in zip(content.images, check_images(), strict=True)
         ]
         for (part, _), image in zip(content.images, checked, strict=True):
@@ -328,6 +340,7 @@ async def prepare_vqa(
 
     def finish() -> PreparedRequest:
         image = _check_one(request.image, fetched, limits, "image", bare_base64=True)
+        image = apply_detail(image, request.detail, detail_budgets(settings), limits, "image")
         payload: dict[str, Any] = {
             "model": model,
             "messages": [
@@ -350,7 +363,14 @@ async def prepare_vqa(
         pixels = pixel_check([image], ["image"], settings.verify_image_decode)
         return dataclasses.replace(prepared, pixels=pixels)
 
-    return await off_loop_if(heavy_work(references=[request.image], fetched=[fetched]), finish)
+    heavy = heavy_work(
+        references=[request.image],
+        fetched=[fetched],
+        low_detail=[request.detail == "low"],
+        low_detail_pixels=settings.image_low_detail_pixels,
+        high_detail_pixels=settings.image_high_detail_pixels,
+    )
+    return await off_loop_if(heavy, finish)
 
 
 def _prepared(
@@ -373,7 +393,9 @@ def _prepared(
     body = WorkerJSON(payload, uuids)
     if len(canonical) + sum(len(image.data_uri) for image in images) > LAZY_BODY_MAX_BYTES:
         body.encoded()
+    bounds = pixel_bounds(settings)
     return PreparedRequest(
+        image_tokens=sum(image_tokens(i.width, i.height, bounds) for i in infos),
         model=model,
         stream=stream,
         worker_json=body,
