@@ -3,7 +3,8 @@
 Each area (a top-level module, or a package) has a rank; a module may import its own
 area and areas of lower rank. The exceptions: gateway.config gathers every package's
 ``settings`` module, and command-line entry points (``cli``, ``__main__``) stand on
-top. The ranks are the request's path read bottom-up, as README's layout section lists it.
+top. The ranks are the request's path read bottom-up, as the layout section of
+docs/DEVELOPING.md lists it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Run Triton Inference Server with our model repository for a profile (engine "triton").
 
 The server is the `tritonserver` that PyPI's nvidia-pytriton wheel bundles (Triton 2.51),
-run from the Triton environment (.venv-triton, numpy < 2: see shared/TRITON.md). The
+run from the Triton environment (.venv-triton, numpy < 2: see docs/TRITON.md). The
 launcher:
 
 * copies worker/triton/model_repository into a run folder, writes the model's model.json
