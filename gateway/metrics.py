@@ -391,7 +391,7 @@ class Metrics:
             self.upstream_errors.labels(kind)
         for cause in RETRY_CAUSES:
             self.upstream_retries.labels(cause)
-        for operation in ("get", "put", "delete"):
+        for operation in ("get", "put", "delete", "claim"):
             self.cache_errors.labels(operation)
         # The SLO's selector matches from the start: an SLI over no series reads as absent.
         for route in INFERENCE_ROUTES:
