@@ -38,7 +38,8 @@ HEADER: Final = b"idempotency-key"
 MAX_KEY_CHARS: Final = 255
 # URL-safe and base64 characters: UUIDs, ULIDs, hex and base64 digests all fit; no spaces,
 # quotes or control characters, which proxies and logs mangle.
-_KEY_CHARS: Final = re.compile(r"[A-Za-z0-9._:~+/=-]+")
+KEY_PATTERN: Final = r"^[A-Za-z0-9._:~+/=-]+$"
+_KEY_CHARS: Final = re.compile(KEY_PATTERN)
 # The claim: the first body's digest for the window; the same digest again is allowed.
 # KEYS: claim. ARGV: digest, ttl (s). Returns 1 (this body may proceed) or 0 (another body).
 _CLAIM_SCRIPT: Final = """
