@@ -155,7 +155,9 @@ async def test_a_stream_retried_after_a_hang_up_gets_the_whole_answer(
     assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "length"
     streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
     # The same stored sample, in the other shape for a client that retries without stream.
-    plain = await http.post(gateway + CHAT, json={**body, "stream": False}, headers=headers)
+    plain_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    plain = await http.post(gateway + CHAT, json=plain_body, headers=headers)
+    assert plain.headers["x-cache"] == "idempotent"
     assert plain.json()["choices"][0]["message"]["content"] == streamed
     after = await idle_state(http, worker_url)
     assert (after[1] - before[1], after[2] - before[2]) == (1, ASKED)

@@ -1,0 +1,110 @@
+"""Idempotency-Key through an in-process gateway and the scriptable fake worker, for what
+the real worker cannot do on cue: fail a generation, hold one until the test lets it
+answer, and a Redis that is not there."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.requests import chat_body
+from tests.support.servers import run_gateway
+
+CHAT = "/v1/chat/completions"
+NO_REDIS = "redis://127.0.0.1:19903/0"  # in this suite's port range; nothing listens there
+
+
+@pytest.fixture
+async def gateway(fake_worker: FakeWorker) -> AsyncIterator[str]:
+    namespace = f"test-idem-{uuid.uuid4().hex[:8]}"
+    async with run_gateway(fake_worker.url, cache_enabled=True, cache_namespace=namespace) as url:
+        yield url
+
+
+def _calls(worker: FakeWorker, text: str) -> int:
+    return sum(1 for _, body in worker.requests if body["messages"][-1]["content"] == text)
+
+
+def _body(text: str, **extra: Any) -> dict[str, Any]:
+    return chat_body(text, **{"temperature": 1.0, "max_tokens": 8, **extra})
+
+
+async def _hang_up_while_generating(
+    http: httpx.AsyncClient, url: str, worker: FakeWorker, text: str, headers: dict[str, str]
+) -> None:
+    """A client that leaves once its request reached the worker."""
+    calls = _calls(worker, text)
+    request = asyncio.create_task(http.post(url + CHAT, json=_body(text), headers=headers))
+    while _calls(worker, text) == calls:
+        assert not request.done(), request.result().text
+        await asyncio.sleep(0.01)
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+
+
+async def test_a_failed_generation_is_not_stored_so_the_retry_generates_again(
+    gateway: str, fake_worker: FakeWorker, http: httpx.AsyncClient
+) -> None:
+    text = f"idem-fails-{uuid.uuid4().hex[:8]}"
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    fake_worker.scripts[text] = "fake:status:500"
+    failed = await http.post(gateway + CHAT, json=_body(text), headers=headers)
+    assert failed.status_code >= 500
+    fake_worker.scripts[text] = "fake:say:the second try"
+    retry = await http.post(gateway + CHAT, json=_body(text), headers=headers)
+    assert retry.status_code == 200
+    assert retry.headers["x-cache"] == "miss"  # a generation of its own, under the key
+    assert retry.json()["choices"][0]["message"]["content"] == "the second try"
+    again = await http.post(gateway + CHAT, json=_body(text), headers=headers)
+    assert again.headers["x-cache"] == "idempotent"
+    assert again.json()["choices"] == retry.json()["choices"]
+    assert _calls(fake_worker, text) == 2
+
+
+async def test_a_retry_joins_the_generation_its_client_left(
+    gateway: str, fake_worker: FakeWorker, http: httpx.AsyncClient
+) -> None:
+    text = f"idem-join-{uuid.uuid4().hex[:8]}"
+    gate = f"g{uuid.uuid4().hex[:8]}"
+    fake_worker.scripts[text] = f"fake:gatesay:{gate}:one answer"
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    await _hang_up_while_generating(http, gateway, fake_worker, text, headers)
+    retry = asyncio.create_task(http.post(gateway + CHAT, json=_body(text), headers=headers))
+    await asyncio.sleep(0.3)
+    assert not retry.done()
+    fake_worker.gate(gate).set()
+    answer = await retry
+    assert answer.status_code == 200
+    assert answer.headers["x-cache"] == "idempotent"
+    assert answer.json()["choices"][0]["message"]["content"] == "one answer"
+    assert _calls(fake_worker, text) == 1
+
+
+async def test_without_redis_a_retry_on_the_same_replica_still_joins(
+    fake_worker: FakeWorker, http: httpx.AsyncClient
+) -> None:
+    text = f"idem-down-{uuid.uuid4().hex[:8]}"
+    gate = f"g{uuid.uuid4().hex[:8]}"
+    fake_worker.scripts[text] = f"fake:gatesay:{gate}:one answer"
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    async with run_gateway(fake_worker.url, cache_enabled=True, redis_url=NO_REDIS) as url:
+        await _hang_up_while_generating(http, url, fake_worker, text, headers)
+        retry = asyncio.create_task(http.post(url + CHAT, json=_body(text), headers=headers))
+        # Another body under the key cannot be checked without Redis: its own answer, no
+        # 409, and never the other body's generation.
+        other = await http.post(url + CHAT, json=_body(f"{text}-other"), headers=headers)
+        fake_worker.gate(gate).set()
+        answer = await retry
+    assert answer.status_code == 200
+    assert answer.json()["choices"][0]["message"]["content"] == "one answer"
+    assert other.status_code == 200
+    assert other.json()["choices"][0]["message"]["content"] == "fake answer"
+    assert (_calls(fake_worker, text), _calls(fake_worker, f"{text}-other")) == (1, 1)
