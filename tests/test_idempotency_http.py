@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.doubles.fake_worker import FakeWorker
+from tests.support.metrics import scrape, total
 from tests.support.requests import chat_body
 from tests.support.servers import run_gateway
 
@@ -108,3 +109,25 @@ async def test_without_redis_a_retry_on_the_same_replica_still_joins(
     assert other.status_code == 200
     assert other.json()["choices"][0]["message"]["content"] == "fake answer"
     assert (_calls(fake_worker, text), _calls(fake_worker, f"{text}-other")) == (1, 1)
+
+
+async def test_keyed_requests_are_counted_apart_from_the_answer_cache(
+    gateway: str, fake_worker: FakeWorker, http: httpx.AsyncClient
+) -> None:
+    """A keyed sampled request is no answer-cache miss: the cache's hit ratio (and its
+    alert) must not fall when clients start sending keys."""
+    text = f"idem-count-{uuid.uuid4().hex[:8]}"
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    before = await scrape(http, gateway)
+    for body in (_body(text), _body(text), _body(f"{text}-other")):
+        await http.post(gateway + CHAT, json=body, headers=headers)
+    after = await scrape(http, gateway)
+
+    def moved(name: str, outcome: str) -> float:
+        label = f'outcome="{outcome}"'
+        return total(after, name, lambda k: label in k) - total(before, name, lambda k: label in k)
+
+    keyed = "gateway_idempotency_requests_total"
+    assert [moved(keyed, o) for o in ("miss", "idempotent", "conflict")] == [1, 1, 1]
+    answer_cache = "gateway_cache_requests_total"
+    assert total(after, answer_cache) == total(before, answer_cache)

@@ -9,7 +9,7 @@
 A request with an Idempotency-Key is planned under that key instead (idempotency.py).
 
 Every Redis problem turns into an outcome, never into an error for the client:
-X-Cache says hit, miss, coalesced or bypass (the cache was not consulted).
+X-Cache says hit, miss, coalesced or bypass (the cache was not consulted), or idempotent.
 """
 
 from __future__ import annotations
@@ -186,21 +186,8 @@ class CacheStage:
         )
 
     async def lookup(self, plan: CachePlan) -> Lookup:
-        """The answer, a lead or a bypass; for an Idempotency-Key, first its claim (409
-        for another body: raises GatewayError)."""
-        if plan.claim is None:
-            return await self._lookup(plan)
-        if self._claims is not None:
-            try:
-                await self._claims.claim(plan.claim)
-            except CacheUnavailable:  # the body is unchecked; its key still holds its digest
-                self._metrics.cache_errors.labels("claim").inc()
-        found = await self._lookup(plan)
-        if found.answer is not None:
-            found.outcome = IDEMPOTENT
-        return found
-
-    async def _lookup(self, plan: CachePlan) -> Lookup:
+        if plan.claim is not None and plan.key is not None:
+            return await self._idempotent_lookup(plan.key, plan.claim)
         if plan.key is None or not plan.read:
             return self._count(Lookup(BYPASS))
         if self._local is not None:
@@ -236,6 +223,45 @@ class CacheStage:
             self._metrics.cache_errors.labels("get").inc()
             return self._count(Lookup(BYPASS, lead=outcome))
         return self._count(Lookup(MISS, lead=outcome))
+
+    async def _idempotent_lookup(self, key: str, claim: Claim) -> Lookup:
+        """Its claim (409 for another body: raises GatewayError), then its answer, or the
+        lead of its generation. Counted apart from the answer cache's lookups (its ratio
+        and alerts): gateway_idempotency_requests_total."""
+        count = self._metrics.idempotency_requests
+        if self._claims is not None:
+            try:
+                await self._claims.claim(claim)
+            except CacheUnavailable:  # unchecked; the body is in the key all the same
+                self._metrics.cache_errors.labels("claim").inc()
+            except GatewayError:
+                count.labels("conflict").inc()
+                raise
+        found = self._local.get(key) if self._local is not None else None
+        if found is not None:
+            lookup = Lookup(IDEMPOTENT, answer=found)
+        elif self._coalescer is None:
+            try:
+                found = await self._cache.get(key)
+                lookup = Lookup(MISS) if found is None else Lookup(IDEMPOTENT, answer=found)
+            except CacheUnavailable:
+                self._metrics.cache_errors.labels("get").inc()
+                lookup = Lookup(BYPASS)
+        else:
+            outcome = await self._coalescer.acquire(key)
+            if isinstance(outcome, Stored | Joined):
+                lookup = Lookup(IDEMPOTENT, answer=outcome.answer)
+            elif isinstance(outcome, Alone):
+                unavailable = outcome.reason == REDIS_UNAVAILABLE
+                if unavailable:
+                    self._metrics.cache_errors.labels("get").inc()
+                else:
+                    self._metrics.coalesce_fallbacks.labels(outcome.reason).inc()
+                lookup = Lookup(BYPASS if unavailable else MISS)
+            else:  # a lead: for this replica alone when Redis could not be asked
+                lookup = Lookup(BYPASS if outcome.local_only else MISS, lead=outcome)
+        count.labels(lookup.outcome).inc()
+        return lookup
 
     async def complete(
         self,
