@@ -131,3 +131,14 @@ async def test_keyed_requests_are_counted_apart_from_the_answer_cache(
     assert [moved(keyed, o) for o in ("miss", "idempotent", "conflict")] == [1, 1, 1]
     answer_cache = "gateway_cache_requests_total"
     assert total(after, answer_cache) == total(before, answer_cache)
+
+
+async def test_the_openapi_document_states_the_header_and_the_409(
+    gateway: str, http: httpx.AsyncClient
+) -> None:
+    document = (await http.get(gateway + "/openapi.json")).json()
+    for path in (CHAT, "/v1/vqa"):
+        operation = document["paths"][path]["post"]
+        names = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+        assert "Idempotency-Key" in names
+        assert "409" in operation["responses"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from redis.crc import key_slot
 from gateway.cache.coalesce import done_channel, lock_key
 from gateway.cache.idempotency import (
     ANONYMOUS,
+    HEADER_PATTERN,
     MAX_KEY_CHARS,
     IdempotencyKey,
     answer_key,
@@ -126,3 +128,16 @@ def test_answer_lease_and_channel_share_a_cluster_slot_and_the_namespace() -> No
     claim = claim_key("vlm", IdempotencyKey("key-a", "k1"))
     assert "{" in claim
     assert claim.endswith("}")
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["abc-123", '"abc-123"', "x" * MAX_KEY_CHARS, "", '""', "x" * 256, "a b", '"a', "é"],
+)
+def test_the_openapi_pattern_accepts_exactly_what_the_gateway_accepts(header: str) -> None:
+    try:
+        read_idempotency_key(header)
+        accepted = True
+    except GatewayError:
+        accepted = False
+    assert bool(re.fullmatch(HEADER_PATTERN, header)) == accepted

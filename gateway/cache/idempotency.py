@@ -38,8 +38,10 @@ HEADER: Final = b"idempotency-key"
 MAX_KEY_CHARS: Final = 255
 # URL-safe and base64 characters: UUIDs, ULIDs, hex and base64 digests all fit; no spaces,
 # quotes or control characters, which proxies and logs mangle.
-KEY_PATTERN: Final = r"^[A-Za-z0-9._:~+/=-]+$"
-_KEY_CHARS: Final = re.compile(KEY_PATTERN)
+_KEY: Final = rf"[A-Za-z0-9._:~+/=-]{{1,{MAX_KEY_CHARS}}}"
+_KEY_CHARS: Final = re.compile(_KEY)
+# The header as the OpenAPI document states it: bare, or a structured-field string.
+HEADER_PATTERN: Final = f'^(?:{_KEY}|"{_KEY}")$'
 # The claim: the first body's digest for the window; the same digest again is allowed.
 # KEYS: claim. ARGV: digest, ttl (s). Returns 1 (this body may proceed) or 0 (another body).
 _CLAIM_SCRIPT: Final = """
@@ -66,7 +68,7 @@ def read_idempotency_key(value: str | None) -> str | None:
     key = value.strip()
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
-    if not key or len(key) > MAX_KEY_CHARS or not _KEY_CHARS.fullmatch(key):
+    if not _KEY_CHARS.fullmatch(key):
         raise GatewayError(
             ErrorCode.INVALID_IDEMPOTENCY_KEY,
             f"The Idempotency-Key header must be 1 to {MAX_KEY_CHARS} characters of "

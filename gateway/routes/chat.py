@@ -13,7 +13,7 @@ from typing import Any, Final
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from gateway.cache.idempotency import KEY_PATTERN as IDEMPOTENCY_KEY
+from gateway.cache.idempotency import HEADER_PATTERN as IDEMPOTENCY_KEY
 from gateway.cache.recall import Recall, Recalled
 from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions.draft import CLIENT_GONE
@@ -148,7 +148,7 @@ _IDEMPOTENCY_KEY_PARAM: Final = {
     "description": "A retry with the same key and body, from the same API key, within "
     "GATEWAY_IDEMPOTENCY_TTL_S, joins the generation still running or gets its stored "
     "answer (X-Cache: idempotent); another body is 409. See docs/IDEMPOTENCY.md.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_KEY},
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY},
 }
 # OpenAPI 3.1: a text/event-stream schema describes each event. Its data is a JSON
 # chat.completion.chunk, an error body in the one shape, or the final [DONE].
