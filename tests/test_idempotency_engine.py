@@ -49,7 +49,8 @@ async def gateway(worker_url: str, log_database_url: str, tmp_path: Path) -> Asy
         database_url=SecretStr(log_database_url), spool_path=tmp_path / "spool.jsonl",
         flush_interval_s=0.05,
     )  # fmt: skip
-    async with keyed_gateway(worker_url, log_database_url, cache_enabled=True, log=log) as url:
+    settings: dict[str, Any] = {"cache_enabled": True, "log": log, "idempotency_ttl_s": 300}
+    async with keyed_gateway(worker_url, log_database_url, **settings) as url:
         yield url
 
 

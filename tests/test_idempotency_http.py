@@ -15,6 +15,7 @@ import pytest
 
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.metrics import scrape, total
+from tests.support.redis_cluster import RedisTarget
 from tests.support.requests import chat_body
 from tests.support.servers import run_gateway
 
@@ -25,7 +26,8 @@ NO_REDIS = "redis://127.0.0.1:19903/0"  # in this suite's port range; nothing li
 @pytest.fixture
 async def gateway(fake_worker: FakeWorker) -> AsyncIterator[str]:
     namespace = f"test-idem-{uuid.uuid4().hex[:8]}"
-    async with run_gateway(fake_worker.url, cache_enabled=True, cache_namespace=namespace) as url:
+    settings = {"cache_enabled": True, "cache_namespace": namespace, "idempotency_ttl_s": 120}
+    async with run_gateway(fake_worker.url, **settings) as url:
         yield url
 
 
@@ -142,3 +144,37 @@ async def test_the_openapi_document_states_the_header_and_the_409(
         names = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
         assert "Idempotency-Key" in names
         assert "409" in operation["responses"]
+
+
+async def test_a_retry_on_another_replica_joins_and_another_body_there_is_a_409(
+    fake_worker: FakeWorker, http: httpx.AsyncClient, redis_target: RedisTarget
+) -> None:
+    """Two gateway replicas on one Redis (then a Redis Cluster): the retry reaches the
+    other replica, as behind Nginx, and still joins the first generation."""
+    text = f"idem-replicas-{uuid.uuid4().hex[:8]}"
+    gate = f"g{uuid.uuid4().hex[:8]}"
+    fake_worker.scripts[text] = f"fake:gatesay:{gate}:one answer"
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    settings = {
+        "cache_enabled": True,
+        "cache_namespace": f"test-idem-{uuid.uuid4().hex[:8]}",
+        "redis_url": redis_target.url,
+        "redis_cluster": redis_target.cluster,
+        "idempotency_ttl_s": 120,  # the shared Redis forgets this test's keys soon
+    }
+    async with (
+        run_gateway(fake_worker.url, **settings) as a,
+        run_gateway(fake_worker.url, **settings) as b,
+    ):
+        await _hang_up_while_generating(http, a, fake_worker, text, headers)
+        retry = asyncio.create_task(http.post(b + CHAT, json=_body(text), headers=headers))
+        other = await http.post(b + CHAT, json=_body(f"{text}-other"), headers=headers)
+        await asyncio.sleep(0.3)
+        assert not retry.done()
+        fake_worker.gate(gate).set()
+        answer = await retry
+    assert other.status_code == 409
+    assert answer.status_code == 200
+    assert answer.headers["x-cache"] == "idempotent"
+    assert answer.json()["choices"][0]["message"]["content"] == "one answer"
+    assert (_calls(fake_worker, text), _calls(fake_worker, f"{text}-other")) == (1, 0)
