@@ -65,7 +65,7 @@ async def _parse_chat(services: Services, raw: bytes) -> ChatCompletionRequest |
 
 
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-    services, ctx = services_of(scope), context_of(scope)
+    services, ctx = services_of(scope), context_of(scope, idempotent=True)
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
@@ -105,7 +105,7 @@ async def _parse_vqa(services: Services, raw: bytes) -> VQARequest:
 
 
 async def vqa(scope: Scope, receive: Receive, send: Send) -> None:
-    services, ctx = services_of(scope), context_of(scope)
+    services, ctx = services_of(scope), context_of(scope, idempotent=True)
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
