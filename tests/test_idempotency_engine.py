@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
+import openai
 import pytest
 from pydantic import SecretStr
 
 from gateway.interactions import InteractionLogSettings
 from tests.support.auth import bearer, create_key, keyed_gateway
 from tests.support.mariadb import logged_rows
-from tests.support.requests import chat_body, vqa_body
+from tests.support.requests import MODEL, chat_body, vqa_body
 from tests.support.worker import idle_state, worker_state
 from worker.sample_image import png_bytes
 
@@ -36,6 +38,10 @@ CHAT = "/v1/chat/completions"
 ASKED = 600  # tokens: seconds of generation here, time to hang up in the middle
 PROMPT = "is this real leather"
 RETRIES = 3  # the hung-up attempts before the one that waits for its answer
+# The SDK's own retries: a generation of SDK_ASKED tokens takes seconds here, many times
+# the timeout; its backoff (0.5 s doubling to 8 s) over 8 retries waits about 40 s.
+SDK_ASKED = 1500
+SDK_TIMEOUT_S = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +142,41 @@ async def test_a_client_that_hangs_up_and_retries_causes_one_generation(
     (row,) = await asyncio.to_thread(logged_rows, log_database_url, request_id)
     assert row["cache"] == "idempotent"
     assert row["status_code"] == 200
+
+
+async def test_the_openai_sdk_with_a_short_timeout_gets_one_generation(
+    gateway: str, worker_url: str, keys: tuple[str, str], http: httpx.AsyncClient
+) -> None:
+    """The official SDK as an app uses it: a timeout shorter than the generation and its
+    own retries (with backoff), each sending the same Idempotency-Key. Its last tries
+    find the stored answer. Without the key every try is aborted and started again."""
+    tries: list[httpx2.Request] = []
+
+    async def count(request: httpx2.Request) -> None:
+        tries.append(request)
+
+    before = await idle_state(http, worker_url)
+    async with (
+        httpx2.AsyncClient(event_hooks={"request": [count]}) as transport,  # the SDK's
+        openai.AsyncOpenAI(
+            base_url=f"{gateway}/v1", api_key=keys[0], timeout=SDK_TIMEOUT_S, max_retries=8,
+            http_client=transport,
+        ) as client,
+    ):  # fmt: skip
+        answer = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=SDK_ASKED,
+            temperature=1.0,
+            extra_body={"ignore_eos": True},
+            extra_headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens == SDK_ASKED
+    assert len(tries) > 1, "the SDK never timed out: the generation was shorter than it"
+    assert len({t.headers["idempotency-key"] for t in tries}) == 1
+    after = await idle_state(http, worker_url)
+    assert (after[1] - before[1], after[2] - before[2]) == (1, SDK_ASKED)
 
 
 async def test_a_stream_retried_after_a_hang_up_gets_the_whole_answer(
