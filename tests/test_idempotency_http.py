@@ -178,3 +178,25 @@ async def test_a_retry_on_another_replica_joins_and_another_body_there_is_a_409(
     assert answer.headers["x-cache"] == "idempotent"
     assert answer.json()["choices"][0]["message"]["content"] == "one answer"
     assert (_calls(fake_worker, text), _calls(fake_worker, f"{text}-other")) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"logprobs": True},
+        {"tools": [{"type": "function", "function": {"name": "price", "parameters": {}}}]},
+    ],
+    ids=["logprobs", "tools"],
+)
+async def test_answers_that_cannot_be_kept_refuse_the_header_clearly(
+    gateway: str, fake_worker: FakeWorker, http: httpx.AsyncClient, extra: dict[str, Any]
+) -> None:
+    text = f"idem-shape-{uuid.uuid4().hex[:8]}"
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    response = await http.post(gateway + CHAT, json=_body(text, **extra), headers=headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("unsupported_parameter", "Idempotency-Key")
+    assert "Send the request without it" in error["message"]
+    assert _calls(fake_worker, text) == 0
+    assert (await http.post(gateway + CHAT, json=_body(text, **extra))).status_code == 200
