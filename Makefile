@@ -240,6 +240,8 @@ bench: install triton-install services ## every benchmark in one run, then loadt
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.triton | tee loadtest/results/bench-triton.txt
 	# online TTFT beside a 1,000-line batch; the batch against the same lines online (issue 28)
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.batch | tee loadtest/results/bench-batch.txt
+	# clients that time out and retry, with and without an Idempotency-Key (issue 27)
+	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.retries | tee loadtest/results/bench-retries.txt
 	$(PY) -m loadtest.report
 
 # The one command that changes the committed load-test figures: the last `make loadtest`

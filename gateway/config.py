@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     # The leader's lease, renewed every third of it while it generates: when its replica
     # dies, the waiters elect a new leader within this long (gateway/cache/coalesce.py).
     coalesce_lease_s: float = Field(default=10.0, gt=0)
+    # Idempotency-Key (gateway/cache/idempotency.py, docs/IDEMPOTENCY.md): how long a key
+    # keeps its first body and that body's answer. An hour covers an SDK's retries
+    # (seconds) and an app's retry after a network change or a trip to the background
+    # (minutes), at the answer cache's own memory bound; Stripe keeps 24 h (86400).
+    idempotency_ttl_s: int = Field(default=3600, gt=0)
 
     # The interaction log (GATEWAY_LOG_*; see gateway/interactions/settings.py).
     log: InteractionLogSettings = Field(default_factory=InteractionLogSettings)

@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large"
     CONTENT_POLICY_VIOLATION = "content_policy_violation"
     INVALID_JSON_SCHEMA = "invalid_json_schema"
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
     # other client errors
     MISSING_API_KEY = "missing_api_key"
     INVALID_API_KEY = "invalid_api_key"
@@ -61,6 +62,7 @@ class ErrorCode(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     BODY_READ_TIMEOUT = "body_read_timeout"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     # the worker said no: its own 4xx status, passed through in our shape
     UPSTREAM_REJECTED = "upstream_rejected"
     # the workers could not answer
@@ -125,6 +127,8 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     ErrorCode.CONTENT_POLICY_VIOLATION: ErrorKind(400, _INVALID),
     # A response_format or tool schema over our bounds (gateway/validation/schema_bounds.py).
     ErrorCode.INVALID_JSON_SCHEMA: ErrorKind(400, _INVALID),
+    # The Idempotency-Key header is malformed (gateway/cache/idempotency.py).
+    ErrorCode.INVALID_IDEMPOTENCY_KEY: ErrorKind(400, _INVALID),
     # 401: no usable key (missing, malformed, unknown, revoked); 403: a valid key asked
     # for a model it may not use; 429: over one of the key's limits.
     ErrorCode.MISSING_API_KEY: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),
@@ -138,6 +142,8 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     # The body did not arrive within body_read_timeout_s (a trickling or stalled client).
     ErrorCode.BODY_READ_TIMEOUT: ErrorKind(408, _INVALID),
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: ErrorKind(415, _INVALID),
+    # An Idempotency-Key already bound to another body, within its window.
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: ErrorKind(409, _INVALID),
     ErrorCode.UPSTREAM_REJECTED: ErrorKind(400, _INVALID),
     ErrorCode.UPSTREAM_ERROR: ErrorKind(502, _UPSTREAM),
     ErrorCode.UPSTREAM_UNAVAILABLE: ErrorKind(503, _UPSTREAM, retry_after=True),

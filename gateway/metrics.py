@@ -212,6 +212,13 @@ class Metrics:
             "not count it (gateway/loop_lag.py).",
             registry=r,
         )
+        self.idempotency_requests = Counter(
+            "gateway_idempotency_requests",
+            "Requests with an Idempotency-Key, by outcome: idempotent (its answer, stored or "
+            "joined), miss (generated), bypass (Redis unavailable), conflict (409).",
+            ["outcome"],
+            registry=r,
+        )
         self.coalesce_fallbacks = Counter(
             "gateway_coalesce_fallbacks",
             "Waiters that called a worker themselves, by reason.",
@@ -391,7 +398,7 @@ class Metrics:
             self.upstream_errors.labels(kind)
         for cause in RETRY_CAUSES:
             self.upstream_retries.labels(cause)
-        for operation in ("get", "put", "delete"):
+        for operation in ("get", "put", "delete", "claim"):
             self.cache_errors.labels(operation)
         # The SLO's selector matches from the start: an SLI over no series reads as absent.
         for route in INFERENCE_ROUTES:

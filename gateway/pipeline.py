@@ -24,6 +24,7 @@ from gateway.admission import Admission
 from gateway.answers import CachedAnswer, answer_from_completion, summary_from_completion
 from gateway.background import detach, keep_going
 from gateway.batch.lane import with_priority
+from gateway.cache.idempotency import scoped
 from gateway.cache.recall import Recall, Recalled, Reparse
 from gateway.cache.replay import completion_json, completion_sse
 from gateway.cache.stage import (
@@ -72,6 +73,8 @@ class RequestContext:
     admission: Admission | None = None
     # vLLM's priority for the worker body: set for batch lines (gateway/batch/lane.py).
     priority: int | None = None
+    # The Idempotency-Key header's key, checked (gateway/cache/idempotency.py).
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +316,9 @@ class Pipeline:
         else:
             # The pool first: the key carries the checkpoint of the workers that will answer.
             pool = self._pool.pick_pool()
-            plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx), pool)
+            key = ctx.admission.key if ctx.admission is not None else None
+            idempotency = scoped(ctx.idempotency_key, key.key_id if key is not None else None)
+            plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx), pool, idempotency)
             ctx.draft.pool = pool  # a hit's row names the pool whose answer it replays
             lookup_call = self._cache.lookup(plan)
             if plan.key is not None and plan.read:  # it may take a lease (SET NX): let it
@@ -335,7 +340,8 @@ class Pipeline:
         """Only under the checkpoint of the worker that produced it: the key names one,
         and a retry, a fallback pool or a rolling update may have sent it to another."""
         worker = ctx.draft.worker_id or ""
-        same = self._pool.root_of(worker, prepared.model) == plan.checkpoint
+        root = self._pool.root_of(worker, prepared.model)
+        same = plan.claim is not None or root == plan.checkpoint  # an Idempotency-Key's: any
         return answer if same else None
 
     def _release(self, plan: CachePlan) -> Callable[[Lookup], None]:

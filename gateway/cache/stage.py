@@ -6,8 +6,10 @@
     complete  store a complete answer, and share it with the waiters (or tell them to go)
     evict     forget a stored answer that moderation now refuses
 
+A request with an Idempotency-Key is planned under that key instead (idempotency.py).
+
 Every Redis problem turns into an outcome, never into an error for the client:
-X-Cache says hit, miss, coalesced or bypass (the cache was not consulted).
+X-Cache says hit, miss, coalesced or bypass (the cache was not consulted), or idempotent.
 """
 
 from __future__ import annotations
@@ -21,11 +23,20 @@ from typing import Final
 
 from gateway.answers import CachedAnswer
 from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
+from gateway.cache.idempotency import (
+    Claim,
+    Claims,
+    IdempotencyKey,
+    answer_key,
+    body_digest,
+    claim_key,
+)
 from gateway.cache.keys import derive_key, is_deterministic
 from gateway.cache.local import LocalAnswers
 from gateway.cache.recall import Recall, RecalledRequests, Reparse
 from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
+from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions.records import CacheOutcome
 from gateway.metrics import Metrics
 from gateway.redis_link import RedisLink, redis_client
@@ -35,6 +46,8 @@ HIT: Final[CacheOutcome] = "hit"
 MISS: Final[CacheOutcome] = "miss"
 COALESCED: Final[CacheOutcome] = "coalesced"
 BYPASS: Final[CacheOutcome] = "bypass"
+# Answered under the request's Idempotency-Key: its stored answer, or its generation joined.
+IDEMPOTENT: Final[CacheOutcome] = "idempotent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +64,9 @@ class CachePlan:
     # The checkpoint (vLLM's `root`) the key names: only an answer from a worker serving
     # it is stored under the key.
     checkpoint: str | None = None
+    # An Idempotency-Key's plan: its claim (the 409 check) and how long its answer is kept.
+    claim: Claim | None = None
+    ttl_s: int | None = None
 
 
 NO_CACHE: Final = CachePlan(None, read=False, write=False)
@@ -76,8 +92,10 @@ class CacheStage:
         model_root: Callable[[str, str | None], str],
         local: LocalAnswers | None = None,
         recalled: RecalledRequests | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self._cache = cache
+        self._claims = claims
         self._coalescer = coalescer
         self._settings = settings
         self._metrics = metrics
@@ -98,10 +116,14 @@ class CacheStage:
         directives: CacheDirectives,
         scope: str | None = None,
         pool: str | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> CachePlan:
         """``scope`` (an API key's id, for a key whose cache is its own) is part of the key,
         so its answers and generations are shared with no other key. ``pool``: the worker
-        pool the request goes to, whose checkpoint the key carries."""
+        pool the request goes to, whose checkpoint the key carries. ``idempotency``: the
+        request's Idempotency-Key, which replaces the answer cache's key."""
+        if idempotency is not None:
+            return self._idempotent_plan(prepared, idempotency, pool)
         deterministic = is_deterministic(
             {"temperature": prepared.temperature, "seed": prepared.seed},
             self._settings.cache_seeded_requests,
@@ -138,7 +160,34 @@ class CacheStage:
             checkpoint=checkpoint,
         )
 
+    def _idempotent_plan(
+        self, prepared: PreparedRequest, idempotency: IdempotencyKey, pool: str | None
+    ) -> CachePlan:
+        """Read and written whatever the sampling and Cache-Control say: its answer is only
+        ever served to the same API key's retries of the same body, and kept whichever
+        checkpoint produced it (no checkpoint), JSON or not: the retry gets what was sent."""
+        if prepared.features.cache_bypass is not None:
+            raise GatewayError(
+                ErrorCode.UNSUPPORTED_PARAMETER,
+                f"Idempotency-Key cannot be used with {prepared.features.cache_bypass}: "
+                "such answers are not kept for a retry. Send the request without it.",
+                param="Idempotency-Key",
+            )
+        namespace = self._settings.cache_namespace
+        digests = [image.sha256 for image in prepared.images]
+        digest = body_digest(prepared.model, prepared.canonical, digests)
+        return CachePlan(
+            answer_key(namespace, idempotency, digest),
+            read=True,
+            write=True,
+            pool=pool,
+            claim=Claim(claim_key(namespace, idempotency), digest),
+            ttl_s=self._settings.idempotency_ttl_s,
+        )
+
     async def lookup(self, plan: CachePlan) -> Lookup:
+        if plan.claim is not None and plan.key is not None:
+            return await self._idempotent_lookup(plan.key, plan.claim)
         if plan.key is None or not plan.read:
             return self._count(Lookup(BYPASS))
         if self._local is not None:
@@ -174,6 +223,45 @@ class CacheStage:
             self._metrics.cache_errors.labels("get").inc()
             return self._count(Lookup(BYPASS, lead=outcome))
         return self._count(Lookup(MISS, lead=outcome))
+
+    async def _idempotent_lookup(self, key: str, claim: Claim) -> Lookup:
+        """Its claim (409 for another body: raises GatewayError), then its answer, or the
+        lead of its generation. Counted apart from the answer cache's lookups (its ratio
+        and alerts): gateway_idempotency_requests_total."""
+        count = self._metrics.idempotency_requests
+        if self._claims is not None:
+            try:
+                await self._claims.claim(claim)
+            except CacheUnavailable:  # unchecked; the body is in the key all the same
+                self._metrics.cache_errors.labels("claim").inc()
+            except GatewayError:
+                count.labels("conflict").inc()
+                raise
+        found = self._local.get(key) if self._local is not None else None
+        if found is not None:
+            lookup = Lookup(IDEMPOTENT, answer=found)
+        elif self._coalescer is None:
+            try:
+                found = await self._cache.get(key)
+                lookup = Lookup(MISS) if found is None else Lookup(IDEMPOTENT, answer=found)
+            except CacheUnavailable:
+                self._metrics.cache_errors.labels("get").inc()
+                lookup = Lookup(BYPASS)
+        else:
+            outcome = await self._coalescer.acquire(key)
+            if isinstance(outcome, Stored | Joined):
+                lookup = Lookup(IDEMPOTENT, answer=outcome.answer)
+            elif isinstance(outcome, Alone):
+                unavailable = outcome.reason == REDIS_UNAVAILABLE
+                if unavailable:
+                    self._metrics.cache_errors.labels("get").inc()
+                else:
+                    self._metrics.coalesce_fallbacks.labels(outcome.reason).inc()
+                lookup = Lookup(BYPASS if unavailable else MISS)
+            else:  # a lead: for this replica alone when Redis could not be asked
+                lookup = Lookup(BYPASS if outcome.local_only else MISS, lead=outcome)
+        count.labels(lookup.outcome).inc()
+        return lookup
 
     async def complete(
         self,
@@ -217,14 +305,14 @@ class CacheStage:
         if storable and answer is not None and plan.key is not None:
             self._remember(plan.key, answer)
         if lookup.lead is not None and self._coalescer is not None:
-            ttl = self._cache.ttl_seconds if storable else None
+            ttl = (plan.ttl_s or self._cache.ttl_seconds) if storable else None
             await self._coalescer.finish(lookup.lead, answer, ttl)
             if storable:
                 self._metrics.cache_stores.labels("stored").inc()
             return
         if storable and answer is not None and plan.key is not None:
             try:
-                await self._cache.put(plan.key, answer)
+                await self._cache.put(plan.key, answer, plan.ttl_s)
                 self._metrics.cache_stores.labels("stored").inc()
             except CacheUnavailable:
                 self._metrics.cache_errors.labels("put").inc()
@@ -320,4 +408,5 @@ async def open_cache_stage(
         recalled = RecalledRequests(
             settings.cache_recall_max_bytes, on_size=metrics.cache_recall_bytes.set
         )
-    return CacheStage(cache, coalescer, settings, metrics, model_root, local, recalled)
+    claims = Claims(redis.client, redis.breaker, settings.idempotency_ttl_s)
+    return CacheStage(cache, coalescer, settings, metrics, model_root, local, recalled, claims)

@@ -102,11 +102,13 @@ class AnswerCache:
     def fits(self, answer: CachedAnswer) -> bool:
         return len(answer.encode()) <= self._max_value_bytes
 
-    async def put(self, key: str, answer: CachedAnswer) -> bool:
-        """Store the answer; False when it is too large to keep. Raises CacheUnavailable."""
+    async def put(self, key: str, answer: CachedAnswer, ttl_s: int | None = None) -> bool:
+        """Store the answer (for ``ttl_s``, else the cache's TTL); False when it is too
+        large to keep. Raises CacheUnavailable."""
         if not self.fits(answer):
             return False
-        await self._call(lambda: self._redis.set(key, answer.encode(), ex=self._ttl))
+        ex = ttl_s or self._ttl
+        await self._call(lambda: self._redis.set(key, answer.encode(), ex=ex))
         return True
 
     async def delete(self, key: str) -> None:

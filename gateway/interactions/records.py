@@ -31,7 +31,7 @@ from gateway.db.models import Interaction
 from gateway.interactions.settings import IpMode
 
 Shape = Literal["chat", "vqa", "match"]
-CacheOutcome = Literal["hit", "miss", "coalesced", "bypass"]
+CacheOutcome = Literal["hit", "miss", "coalesced", "bypass", "idempotent"]
 Row = dict[str, Any]
 
 USER_AGENT_MAX_CHARS: Final = 512
@@ -72,7 +72,7 @@ class InteractionRecord:
     key's public id, never the key. ``prompt`` is the user's text (for chat, the text parts
     of the messages joined by newlines); ``answer`` the generated text (None when there is
     none). ``cache``: hit, miss, coalesced (shared another request's upstream call), bypass
-    (cache unavailable or not cacheable), None when the request never reached the cache.
+    (no cache), idempotent (its Idempotency-Key's answer), None: never reached the cache.
     """
 
     request_id: str

@@ -13,6 +13,7 @@ from typing import Any, Final
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from gateway.cache.idempotency import HEADER_PATTERN as IDEMPOTENCY_KEY
 from gateway.cache.recall import Recall, Recalled
 from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions.draft import CLIENT_GONE
@@ -64,7 +65,7 @@ async def _parse_chat(services: Services, raw: bytes) -> ChatCompletionRequest |
 
 
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-    services, ctx = services_of(scope), context_of(scope)
+    services, ctx = services_of(scope), context_of(scope, idempotent=True)
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
@@ -104,7 +105,7 @@ async def _parse_vqa(services: Services, raw: bytes) -> VQARequest:
 
 
 async def vqa(scope: Scope, receive: Receive, send: Send) -> None:
-    services, ctx = services_of(scope), context_of(scope)
+    services, ctx = services_of(scope), context_of(scope, idempotent=True)
     raw = await _body(scope, receive)
     if raw is None:
         return await _client_gone(send, services, ctx)
@@ -132,13 +133,22 @@ ENDPOINTS: Final = {CHAT_COMPLETIONS: chat_completions, VQA: vqa}
 
 # -- the OpenAPI operations ---------------------------------------------------------------------
 
-_ERRORS: Final = error_operations(400, 401, 403, 404, 408, 413, 415, 429, 502, 503, 504)
+_ERRORS: Final = error_operations(400, 401, 403, 404, 408, 409, 413, 415, 429, 502, 503, 504)
 _REQUEST_ID_PARAM: Final = {
     "name": "X-Request-ID",
     "in": "header",
     "required": False,
     "description": "Propagated to the worker and echoed back; generated when absent.",
     "schema": {"type": "string"},
+}
+_IDEMPOTENCY_KEY_PARAM: Final = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "A retry with the same key and body, from the same API key, within "
+    "GATEWAY_IDEMPOTENCY_TTL_S, joins the generation still running or gets its stored "
+    "answer (X-Cache: idempotent); another body is 409. See docs/IDEMPOTENCY.md.",
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY},
 }
 # OpenAPI 3.1: a text/event-stream schema describes each event. Its data is a JSON
 # chat.completion.chunk, an error body in the one shape, or the final [DONE].
@@ -177,7 +187,7 @@ def _operation(
         "tags": ["inference"],
         "summary": summary,
         "operationId": operation_id,
-        "parameters": [_REQUEST_ID_PARAM],
+        "parameters": [_REQUEST_ID_PARAM, _IDEMPOTENCY_KEY_PARAM],
         "requestBody": {
             "required": True,
             "content": {

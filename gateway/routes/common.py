@@ -22,6 +22,7 @@ _ERROR_DESCRIPTIONS: Final = {
     403: "The API key may not use the requested model.",
     404: "Unknown model.",
     408: "The request body did not arrive in time.",
+    409: "The Idempotency-Key was already used with a different body.",
     413: "Request body too large.",
     415: "Content-Type is not application/json.",
     429: "Over one of the API key's limits; see Retry-After and x-ratelimit-* headers.",

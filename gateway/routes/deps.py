@@ -12,6 +12,8 @@ from starlette.types import Scope
 from gateway.admission import admission_of
 from gateway.batch.lane import batch_line_of
 from gateway.batch.store import BatchStore
+from gateway.cache.idempotency import HEADER as IDEMPOTENCY_KEY
+from gateway.cache.idempotency import read_idempotency_key
 from gateway.cache.store import CacheDirectives
 from gateway.config import Settings
 from gateway.interactions.draft import InteractionDraft, draft_of
@@ -43,7 +45,8 @@ def services_of(scope: Scope) -> Services:
     return cast(Services, scope["state"]["services"])
 
 
-def context_of(scope: Scope) -> RequestContext:
+def context_of(scope: Scope, idempotent: bool = False) -> RequestContext:
+    """``idempotent``: the route honours Idempotency-Key (its value is checked: 400)."""
     state = scope.get("state", {})
     route = getattr(scope.get("route"), "path", None) or scope["path"]
     return RequestContext(
@@ -55,6 +58,9 @@ def context_of(scope: Scope) -> RequestContext:
         draft=draft_of(state) or InteractionDraft(),
         admission=admission_of(state),
         priority=line.priority if (line := batch_line_of(state)) is not None else None,
+        idempotency_key=(
+            read_idempotency_key(request_header(scope, IDEMPOTENCY_KEY)) if idempotent else None
+        ),
     )
 
 

@@ -4,6 +4,8 @@ start, and reading its own metrics: what tests count to know whether it was call
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from worker.profiles import REPO_ROOT
@@ -27,3 +29,28 @@ async def finished_requests(worker_url: str) -> float:
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"{worker_url}/metrics")).text
     return metric_total(text, "vllm:request_success_total")
+
+
+async def worker_state(http: httpx.AsyncClient, worker_url: str) -> tuple[float, float, float]:
+    """(requests running, requests finished, tokens generated) from the worker's metrics.
+
+    vLLM counts an aborted request under none of its finish reasons: an aborted generation
+    shows as tokens generated beyond the finished requests' own."""
+    text = (await http.get(f"{worker_url}/metrics")).text
+    return (
+        metric_total(text, "vllm:num_requests_running"),
+        metric_total(text, "vllm:request_success_total"),
+        metric_total(text, "vllm:generation_tokens_total"),
+    )
+
+
+async def idle_state(http: httpx.AsyncClient, worker_url: str) -> tuple[float, float, float]:
+    """The worker's state once nothing runs and its counters stopped moving."""
+    last = await worker_state(http, worker_url)
+    for _ in range(300):
+        await asyncio.sleep(0.1)
+        now = await worker_state(http, worker_url)
+        if now == last and now[0] == 0:
+            return now
+        last = now
+    raise AssertionError(f"worker never went idle: {last}")
