@@ -1,13 +1,19 @@
 """The cache stage of the pipeline: plan, look up (or coalesce), and complete.
 
     plan      cacheable? which key? may we read, may we write (Cache-Control)?
-    lookup    in memory (local.py) or Redis hit -> the answer; else lead or join an
-              identical in-flight request
+    lookup    in memory (local.py) or Redis hit -> the answer; else, for a key that opted
+              in, an answer to the same question about the same photo in another
+              encoding (near/: X-Cache similar); else lead or join an identical
+              in-flight request
     complete  store a complete answer, and share it with the waiters (or tell them to go)
     evict     forget a stored answer that moderation now refuses
 
 Every Redis problem turns into an outcome, never into an error for the client:
-X-Cache says hit, miss, coalesced or bypass (the cache was not consulted).
+X-Cache says hit, similar, miss, coalesced or bypass (the cache was not consulted).
+
+The near-duplicate lookup runs before the coalescing lease is taken (a plain GET first,
+then the index): a request served a near match never leads, so no exact waiter ever
+waits on one, and a near match is never stored under the request's own key.
 """
 
 from __future__ import annotations
@@ -20,9 +26,14 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from gateway.answers import CachedAnswer
+from gateway.background import detach
 from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
 from gateway.cache.keys import derive_key, is_deterministic
 from gateway.cache.local import LocalAnswers
+from gateway.cache.near.group import near_group
+from gateway.cache.near.index import NearIndex
+from gateway.cache.near.lookup import NearCache, NearMatch, NearProbe
+from gateway.cache.near.verify import Bounds
 from gateway.cache.recall import Recall, RecalledRequests, Reparse
 from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
@@ -34,6 +45,7 @@ from gateway.validation.prepare import PreparedRequest
 HIT: Final[CacheOutcome] = "hit"
 MISS: Final[CacheOutcome] = "miss"
 COALESCED: Final[CacheOutcome] = "coalesced"
+SIMILAR: Final[CacheOutcome] = "similar"
 BYPASS: Final[CacheOutcome] = "bypass"
 
 
@@ -51,6 +63,8 @@ class CachePlan:
     # The checkpoint (vLLM's `root`) the key names: only an answer from a worker serving
     # it is stored under the key.
     checkpoint: str | None = None
+    # The near-duplicate stage's part (near/lookup.py): None when it is off.
+    near: NearProbe | None = None
 
 
 NO_CACHE: Final = CachePlan(None, read=False, write=False)
@@ -64,6 +78,8 @@ class Lookup:
     # Awaited once the lead's generation has ended (complete): it gives back what the
     # request holds while it generates, e.g. its key's concurrency slot.
     on_end: Callable[[], Awaitable[None]] | None = None
+    # SIMILAR: the stored answer it replays, and how far its photos are.
+    near: NearMatch | None = None
 
 
 class CacheStage:
@@ -76,8 +92,10 @@ class CacheStage:
         model_root: Callable[[str, str | None], str],
         local: LocalAnswers | None = None,
         recalled: RecalledRequests | None = None,
+        near: NearCache | None = None,
     ) -> None:
         self._cache = cache
+        self._near = near
         self._coalescer = coalescer
         self._settings = settings
         self._metrics = metrics
@@ -98,10 +116,12 @@ class CacheStage:
         directives: CacheDirectives,
         scope: str | None = None,
         pool: str | None = None,
+        near: bool = False,
     ) -> CachePlan:
         """``scope`` (an API key's id, for a key whose cache is its own) is part of the key,
         so its answers and generations are shared with no other key. ``pool``: the worker
-        pool the request goes to, whose checkpoint the key carries."""
+        pool the request goes to, whose checkpoint the key carries. ``near``: the key
+        opted in to near-duplicate answers."""
         deterministic = is_deterministic(
             {"temperature": prepared.temperature, "seed": prepared.seed},
             self._settings.cache_seeded_requests,
@@ -129,6 +149,12 @@ class CacheStage:
             prepared.canonical,
             [image.sha256 for image in prepared.images],
         )
+        probe = None
+        if self._near is not None and prepared.images:
+            group = near_group(
+                self._settings.cache_namespace, prepared.model, revision, prepared.canonical
+            )
+            probe = NearProbe(group, prepared, serve=near and directives.read)
         return CachePlan(
             key,
             directives.read,
@@ -136,6 +162,7 @@ class CacheStage:
             json_answer=prepared.features.structured,
             pool=pool,
             checkpoint=checkpoint,
+            near=probe,
         )
 
     async def lookup(self, plan: CachePlan) -> Lookup:
@@ -147,16 +174,20 @@ class CacheStage:
                 self._local_hits.inc()
                 return self._count(Lookup(HIT, answer=answer))
             self._local_misses.inc()
-        if self._coalescer is None:
+        if self._coalescer is None or (plan.near is not None and plan.near.serve):
             try:
                 stored = await self._cache.get(plan.key)
             except CacheUnavailable:
                 self._metrics.cache_errors.labels("get").inc()
                 return self._count(Lookup(BYPASS))
-            if stored is None:
+            if stored is not None:
+                self._remember(plan.key, stored)
+                return self._count(Lookup(HIT, answer=stored))
+            similar = await self._similar(plan.near)
+            if similar is not None:
+                return self._count(similar)
+            if self._coalescer is None:
                 return self._count(Lookup(MISS))
-            self._remember(plan.key, stored)
-            return self._count(Lookup(HIT, answer=stored))
         # One round trip: the stored answer, or the lead, or a wait for the leader.
         outcome = await self._coalescer.acquire(plan.key)
         if isinstance(outcome, Stored):
@@ -174,6 +205,12 @@ class CacheStage:
             self._metrics.cache_errors.labels("get").inc()
             return self._count(Lookup(BYPASS, lead=outcome))
         return self._count(Lookup(MISS, lead=outcome))
+
+    async def _similar(self, probe: NearProbe | None) -> Lookup | None:
+        if self._near is None or probe is None or not probe.serve:
+            return None
+        match = await self._near.find(probe)
+        return None if match is None else Lookup(SIMILAR, answer=match.answer, near=match)
 
     async def complete(
         self,
@@ -221,14 +258,21 @@ class CacheStage:
             await self._coalescer.finish(lookup.lead, answer, ttl)
             if storable:
                 self._metrics.cache_stores.labels("stored").inc()
+                self._index_near(plan)
             return
         if storable and answer is not None and plan.key is not None:
             try:
                 await self._cache.put(plan.key, answer)
                 self._metrics.cache_stores.labels("stored").inc()
+                self._index_near(plan)
             except CacheUnavailable:
                 self._metrics.cache_errors.labels("put").inc()
                 self._metrics.cache_stores.labels("failed").inc()
+
+    def _index_near(self, plan: CachePlan) -> None:
+        """A stored answer joins the near-duplicate index, off the request's path."""
+        if self._near is not None and plan.near is not None and plan.key is not None:
+            detach(self._near.index(plan.near, plan.key))
 
     async def evict(self, plan: CachePlan) -> None:
         """Forget a stored answer that may no longer be served (a policy now refuses it),
@@ -320,4 +364,14 @@ async def open_cache_stage(
         recalled = RecalledRequests(
             settings.cache_recall_max_bytes, on_size=metrics.cache_recall_bytes.set
         )
-    return CacheStage(cache, coalescer, settings, metrics, model_root, local, recalled)
+    near = None
+    if settings.cache_near_enabled:
+        ttl, namespace = settings.cache_ttl_s, settings.cache_namespace
+        index = NearIndex(redis.client, redis.breaker, namespace, ttl)
+        bounds = Bounds(
+            settings.cache_near_max_distance,
+            settings.cache_near_colour_max,
+            settings.cache_near_detail_max,
+        )
+        near = NearCache(index, bounds, settings.cache_near_candidates, metrics)
+    return CacheStage(cache, coalescer, settings, metrics, model_root, local, recalled, near)
