@@ -220,8 +220,8 @@ def _photo_negatives(image: Image.Image) -> tuple[Variant, ...]:
         Variant("label", encode(_sticker(image, "SALE", "bottom-left", 0.16), "JPEG", 90)),
         Variant("size-tag", encode(_sticker(image, "XL", "top-right", 0.1), "JPEG", 90)),
     )
-    low, high = image.convert("HSV").getchannel("S").getextrema()
-    if high < 16:
+    saturation = image.convert("HSV").getchannel("S")
+    if saturation.point(lambda value: 255 if value >= 16 else 0).getbbox() is None:
         return stickers  # a grey photo has no hue to turn: "recoloured" it is the same
     return (
         Variant("recolour", encode(_hue_shift(image, 0.33), "JPEG", 90)),
