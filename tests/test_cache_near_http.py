@@ -1,0 +1,191 @@
+"""Near-duplicate photos through the gateway app: real Redis, real keys and interaction log
+(MariaDB), the scriptable worker (it answers by the photo's digest, so a replayed answer
+is told from a fresh one). The same path through the real vLLM engine:
+tests/test_cache_near_engine.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from loadtest.bench.near_corpus import Product, draw_product, encode
+from tests.doubles.fake_worker import FakeWorker
+from tests.support.auth import bearer, create_key, keyed_gateway
+from tests.support.images import data_uri
+from tests.support.interactions import settings_for
+from tests.support.mariadb import logged_rows
+from tests.support.requests import image_chat_body
+
+QUESTION = "Is this bag real leather?"
+BAG = Product(7, "bag", (176, 48, 40), "NOVA", "circle", "M", (232, 228, 220))
+
+
+def jpeg(image: Image.Image, quality: int = 90, scale: float = 1.0) -> bytes:
+    if scale != 1.0:
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return encode(image, "JPEG", quality)
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def body(photo: bytes, question: str = QUESTION, **extra: Any) -> dict[str, Any]:
+    mime = "image/png" if photo.startswith(b"\x89PNG") else "image/jpeg"
+    fields = {"max_tokens": 8, "temperature": 0, **extra}
+    return image_chat_body(question, data_uri(photo, mime), **fields)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def indexed(client: httpx.AsyncClient, count: int) -> None:
+    """Wait until ``count`` answers are in the index (it is written once they are stored)."""
+    for _ in range(100):
+        text = (await client.get("/metrics")).text
+        line = 'gateway_cache_near_indexed_total{result="indexed"}'
+        found = [row for row in text.splitlines() if row.startswith(line)]
+        if found and float(found[0].split()[-1]) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the answer was never indexed")
+
+
+@pytest.fixture
+async def near_gateway(
+    fake_worker: FakeWorker, log_database_url: str, tmp_path: Path
+) -> AsyncIterator[str]:
+    log = settings_for(log_database_url, tmp_path / "spool.jsonl")
+    async with keyed_gateway(
+        fake_worker.url,
+        log_database_url,
+        cache_enabled=True,
+        cache_near_enabled=True,
+        cache_local_max_bytes=0,
+        log=log,
+    ) as url:
+        yield url
+
+
+def _answer(response: httpx.Response) -> str:
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+async def test_the_same_photo_in_another_encoding_is_answered_from_the_cache(
+    near_gateway: str, fake_worker: FakeWorker, log_database_url: str
+) -> None:
+    near = bearer(create_key(log_database_url, "--cache", "near"))
+    plain = bearer(create_key(log_database_url))
+    seed = uuid.uuid4().hex[:6]  # the scripted answers are this test's own
+    photo = draw_product(BAG)
+    original = jpeg(photo)
+    fake_worker.image_scripts[digest(original)] = f"fake:say:about the red bag {seed}"
+    recoloured = draw_product(replace(BAG, colour=(40, 70, 150)))
+    async with httpx.AsyncClient(base_url=near_gateway, timeout=30) as client:
+        first = await client.post("/v1/chat/completions", json=body(original), headers=near)
+        assert first.headers["x-cache"] == "miss"
+        await indexed(client, 1)
+        asked = len(fake_worker.requests)
+
+        smaller = jpeg(photo, quality=70, scale=0.75)  # a CDN's resize, recompressed
+        similar = await client.post("/v1/chat/completions", json=body(smaller), headers=near)
+        assert similar.headers["x-cache"] == "similar"
+        assert _answer(similar) == f"about the red bag {seed}"
+        assert len(fake_worker.requests) == asked, "a near match never reaches a worker"
+
+        streamed = await client.post(
+            "/v1/chat/completions", json=body(png(photo), stream=True), headers=near
+        )
+        assert streamed.headers["x-cache"] == "similar"
+        assert f"about the red bag {seed}"[:4] in streamed.text
+
+        blue = await client.post("/v1/chat/completions", json=body(jpeg(recoloured)), headers=near)
+        assert blue.headers["x-cache"] == "miss", "another colour is another product"
+        other = body(smaller, "What brand is this?")
+        assert (await client.post("/v1/chat/completions", json=other, headers=near)).headers[
+            "x-cache"
+        ] == "miss"
+        webp = encode(photo, "WEBP", 80)
+        refused = await client.post(
+            "/v1/chat/completions", json=body(webp), headers={**near, "Cache-Control": "no-cache"}
+        )
+        assert refused.headers["x-cache"] == "bypass"
+        other_webp = encode(photo, "WEBP", 70)  # the no-cache answer was stored: not that
+        not_opted = await client.post("/v1/chat/completions", json=body(other_webp), headers=plain)
+        assert not_opted.headers["x-cache"] == "miss", "a key that did not opt in"
+
+    (row,) = logged_rows(log_database_url, similar.headers["x-request-id"])
+    assert row["cache"] == "similar"
+    assert len(row["cache_source"] or "") == 64
+    assert 0 <= row["cache_distance"] <= 31
+    (first_row,) = logged_rows(log_database_url, first.headers["x-request-id"])
+    assert (first_row["cache"], first_row["cache_source"]) == ("miss", None)
+
+
+async def test_an_exact_waiter_never_waits_on_a_near_match(
+    near_gateway: str, fake_worker: FakeWorker, log_database_url: str
+) -> None:
+    """A leader generates for a re-encoded photo; an identical request waits for it (its
+    answer, not a near one), while an opted-in key is answered from the original at once."""
+    near = bearer(create_key(log_database_url, "--cache", "near"))
+    plain = bearer(create_key(log_database_url))
+    seed = uuid.uuid4().hex[:6]
+    photo = draw_product(replace(BAG, seed=8, label="ORBIT"))
+    original, variant = jpeg(photo), jpeg(photo, quality=75, scale=0.8)
+    fake_worker.image_scripts[digest(original)] = f"fake:say:original {seed}"
+    gate = f"near-{seed}"
+    fake_worker.image_scripts[digest(variant)] = f"fake:gatesay:{gate}:variant {seed}"
+    async with httpx.AsyncClient(base_url=near_gateway, timeout=30) as client:
+        post = client.post
+        first = await post("/v1/chat/completions", json=body(original), headers=plain)
+        assert first.headers["x-cache"] == "miss"
+        await indexed(client, 1)
+        leader = asyncio.create_task(
+            post("/v1/chat/completions", json=body(variant), headers=plain)
+        )
+        await asyncio.sleep(0.3)  # the leader holds the lease, its worker waits on the gate
+        waiter = asyncio.create_task(
+            post("/v1/chat/completions", json=body(variant), headers=plain)
+        )
+        await asyncio.sleep(0.3)
+        similar = await post("/v1/chat/completions", json=body(variant), headers=near)
+        assert similar.headers["x-cache"] == "similar"
+        assert _answer(similar) == f"original {seed}"
+        assert (leader.done(), waiter.done()) == (False, False)
+        fake_worker.gate(gate).set()
+        led, waited = await leader, await waiter
+    assert (led.headers["x-cache"], _answer(led)) == ("miss", f"variant {seed}")
+    assert (waited.headers["x-cache"], _answer(waited)) == ("coalesced", f"variant {seed}")
+
+
+async def test_off_for_the_deployment_means_exact_misses_only(
+    fake_worker: FakeWorker, log_database_url: str
+) -> None:
+    near = bearer(create_key(log_database_url, "--cache", "near"))
+    photo = draw_product(replace(BAG, seed=9, label="LUMA"))
+    namespace = f"test-near-off-{uuid.uuid4().hex[:8]}"
+    async with (
+        keyed_gateway(
+            fake_worker.url, log_database_url, namespace=namespace, cache_enabled=True
+        ) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
+        first = await client.post("/v1/chat/completions", json=body(jpeg(photo)), headers=near)
+        await asyncio.sleep(0.3)
+        again = body(jpeg(photo, quality=70, scale=0.75))
+        second = await client.post("/v1/chat/completions", json=again, headers=near)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "miss")
