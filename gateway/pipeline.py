@@ -95,10 +95,11 @@ def _affinity_key(prepared: PreparedRequest) -> str | None:
 
 def _cache_scope(ctx: RequestContext) -> tuple[str | None, bool]:
     """The key's id when its cache is its own (X-Cache then tells no key what another one
-    asked about the same photo), and whether it takes near-duplicate answers."""
+    asked about the same photo), and whether it takes near-duplicate answers (without API
+    keys, the deployment's setting alone decides)."""
     key = ctx.admission.key if ctx.admission is not None else None
     if key is None:
-        return None, False
+        return None, True
     return (key.key_id if key.private_cache else None), key.near_cache
 
 

@@ -6,63 +6,20 @@ tests/test_cache_near_engine.py."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
-from loadtest.bench.near_corpus import Product, draw_product, encode
+from loadtest.bench.near_corpus import draw_product, encode
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.auth import bearer, create_key, keyed_gateway
-from tests.support.images import data_uri
 from tests.support.interactions import settings_for
 from tests.support.mariadb import logged_rows
-from tests.support.requests import image_chat_body
-
-QUESTION = "Is this bag real leather?"
-BAG = Product(7, "bag", (176, 48, 40), "NOVA", "circle", "M", (232, 228, 220))
-
-
-def jpeg(image: Image.Image, quality: int = 90, scale: float = 1.0) -> bytes:
-    if scale != 1.0:
-        size = (round(image.width * scale), round(image.height * scale))
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    return encode(image, "JPEG", quality)
-
-
-def png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
-
-
-def body(photo: bytes, question: str = QUESTION, **extra: Any) -> dict[str, Any]:
-    mime = "image/png" if photo.startswith(b"\x89PNG") else "image/jpeg"
-    fields = {"max_tokens": 8, "temperature": 0, **extra}
-    return image_chat_body(question, data_uri(photo, mime), **fields)
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-async def indexed(client: httpx.AsyncClient, count: int) -> None:
-    """Wait until ``count`` answers are in the index (it is written once they are stored)."""
-    for _ in range(100):
-        text = (await client.get("/metrics")).text
-        line = 'gateway_cache_near_indexed_total{result="indexed"}'
-        found = [row for row in text.splitlines() if row.startswith(line)]
-        if found and float(found[0].split()[-1]) >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the answer was never indexed")
+from tests.support.near import BAG, body, digest, indexed, jpeg, png
 
 
 @pytest.fixture
