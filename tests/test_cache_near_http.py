@@ -13,10 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from gateway.db.engine import create_sync_engine
 from loadtest.bench.near_corpus import draw_product, encode
 from tests.doubles.fake_worker import FakeWorker
-from tests.support.auth import bearer, create_key, keyed_gateway
+from tests.support.auth import bearer, create_key, key_id, keyed_gateway, run_cli
 from tests.support.interactions import settings_for
 from tests.support.mariadb import logged_rows
 from tests.support.near import BAG, body, digest, indexed, jpeg, png
@@ -146,3 +148,22 @@ async def test_off_for_the_deployment_means_exact_misses_only(
         again = body(jpeg(photo, quality=70, scale=0.75))
         second = await client.post("/v1/chat/completions", json=again, headers=near)
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "miss")
+
+
+def test_a_keys_near_option_is_stored_with_its_scope(log_database_url: str) -> None:
+    ids = {
+        option: key_id(create_key(log_database_url, "--cache", option))
+        for option in ("near", "key,near", "key")
+    }
+    engine = create_sync_engine(log_database_url)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT key_id, cache_scope, cache_near FROM api_keys")
+            rows = {row.key_id: (row.cache_scope, row.cache_near) for row in conn.execute(query)}
+    finally:
+        engine.dispose()
+    assert rows[ids["near"]] == ("shared", 1)
+    assert rows[ids["key,near"]] == ("key", 1)
+    assert rows[ids["key"]] == ("key", 0)
+    with pytest.raises(SystemExit):
+        run_cli(log_database_url, "create", "--name", "x", "--cache", "shared,key")
