@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from gateway.admission import Admission
@@ -332,6 +332,7 @@ class Pipeline:
         ctx.draft.cache = lookup.outcome
         if lookup.near is not None:  # the row names the entry replayed, and how far
             ctx.draft.cache_source, ctx.draft.cache_distance = lookup.near.source
+            plan = replace(plan, key=lookup.near.answer_key)  # a refusal evicts its source
         return plan, lookup
 
     def _storable(

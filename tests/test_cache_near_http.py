@@ -11,12 +11,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 
 from gateway.db.engine import create_sync_engine
+from gateway.moderation.settings import ModerationSettings
 from loadtest.bench.near_corpus import draw_product, encode
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.auth import bearer, create_key, key_id, keyed_gateway, run_cli
@@ -177,3 +179,35 @@ def test_a_keys_near_option_is_stored_with_its_scope(log_database_url: str) -> N
     assert rows[ids["key"]] == ("key", 0)
     with pytest.raises(SystemExit):
         run_cli(log_database_url, "create", "--name", "x", "--cache", "shared,key")
+
+
+async def test_a_near_answer_moderation_now_refuses_is_evicted_at_its_source(
+    fake_worker: FakeWorker, log_database_url: str
+) -> None:
+    """Stored where answers were not checked, refused where they are: the answer it came
+    from is forgotten, so the original photo's next request asks a worker again."""
+    near = bearer(create_key(log_database_url, "--cache", "near"))
+    photo = draw_product(replace(BAG, seed=10, label="VERA"))
+    original = jpeg(photo)
+    fake_worker.image_scripts[digest(original)] = "fake:say:Nice bag. Cheap viagra at our shop!"
+    namespace = f"test-near-mod-{uuid.uuid4().hex[:8]}"
+    shared: dict[str, Any] = {"namespace": namespace, "cache_enabled": True}
+    unchecked = ModerationSettings(check_answers=False)
+    async with (
+        keyed_gateway(fake_worker.url, log_database_url, cache_near_enabled=True,
+                      cache_local_max_bytes=0, moderation=unchecked, **shared) as lax,
+        keyed_gateway(fake_worker.url, log_database_url, cache_near_enabled=True,
+                      cache_local_max_bytes=0, **shared) as strict,
+    ):  # fmt: skip
+        async with httpx.AsyncClient(base_url=lax, timeout=30) as client:
+            first = await client.post("/v1/chat/completions", json=body(original), headers=near)
+            assert first.headers["x-cache"] == "miss"
+            await indexed(client, 1)
+        async with httpx.AsyncClient(base_url=strict, timeout=30) as client:
+            variant = body(jpeg(photo, quality=70, scale=0.75))
+            refused = await client.post("/v1/chat/completions", json=variant, headers=near)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "content_policy_violation"
+        async with httpx.AsyncClient(base_url=lax, timeout=30) as client:
+            again = await client.post("/v1/chat/completions", json=body(original), headers=near)
+        assert again.headers["x-cache"] == "miss", "the refused answer was evicted"
