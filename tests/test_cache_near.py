@@ -151,3 +151,12 @@ async def test_the_index_finds_near_hashes_and_no_others(redis_target: RedisTarg
         assert await index.candidates("g1", stored.bits, 31, 4) == []
     finally:
         await redis.aclose()
+
+
+def test_an_image_that_does_not_decode_is_a_value_error() -> None:
+    """The lookup runs before the full decode check: a corrupt image is a miss, then a 400."""
+    good = corpus()[0].data
+    with pytest.raises(ValueError, match="undecodable"):
+        compute_signature(good[: len(good) // 3] + b"\x00" * 64)
+    with pytest.raises(ValueError, match="undecodable"):
+        compute_signature(b"not an image")

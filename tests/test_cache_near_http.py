@@ -211,3 +211,17 @@ async def test_a_near_answer_moderation_now_refuses_is_evicted_at_its_source(
         async with httpx.AsyncClient(base_url=lax, timeout=30) as client:
             again = await client.post("/v1/chat/completions", json=body(original), headers=near)
         assert again.headers["x-cache"] == "miss", "the refused answer was evicted"
+
+
+async def test_a_corrupt_photo_is_a_400_not_a_near_lookup_error(
+    near_gateway: str, log_database_url: str
+) -> None:
+    near = bearer(create_key(log_database_url, "--cache", "near"))
+    whole = jpeg(draw_product(replace(BAG, seed=11)))
+    truncated = whole[: len(whole) // 2]  # the header is fine: only the full decode fails
+    async with httpx.AsyncClient(base_url=near_gateway, timeout=30) as client:
+        response = await client.post("/v1/chat/completions", json=body(truncated), headers=near)
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_image"
+    assert 'gateway_cache_near_lookups_total{result="error"} 1.0' in metrics

@@ -159,9 +159,15 @@ class NearCache:
 def _compute_missing(
     prepared: PreparedRequest, known: Sequence[ImageSignature | None]
 ) -> list[ImageSignature]:
+    """Raises ValueError for any image that cannot be read back or decoded: this runs before
+    the full decode check (validation/pixels.py), so corrupt images get here, and a
+    recalled body (cache/recall.py) carries no worker body to read them from."""
     if all(signature is not None for signature in known):
         return [s for s in known if s is not None]
-    images = _image_bytes(prepared)
+    try:
+        images = _image_bytes(prepared)
+    except Exception as exc:  # malformed JSON or data URI, or no worker body at all
+        raise ValueError(f"the request's images could not be read back: {exc!r}") from None
     if len(images) != len(known):
         raise ValueError("the request's images could not be read back")
     compute: Callable[[bytes], ImageSignature] = compute_signature

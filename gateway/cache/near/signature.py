@@ -144,6 +144,6 @@ def compute_signature(data: bytes) -> ImageSignature:
     callers run it off the event loop. Raises ValueError for bytes Pillow cannot decode."""
     try:
         image = _decode_rgb(data)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # Pillow raises many types for corrupt input; all mean this
         raise ValueError(f"undecodable image: {type(exc).__name__}") from None
     return signature_of_image(image)
