@@ -225,3 +225,23 @@ async def test_a_corrupt_photo_is_a_400_not_a_near_lookup_error(
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "invalid_image"
     assert 'gateway_cache_near_lookups_total{result="error"} 1.0' in metrics
+
+
+async def test_a_private_key_borrows_only_its_own_answers(
+    near_gateway: str, fake_worker: FakeWorker, log_database_url: str
+) -> None:
+    own = bearer(create_key(log_database_url, "--cache", "key,near"))
+    other = bearer(create_key(log_database_url, "--cache", "near"))
+    photo = draw_product(replace(BAG, seed=12, label="ZENO"))
+    async with httpx.AsyncClient(base_url=near_gateway, timeout=30) as client:
+        chat = "/v1/chat/completions"
+        assert (await client.post(chat, json=body(jpeg(photo)), headers=own)).headers[
+            "x-cache"
+        ] == "miss"
+        await indexed(client, 1)
+        variant = body(jpeg(photo, quality=70, scale=0.75))
+        elsewhere = await client.post(chat, json=variant, headers=other)
+        assert elsewhere.headers["x-cache"] == "miss", "another key never sees its answers"
+        await indexed(client, 2)
+        mine = await client.post(chat, json=body(jpeg(photo, quality=60, scale=0.6)), headers=own)
+        assert mine.headers["x-cache"] == "similar"
