@@ -20,6 +20,7 @@ from sqlalchemy import text
 from gateway.db.engine import create_sync_engine
 from gateway.moderation.settings import ModerationSettings
 from loadtest.bench.near_corpus import draw_product, encode
+from localstack.processes import free_port
 from tests.doubles.fake_worker import FakeWorker
 from tests.support.auth import bearer, create_key, key_id, keyed_gateway, run_cli
 from tests.support.interactions import settings_for
@@ -245,3 +246,34 @@ async def test_a_private_key_borrows_only_its_own_answers(
         await indexed(client, 2)
         mine = await client.post(chat, json=body(jpeg(photo, quality=60, scale=0.6)), headers=own)
         assert mine.headers["x-cache"] == "similar"
+
+
+async def test_without_redis_identical_requests_still_share_one_generation(
+    fake_worker: FakeWorker, log_database_url: str
+) -> None:
+    """Redis unreachable: an opted-in key's requests go on as any other's (the coalescer
+    leads for this replica alone), not each to a worker."""
+    near = bearer(create_key(log_database_url, "--cache", "near"))
+    photo = jpeg(draw_product(replace(BAG, seed=13, label="ORBIT")))
+    gate = f"near-down-{uuid.uuid4().hex[:6]}"
+    fake_worker.image_scripts[digest(photo)] = f"fake:gatesay:{gate}:alone"
+    asked = len(fake_worker.requests)
+    async with (
+        keyed_gateway(
+            fake_worker.url,
+            log_database_url,
+            cache_enabled=True,
+            cache_near_enabled=True,
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        ) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as client,
+    ):
+        chat = "/v1/chat/completions"
+        requests = [
+            asyncio.create_task(client.post(chat, json=body(photo), headers=near)) for _ in range(3)
+        ]
+        await asyncio.sleep(0.5)
+        fake_worker.gate(gate).set()
+        answers = await asyncio.gather(*requests)
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    assert len(fake_worker.requests) - asked == 1

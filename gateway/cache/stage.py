@@ -174,7 +174,7 @@ class CacheStage:
                 self._local_hits.inc()
                 return self._count(Lookup(HIT, answer=answer))
             self._local_misses.inc()
-        if self._coalescer is None or (plan.near is not None and plan.near.serve):
+        if self._coalescer is None:
             try:
                 stored = await self._cache.get(plan.key)
             except CacheUnavailable:
@@ -183,11 +183,11 @@ class CacheStage:
             if stored is not None:
                 self._remember(plan.key, stored)
                 return self._count(Lookup(HIT, answer=stored))
-            similar = await self._similar(plan.near)
-            if similar is not None:
-                return self._count(similar)
-            if self._coalescer is None:
-                return self._count(Lookup(MISS))
+            return self._count(await self._similar(plan.near) or Lookup(MISS))
+        if plan.near is not None and plan.near.serve:
+            found = await self._before_lease(plan.key, plan.near)
+            if found is not None:
+                return self._count(found)
         # One round trip: the stored answer, or the lead, or a wait for the leader.
         outcome = await self._coalescer.acquire(plan.key)
         if isinstance(outcome, Stored):
@@ -205,6 +205,19 @@ class CacheStage:
             self._metrics.cache_errors.labels("get").inc()
             return self._count(Lookup(BYPASS, lead=outcome))
         return self._count(Lookup(MISS, lead=outcome))
+
+    async def _before_lease(self, key: str, probe: NearProbe) -> Lookup | None:
+        """A key that takes near answers: the stored answer, else a near one, before any
+        lease. None: neither (or Redis failed: the coalescer then leads for this replica
+        alone, as for any request)."""
+        try:
+            stored = await self._cache.get(key)
+        except CacheUnavailable:
+            return None
+        if stored is not None:
+            self._remember(key, stored)
+            return Lookup(HIT, answer=stored)
+        return await self._similar(probe)
 
     async def _similar(self, probe: NearProbe | None) -> Lookup | None:
         if self._near is None or probe is None or not probe.serve:
