@@ -236,6 +236,8 @@ bench: install triton-install services ## every benchmark in one run, then loadt
 	$(PY) -m loadtest.bench.moderation | tee loadtest/results/bench-moderation.txt
 	$(PY) -m loadtest.bench.image_tokens | tee loadtest/results/bench-image-tokens.txt
 	$(PY) -m loadtest.bench.ratelimit | tee loadtest/results/bench-ratelimit.txt
+	# near-duplicate photos: recall, false matches, CPU per exact miss, replayed hit ratio (issue 26)
+	$(PY) -m loadtest.bench.near_duplicates | tee loadtest/results/bench-near-duplicates.txt
 	# Triton beside vLLM's own server on the same model (issue 21)
 	RUN_DIR=$(RUN_DIR) $(PY) -m loadtest.bench.triton | tee loadtest/results/bench-triton.txt
 	# online TTFT beside a 1,000-line batch; the batch against the same lines online (issue 28)

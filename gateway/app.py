@@ -14,7 +14,7 @@ from gateway import __version__
 from gateway.admission import AdmissionMiddleware, AdmissionSlot, open_admission
 from gateway.batch.lane import BatchLineMiddleware
 from gateway.batch.store import open_batch_store
-from gateway.cache.stage import open_cache_stage
+from gateway.cache.opening import open_cache_stage
 from gateway.cache.store import open_redis
 from gateway.config import Settings
 from gateway.errors import ErrorBoundary, install_error_handlers

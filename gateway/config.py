@@ -121,6 +121,17 @@ class Settings(BaseSettings):
     # (gateway/cache/recall.py): the next identical body skips parsing, image checks and
     # key derivation. 0 bytes: off.
     cache_recall_max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    # Near-duplicate photos (gateway/cache/near/, docs/NEAR_DUPLICATES.md): after an exact
+    # miss, a stored answer to the same question about the same photo in another encoding
+    # is served (X-Cache: similar) to keys created with `--cache near`. Off by default.
+    # Bounds: the hash's Hamming distance (of 256; at most 31 is sure to be found), the worst
+    # 3x3 window's colour difference (CIELAB Delta E) and detail (luminance levels).
+    cache_near_enabled: bool = False
+    cache_near_max_distance: int = Field(default=31, ge=0, le=31)
+    cache_near_colour_max: float = Field(default=10.0, ge=0)
+    cache_near_detail_max: float = Field(default=9.0, ge=0)
+    # Candidates verified per lookup, closest first.
+    cache_near_candidates: int = Field(default=4, ge=1, le=32)
     # Part of every key: change it when the workers' checkpoint changes under the same name.
     model_revision: str = "1"
     # Redis on the request path must answer fast or be skipped: a local Redis answers in

@@ -152,7 +152,7 @@ class Metrics:
 
         self.cache_requests = Counter(
             "gateway_cache_requests",
-            "Answer-cache outcome per request: hit, miss, coalesced or bypass.",
+            "Answer-cache outcome per request: hit, similar, miss, coalesced or bypass.",
             ["outcome"],
             registry=r,
         )
@@ -203,6 +203,28 @@ class Metrics:
         self.cache_recall_bytes = Gauge(
             "gateway_cache_recall_bytes",
             "Bytes held by the replica's prepared bodies (GATEWAY_CACHE_RECALL_MAX_BYTES).",
+            registry=r,
+        )
+        # Near-duplicate photos (gateway/cache/near/): how exact misses of opted-in keys
+        # ended (similar, none: no candidate, rejected: candidates all failed verification,
+        # error: Redis or an undecodable image), answers indexed, and the signature's CPU.
+        self.cache_near_lookups = Counter(
+            "gateway_cache_near_lookups",
+            "Near-duplicate lookups after an exact miss, by result (similar, none, rejected, "
+            "error).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_near_indexed = Counter(
+            "gateway_cache_near_indexed",
+            "Stored answers added to the near-duplicate index, by result (indexed, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_near_signature_seconds = Histogram(
+            "gateway_cache_near_signature_seconds",
+            "Time to compute one request's image signatures (in a thread).",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
             registry=r,
         )
         self.event_loop_stalled = Counter(
@@ -400,6 +422,8 @@ class Metrics:
             self.upstream_retries.labels(cause)
         for operation in ("get", "put", "delete", "claim"):
             self.cache_errors.labels(operation)
+        for result in ("similar", "none", "rejected", "error"):
+            self.cache_near_lookups.labels(result)
         # The SLO's selector matches from the start: an SLI over no series reads as absent.
         for route in INFERENCE_ROUTES:
             for outcome in INFERENCE_OUTCOMES:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from gateway.admission import Admission
@@ -96,11 +96,14 @@ def _affinity_key(prepared: PreparedRequest) -> str | None:
     return prepared.images[0].sha256 if prepared.images else None
 
 
-def _cache_scope(ctx: RequestContext) -> str | None:
-    """The key's id when its cache is its own: X-Cache then tells no key what another
-    one asked about the same photo."""
+def _cache_scope(ctx: RequestContext) -> tuple[str | None, bool]:
+    """The key's id when its cache is its own (X-Cache then tells no key what another one
+    asked about the same photo), and whether it takes near-duplicate answers (without API
+    keys, the deployment's setting alone decides)."""
     key = ctx.admission.key if ctx.admission is not None else None
-    return key.key_id if key is not None and key.private_cache else None
+    if key is None:
+        return None, True
+    return (key.key_id if key.private_cache else None), key.near_cache
 
 
 class Pipeline:
@@ -318,7 +321,10 @@ class Pipeline:
             pool = self._pool.pick_pool()
             key = ctx.admission.key if ctx.admission is not None else None
             idempotency = scoped(ctx.idempotency_key, key.key_id if key is not None else None)
-            plan = self._cache.plan(prepared, ctx.directives, _cache_scope(ctx), pool, idempotency)
+            scope, near = _cache_scope(ctx)
+            plan = self._cache.plan(
+                prepared, ctx.directives, scope, pool, idempotency=idempotency, near=near
+            )
             ctx.draft.pool = pool  # a hit's row names the pool whose answer it replays
             lookup_call = self._cache.lookup(plan)
             if plan.key is not None and plan.read:  # it may take a lease (SET NX): let it
@@ -331,6 +337,9 @@ class Pipeline:
             if lookup.answer is not None and recall is not None:
                 self._cache.keep(recall, prepared, vqa)  # its next hit skips preparing
         ctx.draft.cache = lookup.outcome
+        if lookup.near is not None:  # the row names the entry replayed, and how far
+            ctx.draft.cache_source, ctx.draft.cache_distance = lookup.near.source
+            plan = replace(plan, key=lookup.near.answer_key)  # a refusal evicts its source
         return plan, lookup
 
     def _storable(

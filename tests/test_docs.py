@@ -24,7 +24,6 @@ DOCS: Final = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PENDING_PAGES: Final = frozenset(
     {
         "docs/ERRORS.md",
-        "docs/NEAR_DUPLICATES.md",
     }
 )
 

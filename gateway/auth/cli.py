@@ -38,6 +38,14 @@ def schema_is_current(url: str) -> bool:
     return current_revision(url) == head
 
 
+def _cache_options(value: str) -> frozenset[str]:
+    """``shared`` or ``key``, with or without ``near``: comma-separated."""
+    options = frozenset(part.strip() for part in value.split(",") if part.strip())
+    if not options or not options <= {"shared", "key", "near"} or {"shared", "key"} <= options:
+        raise argparse.ArgumentTypeError("use shared or key, optionally with near: key,near")
+    return options
+
+
 def _limit(value: int | None) -> str:
     return "default" if value is None else str(value)
 
@@ -49,9 +57,10 @@ def cmd_create(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
         conn.execute(
             text(
                 "INSERT INTO api_keys (key_id, name, key_hash, created_at, requests_per_minute,"
-                " tokens_per_minute, max_concurrent, allowed_models, cache_scope) VALUES"
+                " tokens_per_minute, max_concurrent, allowed_models, cache_scope, cache_near)"
+                " VALUES"
                 " (:key_id, :name, :key_hash, :created_at, :rpm, :tpm, :concurrent, :models,"
-                " :cache_scope)"
+                " :cache_scope, :cache_near)"
             ),
             {
                 "key_id": new.key_id,
@@ -62,7 +71,8 @@ def cmd_create(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
                 "tpm": args.tpm,
                 "concurrent": args.concurrent,
                 "models": None if models is None else json.dumps(models),
-                "cache_scope": args.cache,
+                "cache_scope": "key" if "key" in args.cache else "shared",
+                "cache_near": int("near" in args.cache),
             },
         )
     print(f"created key {new.key_id} ({args.name}); it is shown only this once:", file=sys.stderr)
@@ -150,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated model ids it may use (default: all)")
     p.add_argument(
         "--cache",
-        choices=("shared", "key"),
-        default="shared",
-        help="answer cache and coalescing shared with other keys (default), or the key's own",
+        type=_cache_options,
+        default=frozenset({"shared"}),
+        help="answer cache and coalescing shared with other keys (shared, the default) or the"
+        " key's own (key); add near (e.g. --cache near, --cache key,near) to answer an exact"
+        " miss from the same photo in another encoding (docs/NEAR_DUPLICATES.md)",
     )
     p = sub.add_parser("list", help="every key: public id, name, dates, limits (never a key)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -32,7 +32,7 @@ FailureReason = Literal["missing", "malformed", "unknown", "revoked", "wrong_sec
 
 _COLUMNS: Final = (
     "key_id, name, key_hash, revoked_at IS NOT NULL AS revoked, requests_per_minute, "
-    "tokens_per_minute, max_concurrent, allowed_models, cache_scope"
+    "tokens_per_minute, max_concurrent, allowed_models, cache_scope, cache_near"
 )
 _ALL_KEYS: Final = text(f"SELECT {_COLUMNS} FROM api_keys")
 _ONE_KEY: Final = text(f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = :key_id")
@@ -54,6 +54,8 @@ class KeyRecord:
     allowed_models: frozenset[str] | None
     # True: the key's cached answers and coalesced generations are its own.
     private_cache: bool = False
+    # True: an exact miss may be answered from a near-duplicate photo (X-Cache: similar).
+    near_cache: bool = False
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -83,6 +85,7 @@ def _record(row: Any) -> KeyRecord:
         max_concurrent=row.max_concurrent,
         allowed_models=None if models is None else frozenset(str(m) for m in models),
         private_cache=row.cache_scope == "key",
+        near_cache=bool(row.cache_near),
     )
 
 

@@ -1,15 +1,22 @@
 """The cache stage of the pipeline: plan, look up (or coalesce), and complete.
 
     plan      cacheable? which key? may we read, may we write (Cache-Control)?
-    lookup    in memory (local.py) or Redis hit -> the answer; else lead or join an
-              identical in-flight request
+    lookup    in memory (local.py) or Redis hit -> the answer; else, for a key that opted
+              in, an answer to the same question about the same photo in another
+              encoding (near/: X-Cache similar); else lead or join an identical
+              in-flight request
     complete  store a complete answer, and share it with the waiters (or tell them to go)
     evict     forget a stored answer that moderation now refuses
 
 A request with an Idempotency-Key is planned under that key instead (idempotency.py).
 
 Every Redis problem turns into an outcome, never into an error for the client:
-X-Cache says hit, miss, coalesced or bypass (the cache was not consulted), or idempotent.
+X-Cache says hit, similar, miss, coalesced or bypass (the cache was not consulted), or
+idempotent.
+
+The near-duplicate lookup runs before the coalescing lease is taken (a plain GET first,
+then the index): a request served a near match never leads, so no exact waiter ever
+waits on one, and a near match is never stored under the request's own key.
 """
 
 from __future__ import annotations
@@ -17,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from typing import Final
 
 from gateway.answers import CachedAnswer
+from gateway.background import detach
 from gateway.cache.coalesce import REDIS_UNAVAILABLE, Alone, Coalescer, Joined, Lead, Stored
 from gateway.cache.idempotency import (
     Claim,
@@ -33,18 +40,20 @@ from gateway.cache.idempotency import (
 )
 from gateway.cache.keys import derive_key, is_deterministic
 from gateway.cache.local import LocalAnswers
+from gateway.cache.near.group import near_group
+from gateway.cache.near.lookup import NearCache, NearMatch, NearProbe
 from gateway.cache.recall import Recall, RecalledRequests, Reparse
 from gateway.cache.store import AnswerCache, CacheDirectives, CacheUnavailable
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
 from gateway.interactions.records import CacheOutcome
 from gateway.metrics import Metrics
-from gateway.redis_link import RedisLink, redis_client
 from gateway.validation.prepare import PreparedRequest
 
 HIT: Final[CacheOutcome] = "hit"
 MISS: Final[CacheOutcome] = "miss"
 COALESCED: Final[CacheOutcome] = "coalesced"
+SIMILAR: Final[CacheOutcome] = "similar"
 BYPASS: Final[CacheOutcome] = "bypass"
 # Answered under the request's Idempotency-Key: its stored answer, or its generation joined.
 IDEMPOTENT: Final[CacheOutcome] = "idempotent"
@@ -67,6 +76,8 @@ class CachePlan:
     # An Idempotency-Key's plan: its claim (the 409 check) and how long its answer is kept.
     claim: Claim | None = None
     ttl_s: int | None = None
+    # The near-duplicate stage's part (near/lookup.py): None when it is off.
+    near: NearProbe | None = None
 
 
 NO_CACHE: Final = CachePlan(None, read=False, write=False)
@@ -80,6 +91,8 @@ class Lookup:
     # Awaited once the lead's generation has ended (complete): it gives back what the
     # request holds while it generates, e.g. its key's concurrency slot.
     on_end: Callable[[], Awaitable[None]] | None = None
+    # SIMILAR: the stored answer it replays, and how far its photos are.
+    near: NearMatch | None = None
 
 
 class CacheStage:
@@ -93,9 +106,11 @@ class CacheStage:
         local: LocalAnswers | None = None,
         recalled: RecalledRequests | None = None,
         claims: Claims | None = None,
+        near: NearCache | None = None,
     ) -> None:
         self._cache = cache
         self._claims = claims
+        self._near = near
         self._coalescer = coalescer
         self._settings = settings
         self._metrics = metrics
@@ -117,11 +132,13 @@ class CacheStage:
         scope: str | None = None,
         pool: str | None = None,
         idempotency: IdempotencyKey | None = None,
+        near: bool = False,
     ) -> CachePlan:
         """``scope`` (an API key's id, for a key whose cache is its own) is part of the key,
         so its answers and generations are shared with no other key. ``pool``: the worker
         pool the request goes to, whose checkpoint the key carries. ``idempotency``: the
-        request's Idempotency-Key, which replaces the answer cache's key."""
+        request's Idempotency-Key, which replaces the answer cache's key. ``near``: the key
+        opted in to near-duplicate answers."""
         if idempotency is not None:
             return self._idempotent_plan(prepared, idempotency, pool)
         deterministic = is_deterministic(
@@ -151,6 +168,12 @@ class CacheStage:
             prepared.canonical,
             [image.sha256 for image in prepared.images],
         )
+        probe = None
+        if self._near is not None and prepared.images:
+            group = near_group(
+                self._settings.cache_namespace, prepared.model, revision, prepared.canonical
+            )
+            probe = NearProbe(group, prepared, serve=near and directives.read)
         return CachePlan(
             key,
             directives.read,
@@ -158,6 +181,7 @@ class CacheStage:
             json_answer=prepared.features.structured,
             pool=pool,
             checkpoint=checkpoint,
+            near=probe,
         )
 
     def _idempotent_plan(
@@ -202,10 +226,14 @@ class CacheStage:
             except CacheUnavailable:
                 self._metrics.cache_errors.labels("get").inc()
                 return self._count(Lookup(BYPASS))
-            if stored is None:
-                return self._count(Lookup(MISS))
-            self._remember(plan.key, stored)
-            return self._count(Lookup(HIT, answer=stored))
+            if stored is not None:
+                self._remember(plan.key, stored)
+                return self._count(Lookup(HIT, answer=stored))
+            return self._count(await self._similar(plan.near) or Lookup(MISS))
+        if plan.near is not None and plan.near.serve:
+            found = await self._before_lease(plan.key, plan.near)
+            if found is not None:
+                return self._count(found)
         # One round trip: the stored answer, or the lead, or a wait for the leader.
         outcome = await self._coalescer.acquire(plan.key)
         if isinstance(outcome, Stored):
@@ -263,6 +291,25 @@ class CacheStage:
         count.labels(lookup.outcome).inc()
         return lookup
 
+    async def _before_lease(self, key: str, probe: NearProbe) -> Lookup | None:
+        """A key that takes near answers: the stored answer, else a near one, before any
+        lease. None: neither (or Redis failed: the coalescer then leads for this replica
+        alone, as for any request)."""
+        try:
+            stored = await self._cache.get(key)
+        except CacheUnavailable:
+            return None
+        if stored is not None:
+            self._remember(key, stored)
+            return Lookup(HIT, answer=stored)
+        return await self._similar(probe)
+
+    async def _similar(self, probe: NearProbe | None) -> Lookup | None:
+        if self._near is None or probe is None or not probe.serve:
+            return None
+        match = await self._near.find(probe)
+        return None if match is None else Lookup(SIMILAR, answer=match.answer, near=match)
+
     async def complete(
         self,
         plan: CachePlan,
@@ -309,14 +356,21 @@ class CacheStage:
             await self._coalescer.finish(lookup.lead, answer, ttl)
             if storable:
                 self._metrics.cache_stores.labels("stored").inc()
+                self._index_near(plan)
             return
         if storable and answer is not None and plan.key is not None:
             try:
                 await self._cache.put(plan.key, answer, plan.ttl_s)
                 self._metrics.cache_stores.labels("stored").inc()
+                self._index_near(plan)
             except CacheUnavailable:
                 self._metrics.cache_errors.labels("put").inc()
                 self._metrics.cache_stores.labels("failed").inc()
+
+    def _index_near(self, plan: CachePlan) -> None:
+        """A stored answer joins the near-duplicate index, off the request's path."""
+        if self._near is not None and plan.near is not None and plan.key is not None:
+            detach(self._near.index(plan.near, plan.key))
 
     async def evict(self, plan: CachePlan) -> None:
         """Forget a stored answer that may no longer be served (a policy now refuses it),
@@ -361,52 +415,3 @@ def _parses(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-async def open_cache_stage(
-    settings: Settings,
-    metrics: Metrics,
-    redis: RedisLink | None,
-    model_root: Callable[[str, str | None], str],
-    stack: AsyncExitStack,
-) -> CacheStage | None:
-    """The answer cache and, when on, the coalescer; None without Redis (the cache is off).
-    Closed by ``stack``."""
-    if redis is None:
-        return None
-    timeout = settings.redis_socket_timeout_s
-    cache = AnswerCache(
-        redis.client, redis.breaker, settings.cache_ttl_s, settings.cache_max_value_bytes
-    )
-    coalescer = None
-    if settings.coalesce_enabled:
-        # Its own client without a read timeout: the subscription waits for messages.
-        # Keepalive: the subscription is idle between messages (the listener pings it too).
-        pubsub = redis_client(
-            settings.redis_url,
-            settings.redis_cluster,
-            socket_connect_timeout=timeout,
-            socket_keepalive=True,
-        )
-        stack.push_async_callback(pubsub.aclose)
-        coalescer = Coalescer(
-            redis.client, pubsub, redis.breaker, cache, settings.cache_namespace,
-            settings.coalesce_lease_s, settings.coalesce_wait_timeout_s,
-        )  # fmt: skip
-        await coalescer.start()
-        stack.push_async_callback(coalescer.stop)
-    local = None
-    if settings.cache_local_max_bytes > 0:
-        local = LocalAnswers(
-            settings.cache_local_max_bytes,
-            settings.cache_local_ttl_s,
-            on_size=metrics.cache_local_bytes.set,
-        )
-    recalled = None
-    # Not with the image check: it shows the worker body's images to the model.
-    if settings.cache_recall_max_bytes > 0 and not settings.moderation.image_check:
-        recalled = RecalledRequests(
-            settings.cache_recall_max_bytes, on_size=metrics.cache_recall_bytes.set
-        )
-    claims = Claims(redis.client, redis.breaker, settings.idempotency_ttl_s)
-    return CacheStage(cache, coalescer, settings, metrics, model_root, local, recalled, claims)

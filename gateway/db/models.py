@@ -105,6 +105,10 @@ class Interaction(Base):
         Boolean, nullable=False, server_default=text("0")
     )
     cache: Mapped[str | None] = mapped_column(String(16))
+    # cache "similar": the replayed answer's key digest, and the Hamming distance (of 256
+    # bits) between the photos (gateway/cache/near/).
+    cache_source: Mapped[str | None] = mapped_column(String(64))
+    cache_distance: Mapped[int | None] = mapped_column(SMALLINT(unsigned=True))
     status_code: Mapped[int] = mapped_column(SMALLINT(unsigned=True), nullable=False)
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -178,3 +182,5 @@ class ApiKey(Base):
     # "shared": identical requests of every key share cached answers and generations;
     # "key": the key's cache and coalescing are its own (X-Cache tells no one else's asks).
     cache_scope: Mapped[str] = mapped_column(String(8), nullable=False, server_default="shared")
+    # True: an exact miss may be answered from a near-duplicate photo (`--cache near`).
+    cache_near: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("0"))

@@ -27,6 +27,9 @@ class InteractionDraft:
     prompt: str | None = None
     images: tuple[ImageInfo, ...] = ()
     cache: CacheOutcome | None = None
+    # X-Cache similar: the replayed answer's key digest and its photos' Hamming distance.
+    cache_source: str | None = None
+    cache_distance: int | None = None
     answer: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

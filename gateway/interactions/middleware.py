@@ -148,6 +148,8 @@ class InteractionLogMiddleware:
             images=draft.images,
             answer=draft.answer,
             cache=draft.cache,
+            cache_source=draft.cache_source,
+            cache_distance=draft.cache_distance,
             error_type=draft.error_type,
             error_code=draft.error_code,
             worker_id=draft.worker_id,

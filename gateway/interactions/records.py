@@ -31,7 +31,7 @@ from gateway.db.models import Interaction
 from gateway.interactions.settings import IpMode
 
 Shape = Literal["chat", "vqa", "match"]
-CacheOutcome = Literal["hit", "miss", "coalesced", "bypass", "idempotent"]
+CacheOutcome = Literal["hit", "similar", "miss", "coalesced", "bypass", "idempotent"]
 Row = dict[str, Any]
 
 USER_AGENT_MAX_CHARS: Final = 512
@@ -71,9 +71,10 @@ class InteractionRecord:
     ``latency_ms`` defaults to ``finished_at_ms - received_at_ms``. ``api_key_id`` is the
     key's public id, never the key. ``prompt`` is the user's text (for chat, the text parts
     of the messages joined by newlines); ``answer`` the generated text (None when there is
-    none). ``cache``: hit, miss, coalesced (shared another request's upstream call), bypass
-    (no cache), idempotent (its Idempotency-Key's answer), None: never reached the cache.
-    """
+    none). ``cache``: hit, similar (a near-duplicate photo's answer, ``cache_source`` and
+    ``cache_distance``), miss, coalesced (shared another request's upstream call), bypass
+    (cache unavailable or not cacheable), idempotent (its Idempotency-Key's answer), None
+    when the request never reached the cache."""
 
     request_id: str
     received_at_ms: int
@@ -93,6 +94,8 @@ class InteractionRecord:
     images: tuple[ImageFacts, ...] = ()
     answer: str | None = None
     cache: CacheOutcome | None = None
+    cache_source: str | None = None
+    cache_distance: int | None = None
     error_type: str | None = None
     error_code: str | None = None
     worker_id: str | None = None
@@ -179,15 +182,10 @@ def to_row(record: InteractionRecord, policy: RowPolicy) -> Row:
     if latency is None and record.finished_at_ms is not None:
         latency = float(record.finished_at_ms - record.received_at_ms)
     images = [
-        {
-            "digest": image.sha256,
-            "bytes": image.size_bytes,
-            "width": image.width,
-            "height": image.height,
-            "format": image.format,
-        }
+        {"digest": image.sha256, "bytes": image.size_bytes, "width": image.width,
+         "height": image.height, "format": image.format}
         for image in record.images
-    ]
+    ]  # fmt: skip
     return {
         "request_id": record.request_id,
         "api_key_id": record.api_key_id,
@@ -214,6 +212,8 @@ def to_row(record: InteractionRecord, policy: RowPolicy) -> Row:
         "answer_chars": answer_chars,
         "answer_truncated": int(answer_truncated),
         "cache": record.cache,
+        "cache_source": record.cache_source,
+        "cache_distance": record.cache_distance,
         "status_code": record.status_code,
         "error_type": record.error_type,
         "error_code": record.error_code,
@@ -253,9 +253,8 @@ class ColumnSpec:
 
 
 def _int_range(column_type: Integer) -> tuple[int, int]:
-    bits = 16 if isinstance(column_type, SmallInteger) else 64
-    if not isinstance(column_type, SmallInteger | BigInteger):
-        bits = 32
+    big = 64 if isinstance(column_type, BigInteger) else 32
+    bits = 16 if isinstance(column_type, SmallInteger) else big
     if getattr(column_type, "unsigned", False):
         return 0, 2**bits - 1
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
