@@ -27,7 +27,7 @@ from localstack.processes import (
 from tests.support.images import data_uri, image_bytes
 from tests.support.requests import MODEL, chat_body, image_chat_body
 from tests.support.servers import run_gateway
-from tests.support.triton import TritonWorker, triton_metric
+from tests.support.triton import TritonWorker, settled_triton_metric, triton_metric
 from tests.support.worker import LOG_DIR
 
 pytestmark = pytest.mark.engine
@@ -78,7 +78,9 @@ async def test_streamed_answer_arrives_as_it_is_generated(
         stream=True,
         stream_options={"include_usage": True},
     )
-    finished = await triton_metric(triton, "vllm:request_success_total", finished_reason="length")
+    finished = await settled_triton_metric(
+        triton, "vllm:request_success_total", finished_reason="length"
+    )
     async with (
         httpx.AsyncClient(timeout=120) as client,
         client.stream("POST", gateway + CHAT, json=body) as response,

@@ -3,8 +3,10 @@ in tests/conftest.py): where it is, how the gateway is told about it, its metric
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +72,23 @@ def start_triton() -> TritonWorker:
         },
     )
     return TritonWorker(process.url, metrics_port - port, process)
+
+
+async def settled_triton_metric(
+    worker: TritonWorker, name: str, quiet_s: float = 1.0, **labels: str
+) -> float:
+    """The metric once it has stopped moving for ``quiet_s``: the engine's counters are
+    updated after its step, so an earlier test's last request can still land in them."""
+    value = await triton_metric(worker, name, **labels)
+    deadline = time.monotonic() + 30
+    steady_since = time.monotonic()
+    while time.monotonic() - steady_since < quiet_s:
+        assert time.monotonic() < deadline, f"{name} never settled"
+        await asyncio.sleep(0.1)
+        now = await triton_metric(worker, name, **labels)
+        if now != value:
+            value, steady_since = now, time.monotonic()
+    return value
 
 
 async def triton_metric(worker: TritonWorker, name: str, **labels: str) -> float:
