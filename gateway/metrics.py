@@ -7,33 +7,10 @@ build several apps side by side and each /metrics shows only its own app.
 from __future__ import annotations
 
 import contextlib
-from typing import cast
 
-import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-
-# A labelled series is looked up several times per request (eight on a cache hit):
-# prometheus_client's labels() checks its arguments and takes a lock every time. These
-# find a series that exists in one dict lookup, and defer to labels() for the rest
-# (new series, keyword labels, values that are not strings).
-class Counter(prometheus_client.Counter):
-    def labels(self, *values: object, **by_name: object) -> Counter:
-        found = None if by_name else self._metrics.get(values)  # type: ignore[arg-type]
-        return cast(Counter, found) if found is not None else super().labels(*values, **by_name)
-
-
-class Gauge(prometheus_client.Gauge):
-    def labels(self, *values: object, **by_name: object) -> Gauge:
-        found = None if by_name else self._metrics.get(values)  # type: ignore[arg-type]
-        return cast(Gauge, found) if found is not None else super().labels(*values, **by_name)
-
-
-class Histogram(prometheus_client.Histogram):
-    def labels(self, *values: object, **by_name: object) -> Histogram:
-        found = None if by_name else self._metrics.get(values)  # type: ignore[arg-type]
-        return cast(Histogram, found) if found is not None else super().labels(*values, **by_name)
-
+from gateway.metric_types import Counter, Gauge, Histogram
 
 # Request latency spans fast rejections (sub-millisecond) to long generations (minutes).
 _LATENCY_BUCKETS = (
@@ -205,13 +182,11 @@ class Metrics:
             "Bytes held by the replica's prepared bodies (GATEWAY_CACHE_RECALL_MAX_BYTES).",
             registry=r,
         )
-        # Near-duplicate photos (gateway/cache/near/): how exact misses of opted-in keys
-        # ended (similar, none: no candidate, rejected: candidates all failed verification,
-        # error: Redis or an undecodable image), answers indexed, and the signature's CPU.
+        # Near-duplicate photos (gateway/cache/near/; none: no candidate, rejected: all
+        # failed verification, error: Redis or an undecodable image).
         self.cache_near_lookups = Counter(
             "gateway_cache_near_lookups",
-            "Near-duplicate lookups after an exact miss, by result (similar, none, rejected, "
-            "error).",
+            "Near-duplicate lookups after an exact miss, by result (similar/none/rejected/error).",
             ["result"],
             registry=r,
         )

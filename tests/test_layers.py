@@ -30,6 +30,7 @@ RANKS: Final[dict[str, int]] = {
     "gateway.orientation": 1,  # EXIF orientation from image bytes (images.py reads it)
     "gateway.heif": 1,  # HEIC/HEIF through pillow-heif (images.py reads it)
     "gateway.redis_link": 1,
+    "gateway.metric_types": -1,  # below everything: metrics.py builds on it
     "gateway.config": 2,
     "gateway.images": 2,
     "gateway.middleware": 2,
