@@ -50,11 +50,14 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large"
     CONTENT_POLICY_VIOLATION = "content_policy_violation"
     INVALID_JSON_SCHEMA = "invalid_json_schema"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     # other client errors
     MISSING_API_KEY = "missing_api_key"
+    INVALID_AUTHORIZATION_SCHEME = "invalid_authorization_scheme"
     INVALID_API_KEY = "invalid_api_key"
     MODEL_NOT_PERMITTED = "model_not_permitted"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    REQUEST_EXCEEDS_TOKEN_LIMIT = "request_exceeds_token_limit"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -92,6 +95,7 @@ _INVALID = "invalid_request_error"
 _UPSTREAM = "upstream_error"
 _AUTHENTICATION = "authentication_error"
 _BEARER: Final = (("WWW-Authenticate", "Bearer"),)
+_NEVER: Final = (("x-should-retry", "false"),)
 
 # The one table. UPSTREAM_REJECTED's status is a default: the worker's own 4xx replaces it.
 ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
@@ -125,12 +129,20 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     ErrorCode.CONTENT_POLICY_VIOLATION: ErrorKind(400, _INVALID),
     # A response_format or tool schema over our bounds (gateway/validation/schema_bounds.py).
     ErrorCode.INVALID_JSON_SCHEMA: ErrorKind(400, _INVALID),
+    # The worker found the prompt (text and image tokens) longer than its context: OpenAI's code.
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: ErrorKind(400, _INVALID),
     # 401: no usable key (missing, malformed, unknown, revoked); 403: a valid key asked
     # for a model it may not use; 429: over one of the key's limits.
     ErrorCode.MISSING_API_KEY: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),
+    # An Authorization header in another scheme than Bearer ("Token <key>", "Basic ...").
+    ErrorCode.INVALID_AUTHORIZATION_SCHEME: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),
     ErrorCode.INVALID_API_KEY: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),
     ErrorCode.MODEL_NOT_PERMITTED: ErrorKind(403, "permission_error"),
     ErrorCode.RATE_LIMIT_EXCEEDED: ErrorKind(429, "rate_limit_error", retry_after=True),
+    # One request estimated over the key's whole tokens per minute: waiting never helps,
+    # and x-should-retry: false tells the official openai SDKs so (they obey it over the
+    # status, which they would otherwise retry).
+    ErrorCode.REQUEST_EXCEEDS_TOKEN_LIMIT: ErrorKind(429, "rate_limit_error", headers=_NEVER),
     ErrorCode.MODEL_NOT_FOUND: ErrorKind(404, _INVALID),
     ErrorCode.NOT_FOUND: ErrorKind(404, _INVALID),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorKind(405, _INVALID),
