@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import Metrics
@@ -286,6 +287,21 @@ class ErrorBoundary:
             await error_response(error)(scope, receive, send)
 
 
+def _missing_v1(request: Request) -> str | None:
+    """For a path that exists under /v1 (a base URL without /v1: POST /chat/completions),
+    the message that says so. The path is named only when it is one of our routes'."""
+    path = request.url.path
+    if path.startswith("/v1/"):
+        return None
+    scope = {**request.scope, "path": "/v1" + path}
+    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return (
+            f"Not found: this API's paths start with /v1; use /v1{path} (an SDK's base URL "
+            "ends in /v1)."
+        )
+    return None
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     """Render every exception as the one error body, and count it by code."""
 
@@ -297,13 +313,16 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         assert isinstance(exc, GatewayError)
         return render(exc)
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         # Starlette's own 404/405 (unknown path, wrong method), keeping its Allow header.
         assert isinstance(exc, HTTPException)
         code = _HTTP_CODES.get(exc.status_code)
         if code is None:
             code = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR
-        error = GatewayError(code, _HTTP_MESSAGES.get(exc.status_code, "Request failed."))
+        message = _HTTP_MESSAGES.get(exc.status_code, "Request failed.")
+        if exc.status_code == 404:
+            message = _missing_v1(request) or message
+        error = GatewayError(code, message)
         response = render(error, dict(exc.headers or {}))
         response.status_code = exc.status_code
         return response
