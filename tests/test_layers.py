@@ -30,6 +30,7 @@ RANKS: Final[dict[str, int]] = {
     "gateway.config": 2,
     "gateway.images": 2,
     "gateway.middleware": 2,
+    "gateway.cors": 2,
     "gateway.server": 2,
     "gateway.auth": 3,
     "gateway.ratelimit": 3,
