@@ -26,6 +26,7 @@ RANKS: Final[dict[str, int]] = {
     "gateway.json_text": 0,
     "gateway.db": 0,
     "gateway.errors": 1,
+    "gateway.errors_doc": 2,
     "gateway.redis_link": 1,
     "gateway.config": 2,
     "gateway.images": 2,
