@@ -238,6 +238,22 @@ by default), waiting `Retry-After` when the answer carries it, and never when it
 `x-should-retry: false`: this server sends that header where the same request can never
 succeed. The *Retry* column says what a client of its own should do.
 
+**Choices worth knowing.**
+- A request whose estimated tokens exceed the key's *whole* tokens per minute is 429
+  `request_exceeds_token_limit` with `x-should-retry: false` and no `Retry-After`, not
+  a 400: it stays a `RateLimitError` for the SDKs (as OpenAI's own "Request too large"
+  is), and the header stops their retries, which would wait a minute twice for nothing.
+- Base64 with line breaks (Android's `Base64.DEFAULT`) is refused with a message that
+  says so, not silently unwrapped: vLLM's own image loader refuses whitespace too, and
+  one image has one spelling in the cache key. Encode with `Base64.NO_WRAP`.
+- Role `developer` (what OpenAI's newer SDK examples send) is a `system` message.
+- An `X-Request-ID` outside `[A-Za-z0-9._:-]{1,128}` is replaced by a new id, by Nginx
+  and the gateway alike; the answer then carries `X-Request-ID-Replaced: true`, and
+  Nginx's access log has the new id as `request_id` and the one sent as
+  `request_id_sent`.
+- A path without `/v1` (an SDK base URL of `https://host` instead of `https://host/v1`)
+  is a 404 `not_found` naming the `/v1` path to use.
+
 | Code | HTTP | Type | When | What to do | Retry |
 |---|---|---|---|---|---|
 """
