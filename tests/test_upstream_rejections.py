@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import ErrorCode
+from gateway.upstream.kserve.translate import triton_error
 from gateway.upstream.rejections import worker_rejection
 
 
@@ -57,3 +58,16 @@ def test_other_rejections_keep_the_workers_status_and_text() -> None:
         "worker says no",
         "x",
     )
+
+
+def test_tritons_error_event_for_a_long_prompt_is_context_length_exceeded() -> None:
+    event = {
+        "error": "The decoder prompt (length 9000) is longer than the maximum model length "
+        "of 8192. Make sure that `max_model_len` is no smaller than the number of text tokens."
+    }
+    error = triton_error(event)
+    assert error is not None
+    assert (error.code, error.status) == (ErrorCode.CONTEXT_LENGTH_EXCEEDED, 400)
+    other = triton_error({"error": "CUDA out of memory"})
+    assert other is not None
+    assert other.code is ErrorCode.UPSTREAM_ERROR

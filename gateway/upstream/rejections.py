@@ -50,15 +50,24 @@ _ADVICE: Final = (
 
 def worker_rejection(status: int, message: str | None, param: str | None) -> GatewayError:
     """The error for a worker's 4xx answer (``message`` and ``param`` from its body)."""
-    context = _context_length(message or "")
+    context = context_length_error(message or "")
     if context is not None:
-        return GatewayError(ErrorCode.CONTEXT_LENGTH_EXCEEDED, context, param="messages")
+        return context
     return GatewayError(
         ErrorCode.UPSTREAM_REJECTED,
         message or "The worker rejected the request.",
         param=param,
         upstream_status=status,
     )
+
+
+def context_length_error(message: str) -> GatewayError | None:
+    """context_length_exceeded when a worker's error text (vLLM's, behind HTTP or Triton)
+    says the prompt is over the context length; else None."""
+    context = _context_length(message)
+    if context is None:
+        return None
+    return GatewayError(ErrorCode.CONTEXT_LENGTH_EXCEEDED, context, param="messages")
 
 
 def _context_length(message: str) -> str | None:
