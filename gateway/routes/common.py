@@ -41,10 +41,15 @@ INFERENCE_ERROR_STATUSES: Final[tuple[int | str, ...]] = (
 )
 
 
+def _description(status: int | str) -> str:
+    # A status the error table gained without words here still gets documented.
+    return _ERROR_DESCRIPTIONS.get(status, "See error.code and docs/ERRORS.md.")
+
+
 def error_responses(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
     """FastAPI's declarations of the error responses a route can return."""
     return {
-        status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]}
+        status: {"model": ErrorResponse, "description": _description(status)}
         for status in statuses
     }
 
@@ -54,7 +59,7 @@ def error_operations(*statuses: int | str) -> dict[str, dict[str, Any]]:
     schema = {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}
     return {
         str(status): {
-            "description": _ERROR_DESCRIPTIONS[status],
+            "description": _description(status),
             "content": {"application/json": {"schema": schema}},
         }
         for status in statuses
