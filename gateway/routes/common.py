@@ -49,8 +49,7 @@ def _description(status: int | str) -> str:
 def error_responses(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
     """FastAPI's declarations of the error responses a route can return."""
     return {
-        status: {"model": ErrorResponse, "description": _description(status)}
-        for status in statuses
+        status: {"model": ErrorResponse, "description": _description(status)} for status in statuses
     }
 
 
