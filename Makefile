@@ -116,10 +116,12 @@ lint: $(VENV)/.installed ## ruff and mypy --strict on our code
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m gateway.errors_doc --check
 
-fmt: $(VENV)/.installed
+fmt: $(VENV)/.installed ## also regenerates docs/ERRORS.md from the error table
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+	$(VENV)/bin/python -m gateway.errors_doc
 
 # -rs: every skipped test is listed with its reason at the end of the run, never silent.
 test: lint install triton-install services helm-tools observe-tools ## lint, then every test (real vLLM engine, Redis, MariaDB, Nginx)

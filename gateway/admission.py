@@ -154,6 +154,12 @@ class AdmissionControl:
                 admission.key = await self._store.find(line.key_id)
         except AuthFailure as failure:
             self._metrics.auth_failures.labels(failure.reason).inc()
+            if failure.reason == "missing" and _other_scheme(authorization):
+                raise GatewayError(
+                    ErrorCode.INVALID_AUTHORIZATION_SCHEME,
+                    "The Authorization header must use the Bearer scheme: send the key as "
+                    "'Authorization: Bearer <key>'.",
+                ) from None
             if failure.reason == "missing":
                 raise GatewayError(
                     ErrorCode.MISSING_API_KEY,
@@ -262,13 +268,22 @@ class AdmissionControl:
         if kind == "concurrent":
             message = f"Too many concurrent requests for this API key (limit {limit})."
         elif cost > limit:
-            message = (
+            raise GatewayError(
+                ErrorCode.REQUEST_EXCEEDS_TOKEN_LIMIT,
                 f"This request's estimated {cost} tokens exceed this API key's limit of "
-                f"{limit} tokens per minute."
+                f"{limit} tokens per minute, so it can never be served: lower max_tokens, "
+                "send fewer or smaller images (detail: low) or a shorter prompt, or ask "
+                "for a higher limit.",
             )
         else:
             message = f"Rate limit reached: {limit} {kind} per minute for this API key."
         raise GatewayError(ErrorCode.RATE_LIMIT_EXCEEDED, message, retry_after_s=retry_after)
+
+
+def _other_scheme(authorization: str | None) -> bool:
+    """An Authorization header that is there but is not 'Bearer <key>' ('Token <key>')."""
+    scheme = (authorization or "").strip().partition(" ")[0]
+    return bool(scheme) and scheme.lower() != "bearer"
 
 
 class AdmissionSlot:

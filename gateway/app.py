@@ -17,6 +17,7 @@ from gateway.batch.store import open_batch_store
 from gateway.cache.opening import open_cache_stage
 from gateway.cache.store import open_redis
 from gateway.config import Settings
+from gateway.cors import cors_middleware
 from gateway.errors import ErrorBoundary, install_error_handlers
 from gateway.interactions import open_interaction_writer
 from gateway.interactions.middleware import InteractionLogMiddleware, RecordSink
@@ -126,6 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     middleware = [
         Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(RequestIdMiddleware),
+        # Preflights are answered here, before keys, limits and the interaction log.
+        *cors_middleware(settings.cors_origins),
         Middleware(
             InteractionLogMiddleware,
             sink=sink,

@@ -6,6 +6,7 @@ start-up log instead of in the first user's error.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -23,6 +24,20 @@ from gateway.upstream.settings import PoolSpec, check_worker_urls, parse_pools, 
 # Pillow warns above this many pixels and refuses at twice as many; our own cap must stay
 # below it so that Pillow never sees an image we have not already sized up ourselves.
 PILLOW_MAX_IMAGE_PIXELS = 89_478_485
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
+
+
+def check_origins(value: object) -> object:
+    """A comma-separated string or a list -> a tuple of scheme://host[:port] (or "*")."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list | tuple):
+        return value
+    origins = tuple(str(part).strip().rstrip("/") for part in value if str(part).strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"CORS origin {origin!r} must be scheme://host[:port], no path")
+    return origins
 
 
 class Settings(BaseSettings):
@@ -173,6 +188,11 @@ class Settings(BaseSettings):
     # Image-text matching, POST /v1/match (GATEWAY_MATCH_*; gateway/matching/settings.py).
     match: MatchSettings = Field(default_factory=MatchSettings)
 
+    # Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    # "https://shop.example,http://localhost:3000"; "*" for any. Empty (the default): no
+    # CORS headers, browsers cannot read answers. Call us from your backend (gateway/cors.py).
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
     # Health polling of the workers, used by /readyz and by the choice of worker.
     health_interval_s: float = Field(default=2.0, gt=0)
     health_timeout_s: float = Field(default=2.0, gt=0)
@@ -209,6 +229,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_urls(cls, value: object) -> object:
         return check_worker_urls(value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        return check_origins(value)
 
     @field_validator("worker_pools", mode="before")
     @classmethod

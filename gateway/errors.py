@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import Metrics
@@ -51,11 +52,14 @@ class ErrorCode(StrEnum):
     CONTENT_POLICY_VIOLATION = "content_policy_violation"
     INVALID_JSON_SCHEMA = "invalid_json_schema"
     INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     # other client errors
     MISSING_API_KEY = "missing_api_key"
+    INVALID_AUTHORIZATION_SCHEME = "invalid_authorization_scheme"
     INVALID_API_KEY = "invalid_api_key"
     MODEL_NOT_PERMITTED = "model_not_permitted"
     RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    REQUEST_EXCEEDS_TOKEN_LIMIT = "request_exceeds_token_limit"
     MODEL_NOT_FOUND = "model_not_found"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -94,6 +98,7 @@ _INVALID = "invalid_request_error"
 _UPSTREAM = "upstream_error"
 _AUTHENTICATION = "authentication_error"
 _BEARER: Final = (("WWW-Authenticate", "Bearer"),)
+_NEVER: Final = (("x-should-retry", "false"),)
 
 # The one table. UPSTREAM_REJECTED's status is a default: the worker's own 4xx replaces it.
 ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
@@ -129,12 +134,20 @@ ERROR_TABLE: Final[dict[ErrorCode, ErrorKind]] = {
     ErrorCode.INVALID_JSON_SCHEMA: ErrorKind(400, _INVALID),
     # The Idempotency-Key header is malformed (gateway/cache/idempotency.py).
     ErrorCode.INVALID_IDEMPOTENCY_KEY: ErrorKind(400, _INVALID),
+    # The worker found the prompt (text and image tokens) longer than its context: OpenAI's code.
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: ErrorKind(400, _INVALID),
     # 401: no usable key (missing, malformed, unknown, revoked); 403: a valid key asked
     # for a model it may not use; 429: over one of the key's limits.
     ErrorCode.MISSING_API_KEY: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),
+    # An Authorization header in another scheme than Bearer ("Token <key>", "Basic ...").
+    ErrorCode.INVALID_AUTHORIZATION_SCHEME: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),
     ErrorCode.INVALID_API_KEY: ErrorKind(401, _AUTHENTICATION, headers=_BEARER),
     ErrorCode.MODEL_NOT_PERMITTED: ErrorKind(403, "permission_error"),
     ErrorCode.RATE_LIMIT_EXCEEDED: ErrorKind(429, "rate_limit_error", retry_after=True),
+    # One request estimated over the key's whole tokens per minute: waiting never helps,
+    # and x-should-retry: false tells the official openai SDKs so (they obey it over the
+    # status, which they would otherwise retry).
+    ErrorCode.REQUEST_EXCEEDS_TOKEN_LIMIT: ErrorKind(429, "rate_limit_error", headers=_NEVER),
     ErrorCode.MODEL_NOT_FOUND: ErrorKind(404, _INVALID),
     ErrorCode.NOT_FOUND: ErrorKind(404, _INVALID),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorKind(405, _INVALID),
@@ -280,6 +293,21 @@ class ErrorBoundary:
             await error_response(error)(scope, receive, send)
 
 
+def _missing_v1(request: Request) -> str | None:
+    """For a path that exists under /v1 (a base URL without /v1: POST /chat/completions),
+    the message that says so. The path is named only when it is one of our routes'."""
+    path = request.url.path
+    if path.startswith("/v1/"):
+        return None
+    scope = {**request.scope, "path": "/v1" + path}
+    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return (
+            f"Not found: this API's paths start with /v1; use /v1{path} (an SDK's base URL "
+            "ends in /v1)."
+        )
+    return None
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     """Render every exception as the one error body, and count it by code."""
 
@@ -291,13 +319,16 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         assert isinstance(exc, GatewayError)
         return render(exc)
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         # Starlette's own 404/405 (unknown path, wrong method), keeping its Allow header.
         assert isinstance(exc, HTTPException)
         code = _HTTP_CODES.get(exc.status_code)
         if code is None:
             code = ErrorCode.INVALID_REQUEST if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR
-        error = GatewayError(code, _HTTP_MESSAGES.get(exc.status_code, "Request failed."))
+        message = _HTTP_MESSAGES.get(exc.status_code, "Request failed.")
+        if exc.status_code == 404:
+            message = _missing_v1(request) or message
+        error = GatewayError(code, message)
         response = render(error, dict(exc.headers or {}))
         response.status_code = exc.status_code
         return response

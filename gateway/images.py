@@ -158,6 +158,15 @@ def decode_base64_strict(payload: str, param: str | None = None) -> bytes:
         # binascii's strict mode does, and the checks below what both let through.
         data = pybase64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
+        if "\n" in payload or "\r" in payload:
+            # Android's Base64.DEFAULT wraps lines. Not accepted, as vLLM's own loader
+            # refuses whitespace too (the worker gets the string as sent): say what to use.
+            raise _fail(
+                ErrorCode.INVALID_BASE64,
+                "The image's base64 has line breaks; send it on one line (Android: "
+                "Base64.NO_WRAP, not Base64.DEFAULT).",
+                param,
+            ) from None
         raise _fail(ErrorCode.INVALID_BASE64, "The image is not valid base64.", param) from None
     # strict_mode ignores the unused bits of a padded last quantum ("QR==" is b"A") and a
     # stray "=" after a whole one ("AAAA="): one image, one spelling, so the string

@@ -18,8 +18,10 @@ from gateway.errors import BodyReadTimeoutError, BodyTooLargeError, GatewayError
 from gateway.metrics import Metrics
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
+REQUEST_ID_REPLACED_HEADER: Final = b"x-request-id-replaced"
 # A caller's id is reused only when it is short and plain: it goes into logs and headers.
-_VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+# Nginx's map in nginx/nginx.conf.template holds the same pattern.
+_VALID_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
 class MetricsMiddleware:
@@ -64,15 +66,21 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = incoming_request_id(scope) or uuid.uuid4().hex
+        sent = request_header(scope, REQUEST_ID_HEADER)
+        kept = sent is not None and _VALID_REQUEST_ID.fullmatch(sent) is not None
+        request_id = sent if kept and sent is not None else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["started"] = time.perf_counter()
-        header = (REQUEST_ID_HEADER, request_id.encode())
+        headers = [(REQUEST_ID_HEADER, request_id.encode())]
+        if sent is not None and not kept:
+            # The caller's id could not be used (Nginx, in front, replaces it the same
+            # way and logs both): say so, or the caller looks for its id in vain.
+            headers.append((REQUEST_ID_REPLACED_HEADER, b"true"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), header]}
+                message = {**message, "headers": [*message.get("headers", ()), *headers]}
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -83,13 +91,6 @@ def request_header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
             return bytes(value).decode("latin-1")
-    return None
-
-
-def incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER:
-            return value.decode() if _VALID_REQUEST_ID.fullmatch(value) else None
     return None
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+# OpenAI's limit on stop sequences.
+MAX_STOP_SEQUENCES = 4
 
 
 class _Strict(BaseModel):
@@ -43,6 +45,7 @@ class ImagePart(_Strict):
 
 
 StopString = Annotated[str, Field(min_length=1)]
+StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
@@ -65,12 +68,19 @@ class ToolCall(_Strict):
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant", "tool"]
+    # "developer" is what OpenAI's newer models call the system role (their SDK examples
+    # send it): a system message here, so both spellings share one cache key and template.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     # None only on an assistant message that carries tool_calls.
     content: str | list[ContentPart] | None
     name: str | None = None
     tool_calls: list[ToolCall] | None = Field(default=None, max_length=128)
     tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("role")
+    @classmethod
+    def _developer_is_system(cls, role: str) -> str:
+        return "system" if role == "developer" else role
 
 
 class StreamOptions(_Strict):
@@ -144,7 +154,7 @@ class ChatCompletionRequest(_Strict):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     # vLLM refuses empty stop strings: refuse them here, before the worker.
-    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
+    stop: StopString | StopList | None = None
     # Bounded by GATEWAY_MAX_CHOICES (default 4) in validation; 128 is OpenAI's own cap.
     n: int | None = Field(default=None, ge=1, le=128)
     stream: bool = False

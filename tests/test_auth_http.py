@@ -94,7 +94,8 @@ async def test_keys_are_required_on_v1_and_refused_in_our_shape(
                        "Basic dXNlcjpwYXNz"):  # fmt: skip
             refused = await http.post(url + CHAT, json=chat_body(),
                                       headers={"Authorization": header})  # fmt: skip
-            code = "missing_api_key" if header.startswith("Basic") else "invalid_api_key"
+            basic = header.startswith("Basic")
+            code = "invalid_authorization_scheme" if basic else "invalid_api_key"
             assert_error(refused, 401, code, "authentication_error")
             assert refused.headers["www-authenticate"] == "Bearer"
             assert key not in refused.text

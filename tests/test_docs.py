@@ -19,14 +19,6 @@ import pytest
 ROOT: Final = Path(__file__).resolve().parent.parent
 DOCS: Final = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-# Pages that other branches write at the same time as README's list links them (issue 27).
-# A name leaves this set once its page exists: test_pending_pages_are_still_pending says so.
-PENDING_PAGES: Final = frozenset(
-    {
-        "docs/ERRORS.md",
-    }
-)
-
 FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1[ \t]*$", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -120,8 +112,6 @@ def test_every_relative_link_points_into_the_repository(page: Path) -> None:
             broken.append(f"{target}: leaves the repository")
             continue
         name = resolved.relative_to(ROOT).as_posix()
-        if name in PENDING_PAGES and not resolved.exists():
-            continue
         if not resolved.exists():
             broken.append(f"{target}: no such file")
         elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
@@ -142,7 +132,7 @@ def test_paths_named_in_code_exist(page: Path) -> None:
         for word in code.split():
             word = word.strip("`'\"(),;:")
             if REPO_PATH.match(word) and word.split("/")[0] in TRACKED_TOP and "..." not in word:
-                if word in PENDING_PAGES | RUN_OUTPUTS or (ROOT / word).exists() or _ignored(word):
+                if word in RUN_OUTPUTS or (ROOT / word).exists() or _ignored(word):
                     continue
                 wrong.append(f"{word}: no such path")
     assert not wrong, f"{_name(page)}: {wrong}"
@@ -172,9 +162,3 @@ def test_link_and_anchor_helpers_read_markdown() -> None:
     assert _links(text) == ["docs/A.md#b", "p.png"]
     kubernetes = _anchors(ROOT / "docs" / "KUBERNETES.md")
     assert "1-first-install-on-a-stock-managed-cluster-eks-gke-aks" in kubernetes
-
-
-def test_pending_pages_are_still_pending() -> None:
-    """Once a pending page exists its links get the full check: take it off the list."""
-    present = sorted(name for name in PENDING_PAGES if (ROOT / name).exists())
-    assert not present, f"remove from PENDING_PAGES in tests/test_docs.py: {present}"

@@ -29,11 +29,13 @@ RANKS: Final[dict[str, int]] = {
     "gateway.errors": 1,
     "gateway.orientation": 1,  # EXIF orientation from image bytes (images.py reads it)
     "gateway.heif": 1,  # HEIC/HEIF through pillow-heif (images.py reads it)
+    "gateway.errors_doc": 2,
     "gateway.redis_link": 1,
     "gateway.metric_types": -1,  # below everything: metrics.py builds on it
     "gateway.config": 2,
     "gateway.images": 2,
     "gateway.middleware": 2,
+    "gateway.cors": 2,
     "gateway.server": 2,
     "gateway.auth": 3,
     "gateway.ratelimit": 3,

@@ -165,7 +165,7 @@ def test_accepts_valid_sampling_fields() -> None:
         ),
         (chat_body([{"type": "video", "x": MARKER}]), "messages[0].content[0]", "unknown 'type'"),
         (chat_body([{"text": MARKER}]), "messages[0].content[0]", "'type' field"),
-        (chat_body(5), "messages[0].content", "invalid type or value"),
+        (chat_body(5), "messages[0].content", "a string or a list of"),
         (
             {"model": MODEL, "messages": [{"role": MARKER, "content": "x"}]},
             "messages[0].role",

@@ -22,6 +22,7 @@ from gateway.pipeline import RequestContext
 from gateway.protocol import ChatCompletionRequest, VQARequest
 from gateway.routes.common import (
     CLIENT_CLOSED_REQUEST,
+    INFERENCE_ERROR_STATUSES,
     ClientGone,
     error_operations,
     read_body,
@@ -133,12 +134,14 @@ ENDPOINTS: Final = {CHAT_COMPLETIONS: chat_completions, VQA: vqa}
 
 # -- the OpenAPI operations ---------------------------------------------------------------------
 
-_ERRORS: Final = error_operations(400, 401, 403, 404, 408, 409, 413, 415, 429, 502, 503, 504)
+_ERRORS: Final = error_operations(*INFERENCE_ERROR_STATUSES)
 _REQUEST_ID_PARAM: Final = {
     "name": "X-Request-ID",
     "in": "header",
     "required": False,
-    "description": "Propagated to the worker and echoed back; generated when absent.",
+    "description": "Propagated to the worker and echoed back; generated when absent. One "
+    "outside [A-Za-z0-9._:-]{1,128} is replaced, and the answer says X-Request-ID-Replaced: "
+    "true.",
     "schema": {"type": "string"},
 }
 _IDEMPOTENCY_KEY_PARAM: Final = {

@@ -8,6 +8,7 @@ from typing import Any, Final, TypeVar
 
 from starlette.types import Receive
 
+from gateway.errors import ERROR_TABLE
 from gateway.protocol import ErrorResponse
 
 T = TypeVar("T")
@@ -16,36 +17,49 @@ T = TypeVar("T")
 # ever seen in our metrics, since nobody is left to receive it.
 CLIENT_CLOSED_REQUEST: Final = 499
 
-_ERROR_DESCRIPTIONS: Final = {
+_ERROR_DESCRIPTIONS: Final[dict[int | str, str]] = {
     400: "Invalid request (see error.code).",
     401: "Missing, invalid or revoked API key (send 'Authorization: Bearer <key>').",
     403: "The API key may not use the requested model.",
-    404: "Unknown model.",
+    404: "Unknown model, or a path without /v1.",
     408: "The request body did not arrive in time.",
     409: "The Idempotency-Key was already used with a different body.",
     413: "Request body too large.",
     415: "Content-Type is not application/json.",
-    429: "Over one of the API key's limits; see Retry-After and x-ratelimit-* headers.",
+    429: "Over one of the API key's limits; see Retry-After, x-should-retry and the "
+    "x-ratelimit-* headers.",
+    500: "A fault of ours (internal_error); report the x-request-id.",
     502: "The worker failed or sent a malformed answer.",
-    503: "No worker could be reached.",
+    503: "No worker could be reached, or a dependency is down; see Retry-After.",
     504: "The worker did not answer in time.",
+    "4XX": "The worker refused the request with its own status (upstream_rejected).",
 }
+# What an inference route can answer: every status of the error table (405 is a wrong
+# method on its path, not an answer of its POST), and the worker's own 4xx.
+INFERENCE_ERROR_STATUSES: Final[tuple[int | str, ...]] = (
+    *sorted({kind.status for kind in ERROR_TABLE.values()} - {405}),
+    "4XX",
+)
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def _description(status: int | str) -> str:
+    # A status the error table gained without words here still gets documented.
+    return _ERROR_DESCRIPTIONS.get(status, "See error.code and docs/ERRORS.md.")
+
+
+def error_responses(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
     """FastAPI's declarations of the error responses a route can return."""
     return {
-        status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]}
-        for status in statuses
+        status: {"model": ErrorResponse, "description": _description(status)} for status in statuses
     }
 
 
-def error_operations(*statuses: int) -> dict[str, dict[str, Any]]:
+def error_operations(*statuses: int | str) -> dict[str, dict[str, Any]]:
     """The same declarations as OpenAPI response objects, for routes FastAPI does not see."""
     schema = {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}
     return {
         str(status): {
-            "description": _ERROR_DESCRIPTIONS[status],
+            "description": _description(status),
             "content": {"application/json": {"schema": schema}},
         }
         for status in statuses

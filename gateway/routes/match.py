@@ -12,7 +12,13 @@ from gateway.matching.protocol import MatchRequest
 from gateway.matching.stage import MatchCall
 from gateway.middleware import request_header
 from gateway.routes.chat import _client_gone, _send_json
-from gateway.routes.common import ClientGone, error_operations, read_body, until_disconnect
+from gateway.routes.common import (
+    INFERENCE_ERROR_STATUSES,
+    ClientGone,
+    error_operations,
+    read_body,
+    until_disconnect,
+)
 from gateway.routes.deps import context_of, services_of
 from gateway.validation.parse import check_content_type
 
@@ -39,7 +45,7 @@ async def match(scope: Scope, receive: Receive, send: Send) -> None:
 
 ENDPOINTS: Final = {MATCH: match}
 
-_ERRORS: Final = error_operations(400, 401, 403, 404, 408, 413, 415, 429, 502, 503, 504)
+_ERRORS: Final = error_operations(*INFERENCE_ERROR_STATUSES)
 OPERATIONS: Final[dict[str, dict[str, Any]]] = {
     MATCH: {
         "tags": ["inference"],

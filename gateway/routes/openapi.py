@@ -27,6 +27,7 @@ from gateway.protocol import (
 )
 from gateway.routes import match
 from gateway.routes.chat import OPERATIONS
+from gateway.routes.openapi_headers import describe_responses
 
 _BODY_MODELS: tuple[type[BaseModel], ...] = (ChatCompletionRequest, VQARequest, MatchRequest)
 # ErrorResponse comes with FastAPI's own routes (/v1/models declares its errors).
@@ -58,14 +59,10 @@ def openapi_builder(app: FastAPI, settings: Settings) -> Callable[[], dict[str, 
             _add_model(components, model, "validation")
         for model in _RESPONSE_MODELS:
             _add_model(components, model, "serialization")
-        for name, field in (
-            ("ChatCompletionRequest", "max_tokens"),
-            ("ChatCompletionRequest", "max_completion_tokens"),
-            ("VQARequest", "max_tokens"),
-        ):
-            _set_maximum(components[name]["properties"][field], settings.max_tokens_cap)
+        _set_bounds(components, settings)
         if settings.auth.enabled:
             _require_bearer(schema)
+        describe_responses(schema, limits=settings.auth.enabled)
         app.openapi_schema = schema
         return schema
 
@@ -91,7 +88,21 @@ def _require_bearer(schema: dict[str, Any]) -> None:
                 operation["security"] = [{"apiKey": []}]
 
 
-def _set_maximum(prop: dict[str, Any], maximum: int) -> None:
+def _set_bounds(components: dict[str, Any], settings: Settings) -> None:
+    """The limits the settings enforce (validation/), in place of the models' own caps."""
+    chat = components["ChatCompletionRequest"]["properties"]
+    for prop in (chat["max_tokens"], chat["max_completion_tokens"]):
+        _set_bound(prop, "integer", "maximum", settings.max_tokens_cap)
+    vqa = components["VQARequest"]["properties"]
+    _set_bound(vqa["max_tokens"], "integer", "maximum", settings.max_tokens_cap)
+    _set_bound(chat["n"], "integer", "maximum", settings.max_choices)
+    _set_bound(chat["messages"], "array", "maxItems", settings.max_messages)
+    _set_bound(chat["tools"], "array", "maxItems", settings.max_tools)
+    content = components["ChatMessage"]["properties"]["content"]
+    _set_bound(content, "array", "maxItems", settings.max_content_parts)
+
+
+def _set_bound(prop: dict[str, Any], kind: str, keyword: str, value: int) -> None:
     for option in prop.get("anyOf", [prop]):
-        if option.get("type") == "integer":
-            option["maximum"] = maximum
+        if option.get("type") == kind:
+            option[keyword] = value

@@ -31,6 +31,7 @@ from gateway.metrics import Metrics
 from gateway.upstream.bodies import read_worker_error
 from gateway.upstream.kserve.engine import TritonRequests, TritonStream
 from gateway.upstream.pool import Worker, WorkerPool, auth_headers
+from gateway.upstream.rejections import worker_rejection
 
 log = logging.getLogger("gateway.upstream.proxy")
 _read_worker_error = read_worker_error  # its old home (tests import it from here)
@@ -241,7 +242,7 @@ class Upstream:
             except BreakerOpen:
                 continue  # another request is probing this worker: try the next one
             except GatewayError as error:  # not retryable: the worker's 4xx, or its 5xx
-                rejected = error.code is ErrorCode.UPSTREAM_REJECTED
+                rejected = error.status < 500  # the worker refused the request itself
                 self._note_attempt(worker, "rejected" if rejected else "error")
                 raise
             except _WorkerFailed as exc:
@@ -403,13 +404,7 @@ class Upstream:
         status = response.status
         if 400 <= status < 500:
             self._metrics.upstream_errors.labels("status_4xx").inc()
-            message, param = await _read_worker_error(response)
-            return GatewayError(
-                ErrorCode.UPSTREAM_REJECTED,
-                message or "The worker rejected the request.",
-                param=param,
-                upstream_status=status,
-            )
+            return worker_rejection(status, *await _read_worker_error(response))
         self._metrics.upstream_errors.labels("status_5xx").inc()
         if status == 503:
             # The worker is overloaded or shutting down: another one may serve.

@@ -15,7 +15,7 @@ from pydantic_core import ErrorDetails
 from gateway import json_text
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
-from gateway.protocol import ChatCompletionRequest, VQARequest
+from gateway.protocol import MAX_STOP_SEQUENCES, ChatCompletionRequest, VQARequest
 from gateway.validation.bounds import check_counts, heavy_body, off_loop_if
 
 _M = TypeVar("_M", ChatCompletionRequest, VQARequest)
@@ -157,10 +157,26 @@ def _from_pydantic(errors: list[ErrorDetails], data: dict[str, Any]) -> GatewayE
     else:
         code = ErrorCode.INVALID_REQUEST
     param = _format_path(path)
-    # Union members fail one by one; when they all fail at the same place, say so once.
+    # Union members fail one by one; when they all fail at the same place, say once what
+    # the field takes. Metadata's keys and values are the client's: its shape, whole.
     same_place = sum(1 for other, _ in located if other == path)
-    description = "has an invalid type or value" if same_place > 1 else _describe(first)
+    last = next((step for step in reversed(path) if isinstance(step, str)), "")
+    if same_place > 1 or name == "metadata":
+        description = _ALLOWED.get(last, "has an invalid type or value")
+    else:
+        description = _describe(first)
     return GatewayError(code, f"'{param}' {description}.", param=param or None)
+
+
+# What a field of several shapes takes, for when none of them matched.
+_ALLOWED: Final = {
+    "stop": f"must be a string or a list of up to {MAX_STOP_SEQUENCES} strings, none empty",
+    "content": "must be a string or a list of 'text' and 'image_url' parts",
+    "tool_choice": "must be 'none', 'auto', 'required' or "
+    '{"type": "function", "function": {"name": ...}}',
+    "metadata": "must be an object of at most 16 keys of at most 64 characters, each value "
+    "a string of at most 512 characters",
+}
 
 
 def _describe(error: ErrorDetails) -> str:
@@ -188,6 +204,10 @@ def _describe(error: ErrorDetails) -> str:
         return f"must have at most {ctx.get('max_length')} item(s)"
     if kind == "string_too_short":
         return "must not be empty"
+    if kind == "string_too_long":
+        return f"must have at most {ctx.get('max_length')} characters"
+    if kind == "string_pattern_mismatch":
+        return f"must match the pattern {ctx.get('pattern')}"
     if kind == "literal_error":
         return f"must be {ctx.get('expected')}"
     if kind == "union_tag_invalid":

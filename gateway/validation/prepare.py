@@ -97,8 +97,11 @@ def _check_model(model: str, known: frozenset[str]) -> None:
     if not known:
         raise GatewayError(ErrorCode.NO_HEALTHY_WORKER, "No worker has reported its models yet.")
     if model not in known:
+        served = ", ".join(sorted(known)[:10])  # names from our workers, never the caller's
         raise GatewayError(
-            ErrorCode.MODEL_NOT_FOUND, "The requested model is not served here.", param="model"
+            ErrorCode.MODEL_NOT_FOUND,
+            f"The requested model is not served here; use one of: {served} (GET /v1/models).",
+            param="model",
         )
 
 

@@ -24,6 +24,7 @@ import orjson
 
 from gateway.errors import ErrorCode, GatewayError
 from gateway.upstream.kserve.template import ChatTemplate
+from gateway.upstream.rejections import context_length_error
 
 ENGINE: Final = "triton"
 # Our body's sampling fields and their SamplingParams names (None: the same name).
@@ -127,6 +128,10 @@ def triton_error(event: dict[str, Any]) -> GatewayError | None:
     message = event.get("error")
     if message is None:
         return None
+    # vLLM inside Triton words a prompt over the context length as it does over HTTP.
+    refused = context_length_error(str(message))
+    if refused is not None:
+        return refused
     return GatewayError(ErrorCode.UPSTREAM_ERROR, f"The worker failed: {str(message)[:1000]}")
 
 
