@@ -63,7 +63,7 @@ def test_promtool_unit_tests_pass() -> None:
 
 
 def test_alerts_are_unique_and_labelled() -> None:
-    assert len(ALERT_NAMES) == len(set(ALERT_NAMES)) == 40
+    assert len(ALERT_NAMES) == len(set(ALERT_NAMES)) == 43
     for rule in alerts():
         severities = {"none"} if rule["alert"] in ALWAYS else {"critical", "warning"}
         assert rule["labels"]["severity"] in severities, rule["alert"]
@@ -133,6 +133,35 @@ def test_bare_sum_of_up_fails_the_vanished_case() -> None:
     assert result.returncode != 0
     assert "VlmNoHealthyWorker: vanished" in result.stdout + result.stderr
     assert "VlmNoHealthyWorker: fires" not in result.stdout + result.stderr
+
+
+def test_triton_failure_ratio_leaves_clients_leaving_out() -> None:
+    """CANCELED is Triton counting a client that left: with it in the ratio, the quiet
+    case (clients abandoning streams, the worker healthy) pages."""
+    shipped = next(r for r in alerts() if r["alert"] == "VlmTritonInferenceFailing")["expr"]
+    assert 'reason!="CANCELED"' in shipped
+    counting_all = shipped.replace(', reason!="CANCELED"', "")
+    triton = [p for p in promtool_tests() if p.name == "triton.yml"]
+    result = run_tests(triton, exprs={"VlmTritonInferenceFailing": counting_all})
+    assert result.returncode != 0
+    assert "VlmTritonInferenceFailing: quiet" in result.stdout + result.stderr
+    assert "VlmTritonInferenceFailing: fires" not in result.stdout + result.stderr
+
+
+def test_worker_alerts_see_a_release_of_triton_workers_alone() -> None:
+    """A release whose pools are all Triton (gpu-triton) has no vllm-worker target: the
+    worker availability alerts read both worker jobs, or they page around the clock (the
+    triton.yml cases fail with the vllm-worker-only expressions)."""
+    before = (
+        '(sum by (namespace, release) (up{job="vllm-worker"}) or on (namespace, release) '
+        '0 * count by (namespace, release) (up{job="gateway"})) == 0 '
+        'or on () 0 * absent(up{job="vllm-worker"})'
+    )
+    exprs = {"VlmNoHealthyWorker": before}
+    triton = [p for p in promtool_tests() if p.name == "triton.yml"]
+    result = run_tests(triton, exprs=exprs)
+    assert result.returncode != 0
+    assert "VlmNoHealthyWorker: quiet with Triton workers alone" in result.stdout + result.stderr
 
 
 def test_test_files_name_only_shipped_rules() -> None:

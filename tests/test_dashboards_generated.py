@@ -18,6 +18,7 @@ import yaml
 from deploy.dashboards.build import build, to_json
 from deploy.dashboards.generate import DASHBOARDS, path_of, stale
 from deploy.dashboards.overview import OVERVIEW
+from deploy.dashboards.service import WORKERS
 from deploy.dashboards.spec import VARIABLE_NAMES, Dashboard, concrete
 from deploy.prometheus.check import promtool
 from worker.profiles import REPO_ROOT
@@ -76,10 +77,16 @@ def test_promtool_refuses_a_broken_query(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
+# Gauges whose names end like a histogram's count.
+GAUGES_NAMED_COUNT = {"nv_inference_pending_request_count"}
+
+
 @pytest.mark.parametrize(("uid", "title", "expr"), ALL_EXPRS)
 def test_no_lifetime_averages(uid: str, title: str, expr: str) -> None:
     """_sum, _count and _bucket series only ever inside rate()/increase() over a window."""
     for match in re.finditer(r"[\w:]+_(?:sum|count|bucket)\b", expr):
+        if match.group() in GAUGES_NAMED_COUNT:
+            continue
         before = expr[: match.start()]
         assert before.endswith(("rate(", "increase(")), f"{uid} / {title}: {match.group()}"
     if "_bucket" in expr:
@@ -100,7 +107,7 @@ def test_gpu_panels_are_marked() -> None:
 def _vllm_names() -> set[str]:
     names: set[str] = set()
     for path in (VLLM_METRICS_DIR / "v1" / "metrics").glob("*.py"):
-        names |= set(re.findall(r'"(vllm:[a-z_]+)"', path.read_text()))
+        names |= set(re.findall(r'"(vllm:[a-z0-9_]+)"', path.read_text()))
     return names
 
 
@@ -110,7 +117,7 @@ def test_vllm_names_exist_in_the_installed_engine() -> None:
     known = _vllm_names()
     assert "vllm:num_requests_waiting" in known
     rules = (REPO_ROOT / "deploy" / "prometheus" / "rules" / "vlm-alerts.yml").read_text()
-    used = set(re.findall(r"vllm:[a-z_]+", " ".join(e for _, _, e in ALL_EXPRS) + rules))
+    used = set(re.findall(r"vllm:[a-z0-9_]+", " ".join(e for _, _, e in ALL_EXPRS) + rules))
     suffixes = re.compile(r"_(total|bucket|sum|count)$")
     unknown = {name for name in used if name not in known and suffixes.sub("", name) not in known}
     assert not unknown, f"not in the installed vLLM: {sorted(unknown)}"
@@ -175,3 +182,62 @@ def test_exporter_panels_say_what_they_need() -> None:
             if any(exporter_series.search(q.expr) for q in panel.queries):
                 assert panel.exporter, (spec.uid, panel.title)
                 assert "Needs the" in as_built["description"], (spec.uid, panel.title)
+
+
+TRITON_JOB = 'job="triton-worker"'
+
+
+def _triton_exprs(spec: Dashboard) -> dict[str, list[str]]:
+    """Panel title -> its queries that read Triton workers' own scrape job."""
+    found: dict[str, list[str]] = {}
+    for panel in spec.panels:
+        exprs = [q.expr for q in panel.queries if TRITON_JOB in q.expr]
+        if exprs:
+            found[panel.title] = exprs
+    return found
+
+
+def test_triton_workers_on_the_workers_dashboard() -> None:
+    """Triton workers under their own names (job triton-worker): up, requests and failures
+    by model, the pending queue, queue and compute time per request (a rate over a rate,
+    never since start), and vLLM's own series behind Triton."""
+    triton = [e for group in _triton_exprs(WORKERS).values() for e in group]
+    exprs = " ".join(triton)
+    for name in (
+        "up",
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_pending_request_count",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds",
+    ):
+        assert re.search(rf"\b{re.escape(name)}(_bucket)?\{{[^}}]*{TRITON_JOB}", exprs), name
+    # Triton counts per model: one server may hold several.
+    assert all("model" in e for e in triton if "nv_inference_request_" in e)
+    per_request = [
+        q.expr for p in WORKERS.panels for q in p.queries if "queue_duration_us" in q.expr
+    ]
+    assert per_request
+    assert all(
+        re.search(r"rate\(nv_inference_\w+_duration_us\{.*\}\[.*\) / .*rate\(", e)
+        for e in per_request
+    )
+    # The vLLM panels keep their places: alerts link them by number.
+    assert WORKERS.panel_id("Health and breaker state (gateway view)") == 9
+    assert WORKERS.panel_id("Restarts, crash loops and OOM kills") == 15
+
+
+def test_triton_workers_on_the_overview() -> None:
+    """A Triton pool counts in "Workers up per pool" and the pool and worker variables, and
+    its queue shows beside vLLM's."""
+    board = build(OVERVIEW)
+    variables = {v["name"]: v["query"] for v in board["templating"]["list"][1:]}
+    for name in ("namespace", "release", "pool", "worker"):
+        assert "triton-worker" in str(variables[name]), name
+    up = OVERVIEW.panels[OVERVIEW.panel_id("Workers up per pool") - 1].queries[0].expr
+    assert re.search(r'job=~"[^"]*\btriton-worker\b', up), up
+    queues = OVERVIEW.panels[OVERVIEW.panel_id("Queues") - 1]
+    assert any("nv_inference_pending_request_count" in q.expr for q in queues.queries)

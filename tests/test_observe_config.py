@@ -86,6 +86,51 @@ def test_config_passes_promtool(tmp_path: Path) -> None:
     assert pools == {"default": ["127.0.0.1:8100"], "canary": ["127.0.0.1:8101"]}
 
 
+def test_triton_workers_are_scraped_as_their_own_job(tmp_path: Path) -> None:
+    """Triton's metrics port, job triton-worker (the chart's ServiceMonitor name, which the
+    rules and the Workers dashboard's Triton panels select), each target with its pool."""
+    out = tmp_path / "prometheus.yml"
+    code = main([
+        str(out), "--gateway", "127.0.0.1:8001", "--worker", "127.0.0.1:8100",
+        "--triton-worker", "127.0.0.1:8202", "--triton-worker", "canary=127.0.0.1:8203",
+    ])  # fmt: skip
+    assert code == 0
+    result = subprocess.run(
+        [promtool(), "check", "config", str(out)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = {job["job_name"]: job for job in json.loads(out.read_text())["scrape_configs"]}
+    pools = {g["labels"]["pool"]: g["targets"] for g in jobs["triton-worker"]["static_configs"]}
+    assert pools == {"default": ["127.0.0.1:8202"], "canary": ["127.0.0.1:8203"]}
+    vllm = {g["labels"]["pool"]: g["targets"] for g in jobs["vllm-worker"]["static_configs"]}
+    assert vllm == {"default": ["127.0.0.1:8100"]}
+
+
+@pytest.mark.parametrize(
+    ("profile", "job", "port_offset"),
+    [("cpu-tiny", "vllm-worker", 0), ("triton-cpu-tiny", "triton-worker", 100)],
+)
+def test_observe_scrapes_the_profiles_workers(
+    tmp_path: Path, profile: str, job: str, port_offset: int
+) -> None:
+    """`make observe PROFILE=triton-cpu-tiny` scrapes Triton's metrics port (the worker's
+    port + 100, as deploy/local/stack.sh starts it) as triton-worker; vLLM workers stay
+    vllm-worker on their own port."""
+    env = {**os.environ, "RUN_DIR": str(tmp_path), "WORKERS": "2", "WORKER_PORT": "8100",
+           "PROFILE": profile}  # fmt: skip
+    script = str(REPO_ROOT / "deploy" / "local" / "observe.sh")
+    done = subprocess.run([script, "config"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = json.loads((tmp_path / "observe" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = [t for group in jobs[job]["static_configs"] for t in group["targets"]]
+    assert targets == [f"127.0.0.1:{8100 + port_offset}", f"127.0.0.1:{8101 + port_offset}"]
+    other = "vllm-worker" if job == "triton-worker" else "triton-worker"
+    assert not [
+        t for group in jobs.get(other, {}).get("static_configs", []) for t in group["targets"]
+    ]
+
+
 def test_exporters_are_optional() -> None:
     config = render(Targets(gateways=["g:1"], workers=[("w:1", "default")]))
     assert [job["job_name"] for job in config["scrape_configs"]] == ["gateway", "vllm-worker"]

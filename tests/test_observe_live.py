@@ -1,15 +1,19 @@
-"""Live: Prometheus (Debian's) scrapes a running stack with the shipped rules; every
-dashboard panel's query returns data; then three drills, each ending at the webhook
-behind the shipped Alertmanager config: a SIGKILLed worker (a ticket), errors answered at
-the front door by Nginx itself (a page), and every worker stopped as the gateways see it
-while they run and Prometheus still scrapes one (a page nothing paged before).
+"""Live: Prometheus (Debian's) scrapes a running stack with the shipped rules, vLLM and
+Triton workers; every dashboard panel's query returns data; then three drills, each
+ending at the webhook behind the shipped Alertmanager config: a SIGKILLed worker (a
+ticket), errors answered at the front door by Nginx itself (a page), and every worker
+stopped as the gateways see it while they run and Prometheus still scrapes them (a page
+nothing paged before).
 
 Everything here is this test's own: a second cpu-tiny worker (the one it kills), a
 gateway process, Nginx with stub_status on a port of its own, a private Redis and
 MariaDB, the three exporters, the front door's blackbox probe and mtail on Nginx's access
 log, Prometheus and Alertmanager on free loopback ports, and a webhook receiver. The
 session's worker (conftest) is the stable pool, reached by the gateway through a TCP
-proxy this test can close (the session's worker itself is never stopped). Scrape and
+proxy this test can close (the session's worker itself is never stopped); so is the
+session's Triton worker (conftest's triton_worker), the pool "triton", through two such
+proxies (its KServe port and its metrics port, which the gateway reads for load), while
+Prometheus scrapes its metrics port as job triton-worker. Scrape and
 evaluation every second, and the rules' `for:` divided by FOR_SCALE (the shipped
 durations are the promtool tests'), so the whole run takes a few minutes.
 """
@@ -51,7 +55,9 @@ from tests.support.auth import bearer, create_key
 from tests.support.mariadb import PrivateMariaDB
 from tests.support.redis_server import PrivateRedis
 from tests.support.requests import MODEL, chat_body, image_chat_body, vqa_body
+from tests.support.triton import TRITON_PROFILE, TritonWorker
 from worker.sample_image import png_data_uri
+from worker.triton.pools import triton_pool
 
 pytestmark = pytest.mark.engine
 
@@ -82,6 +88,10 @@ class ThreadedProxy:
     def url(self) -> str:
         return self._proxy.url
 
+    @property
+    def port(self) -> int:
+        return self._proxy.port
+
     def stop_listening(self) -> None:
         """Connections are refused from now on, as by a stopped worker."""
         self._call(self._proxy.stop_listening())
@@ -102,6 +112,8 @@ class Stack:
     prometheus_url: str
     doomed_worker: LocalProcess
     stable_link: ThreadedProxy
+    # The gateway's way to the Triton worker: its KServe port, then its metrics port.
+    triton_links: tuple[ThreadedProxy, ThreadedProxy]
     webhook: observers.WebhookReceiver
     key: str
     limited_key: str
@@ -112,16 +124,37 @@ def _stop_all(processes: list[LocalProcess]) -> None:
         proc.stop(timeout=10)
 
 
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _triton_links(triton: TritonWorker) -> tuple[ThreadedProxy, ThreadedProxy]:
+    api = ThreadedProxy("127.0.0.1", _port(triton.url))
+    metrics = ThreadedProxy("127.0.0.1", _port(triton.url) + triton.metrics_port_offset)
+    return api, metrics
+
+
 @pytest.fixture(scope="module")
-def stack(worker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    worker_url: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("observe")
     processes: list[LocalProcess] = []
     db, redis, webhook = PrivateMariaDB(), PrivateRedis(root / "redis"), observers.WebhookReceiver()
-    stable_link = ThreadedProxy("127.0.0.1", int(worker_url.rsplit(":", 1)[1]))
+    stable_link = ThreadedProxy("127.0.0.1", _port(worker_url))
+    links: list[ThreadedProxy] = [stable_link]
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # The worker to kill loads for about a minute: meanwhile the rest starts.
+        # The worker to kill loads for about a minute: meanwhile the rest starts (the
+        # session's Triton worker too, when no test before started it).
         second = pool.submit(start_worker, root / "worker", None, "cpu-tiny", 600.0)
         try:
+            triton: TritonWorker = request.getfixturevalue("triton_worker")
+            triton.ensure_running()
+            triton_api, triton_metrics = _triton_links(triton)
+            links += [triton_api, triton_metrics]
+            # The gateway finds the metrics port at its KServe port + the offset.
+            triton_offset = triton_metrics.port - triton_api.port
+            triton_scraped = f"127.0.0.1:{_port(triton.url) + triton.metrics_port_offset}"
             db.start()
             redis.start()
             webhook.start()
@@ -148,6 +181,12 @@ def stack(worker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                         [
                             {"name": "stable", "weight": 50, "urls": [stable_link.url]},
                             {"name": "canary", "weight": 50, "urls": [doomed.url]},
+                            {
+                                **triton_pool(
+                                    TRITON_PROFILE, [triton_api.url], triton_offset, "triton"
+                                ),
+                                "weight": 50,
+                            },
                         ]
                     ),
                 },
@@ -176,6 +215,7 @@ def stack(worker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 # Prometheus scrapes the stable worker itself, not through the gateway's link.
                 workers=[(worker_url.removeprefix("http://"), "stable"),
                          (f"127.0.0.1:{doomed.port}", "canary")],
+                triton_workers=[(triton_scraped, "triton")],
                 nginx_exporter=f"127.0.0.1:{exporters[0].port}",
                 redis_exporter=f"127.0.0.1:{exporters[1].port}",
                 mysqld_exporter=f"127.0.0.1:{exporters[2].port}",
@@ -190,13 +230,14 @@ def stack(worker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             processes.append(prometheus)
             yield Stack(
                 nginx.url, nginx, nginx_dir / "nginx.conf", gateway.port, prometheus.url,
-                doomed, stable_link, webhook, key, limited_key,
+                doomed, stable_link, (triton_api, triton_metrics), webhook, key, limited_key,
             )  # fmt: skip
         finally:
             if second.done() and second.exception() is None:
                 processes.append(second.result())
             _stop_all(processes)
-            stable_link.close()
+            for link in links:
+                link.close()
             webhook.stop()
             redis.stop()
             db.remove()
@@ -216,6 +257,11 @@ def _drive_load(stack: Stack) -> None:
         assert client.post("/v1/chat/completions", json=streamed_other).status_code == 200
         vqa = vqa_body(photo, "What colour is it?", max_tokens=8)
         assert client.post("/v1/vqa", json=vqa).status_code == 200
+        # Misses in a row: the pools take turns (equal weights), so the Triton pool
+        # answers some whatever the probe's requests took.
+        for i in range(3):
+            body = chat_body(f"Which pool answers {i}?", max_tokens=4)
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
         assert client.post("/v1/chat/completions", json={"model": MODEL}).status_code == 400
         broken = client.post("/v1/chat/completions", content=b"{", headers=JSON)
         assert broken.status_code == 400
@@ -272,10 +318,24 @@ def test_every_panel_returns_data_then_a_killed_worker_pages(stack: Stack) -> No
         missing = _missing(stack)
     assert not missing, "panels without data:\n" + "\n".join(missing)
     checked = sum(len(panel.queries) for _, panel in LIVE_PANELS)
-    # All but GPU (2), replication lag, kube-state-metrics (2) and the batch runner's
-    # (tests/test_batch_engine.py): series a CPU host or this test lacks.
-    assert len(LIVE_PANELS) == len(PANELS) - 5 - sum(p.not_here is not None for p in BATCH_PANELS)
+    # All but GPU (2), replication lag, kube-state-metrics (2), NVIDIA's Triton backend
+    # (2) and the batch runner's (tests/test_batch_engine.py): series a CPU host or this
+    # test lacks.
+    batch = sum(p.not_here is not None for p in BATCH_PANELS)
+    assert len(LIVE_PANELS) == len(PANELS) - 7 - batch
     assert checked > 70
+    # Triton's own series among them, scraped under job triton-worker with their pool.
+    triton_checked = [
+        q.expr for _, panel in LIVE_PANELS for q in panel.queries if "triton-worker" in q.expr
+    ]
+    assert len(triton_checked) >= 9, triton_checked
+    for series in (
+        'up{job="triton-worker", pool="triton"} == 1',
+        'nv_inference_request_success{job="triton-worker", pool="triton", model="vllm_model"}',
+        'nv_inference_pending_request_count{job="triton-worker", pool="triton"}',
+        'vllm:num_requests_waiting{job="triton-worker", pool="triton"}',
+    ):
+        assert observers.query(stack.prometheus_url, series), series
     print(f"\n{len(LIVE_PANELS)} of {len(PANELS)} panels ({checked} queries) returned data")
 
     # Nothing pages on a healthy stack, and the pager path itself works: the Watchdog
@@ -286,7 +346,14 @@ def test_every_panel_returns_data_then_a_killed_worker_pages(stack: Stack) -> No
     assert stack.webhook.firing("Watchdog")[0]["path"] == "/heartbeat"
     # The gateway labels its worker series with the pools it was given.
     pools = observers.query(stack.prometheus_url, "sum by (pool) (gateway_worker_requests_total)")
-    assert {series["metric"]["pool"] for series in pools} == {"stable", "canary"}
+    assert {series["metric"]["pool"] for series in pools} == {"stable", "canary", "triton"}
+    # The Triton pool answered through the gateway, and Triton counted it.
+    assert observers.query(
+        stack.prometheus_url,
+        'gateway_worker_requests_total{pool="triton", outcome="ok"} > 0',
+    )
+    served = 'increase(nv_inference_request_success{job="triton-worker"}[5m]) > 0'
+    assert observers.query(stack.prometheus_url, served)
     firing = 'ALERTS{alertname="VlmWorkerDown",alertstate="firing"}'
     assert not observers.query(stack.prometheus_url, firing)
 
@@ -319,15 +386,17 @@ def test_every_panel_returns_data_then_a_killed_worker_pages(stack: Stack) -> No
     assert observers.query(stack.prometheus_url, 'up{job="gateway"} == 1')
 
     # Drill 3: Nginx is fixed; then every worker is stopped as the gateway sees it (the
-    # canary is dead, the stable's port closes to the gateway) while the gateway runs and
-    # Prometheus still scrapes the stable worker: `up` alone pages nobody here.
+    # canary is dead, the stable's and the Triton worker's ports close to the gateway)
+    # while the gateway runs and Prometheus still scrapes both: `up` alone pages nobody.
     _point_nginx_at(stack, f"127.0.0.1:{stack.gateway_port}")
     _wait_for("Nginx to reach the gateway again", lambda: _front_door_status(stack) == 200)
-    stack.stable_link.stop_listening()
+    for link in (stack.stable_link, *stack.triton_links):
+        link.stop_listening()
     _wait_for("VlmNoReachableWorker at the pager", lambda: _paged(stack, "VlmNoReachableWorker"))
     page = _paged(stack, "VlmNoReachableWorker")[0]
     assert page["path"] == "/oncall-pager"
     assert page["annotations"]["runbook_url"].endswith("#vlmnoreachableworker")
     assert observers.query(stack.prometheus_url, 'up{job="vllm-worker",pool="stable"} == 1')
+    assert observers.query(stack.prometheus_url, 'up{job="triton-worker",pool="triton"} == 1')
     assert not stack.webhook.firing("VlmNoHealthyWorker")
     assert not observers.query(stack.prometheus_url, 'ALERTS{alertname="VlmNoHealthyWorker"}')

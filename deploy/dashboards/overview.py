@@ -39,7 +39,9 @@ OVERVIEW = Dashboard(
     panels=(
         Panel(
             "Workers up per pool",
-            "Worker scrape targets up, per pool. 0 in every pool pages VlmNoHealthyWorker.",
+            "Worker scrape targets up, per pool: vLLM workers (job vllm-worker) and Triton "
+            "workers' metrics ports (job triton-worker). 0 in every pool pages "
+            "VlmNoHealthyWorker.",
             (q(f"sum by (pool) (up{{{WORKER_SCOPE}}})", "{{pool}}"),),
             kind="stat",
             width=6,
@@ -248,7 +250,8 @@ OVERVIEW = Dashboard(
         Panel(
             "Queues",
             "Requests in flight per gateway replica; requests waiting on the workers, per "
-            "pool (above 8 per worker for 5 minutes: VlmWorkerQueueSaturated).",
+            "pool (above 8 per worker for 5 minutes: VlmWorkerQueueSaturated); requests "
+            "pending in Triton workers' queues (VlmTritonQueueBacklog).",
             (
                 q(
                     f"sum by (instance) (gateway_requests_in_flight{{{GATEWAY_SCOPE}}})",
@@ -257,6 +260,10 @@ OVERVIEW = Dashboard(
                 q(
                     f"sum by (pool) (vllm:num_requests_waiting{{{WORKER_SCOPE}}})",
                     "waiting {{pool}}",
+                ),
+                q(
+                    f"sum by (pool) (nv_inference_pending_request_count{{{WORKER_SCOPE}}})",
+                    "pending in Triton {{pool}}",
                 ),
             ),
         ),

@@ -1,4 +1,5 @@
-"""The Workers dashboard: the vLLM workers, their GPUs and their capacity.
+"""The Workers dashboard: the vLLM workers, their GPUs and their capacity, then the Triton
+workers under Triton's own metric names (triton.py).
 
 Every latency panel is a quantile of a rate over $__rate_interval, never a lifetime
 average (sum/count since start). vLLM's series are `vllm:*` as vLLM 0.32 names them
@@ -16,6 +17,7 @@ from deploy.dashboards.spec import (
     p_quantile,
     q,
 )
+from deploy.dashboards.triton import TRITON_PANELS
 
 # kube-state-metrics carries no release label: our objects are named after the release's
 # full name, which holds "vlm-serve" (as the capacity rules select them).
@@ -26,7 +28,8 @@ OUR_AUTOSCALERS = 'horizontalpodautoscaler=~".*vlm-serve.*", namespace=~"$namesp
 WORKERS = Dashboard(
     uid="vlm-workers",
     title="vlm-serve / Workers",
-    description="The vLLM workers: queues, KV cache, tokens, affinity, ejections, GPUs.",
+    description="The vLLM workers: queues, KV cache, tokens, affinity, ejections, GPUs; "
+    "then the Triton workers: up, requests and failures, queue, time per request, engine.",
     panels=(
         Panel(
             "Running and waiting requests",
@@ -215,5 +218,7 @@ WORKERS = Dashboard(
             ),
             not_here=NEEDS_KUBE_STATE,
         ),
+        # Last: the alerts link the panels above by their place.
+        *TRITON_PANELS,
     ),
 )

@@ -13,6 +13,10 @@ RATE = "$__rate_interval"
 NEEDS_GPU = "needs an NVIDIA GPU and the DCGM exporter (not checkable on this machine)"
 NEEDS_REPLICA = "needs a MySQL replica (not checkable on this machine)"
 NEEDS_KUBE_STATE = "needs kube-state-metrics in a Kubernetes cluster (not checkable here)"
+NEEDS_OFFICIAL_TRITON_BACKEND = (
+    "needs NVIDIA's vLLM backend with REPORT_CUSTOM_METRICS (the chart's gpu-triton profile); "
+    "our CPU model exports only vLLM's scheduler gauges"
+)
 
 # Exporters the Helm chart does not install: a panel that reads one says so.
 REDIS_EXPORTER = (
@@ -37,7 +41,10 @@ NAMESPACE = 'namespace=~"$namespace"'
 RELEASE = 'release=~"$release"'
 REL = f"{NAMESPACE}, {RELEASE}"
 GATEWAY_SCOPE = f'job="gateway", {REL}, instance=~"$replica"'
-WORKER_SCOPE = f'job="vllm-worker", {REL}, pool=~"$pool", instance=~"$worker"'
+# Worker scrape jobs: vLLM's OpenAI server, and Triton's own metrics port.
+WORKER_JOBS = "vllm-worker|triton-worker"
+WORKER_SCOPE = f'job=~"{WORKER_JOBS}", {REL}, pool=~"$pool", instance=~"$worker"'
+TRITON = 'job="triton-worker"'
 VARIABLE_NAMES = ("namespace", "release", "pool", "worker", "replica")
 
 
@@ -90,10 +97,10 @@ class Dashboard:
 
 # namespace -> release -> pool -> worker, and the gateway replicas: each narrows the next.
 SCOPE = (
-    Variable("namespace", "namespace", 'up{job=~"gateway|vllm-worker"}', "Namespace"),
-    Variable("release", "release", f'up{{job=~"gateway|vllm-worker", {NAMESPACE}}}', "Release"),
-    Variable("pool", "pool", f'up{{job="vllm-worker", {REL}}}', "Pool"),
-    Variable("worker", "instance", f'up{{job="vllm-worker", {REL}, pool=~"$pool"}}', "Worker"),
+    Variable("namespace", "namespace", f'up{{job=~"gateway|{WORKER_JOBS}"}}', "Namespace"),
+    Variable("release", "release", f'up{{job=~"gateway|{WORKER_JOBS}", {NAMESPACE}}}', "Release"),
+    Variable("pool", "pool", f'up{{job=~"{WORKER_JOBS}", {REL}}}', "Pool"),
+    Variable("worker", "instance", f'up{{job=~"{WORKER_JOBS}", {REL}, pool=~"$pool"}}', "Worker"),
     Variable("replica", "instance", f'up{{job="gateway", {REL}}}', "Gateway replica"),
 )
 

@@ -43,14 +43,18 @@ wait_http() {  # url: until it answers 200 (30 s)
   echo "timed out waiting for $1" >&2; return 1
 }
 
-up() {
-  echo "starting Prometheus, Alertmanager and the exporters (logs in $LOG_DIR)"
+config() {  # $OBS_DIR/prometheus.yml for what `make up` runs
   local targets=()
   for i in $(seq 0 $((GATEWAY_REPLICAS - 1))); do
     targets+=(--gateway "127.0.0.1:$((GATEWAY_BASE_PORT + i))")
   done
   for i in $(seq 0 $((WORKERS - 1))); do
-    targets+=(--worker "127.0.0.1:$((WORKER_PORT + i))")
+    if [[ $PROFILE == triton-* ]]; then
+      # Triton's own metrics port (deploy/local/stack.sh: the worker's port + 100).
+      targets+=(--triton-worker "127.0.0.1:$((WORKER_PORT + i + 100))")
+    else
+      targets+=(--worker "127.0.0.1:$((WORKER_PORT + i))")
+    fi
   done
   .venv/bin/python -m deploy.prometheus.config "$OBS_DIR/prometheus.yml" "${targets[@]}" \
     --nginx-exporter "127.0.0.1:$NGINX_EXPORTER_PORT" \
@@ -62,6 +66,11 @@ up() {
     --front-door-log "127.0.0.1:$MTAIL_PORT" \
     --scrape-interval "$SCRAPE_INTERVAL" --evaluation-interval "$SCRAPE_INTERVAL"
   promtool check config "$OBS_DIR/prometheus.yml" >/dev/null
+}
+
+up() {
+  echo "starting Prometheus, Alertmanager and the exporters (logs in $LOG_DIR)"
+  config
   amtool check-config deploy/alertmanager/alertmanager.yml >/dev/null
   # The probe asks the served model with `make up`'s demo key (when keys are on).
   local model key_args=()
@@ -113,5 +122,6 @@ down() {
 case ${1:-} in
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  config) config ;;
+  *) echo "usage: $0 up|down|config" >&2; exit 2 ;;
 esac

@@ -3,11 +3,13 @@ front door.
 
 python -m deploy.prometheus.config OUT --gateway 127.0.0.1:8001 \
     --worker 127.0.0.1:8100 --worker canary=127.0.0.1:8101 \
+    --triton-worker triton=127.0.0.1:8202 \
     --nginx-exporter 127.0.0.1:9113 --alertmanager 127.0.0.1:9093 \
     --blackbox-exporter 127.0.0.1:9115 --front-door http://127.0.0.1:8080/v1/chat/completions \
     --front-door-log 127.0.0.1:3903
 
-Job names are what the rules and dashboards select on: gateway, vllm-worker, nginx,
+Job names are what the rules and dashboards select on: gateway, vllm-worker,
+triton-worker (Triton's own metrics port, as the chart's ServiceMonitor names it), nginx,
 redis, mysql, front-door (the blackbox probe), front-door-log (mtail on Nginx's access
 log), batch-runner. A worker given as POOL=ADDRESS carries label pool=POOL (default
 "default", as the gateway labels a worker outside any named pool). The output is JSON,
@@ -33,6 +35,8 @@ DEFAULT_POOL = "default"
 class Targets:
     gateways: list[str]
     workers: list[tuple[str, str]]  # (address, pool)
+    # Triton workers: (their metrics port's address, pool).
+    triton_workers: list[tuple[str, str]] = field(default_factory=list)
     nginx_exporter: str | None = None
     redis_exporter: str | None = None
     mysqld_exporter: str | None = None
@@ -52,6 +56,19 @@ def parse_worker(spec: str) -> tuple[str, str]:
     return (address, pool) if sep else (spec, DEFAULT_POOL)
 
 
+def _pool_job(name: str, workers: list[tuple[str, str]]) -> dict[str, Any]:
+    """One job over workers of several pools: each pool's targets carry its label."""
+    pools: dict[str, list[str]] = {}
+    for address, pool in workers:
+        pools.setdefault(pool, []).append(address)
+    return {
+        "job_name": name,
+        "static_configs": [
+            {"targets": addresses, "labels": {"pool": pool}} for pool, addresses in pools.items()
+        ],
+    }
+
+
 def _job(name: str, targets: list[str], **labels: str) -> dict[str, Any]:
     group: dict[str, Any] = {"targets": targets}
     if labels:
@@ -65,17 +82,9 @@ def render(
     evaluation_interval: str = "15s",
     rules: list[Path] | None = None,
 ) -> dict[str, Any]:
-    jobs = [_job("gateway", targets.gateways)]
-    pools: dict[str, list[str]] = {}
-    for address, pool in targets.workers:
-        pools.setdefault(pool, []).append(address)
-    worker_job: dict[str, Any] = {
-        "job_name": "vllm-worker",
-        "static_configs": [
-            {"targets": addresses, "labels": {"pool": pool}} for pool, addresses in pools.items()
-        ],
-    }
-    jobs.append(worker_job)
+    jobs = [_job("gateway", targets.gateways), _pool_job("vllm-worker", targets.workers)]
+    if targets.triton_workers:
+        jobs.append(_pool_job("triton-worker", targets.triton_workers))
     exporters: tuple[tuple[str, str | None], ...] = (
         ("nginx", targets.nginx_exporter),
         ("redis", targets.redis_exporter),
@@ -117,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--gateway", action="append", default=[])
     parser.add_argument("--worker", action="append", default=[], help="ADDRESS or POOL=ADDRESS")
+    parser.add_argument(
+        "--triton-worker",
+        action="append",
+        default=[],
+        help="a Triton worker's metrics port: ADDRESS or POOL=ADDRESS",
+    )
     parser.add_argument("--nginx-exporter")
     parser.add_argument("--redis-exporter")
     parser.add_argument("--mysqld-exporter")
@@ -131,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = Targets(
         gateways=args.gateway,
         workers=[parse_worker(spec) for spec in args.worker],
+        triton_workers=[parse_worker(spec) for spec in args.triton_worker],
         nginx_exporter=args.nginx_exporter,
         redis_exporter=args.redis_exporter,
         mysqld_exporter=args.mysqld_exporter,
