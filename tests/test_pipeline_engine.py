@@ -25,6 +25,7 @@ from tests.support.bad_requests import bad_cases
 from tests.support.images import b64, data_uri, image_bytes
 from tests.support.metrics import scrape, total
 from tests.support.requests import MODEL, chat_body, image_chat_body, vqa_body
+from tests.support.worker import idle_state, worker_state
 
 pytestmark = pytest.mark.engine
 
@@ -148,7 +149,7 @@ async def _stream_with_progress(
 ) -> tuple[list[Progress], list[float]]:
     """Stream ``body`` through the gateway, reading the worker's progress at CHECKPOINTS;
     the progress, and each content event's arrival time."""
-    _, finished_before, generated_before = await _idle_state(http, worker_url)
+    _, finished_before, generated_before = await idle_state(http, worker_url)
     progress: list[Progress] = []
     arrivals: list[float] = []
     events: list[bytes] = []
@@ -160,7 +161,7 @@ async def _stream_with_progress(
                 continue
             arrivals.append(arrived)
             if len(arrivals) in CHECKPOINTS:
-                _, finished, generated = await _worker_state(http, worker_url)
+                _, finished, generated = await worker_state(http, worker_url)
                 done = finished - finished_before
                 progress.append(Progress(len(arrivals), generated - generated_before, done))
     assert events[-1] == b"data: [DONE]"
@@ -198,31 +199,6 @@ async def test_bad_inputs_never_reach_the_worker(
     assert await _settled(seen) == before + 1
 
 
-async def _worker_state(http: httpx.AsyncClient, worker_url: str) -> tuple[float, float, float]:
-    """(requests running, requests finished, tokens generated) from the worker's metrics.
-
-    vLLM counts an aborted request under none of its finish reasons, so an abort shows as:
-    running back to 0, finished unchanged, and far fewer tokens than were asked for.
-    """
-    samples = await scrape(http, worker_url)
-    running = total(samples, "vllm:num_requests_running")
-    finished = total(samples, "vllm:request_success_total")
-    generated = total(samples, "vllm:generation_tokens_total")
-    return running, finished, generated
-
-
-async def _idle_state(http: httpx.AsyncClient, worker_url: str) -> tuple[float, float, float]:
-    """The worker's state once nothing runs and its counters stopped moving."""
-    last = await _worker_state(http, worker_url)
-    for _ in range(100):
-        await asyncio.sleep(0.1)
-        now = await _worker_state(http, worker_url)
-        if now == last and now[0] == 0:
-            return now
-        last = now
-    raise AssertionError(f"worker never went idle: {last}")
-
-
 HangUp = Callable[[str], Awaitable[None]]  # asks a base URL, hangs up mid-generation
 
 
@@ -251,15 +227,15 @@ async def _abort_trial(
     http: httpx.AsyncClient, worker_url: str, base_url: str, hang_up: HangUp
 ) -> tuple[bool, str]:
     """(whether the worker aborted the request, what it did after the hang-up)."""
-    before = await _idle_state(http, worker_url)
+    before = await idle_state(http, worker_url)
     await hang_up(base_url)
     hung_up = time.perf_counter()
     for _ in range(1000):  # a full generation of ASKED tokens ends well within this
-        if (await _worker_state(http, worker_url))[0] == 0:
+        if (await worker_state(http, worker_url))[0] == 0:
             break
         await asyncio.sleep(0.01)
     stopped_ms = (time.perf_counter() - hung_up) * 1000
-    _, finished, generated = await _idle_state(http, worker_url)
+    _, finished, generated = await idle_state(http, worker_url)
     tokens, done = generated - before[2], finished - before[1]
     outcome = (
         f"worker stopped {stopped_ms:.0f} ms after the hang-up, {tokens:.0f} of {ASKED} "
@@ -299,7 +275,7 @@ async def test_client_disconnect_while_waiting_aborts_the_worker_request(
             request = asyncio.create_task(client.post(url, json=body))
             # Hang up once the worker runs the request: not after a timer, which on a busy
             # machine could fire before the request even reached it.
-            while (await _worker_state(http, worker_url))[0] == 0:
+            while (await worker_state(http, worker_url))[0] == 0:
                 assert not request.done(), "answered before the worker was seen running"
                 await asyncio.sleep(0.01)
             request.cancel()

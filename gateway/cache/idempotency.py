@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.breaker import BreakerOpen, CircuitBreaker
+from gateway.breaker import CircuitBreaker
 from gateway.cache.keys import CACHE_FORMAT_VERSION
-from gateway.cache.store import CacheUnavailable
+from gateway.cache.store import guarded
 from gateway.errors import ErrorCode, GatewayError
-from gateway.redis_link import REDIS_FAILURES, RedisClient, Script
+from gateway.redis_link import RedisClient, Script
 
 HEADER: Final = b"idempotency-key"
 MAX_KEY_CHARS: Final = 255
@@ -153,13 +153,8 @@ class Claims:
     async def claim(self, claim: Claim) -> None:
         """Raises GatewayError (409) when the key holds another body's digest, and
         CacheUnavailable when Redis cannot be asked."""
-        try:
-            allowed = await self._breaker.call(
-                lambda: self._claim((claim.key,), (claim.digest, self._ttl_s)), REDIS_FAILURES
-            )
-        except BreakerOpen:
-            raise CacheUnavailable("breaker open") from None
-        except REDIS_FAILURES as exc:
-            raise CacheUnavailable(type(exc).__name__) from None
+        allowed = await guarded(
+            self._breaker, lambda: self._claim((claim.key,), (claim.digest, self._ttl_s))
+        )
         if not allowed:
             raise key_reused()

@@ -116,12 +116,18 @@ class AnswerCache:
         await self._call(lambda: self._redis.delete(key))
 
     async def _call(self, operation: Any) -> Any:
-        try:
-            return await self._breaker.call(operation, REDIS_FAILURES)
-        except BreakerOpen:
-            raise CacheUnavailable("breaker open") from None
-        except REDIS_FAILURES as exc:
-            raise CacheUnavailable(type(exc).__name__) from None
+        return await guarded(self._breaker, operation)
+
+
+async def guarded(breaker: CircuitBreaker, operation: Any) -> Any:
+    """A Redis operation under the breaker: an open breaker or a Redis failure is
+    CacheUnavailable, which every caller turns into an outcome, never a client error."""
+    try:
+        return await breaker.call(operation, REDIS_FAILURES)
+    except BreakerOpen:
+        raise CacheUnavailable("breaker open") from None
+    except REDIS_FAILURES as exc:
+        raise CacheUnavailable(type(exc).__name__) from None
 
 
 class CacheUnavailable(Exception):

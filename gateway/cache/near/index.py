@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gateway.answers import CachedAnswer
-from gateway.breaker import BreakerOpen, CircuitBreaker
+from gateway.breaker import CircuitBreaker
 from gateway.cache.keys import CACHE_FORMAT_VERSION
 from gateway.cache.near.signature import HASH_BYTES, SIGNATURE_BYTES, ImageSignature, hamming
-from gateway.cache.store import CacheUnavailable
-from gateway.redis_link import REDIS_FAILURES, RedisClient
+from gateway.cache.store import guarded
+from gateway.redis_link import RedisClient
 
 CHUNKS: Final = 16
 CHUNK_BITS: Final = HASH_BYTES * 8 // CHUNKS
@@ -185,12 +185,7 @@ class NearIndex:
         return f"{self._namespace}:v{CACHE_FORMAT_VERSION}:answer:{{{digest}}}"  # keys.py
 
     async def _call(self, operation: Any) -> Any:
-        try:
-            return await self._breaker.call(operation, REDIS_FAILURES)
-        except BreakerOpen:
-            raise CacheUnavailable("breaker open") from None
-        except REDIS_FAILURES as exc:
-            raise CacheUnavailable(type(exc).__name__) from None
+        return await guarded(self._breaker, operation)
 
 
 def _digest_of(answer_key: str) -> str:
