@@ -69,7 +69,9 @@ async def test_a_retry_on_another_replica_joins_then_finds_the_stored_answer(
     assert not retry.done(), "the retry must wait for the generation, not start its own"
     await a.coalescer.finish(first, ANSWER, store_ttl_s=TTL_S)
     joined = await asyncio.wait_for(retry, 10)
-    assert isinstance(joined, Joined)
+    # Woken by the leader's message, or (the message late on a cluster's node) finding the
+    # stored answer when it looked again: the same answer either way, and no generation.
+    assert isinstance(joined, Joined | Stored), joined
     assert joined.answer == ANSWER
     later = await b.coalescer.acquire(key)
     assert isinstance(later, Stored)
