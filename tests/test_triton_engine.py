@@ -44,8 +44,11 @@ def triton(triton_worker: TritonWorker) -> TritonWorker:
 
 @pytest.fixture
 async def gateway(triton: TritonWorker) -> AsyncIterator[str]:
-    """An in-process gateway whose one pool is the Triton worker (cache off)."""
-    async with run_gateway(worker_pools=[triton.pool()], health_interval_s=0.5) as url:
+    """An in-process gateway whose one pool is the Triton worker (cache off), its cap on
+    max_tokens raised for the long answers below."""
+    async with run_gateway(
+        worker_pools=[triton.pool()], health_interval_s=0.5, max_tokens_cap=6000
+    ) as url:
         yield url
 
 
@@ -70,10 +73,13 @@ async def test_plain_answer_with_usage_and_finish_reason(gateway: str) -> None:
 async def test_streamed_answer_arrives_as_it_is_generated(
     gateway: str, triton: TritonWorker
 ) -> None:
+    # Thousands of tokens (seconds of generation): on two cores a Triton worker that is
+    # generating can starve this process for two seconds or more, and a short answer
+    # would be finished before the first event is read.
     body = chat_body(
         "Describe a leather bag.",
-        max_tokens=300,
-        min_tokens=300,
+        max_tokens=3000,
+        min_tokens=3000,
         ignore_eos=True,
         stream=True,
         stream_options={"include_usage": True},
@@ -88,7 +94,7 @@ async def test_streamed_answer_arrives_as_it_is_generated(
         assert response.status_code == 200
         lines = response.aiter_lines()
         first = json.loads((await anext(lines))[6:])
-        # The first event is here while the engine is still generating the other 299
+        # The first event is here while the engine is still generating the other 2999
         # tokens: events are passed on as they come, not when the answer is whole.
         assert first["choices"][0]["delta"]["role"] == "assistant"
         during = await triton_metric(triton, "vllm:request_success_total", finished_reason="length")
@@ -97,7 +103,7 @@ async def test_streamed_answer_arrives_as_it_is_generated(
     choices = [c for e in rest for c in e["choices"]]
     assert choices[-1]["finish_reason"] == "length"
     assert {e["object"] for e in rest} == {"chat.completion.chunk"}
-    assert rest[-1]["usage"]["completion_tokens"] == 300
+    assert rest[-1]["usage"]["completion_tokens"] == 3000
 
 
 async def test_image_question_reads_as_vllm_reads_it(gateway: str, worker_url: str) -> None:
@@ -184,7 +190,9 @@ async def test_client_disconnect_aborts_the_engine_request(
 ) -> None:
     aborted = await triton_metric(triton, "vllm:request_success_total", finished_reason="abort")
     lengths = await triton_metric(triton, "vllm:request_success_total", finished_reason="length")
-    body = chat_body("Tell a long story.", max_tokens=1500, min_tokens=1500, ignore_eos=True,
+    # Long enough (over ten seconds) that the answer cannot finish while this process waits
+    # for the CPU (see the streamed test): the abort, not the end, must stop it.
+    body = chat_body("Tell a long story.", max_tokens=6000, min_tokens=6000, ignore_eos=True,
                      stream=True)  # fmt: skip
     done = aborted
     async with httpx.AsyncClient(timeout=120) as client:
@@ -192,7 +200,7 @@ async def test_client_disconnect_aborts_the_engine_request(
             async for line in response.aiter_lines():
                 if '"content"' in line:
                     break  # generation has started: leave
-        # The engine hears of it at its next token: aborted, not run to 1500 tokens.
+        # The engine hears of it at its next token: aborted, not run to 6000 tokens.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             done = await triton_metric(
@@ -205,7 +213,7 @@ async def test_client_disconnect_aborts_the_engine_request(
     assert (
         await triton_metric(triton, "vllm:request_success_total", finished_reason="length")
         == lengths
-    )  # not run to its 1500 tokens
+    )  # not run to its 6000 tokens
     running = await triton_metric(triton, "vllm:num_requests_running")
     assert running == 0
 
@@ -275,7 +283,10 @@ async def test_sigkilled_triton_worker_fails_over_with_no_failed_request(
     assert triton.process is not None, "the drill needs a worker this session started"
     pools = [triton.pool("triton"), {"name": "vllm", "urls": [worker_url]}]
     async with (
-        run_gateway(worker_pools=pools, health_interval_s=0.5, health_timeout_s=0.5) as url,
+        # Checked often; a killed worker refuses at once, so a generous timeout costs
+        # nothing, and a short one fails the healthy vLLM worker too whenever this process
+        # waits for the CPU, which the Triton worker can make it do for seconds.
+        run_gateway(worker_pools=pools, health_interval_s=0.5, health_timeout_s=5.0) as url,
         httpx.AsyncClient(timeout=120) as client,
     ):
         results: list[tuple[int, bool, bool]] = []
