@@ -11,6 +11,12 @@ A background task polls every worker:
 load vLLM reports (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
 ``vllm:kv_cache_usage_perc``); a Triton pool's on Triton's endpoints (kserve/engine.py).
 
+A health check's timeout counts only time this replica's event loop was responsive
+(gateway/loop_lag.py): a check whose answer waited in the socket while the loop was held
+(a burst of work, or a machine whose CPU went elsewhere) says nothing about the worker, and
+leaves its state as it was. Taking it for a dead worker marked every worker down at once
+and cut their streams.
+
 A worker is *available* when its last health check passed and its circuit breaker (passive
 ejection after consecutive failed exchanges, half-open probes with real requests) is not
 open. Among available workers the choice is:
@@ -45,6 +51,7 @@ from gateway.background import cancel_task
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import Settings
 from gateway.errors import ErrorCode, GatewayError
+from gateway.loop_lag import LagAwareDeadline, LoopLag, LoopStalled
 from gateway.metrics import DEFAULT_POOL, Metrics
 from gateway.upstream.bodies import read_limited
 from gateway.upstream.discovery import DnsDiscovery, Resolve, resolve_addresses
@@ -58,6 +65,8 @@ log = logging.getLogger("gateway.upstream.pool")
 _MODELS_REFRESH_S = 30.0
 # The worker's /metrics body we read at most (vLLM's is some tens of KB).
 _METRICS_BODY_LIMIT = 4 * 1024 * 1024
+# A health check gives up after this many timeouts of wall time, whatever the loop's lag.
+_HEALTH_CAP_TIMEOUTS = 5
 
 
 # Every reason choose() counts a choice under: a worker that leaves takes its series along.
@@ -123,6 +132,7 @@ class WorkerPool:
     settings: Settings
     metrics: Metrics
     resolve: Resolve = resolve_addresses
+    lag: LoopLag | None = None  # the replica's event-loop lag, which health timeouts excuse
     workers: list[Worker] = field(init=False, default_factory=list)
     _turn: itertools.count[int] = field(init=False, default_factory=itertools.count)
     _task: asyncio.Task[None] | None = field(init=False, default=None)
@@ -338,14 +348,13 @@ class WorkerPool:
             await asyncio.sleep(self.settings.health_interval_s)
 
     async def _poll(self, worker: Worker) -> None:
-        healthy = False
+        timeout = self.settings.health_timeout_s
+        deadline = LagAwareDeadline(timeout, self.lag, _HEALTH_CAP_TIMEOUTS * timeout)
         try:
-            async with asyncio.timeout(self.settings.health_timeout_s):
-                if worker.engine is None:
-                    healthy = await self._poll_vllm(worker)
-                else:  # a Triton worker (kserve/engine.py)
-                    note = self._note_load if self.settings.load_poll_enabled else None
-                    healthy = await worker.engine.poll(self.session, worker, note)
+            healthy = await deadline.run(lambda: self._check(worker))
+        except LoopStalled:
+            log.info("health check of %s skipped: this replica's event loop stalled", worker.url)
+            return
         except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
             log.debug("health check of %s failed: %r", worker.url, exc)
             healthy = False
@@ -354,6 +363,13 @@ class WorkerPool:
                 if not waiter.done():
                     waiter.set_result(None)
         self._set_health(worker, healthy)
+
+    async def _check(self, worker: Worker) -> bool:
+        if worker.engine is None:
+            return await self._poll_vllm(worker)
+        # A Triton worker (kserve/engine.py).
+        note = self._note_load if self.settings.load_poll_enabled else None
+        return await worker.engine.poll(self.session, worker, note)
 
     async def _poll_vllm(self, worker: Worker) -> bool:
         async with self.session.get(f"{worker.url}/health") as response:
@@ -421,12 +437,17 @@ class WorkerPool:
 
 
 async def open_pool(
-    session: aiohttp.ClientSession, settings: Settings, metrics: Metrics, stack: AsyncExitStack
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    metrics: Metrics,
+    stack: AsyncExitStack,
+    lag: LoopLag | None = None,
 ) -> WorkerPool:
     """The worker pool, polled once before the replica serves (so a fresh replica knows its
     workers and models; bounded by the health timeout when they are down), then kept
-    current in the background until ``stack`` closes."""
-    pool = WorkerPool(session, settings, metrics)
+    current in the background until ``stack`` closes. ``lag``: the event loop's lag, which
+    health-check timeouts do not count."""
+    pool = WorkerPool(session, settings, metrics, lag=lag)
     await pool.poll_once()
     await pool.start()
     stack.push_async_callback(pool.stop)

@@ -48,6 +48,9 @@ class FakeWorker:
     requests: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
     disconnects: int = 0
     health_status: int = 200
+    # Hold the event loop this long before answering /health. The loop is an in-process
+    # gateway's too: its health check waits on a loop that is busy elsewhere.
+    health_stall_s: float = 0.0
     scripts: dict[str, str] = field(default_factory=dict)
     image_scripts: dict[str, str] = field(default_factory=dict)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -78,6 +81,8 @@ class FakeWorker:
         )
 
     async def _health(self, _: Request) -> Response:
+        if self.health_stall_s:
+            _hold_the_loop(self.health_stall_s)
         return Response(status_code=self.health_status)
 
     async def _models(self, _: Request) -> Response:
@@ -179,3 +184,7 @@ class FakeWorker:
         finally:
             if not finished:
                 self.disconnects += 1
+
+
+def _hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # as CPU-bound work on the loop would
