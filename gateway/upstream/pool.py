@@ -12,10 +12,8 @@ load vLLM reports (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
 ``vllm:kv_cache_usage_perc``); a Triton pool's on Triton's endpoints (kserve/engine.py).
 
 A health check's timeout counts only time this replica's event loop was responsive
-(gateway/loop_lag.py): a check whose answer waited in the socket while the loop was held
-(a burst of work, or a machine whose CPU went elsewhere) says nothing about the worker, and
-leaves its state as it was. Taking it for a dead worker marked every worker down at once
-and cut their streams.
+(gateway/loop_lag.py): an answer that waited in the socket while the loop was held leaves
+the worker as it was, instead of marking every worker down and cutting their streams.
 
 A worker is *available* when its last health check passed and its circuit breaker (passive
 ejection after consecutive failed exchanges, half-open probes with real requests) is not
@@ -65,8 +63,6 @@ log = logging.getLogger("gateway.upstream.pool")
 _MODELS_REFRESH_S = 30.0
 # The worker's /metrics body we read at most (vLLM's is some tens of KB).
 _METRICS_BODY_LIMIT = 4 * 1024 * 1024
-# A health check gives up after this many timeouts of wall time, whatever the loop's lag.
-_HEALTH_CAP_TIMEOUTS = 5
 
 
 # Every reason choose() counts a choice under: a worker that leaves takes its series along.
@@ -349,7 +345,8 @@ class WorkerPool:
 
     async def _poll(self, worker: Worker) -> None:
         timeout = self.settings.health_timeout_s
-        deadline = LagAwareDeadline(timeout, self.lag, _HEALTH_CAP_TIMEOUTS * timeout)
+        # Given up after five timeouts of wall time, whatever the loop's lag.
+        deadline = LagAwareDeadline(timeout, self.lag, 5 * timeout)
         try:
             healthy = await deadline.run(lambda: self._check(worker))
         except LoopStalled:
@@ -445,8 +442,7 @@ async def open_pool(
 ) -> WorkerPool:
     """The worker pool, polled once before the replica serves (so a fresh replica knows its
     workers and models; bounded by the health timeout when they are down), then kept
-    current in the background until ``stack`` closes. ``lag``: the event loop's lag, which
-    health-check timeouts do not count."""
+    current in the background until ``stack`` closes. Health timeouts excuse ``lag``."""
     pool = WorkerPool(session, settings, metrics, lag=lag)
     await pool.poll_once()
     await pool.start()
