@@ -92,8 +92,10 @@ async def settled_triton_metric(
 
 
 async def triton_metric(worker: TritonWorker, name: str, **labels: str) -> float:
-    """A metric of the Triton worker summed over the label sets that match ``labels``."""
-    async with httpx.AsyncClient() as client:
+    """A metric of the Triton worker summed over the label sets that match ``labels``.
+    The timeout is generous: while the worker generates, this process can wait seconds for
+    the CPU (docs/TRITON.md), and httpx's 5 s default then fails even a local connect."""
+    async with httpx.AsyncClient(timeout=30) as client:
         text = (await client.get(worker.metrics_url)).text
     wanted = [f'{key}="{value}"' for key, value in labels.items()]
     lines = [line for line in text.splitlines() if all(w in line for w in wanted)]
